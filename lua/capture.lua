@@ -1,0 +1,94 @@
+--[[ capture: charge the actual cost of a hold (at most the held amount); the rest returns.
+
+KEYS[1] account hash        KEYS[5] account holds hash
+KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
+KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
+KEYS[4] idempotency record  KEYS[8] unused
+
+ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
+ARGV[2] account id          ARGV[7] idempotency key ("" for none)
+ARGV[3] hold id             ARGV[8] request fingerprint
+ARGV[4] amount ("" = all)   ARGV[9] idempotency TTL in ms
+ARGV[5] description
+
+Reply  {"ok", transaction id, cost, available after, balance after, replayed 0|1}
+Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
+       {"err", "account_not_loaded"} {"err", "account_not_found"}
+       {"err", "hold_not_found"} {"err", "capture_exceeds_hold", held}
+The held credits were set aside, so a capture never fails for lack of credits.
+]]
+local MAX_AMOUNT = 1000000000000
+
+local function int_arg(v, lo, hi)
+  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
+  local n = tonumber(v)
+  if n < lo or n > hi then return nil end
+  return n
+end
+local function s(n) return string.format('%d', n) end
+
+local txn, account, hold_id, desc, meta, idem, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local amount = nil
+if ARGV[4] ~= '' then
+  amount = int_arg(ARGV[4], 1, MAX_AMOUNT)
+  if not amount then return {'err', 'invalid_argument', 'amount'} end
+end
+local idem_ttl = int_arg(ARGV[9], 1, 1e11)
+if #txn < 1 or #txn > 64 then return {'err', 'invalid_argument', 'transaction_id'} end
+if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
+
+if idem ~= '' then
+  local rec = redis.call('GET', KEYS[4])
+  if rec then
+    local sep = string.find(rec, '\n', 1, true)
+    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
+    local reply = cjson.decode(string.sub(rec, sep + 1))
+    reply[6] = '1'
+    return reply
+  end
+end
+
+local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od')
+if not a[1] then
+  if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
+  return {'err', 'account_not_found'}
+end
+local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local h = redis.call('HGET', KEYS[5], hold_id)
+if not h then return {'err', 'hold_not_found'} end
+local held, expires, resource, units = string.match(h, '^(%d+)|(%d+)|([^|]*)|(%d+)$')
+held, expires = tonumber(held), tonumber(expires)
+if expires <= now_ms then return {'err', 'hold_not_found'} end
+if amount == nil then amount = held end
+if amount > held then return {'err', 'capture_exceeds_hold', s(held)} end
+
+-- This hold ends now; any others past their deadline end with it.
+redis.call('HDEL', KEYS[5], hold_id)
+redis.call('ZREM', KEYS[6], hold_id)
+r = r - held
+for _, hid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)) do
+  local other = redis.call('HGET', KEYS[5], hid)
+  if other then r = r - tonumber(string.match(other, '^(%d+)')) end
+  redis.call('HDEL', KEYS[5], hid)
+  redis.call('ZREM', KEYS[6], hid)
+end
+local first = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+if first[1] then redis.call('ZADD', KEYS[7], first[2], account) else redis.call('ZREM', KEYS[7], account) end
+
+local from_monthly = math.min(math.max(m, 0), amount)
+m = m - from_monthly
+b = b - (amount - from_monthly)
+redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
+redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(-amount), 't', 'spend',
+  'res', resource, 'u', units, 'd', desc, 'md', meta, 'ts', s(now_ms),
+  'bal', s(m + b), 'dm', s(-from_monthly), 'ik', idem, 'hold', hold_id)
+
+local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
+if idem ~= '' then
+  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
+end
+return reply

@@ -1,0 +1,1 @@
+"""The `quotagate` command. Each module here that defines ``register(group)`` adds commands."""

@@ -1,0 +1,445 @@
+"""The credit engine: one method per atomic operation, each one script run in Redis.
+
+This is the public library API. The HTTP gateway, the CLI and the jobs all go through it, and a
+Python service may embed it directly::
+
+    engine = CreditEngine.from_url("redis://localhost:6379/0", load_config())
+    await engine.initialize()
+    await engine.upsert_account("alice", tier="pro")
+    result = await engine.consume("alice", "ai_chat_message", idempotency_key="req-1")
+
+Every method checks its input first (a bad one raises a ValidationError and writes nothing),
+then makes exactly one script call; calls made in the same loop tick share one pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from quotagate import ids
+from quotagate.config import MAX_BALANCE, Config
+from quotagate.engine import validate
+from quotagate.engine.keys import DEFAULT_PREFIX, KeySpace
+from quotagate.engine.replies import unwrap
+from quotagate.engine.results import (
+    Account,
+    ChargeResult,
+    CheckResult,
+    CreditResult,
+    Hold,
+    HoldResult,
+    RateLimitState,
+    ReleaseResult,
+    RenewResult,
+    UpsertResult,
+)
+from quotagate.engine.scripts import Script, ScriptRunner, load_scripts
+from quotagate.errors import (
+    AccountNotFound,
+    AccountNotLoaded,
+    ConfigError,
+    UnknownTier,
+    ValidationError,
+)
+
+
+def current_period(now: datetime | None = None) -> str:
+    """The renewal period (calendar month, UTC) as "YYYY-MM"."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m")
+
+
+def _ms_to_dt(ms: str | int) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+class CreditEngine:
+    """Atomic credit operations over one Redis (or Redis Cluster: the keys are ready for it)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        config: Config,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        batching: bool = True,
+    ) -> None:
+        self.redis = redis
+        self.config = config
+        self.keys = KeySpace(prefix, config.partitions)
+        self.scripts: dict[str, Script] = load_scripts()
+        self.runner = ScriptRunner(redis, batching=batching)
+        self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
+
+    @classmethod
+    def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
+        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        return cls(redis, config, **kwargs)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def initialize(self, *, allow_fresh: bool = True) -> str:
+        """Check the partition count, copy the tier table into every partition, load scripts.
+
+        Returns "ready", "fresh" (an empty Redis, now initialised) or "needs_recovery" (an
+        empty Redis while ``allow_fresh`` is False, because the ledger holds accounts: charges
+        are refused with AccountNotLoaded until recovery marks the partitions ready).
+        """
+        meta = cast(dict[str, str], await self.redis.hgetall(self.keys.meta))
+        if meta and int(meta.get("partitions", "0")) != self.config.partitions:
+            raise ConfigError(
+                f"config: partitions = {self.config.partitions}, but this Redis holds data "
+                f"laid out in {meta.get('partitions')} partitions; use that number"
+            )
+        await self._sync_tiers()
+        await self.runner.load(list(self.scripts.values()))
+        if not meta and allow_fresh:
+            await self.mark_ready()
+            return "fresh"
+        if not meta:
+            return "needs_recovery"
+        return "ready" if await self.is_ready() else "needs_recovery"
+
+    async def _sync_tiers(self) -> None:
+        fields: dict[Any, Any] = {}
+        for name, tier in self.config.tiers.items():
+            rl = tier.rate_limit
+            fields[f"t:{name}"] = f"{rl.interval_us} {rl.burst}" if rl else "0 0"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.config.partitions):
+                pipe.hset(self.keys.cfg(p), mapping=fields)
+            await pipe.execute()
+        names = cast(list[str], await self.redis.hkeys(self.keys.cfg(0)))
+        stale = [f for f in names if f.startswith("t:")]
+        stale = [f for f in stale if f not in fields]
+        if stale:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for p in range(self.config.partitions):
+                    pipe.hdel(self.keys.cfg(p), *stale)
+                await pipe.execute()
+
+    async def mark_ready(self) -> None:
+        """Record the partition count and open every partition for traffic."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.meta, mapping={"partitions": self.config.partitions})
+            for p in range(self.config.partitions):
+                pipe.hset(self.keys.cfg(p), "ready", "1")
+            await pipe.execute()
+
+    async def is_ready(self) -> bool:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.config.partitions):
+                pipe.hget(self.keys.cfg(p), "ready")
+            flags = await pipe.execute()
+        return all(f == "1" for f in flags)
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def _call(
+        self, name: str, account_id: str, idem: str | None, args: Sequence[str]
+    ) -> list[str]:
+        keys = self.keys.account(account_id, idem).as_list()
+        return unwrap(await self.runner.run(self.scripts[name], keys, args))
+
+    async def upsert_account(
+        self,
+        account_id: str,
+        *,
+        tier: str | None = None,
+        status: str | None = None,
+        overdraft_limit: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> UpsertResult:
+        """Create the account (active, default tier, opening grant), or change what is given."""
+        ids.check_account_id(account_id)
+        idem = ids.check_idempotency_key(idempotency_key)
+        if tier is not None and tier not in self.config.tiers:
+            raise UnknownTier(f"unknown tier {tier!r}", field="tier")
+        if status is not None and status not in ("active", "banned"):
+            raise ValidationError('status must be "active" or "banned"', field="status")
+        if overdraft_limit is not None:
+            validate.limit(overdraft_limit, "overdraft_limit")
+        grant_tier = self.config.tiers[tier or self.config.default_tier]
+        grant = grant_tier.monthly_grant if self.config.opening_grant else 0
+        fp = validate.fingerprint("account", tier, status, overdraft_limit)
+        args = [
+            account_id, tier or "", status or "",
+            "" if overdraft_limit is None else str(overdraft_limit),
+            ids.new_id(), str(grant), ids.new_id(), current_period(),
+            idem or "", fp, self._idem_ttl_ms, self.config.default_tier,
+        ]  # fmt: skip
+        r = await self._call("upsert_account", account_id, idem, args)
+        return UpsertResult(
+            account_id, r[0] == "1", r[1], r[2], int(r[3]), int(r[4]), int(r[5]), r[6] == "1"
+        )
+
+    async def check(self, account_id: str, resource: str, units: int = 1) -> CheckResult:
+        """Would a charge be allowed now? Reads only."""
+        ids.check_account_id(account_id)
+        total = validate.cost(self.config, resource, units)
+        r = await self._call("check", account_id, None, [str(total)])
+        return CheckResult(r[0] == "1", int(r[1]), int(r[2]))
+
+    async def consume(
+        self,
+        account_id: str,
+        resource: str,
+        units: int = 1,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChargeResult:
+        """Charge ``units`` of ``resource``: checked, rate-limited and decremented atomically."""
+        ids.check_account_id(account_id)
+        total = validate.cost(self.config, resource, units)
+        desc = validate.description(description)
+        meta = validate.metadata(metadata)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("consume", resource, units, desc, meta) if idem else ""
+        args = [
+            ids.new_id(), account_id, str(total), resource, str(units), desc, meta,
+            idem or "", fp, self._idem_ttl_ms,
+        ]  # fmt: skip
+        r = await self._call("consume", account_id, idem, args)
+        rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
+        return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
+
+    async def credit(
+        self,
+        account_id: str,
+        amount: int,
+        type: str = "grant",
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreditResult:
+        """Add credits (grant, earn, refund) or correct a balance (adjust, signed)."""
+        ids.check_account_id(account_id)
+        if type not in validate.CREDIT_TYPES:
+            raise ValidationError(
+                f"type must be one of {', '.join(validate.CREDIT_TYPES)}", field="type"
+            )
+        validate.amount(amount, signed=type == "adjust")
+        desc = validate.description(description)
+        meta = validate.metadata(metadata)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("credit", amount, type, desc, meta) if idem else ""
+        args = [
+            ids.new_id(), account_id, str(amount), type, desc, meta, idem or "", fp,
+            self._idem_ttl_ms, str(MAX_BALANCE),
+        ]  # fmt: skip
+        r = await self._call("credit", account_id, idem, args)
+        return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1")
+
+    async def hold(
+        self,
+        account_id: str,
+        *,
+        resource: str | None = None,
+        units: int = 1,
+        amount: int | None = None,
+        ttl_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> HoldResult:
+        """Set credits aside: the cost of ``units`` of ``resource``, or an explicit ``amount``."""
+        ids.check_account_id(account_id)
+        if (resource is None) == (amount is None):
+            raise ValidationError("a hold names either a resource or an amount", field="amount")
+        total = (
+            validate.cost(self.config, resource, units)
+            if resource is not None
+            else validate.amount(amount)
+        )
+        ttl = self._hold_ttl(ttl_seconds)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("hold", resource, units, amount, ttl) if idem else ""
+        args = [
+            ids.new_id(), account_id, str(total), str(ttl * 1000), resource or "",
+            str(units if resource else 1), idem or "", fp, self._idem_ttl_ms,
+        ]  # fmt: skip
+        r = await self._call("hold", account_id, idem, args)
+        return HoldResult(r[0], int(r[1]), _ms_to_dt(r[2]), int(r[3]), r[4] == "1")
+
+    def _hold_ttl(self, ttl_seconds: int | None) -> int:
+        h = self.config.holds
+        if ttl_seconds is None:
+            return h.default_ttl_seconds
+        ok = isinstance(ttl_seconds, int) and not isinstance(ttl_seconds, bool)
+        if not ok or not h.min_ttl_seconds <= ttl_seconds <= h.max_ttl_seconds:
+            raise ValidationError(
+                f"ttl_seconds must be an integer from {h.min_ttl_seconds} to {h.max_ttl_seconds}",
+                field="ttl_seconds",
+            )
+        return ttl_seconds
+
+    async def capture(
+        self,
+        account_id: str,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChargeResult:
+        """Charge a hold's actual cost (at most the held amount; default all of it)."""
+        ids.check_account_id(account_id)
+        hold_id = ids.check_hold_id(hold_id)
+        if amount is not None:
+            validate.amount(amount)
+        desc = validate.description(description)
+        meta = validate.metadata(metadata)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("capture", hold_id, amount, desc, meta) if idem else ""
+        args = [
+            ids.new_id(), account_id, hold_id, "" if amount is None else str(amount), desc,
+            meta, idem or "", fp, self._idem_ttl_ms,
+        ]  # fmt: skip
+        r = await self._call("capture", account_id, idem, args)
+        return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1")
+
+    async def release(
+        self, account_id: str, hold_id: str, *, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        """End a hold without charging."""
+        ids.check_account_id(account_id)
+        hold_id = ids.check_hold_id(hold_id)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("release", hold_id) if idem else ""
+        args = [account_id, hold_id, idem or "", fp, self._idem_ttl_ms]
+        r = await self._call("release", account_id, idem, args)
+        return ReleaseResult(int(r[0]), int(r[1]), r[2] == "1")
+
+    async def expire_holds(self, account_id: str) -> tuple[int, int]:
+        """Release the account's holds past their deadline: (holds, credits) released."""
+        ids.check_account_id(account_id)
+        r = await self._call("expire_holds", account_id, None, [account_id])
+        return int(r[0]), int(r[1])
+
+    async def expire_due_holds(self, partition: int, *, batch: int = 500) -> tuple[int, int]:
+        """Sweep one partition: release every hold past its deadline. (holds, credits)."""
+        now_ms = await self._server_time_ms()
+        holds = credits = 0
+        while True:
+            due = cast(
+                list[str],
+                await self.redis.zrangebyscore(
+                    self.keys.partition_hold_expiry(partition), "-inf", now_ms, start=0, num=batch
+                ),
+            )
+            if not due:
+                return holds, credits
+            for account_id in due:
+                h, c = await self.expire_holds(account_id)
+                holds, credits = holds + h, credits + c
+            if len(due) < batch:
+                return holds, credits
+
+    async def renew(self, account_id: str, period: str | None = None) -> RenewResult:
+        """Apply the account's tier renewal policy once for ``period`` (default: this month)."""
+        ids.check_account_id(account_id)
+        period = period or current_period()
+        tier_name = await self.redis.hget(self.keys.account(account_id).account, "tier")
+        if tier_name is None:
+            await self._raise_missing(account_id)
+        tier = self.config.tiers.get(str(tier_name))
+        if tier is None:
+            raise UnknownTier(f"account {account_id} has tier {tier_name!r}, not in the config")
+        args = [
+            account_id, period, tier.renewal, str(tier.monthly_grant), str(tier.credit_limit),
+            ids.new_id(), ids.new_id(),
+        ]  # fmt: skip
+        r = await self._call("renew", account_id, None, args)
+        return RenewResult(account_id, r[0] == "1", int(r[1]), int(r[2]), int(r[3]), r[4])
+
+    async def restore(
+        self,
+        account_id: str,
+        *,
+        tier: str,
+        status: str,
+        overdraft_limit: int,
+        monthly_credits: int,
+        purchased_credits: int,
+        renewed_period: str,
+        last_reset_at: datetime | None,
+        created_at: datetime,
+        force: bool = False,
+    ) -> bool:
+        """Write an account's state rebuilt from the ledger. False if it exists (unless forced)."""
+        ids.check_account_id(account_id)
+        args = [
+            account_id, tier, status, str(overdraft_limit), str(monthly_credits),
+            str(purchased_credits), renewed_period,
+            str(int(last_reset_at.timestamp() * 1000)) if last_reset_at else "",
+            str(int(created_at.timestamp() * 1000)), "1" if force else "0",
+        ]  # fmt: skip
+        r = await self._call("restore", account_id, None, args)
+        return r[0] == "1"
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_account(self, account_id: str) -> Account:
+        """The account as Redis holds it now (holds past their deadline not counted)."""
+        ids.check_account_id(account_id)
+        k = self.keys.account(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.account)
+            pipe.hgetall(k.holds)
+            pipe.time()
+            pipe.hget(k.cfg, "ready")
+            a, raw_holds, (sec, usec), ready = await pipe.execute()
+        if not a:
+            if ready != "1":
+                raise AccountNotLoaded(
+                    "the account's state is not loaded in Redis; run `quotagate recover`"
+                )
+            raise AccountNotFound("no such account")
+        now_ms = sec * 1000 + usec // 1000
+        holds = tuple(sorted(_parse_holds(raw_holds, now_ms), key=lambda h: h.expires_at))
+        m, b, od = int(a["m"]), int(a["b"]), int(a["od"])
+        reserved = sum(h.amount for h in holds)
+        return Account(
+            account_id=account_id,
+            tier=a["tier"],
+            status=a["st"],
+            balance=m + b,
+            monthly_credits=m,
+            purchased_credits=b,
+            reserved=reserved,
+            available=m + b - reserved + od,
+            overdraft_limit=od,
+            created_at=_ms_to_dt(a["ca"]),
+            last_reset_at=_ms_to_dt(a["rst"]) if a.get("rst") else None,
+            renewed_period=a.get("rp", ""),
+            holds=holds,
+        )
+
+    async def _raise_missing(self, account_id: str) -> None:
+        ready = await self.redis.hget(self.keys.account(account_id).cfg, "ready")
+        if ready != "1":
+            raise AccountNotLoaded(
+                "the account's state is not loaded in Redis; run `quotagate recover`"
+            )
+        raise AccountNotFound("no such account")
+
+    async def _server_time_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+
+def _parse_holds(raw: dict[str, str], now_ms: int) -> list[Hold]:
+    holds = []
+    for hold_id, value in raw.items():
+        amount, expires, resource, units = value.split("|")
+        if int(expires) > now_ms:
+            holds.append(Hold(hold_id, int(amount), _ms_to_dt(expires), resource, int(units)))
+    return holds

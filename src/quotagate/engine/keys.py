@@ -1,0 +1,117 @@
+"""Every Redis key quotagate writes, its prefix and its lifetime, in one place.
+
+Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
+
+    P:meta                 hash   partitions count, written on first start; guards against a
+                                  restart with another count (accounts would move partition)
+    P:{n}:cfg              hash   per-partition copy of the tier table and the ``ready`` flag.
+                                  A copy per partition keeps every script inside one slot;
+                                  a missing ``ready`` means Redis lost data (recovery pending)
+    P:{n}:outbox           stream every balance change of the partition, until flushed
+    P:{n}:holdexp          zset   accounts of the partition with open holds, scored by the
+                                  earliest expiry: the expiry sweep reads it
+    P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft
+    P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..."
+    P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry)
+    P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
+    P:{n}:i:<acct>:<key>   string idempotency record, expires after the idempotency TTL
+
+All keys one script touches share ``{n}``, so every script runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "qg"
+"""Prefix of every key; lets several deployments (or test runs) share one Redis."""
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def partition_of(account_id: str, partitions: int) -> int:
+    """The partition an account lives in. The only place this is decided.
+
+    CRC32 is stable across processes and Python versions (``hash()`` is not).
+    """
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """The keys of one account, in the order every account script takes them as KEYS."""
+
+    account: str
+    cfg: str
+    outbox: str
+    idempotency: str
+    holds: str
+    hold_expiry: str
+    partition_hold_expiry: str
+    rate: str
+
+    def as_list(self) -> list[str]:
+        return [
+            self.account,
+            self.cfg,
+            self.outbox,
+            self.idempotency,
+            self.holds,
+            self.hold_expiry,
+            self.partition_hold_expiry,
+            self.rate,
+        ]
+
+
+class KeySpace:
+    """Builds key names for one prefix and partition count."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, partitions: int = 64) -> None:
+        if not _PREFIX_RE.match(prefix):
+            raise ValueError(f"key prefix {prefix!r} must be 1-64 chars of A-Z a-z 0-9 _ . : -")
+        self.prefix = prefix
+        self.partitions = partitions
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{{partition}}}"
+
+    def cfg(self, partition: int) -> str:
+        return f"{self.tag(partition)}:cfg"
+
+    def outbox(self, partition: int) -> str:
+        return f"{self.tag(partition)}:outbox"
+
+    def partition_hold_expiry(self, partition: int) -> str:
+        return f"{self.tag(partition)}:holdexp"
+
+    def partition_of(self, account_id: str) -> int:
+        return partition_of(account_id, self.partitions)
+
+    def account(self, account_id: str, idempotency_key: str | None = None) -> AccountKeys:
+        """All keys of an account. Without an idempotency key the slot is still filled
+        (scripts take a fixed KEYS list) with a name the script never touches."""
+        p = self.partition_of(account_id)
+        t = self.tag(p)
+        return AccountKeys(
+            account=f"{t}:a:{account_id}",
+            cfg=f"{t}:cfg",
+            outbox=f"{t}:outbox",
+            idempotency=f"{t}:i:{account_id}:{idempotency_key or ''}",
+            holds=f"{t}:h:{account_id}",
+            hold_expiry=f"{t}:hz:{account_id}",
+            partition_hold_expiry=f"{t}:holdexp",
+            rate=f"{t}:rl:{account_id}",
+        )
+
+    def account_pattern(self, partition: int) -> str:
+        """SCAN pattern matching the account hashes of one partition."""
+        return f"{self.prefix}:{{{partition}}}:a:*"
+
+    def account_id_from_key(self, key: str) -> str:
+        return key.split(":a:", 1)[1]

@@ -1,0 +1,109 @@
+"""What the engine's operations return: small frozen records, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """The tier's request-rate window after an admitted request (for RateLimit-* headers)."""
+
+    limit: int
+    remaining: int
+    reset_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    allowed: bool
+    cost: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    """A consume or a capture: a spend transaction was written."""
+
+    transaction_id: str
+    cost: int
+    remaining: int
+    balance: int
+    replayed: bool
+    rate_limit: RateLimitState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    transaction_id: str
+    balance: int
+    available: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    hold_id: str
+    amount: int
+    expires_at: datetime
+    available: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    released: int
+    available: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    account_id: str
+    created: bool
+    tier: str
+    status: str
+    overdraft_limit: int
+    balance: int
+    available: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    account_id: str
+    renewed: bool
+    granted: int
+    expired: int
+    balance: int
+    reason: str
+    """Why nothing happened: "" when renewed, "banned" or "already_renewed"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    hold_id: str
+    amount: int
+    expires_at: datetime
+    resource: str
+    units: int
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An account as Redis holds it now."""
+
+    account_id: str
+    tier: str
+    status: str
+    balance: int
+    monthly_credits: int
+    purchased_credits: int
+    reserved: int
+    available: int
+    overdraft_limit: int
+    created_at: datetime
+    last_reset_at: datetime | None
+    renewed_period: str
+    holds: tuple[Hold, ...] = ()

@@ -1,0 +1,68 @@
+"""Identifiers: transaction and hold ids, and the checks on ids that come from outside."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+
+from quotagate.errors import InvalidAccountId, ValidationError
+
+ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+"""Idempotency keys: 1-255 printable ASCII characters, no spaces (request ids, UUIDs...)."""
+
+_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, unique, made before the script that uses it.
+
+    Within one millisecond a 12-bit counter keeps ids of this process increasing;
+    62 random bits keep processes apart.
+    """
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x3FF
+        else:
+            _seq += 1
+            if _seq > 0xFFF:  # counter exhausted: borrow the next millisecond
+                _last_ms, _seq = _last_ms + 1, 0
+            ms = _last_ms
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def check_account_id(account_id: str) -> str:
+    if not isinstance(account_id, str) or not ACCOUNT_ID_RE.match(account_id):
+        raise InvalidAccountId(
+            "account id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
+            field="account_id",
+        )
+    return account_id
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key):
+        raise ValidationError(
+            "idempotency key must be 1 to 255 printable ASCII characters without spaces",
+            field="idempotency_key",
+        )
+    return key
+
+
+def check_hold_id(hold_id: str) -> str:
+    try:
+        return str(uuid.UUID(hold_id))
+    except (ValueError, TypeError, AttributeError):
+        raise ValidationError("hold id must be a UUID", field="hold_id") from None

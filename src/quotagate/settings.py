@@ -1,0 +1,98 @@
+"""Settings from the environment, read once, checked, with secrets kept out of logs.
+
+Every setting is listed with its default in the README. Connection URLs that hold a password
+are wrapped in :class:`Secret`, whose repr hides it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from quotagate.config import Config, load_config
+from quotagate.engine.keys import DEFAULT_PREFIX
+from quotagate.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/quotagate"
+
+
+class Secret(str):
+    """A string whose repr masks any password (URLs) or the whole value."""
+
+    def __repr__(self) -> str:
+        return f"Secret({redact(self)!r})"
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_DEFAULT_REDIS = Secret(DEFAULT_REDIS_URL)
+_DEFAULT_DATABASE = Secret(DEFAULT_DATABASE_URL)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: Secret = _DEFAULT_REDIS
+    """QUOTAGATE_REDIS_URL: the credit data (accounts, holds, outboxes)."""
+    queue_url: Secret = _DEFAULT_REDIS
+    """QUOTAGATE_QUEUE_URL: the RQ queues; a standalone Redis. Defaults to QUOTAGATE_REDIS_URL."""
+    database_url: Secret = _DEFAULT_DATABASE
+    """QUOTAGATE_DATABASE_URL: the durable ledger (PostgreSQL)."""
+    config_path: str | None = None
+    """QUOTAGATE_CONFIG: the TOML config file; the shipped default when unset."""
+    key_prefix: str = DEFAULT_PREFIX
+    """QUOTAGATE_KEY_PREFIX: prefix of every Redis key."""
+    explicit: frozenset[str] = field(default_factory=frozenset)
+    """Which of redis_url, database_url were set in the environment (``up`` embeds the rest)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        redis_url = env.get("QUOTAGATE_REDIS_URL") or DEFAULT_REDIS_URL
+        database_url = env.get("QUOTAGATE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        for name, url, schemes in (
+            ("QUOTAGATE_REDIS_URL", redis_url, ("redis", "rediss", "unix")),
+            (
+                "QUOTAGATE_QUEUE_URL",
+                env.get("QUOTAGATE_QUEUE_URL") or redis_url,
+                ("redis", "rediss", "unix"),
+            ),
+            (
+                "QUOTAGATE_DATABASE_URL",
+                database_url,
+                ("postgresql", "postgres", "postgresql+asyncpg"),
+            ),
+        ):
+            scheme = urlsplit(url).scheme
+            if scheme not in schemes:
+                raise ConfigError(
+                    f"{name}: {redact(url)!r} is not a {' / '.join(s + '://' for s in schemes)} URL"
+                )
+        explicit = frozenset(
+            name
+            for name, var in (
+                ("redis_url", "QUOTAGATE_REDIS_URL"),
+                ("database_url", "QUOTAGATE_DATABASE_URL"),
+            )
+            if env.get(var)
+        )
+        return cls(
+            redis_url=Secret(redis_url),
+            queue_url=Secret(env.get("QUOTAGATE_QUEUE_URL") or redis_url),
+            database_url=Secret(database_url),
+            config_path=env.get("QUOTAGATE_CONFIG") or None,
+            key_prefix=env.get("QUOTAGATE_KEY_PREFIX") or DEFAULT_PREFIX,
+            explicit=explicit,
+        )
+
+    def load_config(self) -> Config:
+        return load_config(self.config_path)

@@ -1,0 +1,107 @@
+"""Fixtures shared by every test: real Redis and real PostgreSQL, isolated per test.
+
+Where the servers are comes from the environment (QUOTAGATE_TEST_REDIS_URL or
+QUOTAGATE_REDIS_URL; QUOTAGATE_TEST_DATABASE_URL or QUOTAGATE_DATABASE_URL naming a server
+where we may create databases), falling back to the usual local ports. Each test gets its own
+Redis key prefix (deleted afterwards); each test session gets its own database (dropped at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from tests.support.servers import env_url
+
+from quotagate.config import Config, load_config, parse_config
+from quotagate.engine import CreditEngine
+
+REDIS_URL = env_url(
+    "QUOTAGATE_TEST_REDIS_URL", "QUOTAGATE_REDIS_URL", default="redis://127.0.0.1:6379/0"
+)
+ADMIN_DATABASE_URL = env_url(
+    "QUOTAGATE_TEST_DATABASE_URL",
+    "QUOTAGATE_DATABASE_URL",
+    default="postgresql://postgres@127.0.0.1:5432/postgres",
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"test{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    client.close()
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+EngineFactory = Callable[..., Awaitable[CreditEngine]]
+
+
+@pytest.fixture
+async def make_engine(redis_url: str, key_prefix: str) -> AsyncIterator[EngineFactory]:
+    """Build initialised engines on this test's prefix; ``config`` may be TOML text or a Config."""
+    made: list[CreditEngine] = []
+
+    async def factory(config: Config | str | None = None, **kwargs: object) -> CreditEngine:
+        if isinstance(config, str):
+            config = parse_config(config)
+        engine = CreditEngine.from_url(
+            str(kwargs.pop("url", redis_url)), config or load_config(), prefix=key_prefix, **kwargs
+        )
+        await engine.initialize()
+        made.append(engine)
+        return engine
+
+    yield factory
+    for engine in made:
+        await engine.aclose()
+
+
+@pytest.fixture
+async def engine(make_engine: EngineFactory) -> CreditEngine:
+    return await make_engine()
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session (dropped afterwards)."""
+    name = f"qg_test_{uuid.uuid4().hex[:10]}"
+    admin = ADMIN_DATABASE_URL
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield _with_database(admin, name)
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
