@@ -12,7 +12,7 @@ ARGV[5] description         ARGV[8] request fingerprint
                             ARGV[9] idempotency TTL in ms
                             ARGV[10] largest balance allowed
 
-Reply  {"ok", transaction id, balance after, available after, replayed 0|1}
+Reply  {"ok", transaction id, balance after, available after, replayed 0|1, outbox entry id}
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "balance_limit", balance, max}
@@ -71,11 +71,11 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 b = b + amount
 redis.call('HSET', KEYS[1], 'b', s(b))
-redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
+local entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
   'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
   'bal', s(balance), 'dm', '0', 'ik', idem)
 
-local reply = {'ok', txn, s(balance), s(balance - r + od), '0'}
+local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
 if idem ~= '' then
   redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
 end

@@ -13,7 +13,8 @@ ARGV[6] opening grant for a new account (monthly credits; 0 for none)
 ARGV[9] idempotency key ("" for none)   ARGV[10] request fingerprint
 ARGV[11] idempotency TTL in ms          ARGV[12] default tier
 
-Reply  {"ok", created 0|1, tier, status, overdraft limit, balance, available, replayed 0|1}
+Reply  {"ok", created 0|1, tier, status, overdraft limit, balance, available, replayed 0|1,
+        outbox entry ids, comma-separated (the account event, then the opening grant if any)}
 Errors {"err", "invalid_argument", name} {"err", "unknown_tier", tier} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"}
 Appends an "account" event to the outbox (so the ledger learns tier and status), and for a new
@@ -77,18 +78,18 @@ else
 end
 
 local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier', 'rst', 'ca')
-redis.call('XADD', KEYS[3], '*', 'id', event_id, 'a', account, 't', 'account',
+local entries = redis.call('XADD', KEYS[3], '*', 'id', event_id, 'a', account, 't', 'account',
   'tier', a[6], 'st', a[5], 'od', a[4], 'rst', a[7], 'ca', a[8], 'ts', s(now_ms))
 local balance = tonumber(a[1]) + tonumber(a[2])
 if created and grant > 0 then
-  redis.call('XADD', KEYS[3], '*', 'id', grant_txn, 'a', account, 'amt', s(grant), 't', 'grant',
+  entries = entries .. ',' .. redis.call('XADD', KEYS[3], '*', 'id', grant_txn, 'a', account, 'amt', s(grant), 't', 'grant',
     'res', '', 'u', '0', 'd', 'monthly grant (new account)', 'md', '', 'ts', s(now_ms),
     'bal', s(balance), 'dm', s(grant), 'ik', '')
 end
 
 local c = '0'
 if created then c = '1' end
-local reply = {'ok', c, a[6], a[5], a[4], s(balance), s(balance - tonumber(a[3]) + tonumber(a[4])), '0'}
+local reply = {'ok', c, a[6], a[5], a[4], s(balance), s(balance - tonumber(a[3]) + tonumber(a[4])), '0', entries}
 if idem ~= '' then
   redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
 end

@@ -175,8 +175,17 @@ class CreditEngine:
             idem or "", fp, self._idem_ttl_ms, self.config.default_tier,
         ]  # fmt: skip
         r = await self._call("upsert_account", account_id, idem, args)
+        entries = tuple(r[7].split(","))
         return UpsertResult(
-            account_id, r[0] == "1", r[1], r[2], int(r[3]), int(r[4]), int(r[5]), r[6] == "1"
+            account_id,
+            r[0] == "1",
+            r[1],
+            r[2],
+            int(r[3]),
+            int(r[4]),
+            int(r[5]),
+            r[6] == "1",
+            entries,
         )
 
     async def check(self, account_id: str, resource: str, units: int = 1) -> CheckResult:
@@ -237,7 +246,7 @@ class CreditEngine:
             self._idem_ttl_ms, str(MAX_BALANCE),
         ]  # fmt: skip
         r = await self._call("credit", account_id, idem, args)
-        return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1")
+        return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1", r[4])
 
     async def hold(
         self,

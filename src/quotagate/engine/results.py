@@ -40,6 +40,8 @@ class CreditResult:
     balance: int
     available: int
     replayed: bool
+    outbox_entry_id: str
+    """The stream id of the transaction in its partition's outbox (for the write-through)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ class UpsertResult:
     balance: int
     available: int
     replayed: bool
+    outbox_entry_ids: tuple[str, ...]
+    """Stream ids this call appended: the account event, then the opening grant if any."""
 
 
 @dataclass(frozen=True, slots=True)
