@@ -70,8 +70,8 @@ async def make_engine(redis_url: str, key_prefix: str) -> AsyncIterator[EngineFa
         engine = CreditEngine.from_url(
             str(kwargs.pop("url", redis_url)), config or load_config(), prefix=key_prefix, **kwargs
         )
+        made.append(engine)  # closed afterwards even when initialize() raises
         await engine.initialize()
-        made.append(engine)
         return engine
 
     yield factory

@@ -27,7 +27,7 @@ staying below 1e15 keeps every sum of a balance and an amount exact."""
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1, le=MAX_AMOUNT)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}\Z")]
 
 
 class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -42,7 +42,7 @@ def new_id() -> str:
 
 
 def check_account_id(account_id: str) -> str:
-    if not isinstance(account_id, str) or not ACCOUNT_ID_RE.match(account_id):
+    if not isinstance(account_id, str) or not ACCOUNT_ID_RE.fullmatch(account_id):
         raise InvalidAccountId(
             "account id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
             field="account_id",
@@ -53,7 +53,7 @@ def check_account_id(account_id: str) -> str:
 def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
-    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key):
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise ValidationError(
             "idempotency key must be 1 to 255 printable ASCII characters without spaces",
             field="idempotency_key",

@@ -28,6 +28,7 @@ class Secret(str):
 
 def redact(url: str) -> str:
     """The URL with its password replaced by ***, safe to print."""
+    url = str(url)  # a plain str: a Secret's repr calls this
     parts = urlsplit(url)
     if parts.password is None:
         return url

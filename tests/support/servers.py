@@ -50,12 +50,16 @@ class RedisProcess:
             "--save", "", "--dir", self.dir, "--appendonly", "yes" if self.appendonly else "no",
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.ConnectionError):
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            time.sleep(0.05)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        return
+                time.sleep(0.05)
+        finally:
+            client.close()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:

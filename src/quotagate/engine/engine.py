@@ -125,8 +125,11 @@ class CreditEngine:
                 await pipe.execute()
 
     async def mark_ready(self) -> None:
-        """Record the partition count and open every partition for traffic."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        """Record the partition count and open every partition for traffic.
+
+        Not a MULTI: the partitions live in different slots, which a cluster would refuse.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.keys.meta, mapping={"partitions": self.config.partitions})
             for p in range(self.config.partitions):
                 pipe.hset(self.keys.cfg(p), "ready", "1")

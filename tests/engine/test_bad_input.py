@@ -1,0 +1,184 @@
+"""Bad input raises its typed error and leaves Redis unchanged: no key, no outbox entry."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from tests.conftest import EngineFactory
+from tests.engine.configs import PLAIN
+from tests.engine.snapshot import keyspace
+
+from quotagate import errors
+from quotagate.engine import CreditEngine
+
+Op = Callable[[CreditEngine], Awaitable[Any]]
+
+BAD_ACCOUNT_IDS = [
+    "",
+    "a" * 129,
+    "trailing\n",
+    "has space",
+    "slash/id",
+    "brace{1}",
+    "ünï",
+    "tab\t",
+    "new\nline",
+]
+BAD_AMOUNTS: list[Any] = [0, -1, 1.5, 2.0, "5", True, None, 10**12 + 1, [1], {"n": 1}]
+HOLD = "01a20f3c-0000-7000-8000-000000000000"
+
+
+def _cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
+    cases: list[tuple[str, Op, type[errors.QuotagateError]]] = []
+    for bad in BAD_ACCOUNT_IDS:
+        cases += [
+            (f"consume id {bad!r}", lambda e, b=bad: e.consume(b, "unit"), errors.InvalidAccountId),
+            (f"credit id {bad!r}", lambda e, b=bad: e.credit(b, 5), errors.InvalidAccountId),
+            (f"upsert id {bad!r}", lambda e, b=bad: e.upsert_account(b), errors.InvalidAccountId),
+        ]
+    for bad in BAD_AMOUNTS:
+        cases += [
+            (f"units {bad!r}", lambda e, b=bad: e.consume("acct", "unit", b), errors.InvalidAmount),
+            (f"credit {bad!r}", lambda e, b=bad: e.credit("acct", b), errors.InvalidAmount),
+            (
+                f"hold {bad!r}",
+                lambda e, b=bad: e.hold("acct", amount=b),
+                errors.InvalidAmount if bad is not None else errors.ValidationError,
+            ),
+            (f"check {bad!r}", lambda e, b=bad: e.check("acct", "unit", b), errors.InvalidAmount),
+            (
+                f"capture {bad!r}",
+                lambda e, b=bad: e.capture("acct", HOLD, b),
+                errors.InvalidAmount if bad is not None else errors.HoldNotFound,
+            ),
+        ]
+    return cases + [
+        ("unknown resource", lambda e: e.consume("acct", "nope"), errors.UnknownResource),
+        ("resource not str", lambda e: e.consume("acct", 5), errors.UnknownResource),  # type: ignore[arg-type]
+        ("cost above 10^12", lambda e: e.consume("acct", "premium_feature", 10**12), errors.InvalidAmount),
+        ("unknown account consume", lambda e: e.consume("ghost", "unit"), errors.AccountNotFound),
+        ("unknown account credit", lambda e: e.credit("ghost", 5), errors.AccountNotFound),
+        ("unknown account hold", lambda e: e.hold("ghost", amount=1), errors.AccountNotFound),
+        ("unknown account check", lambda e: e.check("ghost", "unit"), errors.AccountNotFound),
+        ("unknown account release", lambda e: e.release("ghost", HOLD), errors.AccountNotFound),
+        ("unknown hold capture", lambda e: e.capture("acct", HOLD), errors.HoldNotFound),
+        ("unknown hold release", lambda e: e.release("acct", HOLD), errors.HoldNotFound),
+        ("malformed hold id", lambda e: e.capture("acct", "not-a-uuid"), errors.ValidationError),
+        ("credit type", lambda e: e.credit("acct", 5, "spend"), errors.ValidationError),
+        ("adjust zero", lambda e: e.credit("acct", 0, "adjust"), errors.InvalidAmount),
+        ("unknown tier", lambda e: e.upsert_account("acct", tier="gold"), errors.UnknownTier),
+        ("bad status", lambda e: e.upsert_account("acct", status="zombie"), errors.ValidationError),
+        ("negative overdraft", lambda e: e.upsert_account("acct", overdraft_limit=-1), errors.InvalidAmount),
+        ("hold ttl 0", lambda e: e.hold("acct", amount=1, ttl_seconds=0), errors.ValidationError),
+        ("hold ttl huge", lambda e: e.hold("acct", amount=1, ttl_seconds=10**9), errors.ValidationError),
+        ("hold both", lambda e: e.hold("acct", resource="unit", amount=1), errors.ValidationError),
+        ("hold neither", lambda e: e.hold("acct"), errors.ValidationError),
+        ("idempotency key space", lambda e: e.consume("acct", "unit", idempotency_key="a b"), errors.ValidationError),
+        ("idempotency key long", lambda e: e.consume("acct", "unit", idempotency_key="k" * 256), errors.ValidationError),
+        ("description long", lambda e: e.consume("acct", "unit", description="d" * 1001), errors.ValidationError),
+        ("metadata list", lambda e: e.consume("acct", "unit", metadata=[1]), errors.ValidationError),  # type: ignore[arg-type]
+        ("metadata big", lambda e: e.consume("acct", "unit", metadata={"x": "y" * 5000}), errors.ValidationError),
+        ("insufficient", lambda e: e.consume("acct", "unit", 1000), errors.InsufficientCredits),
+        ("insufficient hold", lambda e: e.hold("acct", amount=1000), errors.InsufficientCredits),
+    ]  # fmt: skip
+
+
+CASES = _cases()
+
+
+@pytest.fixture
+async def seeded(make_engine: EngineFactory) -> CreditEngine:
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 50)
+    return engine
+
+
+@pytest.mark.parametrize(("name", "op", "error"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_input_raises_and_writes_nothing(
+    seeded: CreditEngine,
+    redis_url: str,
+    key_prefix: str,
+    name: str,
+    op: Op,
+    error: type[errors.QuotagateError],
+) -> None:
+    before = keyspace(redis_url, key_prefix)
+    with pytest.raises(error):
+        await op(seeded)
+    assert keyspace(redis_url, key_prefix) == before
+
+
+async def test_capture_above_the_hold_writes_nothing(
+    seeded: CreditEngine, redis_url: str, key_prefix: str
+) -> None:
+    hold = await seeded.hold("acct", amount=10)
+    before = keyspace(redis_url, key_prefix)
+    with pytest.raises(errors.CaptureExceedsHold):
+        await seeded.capture("acct", hold.hold_id, 11)
+    assert keyspace(redis_url, key_prefix) == before
+    assert (await seeded.capture("acct", hold.hold_id, 10)).cost == 10
+
+
+async def test_balance_past_the_bound_is_refused_and_writes_nothing(
+    seeded: CreditEngine, redis_url: str, key_prefix: str
+) -> None:
+    # 10^15 is the largest balance: reach it exactly, then one more credit is refused.
+    import asyncio
+
+    await asyncio.gather(*(seeded.credit("acct", 10**12) for _ in range(999)))
+    state = await seeded.get_account("acct")
+    await seeded.credit("acct", 10**15 - state.balance)
+    assert (await seeded.get_account("acct")).balance == 10**15
+    before = keyspace(redis_url, key_prefix)
+    with pytest.raises(errors.BalanceLimitExceeded):
+        await seeded.credit("acct", 1)
+    assert keyspace(redis_url, key_prefix) == before
+    # the balance stays exact at the bound: spending 1 leaves 10^15 - 1
+    assert (await seeded.consume("acct", "unit")).balance == 10**15 - 1
+
+
+# The scripts check their own arguments too (they are the last line): call them raw.
+RAW_BAD: list[tuple[str, list[str]]] = [
+    ("consume", ["t1", "acct", "0", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "1.5", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "1e3", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "1", "unit", "-1", "", "", "", "", "1000"]),
+    ("consume", ["", "acct", "1", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "1", "unit", "1", "", "", "", "", "x"]),
+    ("check", ["0"]),
+    ("check", [" 1"]),
+    ("credit", ["t1", "acct", "0", "grant", "", "", "", "", "1000", "1000000000000000"]),
+    ("credit", ["t1", "acct", "-5", "grant", "", "", "", "", "1000", "1000000000000000"]),
+    ("credit", ["t1", "acct", "5", "spend", "", "", "", "", "1000", "1000000000000000"]),
+    ("credit", ["t1", "acct", "1000000000001", "earn", "", "", "", "", "1000", "1000000000000000"]),
+    ("hold", ["h1", "acct", "0", "1000", "", "1", "", "", "1000"]),
+    ("hold", ["h1", "acct", "5", "0", "", "1", "", "", "1000"]),
+    ("hold", ["h|1", "acct", "5", "1000", "", "1", "", "", "1000"]),
+    ("capture", ["t1", "acct", HOLD, "0", "", "", "", "", "1000"]),
+    ("release", ["acct", HOLD, "", "", "0"]),
+    (
+        "upsert_account",
+        ["acct", "", "zombie", "", "e1", "0", "g1", "2026-11", "", "", "1000", "free"],
+    ),
+    ("upsert_account", ["acct", "", "", "-1", "e1", "0", "g1", "2026-11", "", "", "1000", "free"]),
+    ("upsert_account", ["acct", "", "", "", "e1", "0", "g1", "Nov", "", "", "1000", "free"]),
+    ("renew", ["acct", "2026-11", "double", "100", "100", "x1", "g1"]),
+    ("renew", ["acct", "2026-11", "add", "-100", "100", "x1", "g1"]),
+    ("restore", ["acct", "free", "active", "0", "1.5", "0", "", "", "0", "0"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "args"), RAW_BAD, ids=[f"{s}-{i}" for i, (s, _) in enumerate(RAW_BAD)]
+)
+async def test_scripts_refuse_bad_arguments_before_writing(
+    seeded: CreditEngine, redis_url: str, key_prefix: str, script: str, args: list[str]
+) -> None:
+    before = keyspace(redis_url, key_prefix)
+    keys = seeded.keys.account("acct", "idem").as_list()
+    reply = await seeded.runner.run(seeded.scripts[script], keys, args)
+    assert reply[:2] == ["err", "invalid_argument"]
+    assert keyspace(redis_url, key_prefix) == before

@@ -1,0 +1,60 @@
+"""The config file: the shipped default, and a clear message naming each kind of mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quotagate.config import load_config, parse_config
+from quotagate.errors import ConfigError
+
+BASE = "[resources]\na = 1\n[tiers.free]\ncredit_limit = 1\nmonthly_grant = 1\n"
+
+
+def test_shipped_default_holds_the_guides_values() -> None:
+    config = load_config()
+    assert config.resources == {
+        "ai_chat_message": 1, "file_upload": 2, "api_call": 1, "premium_feature": 5,
+    }  # fmt: skip
+    assert {n: (t.credit_limit, t.monthly_grant) for n, t in config.tiers.items()} == {
+        "free": (100, 100), "pro": (1000, 1000), "enterprise": (10000, 10000),
+    }  # fmt: skip
+    assert config.partitions >= 64
+    assert config.idempotency.ttl_seconds == 86400
+    route = config.authz.route_for("POST", "/api/chat/42?stream=1")
+    assert route is not None and route.resource == "ai_chat_message"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("partitions = 0\n" + BASE, "partitions"),
+        ("partitions = 'x'\n" + BASE, "partitions"),
+        (BASE.replace("a = 1", "a = 1.5"), "resources"),
+        (BASE.replace("a = 1", "a = 0"), "resources"),
+        (BASE.replace("a = 1", "Bad-Name = 1"), "resources"),
+        (BASE + "bogus = 1\n", "bogus"),
+        (BASE + "renewal = 'sometimes'\n", "renewal"),
+        (BASE + "rate_limit = { requests_per_second = 0, burst = 1 }\n", "requests_per_second"),
+        ("default_tier = 'gold'\n" + BASE, "default_tier"),
+        ("[resources]\n[tiers.free]\ncredit_limit = 1\nmonthly_grant = 1\n", "resources"),
+        (BASE + "[holds]\nmin_ttl_seconds = 10\ndefault_ttl_seconds = 5\n", "ttl"),
+        (BASE + "[[authz.routes]]\npath = '/x'\nresource = 'nope'\n", "authz.routes[0].resource"),
+        (BASE + "[authz]\nfailure_mode = 'maybe'\n", "failure_mode"),
+        ("this is not toml", "TOML"),
+    ],
+)
+def test_mistakes_are_named(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(text)
+
+
+def test_file_errors_name_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_config(missing)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("partitions = -1\n" + BASE)
+    with pytest.raises(ConfigError, match=r"bad\.toml.*partitions"):
+        load_config(bad)
