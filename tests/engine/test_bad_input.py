@@ -54,7 +54,8 @@ def _cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
                 errors.InvalidAmount if bad is not None else errors.HoldNotFound,
             ),
         ]
-    return cases + [
+    return [
+        *cases,
         ("unknown resource", lambda e: e.consume("acct", "nope"), errors.UnknownResource),
         ("resource not str", lambda e: e.consume("acct", 5), errors.UnknownResource),  # type: ignore[arg-type]
         ("cost above 10^12", lambda e: e.consume("acct", "premium_feature", 10**12), errors.InvalidAmount),

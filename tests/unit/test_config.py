@@ -52,7 +52,7 @@ def test_mistakes_are_named(text: str, message: str) -> None:
 
 def test_file_errors_name_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_config(missing)
     bad = tmp_path / "bad.toml"
     bad.write_text("partitions = -1\n" + BASE)
