@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import fakeredis
 import pytest
 from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
 
+from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
 from quotagate.errors import (
     AccountBanned,
@@ -20,9 +23,20 @@ from quotagate.errors import (
 )
 
 
-@pytest.fixture
-async def plain(make_engine: EngineFactory) -> CreditEngine:
-    return await make_engine(PLAIN)
+@pytest.fixture(params=["redis", "fakeredis"])
+async def plain(
+    request: pytest.FixtureRequest, make_engine: EngineFactory, key_prefix: str
+) -> AsyncIterator[CreditEngine]:
+    """The engine on the real server, and again on fakeredis (logic only, never atomicity)."""
+    if request.param == "redis":
+        yield await make_engine(PLAIN)
+        return
+    engine = CreditEngine(
+        fakeredis.FakeAsyncRedis(decode_responses=True), parse_config(PLAIN), prefix=key_prefix
+    )
+    await engine.initialize()
+    yield engine
+    await engine.aclose()
 
 
 async def _entries(engine: CreditEngine, account: str) -> list[dict[str, str]]:
@@ -196,8 +210,6 @@ async def test_a_restart_with_another_partition_count_is_refused(
 async def test_initialize_without_fresh_start_leaves_partitions_closed(
     make_engine: EngineFactory, redis_url: str, key_prefix: str
 ) -> None:
-    from quotagate.config import parse_config
-
     engine = CreditEngine.from_url(redis_url, parse_config(PLAIN), prefix=key_prefix)
     try:
         assert await engine.initialize(allow_fresh=False) == "needs_recovery"

@@ -76,7 +76,10 @@ class CreditEngine:
 
     @classmethod
     def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
-        redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        # Bounded socket waits: a hung server must surface as BackendUnavailable, not a hang.
+        redis = Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5
+        )
         return cls(redis, config, **kwargs)
 
     async def aclose(self) -> None:
