@@ -88,9 +88,15 @@ class DataDir:
         self._secrets_file = self.path / "secrets.json"
 
     def create(self) -> None:
+        """Create the directory and its private parts (readable by us alone)."""
         try:
-            for directory in (self.path, self.valkey, self.logs):
-                directory.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if fresh and os.geteuid() == 0:
+                # The unprivileged PostgreSQL user must pass through (x), not list (r).
+                self.path.chmod(0o711)
+            for directory in (self.valkey, self.logs):
+                directory.mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
             raise ConfigError(
                 f"cannot create the data directory {self.path}: {exc.strerror}"

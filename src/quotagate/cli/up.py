@@ -1,0 +1,119 @@
+"""`quotagate up`: a complete local stack in the foreground, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from quotagate.cli.output import emit_json
+from quotagate.embedded.datadir import default_data_dir
+from quotagate.embedded.stack import LocalStack, StackError, StackInfo
+from quotagate.settings import Settings, redact
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_WATCH_INTERVAL_SECONDS = 0.25
+
+
+class _StopRequested(BaseException):
+    """Raised from a signal handler: leave whatever we are doing and take the stack down."""
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    raise _StopRequested(signum)
+
+
+@click.command("up")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port of the gateway on 127.0.0.1.")  # fmt: skip
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="QUOTAGATE_DATA_DIR",
+    help="Where the embedded Redis and PostgreSQL keep their data "
+    "[default: ~/.local/share/quotagate; /var/lib/quotagate for root].",
+)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (url, keys, URLs) as stdout's first line.")  # fmt: skip
+def up(port: int, data_dir: Path | None, as_json: bool) -> None:
+    """Run gateway, worker and scheduler (and Redis and PostgreSQL when none is configured).
+
+    Uses QUOTAGATE_REDIS_URL and QUOTAGATE_DATABASE_URL when set; otherwise starts embedded
+    servers whose data survives restarts. Creates an admin key and a hook key for this run
+    (revoked when it stops). Ctrl-C or SIGTERM stops everything.
+    """
+    stack = LocalStack(Settings.from_env(), port, data_dir or default_data_dir())
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _request_stop)
+    failure: StackError | None = None
+    try:
+        info = stack.start()
+        _announce(info, as_json)
+        while True:
+            time.sleep(_WATCH_INTERVAL_SECONDS)
+            gone = stack.exited()
+            if gone is not None:
+                code = gone.proc.returncode
+                raise StackError(f"the {gone.name} stopped on its own (status {code})")
+    except _StopRequested:
+        pass
+    except StackError as exc:
+        failure = exc
+    finally:
+        # The stop is bounded by per-process timeouts: let it finish rather than be interrupted.
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        print("quotagate up: stopping", file=sys.stderr, flush=True)
+        stack.stop()
+        print("quotagate up: stopped", file=sys.stderr, flush=True)
+    if failure is not None:
+        raise click.ClickException(failure.detail)
+
+
+def _announce(info: StackInfo, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "url": info.url,
+                "admin_key": info.admin_key,
+                "hook_key": info.hook_key,
+                "redis_url": info.redis_url,
+                "database_url": info.database_url,
+            }
+        )
+        sys.stdout.flush()
+        return
+    redis_note = "embedded" if "redis" in info.embedded else "from QUOTAGATE_REDIS_URL"
+    pg_note = "embedded" if "postgres" in info.embedded else "from QUOTAGATE_DATABASE_URL"
+    auth = f"-H 'Authorization: Bearer {info.admin_key}'"
+    body = "-H 'Content-Type: application/json' -d"
+    lines = [
+        f"quotagate is running at {info.url}",
+        "",
+        f"  admin key    {info.admin_key}",
+        f"  hook key     {info.hook_key}   (for a reverse proxy, in X-Quotagate-Key)",
+        f"  Redis        {redact(info.redis_url)}   ({redis_note})",
+        f"  PostgreSQL   {redact(info.database_url)}   ({pg_note})",
+    ]
+    if info.data_dir is not None:
+        lines.append(f"  data         {info.data_dir}")
+    lines += [
+        "",
+        "Try it:",
+        f'  curl -s -X PUT {auth} {body} \'{{"tier": "free"}}\' {info.url}/v1/accounts/alice',
+        f'  curl -s -X POST {auth} {body} \'{{"resource": "api_call"}}\' '
+        f"{info.url}/v1/accounts/alice/consume",
+        f"  curl -s {auth} {info.url}/v1/accounts/alice",
+        "",
+        "Ctrl-C stops everything; the two keys above are revoked then.",
+    ]
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(up)

@@ -1,0 +1,240 @@
+"""The local stack of `quotagate up`: data stores, migrations, keys, gateway, worker, scheduler.
+
+Redis and PostgreSQL come from QUOTAGATE_REDIS_URL / QUOTAGATE_DATABASE_URL when set, and are
+otherwise embedded servers with their data in one directory. Every other part is a `quotagate`
+subcommand run as a child process with the stack's environment, so `up` runs exactly what an
+operator would run by hand. :meth:`LocalStack.stop` takes everything down in reverse order:
+gateway and jobs first (they stop taking work), then the data stores (which flush to disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from quotagate.embedded.datadir import DataDir
+from quotagate.embedded.postgres import EmbeddedPostgres
+from quotagate.embedded.process import Child, spawn, wait_until
+from quotagate.embedded.valkey import EmbeddedValkey
+from quotagate.errors import ConfigError, QuotagateError
+from quotagate.settings import Settings
+
+GATEWAY_START_TIMEOUT_SECONDS = 60.0
+COMMAND_TIMEOUT_SECONDS = 180.0
+"""Migrations on a large ledger take a while; key creation takes a moment."""
+
+APP_STOP_TIMEOUT_SECONDS = 20.0
+"""Long enough for uvicorn to finish requests in flight and for a worker to end its job."""
+
+
+class StackError(QuotagateError):
+    """A part of the local stack failed to start or stopped on its own."""
+
+    code = "stack_error"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What `up` prints: where the gateway is, the keys made for this run, the stores."""
+
+    url: str
+    admin_key: str
+    hook_key: str
+    redis_url: str
+    database_url: str
+    embedded: tuple[str, ...]
+    data_dir: Path | None
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    port: int
+    data_dir: Path
+    log: IO[str] = field(default_factory=lambda: sys.stderr)
+    """Where the children's output and our progress lines go (never stdout: --json owns it)."""
+
+    servers: list[Child] = field(default_factory=list)
+    apps: list[Child] = field(default_factory=list)
+    key_ids: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    _exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    # -- start -------------------------------------------------------------------------------
+
+    def start(self) -> StackInfo:
+        """Bring everything up. Call :meth:`stop` afterwards whatever happens, failures too."""
+        _check_port_free(self.port)
+        redis_url, database_url, embedded, data_dir = self._stores()
+        self.env = _child_env(redis_url, database_url)
+        self._say("running migrations")
+        self._run(["migrate"])
+        admin_key = self._create_key("up-admin", "admin")
+        hook_key = self._create_key("up-hook", "hook")
+        url = f"http://127.0.0.1:{self.port}"
+        self._say(f"starting the gateway on {url}, a worker and the scheduler")
+        gateway = self._spawn_app(
+            "gateway", ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        )
+        self._spawn_app("worker", ["worker"])
+        self._spawn_app("scheduler", ["scheduler"])
+        if not wait_until(
+            _healthy(url), child=gateway, timeout_seconds=GATEWAY_START_TIMEOUT_SECONDS
+        ):
+            raise StackError(f"the gateway did not answer on {url}/healthz (its output is above)")
+        return StackInfo(
+            url=url,
+            admin_key=admin_key,
+            hook_key=hook_key,
+            redis_url=redis_url,
+            database_url=database_url,
+            embedded=tuple(embedded),
+            data_dir=data_dir,
+        )
+
+    def _stores(self) -> tuple[str, str, list[str], Path | None]:
+        redis_url = str(self.settings.redis_url)
+        database_url = str(self.settings.database_url)
+        embedded: list[str] = []
+        wanted = {"redis_url", "database_url"} - self.settings.explicit
+        if not wanted:
+            return redis_url, database_url, embedded, None
+        directory = DataDir(self.data_dir)
+        directory.create()
+        self._exit.enter_context(directory.locked())
+        self._say(f"data directory {directory.path}")
+        if "redis_url" in wanted:
+            valkey = EmbeddedValkey(directory)
+            self.servers.append(valkey.start())
+            redis_url = valkey.url
+            embedded.append("redis")
+            self._say(f"embedded Valkey on 127.0.0.1:{valkey.port}")
+        if "database_url" in wanted:
+            postgres = EmbeddedPostgres(directory)
+            self.servers.append(postgres.start())
+            database_url = postgres.url
+            embedded.append("postgres")
+            self._say(f"embedded PostgreSQL on 127.0.0.1:{postgres.port}")
+        return redis_url, database_url, embedded, directory.path
+
+    def _create_key(self, name: str, scope: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        out = self._run(["keys", "create", "--name", f"{name}-{stamp}", "--scope", scope, "--json"])
+        try:
+            created = json.loads(out.strip().splitlines()[-1])
+            key = str(created["key"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise StackError(
+                f"`quotagate keys create` printed no key: {out.strip()[:200]!r}"
+            ) from None
+        key_id = created.get("id")
+        if isinstance(key_id, str):
+            self.key_ids.append(key_id)
+        return key
+
+    def _spawn_app(self, name: str, args: Sequence[str]) -> Child:
+        child = spawn(
+            name,
+            _quotagate(*args),
+            env=self.env,
+            stdout=self.log,
+            stop_timeout_seconds=APP_STOP_TIMEOUT_SECONDS,
+        )
+        self.apps.append(child)
+        return child
+
+    def _run(self, args: Sequence[str]) -> str:
+        """Run a `quotagate` subcommand to its end; its stdout is returned, stderr shown."""
+        try:
+            done = subprocess.run(
+                _quotagate(*args),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                text=True,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise StackError(f"`quotagate {args[0]}` did not finish in time") from None
+        if done.returncode != 0:
+            raise StackError(
+                f"`quotagate {' '.join(args[:2])}` failed with status {done.returncode} "
+                "(its message is above)"
+            )
+        return done.stdout
+
+    # -- run and stop -----------------------------------------------------------------------
+
+    def exited(self) -> Child | None:
+        """The first part of the stack that stopped on its own, if any."""
+        return next((c for c in [*self.servers, *self.apps] if not c.running()), None)
+
+    def stop(self) -> None:
+        """Stop the gateway and jobs, retire this run's keys, then stop the data stores."""
+        for child in reversed(self.apps):
+            child.stop()
+        self.apps.clear()
+        if self.key_ids and all(c.running() for c in self.servers):
+            for key_id in self.key_ids:
+                with contextlib.suppress(StackError):
+                    self._run(["keys", "revoke", key_id])
+        self.key_ids.clear()
+        for child in reversed(self.servers):
+            child.stop()
+        self.servers.clear()
+        self._exit.close()
+
+    def pids(self) -> Iterator[int]:
+        for child in [*self.servers, *self.apps]:
+            yield child.pid
+
+    def _say(self, line: str) -> None:
+        print(f"quotagate up: {line}", file=self.log, flush=True)
+
+
+def _quotagate(*args: str) -> list[str]:
+    """The command line of a `quotagate` subcommand in this same Python environment."""
+    return [sys.executable, "-m", "quotagate.cli.main", *args]
+
+
+def _child_env(redis_url: str, database_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["QUOTAGATE_REDIS_URL"] = redis_url
+    env["QUOTAGATE_DATABASE_URL"] = database_url
+    # The queues follow the data unless the operator pointed them elsewhere.
+    env.setdefault("QUOTAGATE_QUEUE_URL", redis_url)
+    if not env["QUOTAGATE_QUEUE_URL"]:
+        env["QUOTAGATE_QUEUE_URL"] = redis_url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(f"port {port} is in use: pass another --port") from None
+
+
+def _healthy(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
