@@ -44,16 +44,19 @@ class ClusterNode(RedisProcess):
             "--dir", self.dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + 30  # generous: the machine may be busy
+        slots_added = False
+        while True:
+            assert time.monotonic() < deadline, "the cluster node did not come up"
             try:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-            assert time.monotonic() < deadline, "cluster did not come up"
+                if not slots_added:
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                    slots_added = True
+                if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
+                    break
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
             time.sleep(0.05)
         client.close()
 

@@ -52,9 +52,9 @@ class RedisProcess:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30  # generous: the machine may be busy
             while time.monotonic() < deadline:
-                with contextlib.suppress(redis.ConnectionError):
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                     if client.ping():
                         return
                 time.sleep(0.05)
