@@ -1,0 +1,108 @@
+"""The engine without HTTP: in-process charges against redis-benchmark running the same script.
+
+Both send EVALSHA of ``consume.lua`` with the same KEYS and ARGV shape (8 keys of one account,
+10 arguments, no idempotency key), over ``concurrency`` connections or tasks, for about the same
+time. What differs is the client: redis-benchmark is C and sends one call per connection per
+round trip; the engine is Python and batches the calls of one loop tick into one pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import subprocess
+import time
+
+from quotagate import ids
+from quotagate.bench.load import LoadResult, percentile
+from quotagate.engine import CreditEngine
+
+RESOURCE = "api_call"
+
+
+async def engine_load(
+    engine: CreditEngine,
+    account: str,
+    *,
+    duration_s: float,
+    concurrency: int,
+    warmup_s: float = 0.0,
+) -> LoadResult:
+    """``concurrency`` tasks charging ``account`` one credit at a time, in this process."""
+    latencies: list[int] = []
+    state = {"measuring": False, "stop": False, "errors": 0}
+
+    async def worker() -> None:
+        while not state["stop"]:
+            start = time.perf_counter_ns()
+            try:
+                await engine.consume(account, RESOURCE)
+            except Exception:
+                if state["measuring"]:
+                    state["errors"] += 1
+                continue
+            if state["measuring"]:
+                latencies.append(time.perf_counter_ns() - start)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(warmup_s)
+    state["measuring"] = True
+    begin = time.perf_counter()
+    await asyncio.sleep(duration_s)
+    state["measuring"] = False
+    elapsed = time.perf_counter() - begin
+    state["stop"] = True
+    await asyncio.gather(*tasks)
+    latencies.sort()
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    return LoadResult(
+        requests=len(latencies),
+        errors=int(state["errors"]),
+        duration_s=elapsed,
+        p50_ms=None if p50 is None else p50 / 1e6,
+        p99_ms=None if p99 is None else p99 / 1e6,
+        generator="in-process",
+    )
+
+
+def consume_command(engine: CreditEngine, account: str) -> list[str]:
+    """The EVALSHA that ``engine.consume(account, RESOURCE)`` sends, as command arguments."""
+    script = engine.scripts["consume"]
+    keys = engine.keys.account(account, None).as_list()
+    cost = str(engine.config.cost_of(RESOURCE))
+    idem_ttl = str(engine.config.idempotency.ttl_seconds * 1000)
+    args = [ids.new_id(), account, cost, RESOURCE, "1", "", "", "", "", idem_ttl]
+    return ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
+
+
+def redis_benchmark(
+    redis_url: str, command: list[str], *, duration_s: float, concurrency: int
+) -> LoadResult:
+    """Run ``command`` through redis-benchmark for about ``duration_s`` seconds.
+
+    redis-benchmark counts requests, not time: a short calibration run sets the count.
+    """
+    calibration = _run(redis_url, command, concurrency, requests=max(2000, concurrency * 200))
+    requests = max(1000, int(calibration.rate * duration_s))
+    return _run(redis_url, command, concurrency, requests=requests)
+
+
+def _run(redis_url: str, command: list[str], concurrency: int, *, requests: int) -> LoadResult:
+    args = ["redis-benchmark", "-u", redis_url, "-c", str(concurrency), "-n", str(requests)]
+    args += ["--csv", "--precision", "3", *command]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"redis-benchmark failed: {tail[0]}")
+    row = rows[-1]
+    rate = float(row["rps"])
+    return LoadResult(
+        requests=requests,
+        errors=0,
+        duration_s=requests / rate if rate else 0.0,
+        p50_ms=float(row["p50_latency_ms"]),
+        p99_ms=float(row["p99_latency_ms"]),
+        generator="redis-benchmark",
+    )

@@ -1,0 +1,142 @@
+"""What a benchmark run found: measured rows, the targets they are held to, and how it printed.
+
+A row is one scenario run for a fixed time at a fixed concurrency. Its ratio is its rate over the
+rate of its baseline row from the same run; targets compare two rows of the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quotagate.cli.output import table
+
+
+@dataclass(slots=True)
+class Row:
+    """One scenario's measurement."""
+
+    name: str
+    """Scenario and variant, e.g. ``hook/hot``."""
+    rate: float
+    """Requests (or rows) per second over the measured window."""
+    unit: str
+    """``req/s`` or ``rows/s``."""
+    count: int
+    """Requests (or rows) completed in the measured window."""
+    errors: int
+    """Requests that failed or answered with an unexpected status."""
+    duration_s: float
+    concurrency: int
+    generator: str
+    """What produced the load: ``wrk``, ``pyload``, ``redis-benchmark``, ``in-process``..."""
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    baseline: str | None = None
+    """The row this one is compared with; ``ratio`` is rate / baseline's rate."""
+    ratio: float | None = None
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Target:
+    """A ratio between two rows of one run that the hot path is held to."""
+
+    name: str
+    subject: str
+    baseline: str
+    metric: str
+    """``rate``: subject rate / baseline rate, at least ``bound``;
+    ``p99``: subject p99 / baseline p99, at most ``bound``."""
+    bound: float
+    value: float | None = None
+    met: bool | None = None
+
+    def evaluate(self, rows: dict[str, Row]) -> None:
+        subject, base = rows.get(self.subject), rows.get(self.baseline)
+        if subject is None or base is None:
+            return
+        if self.metric == "rate":
+            self.value = subject.rate / base.rate if base.rate else None
+            self.met = None if self.value is None else self.value >= self.bound
+        else:
+            if subject.p99_ms is None or not base.p99_ms:
+                return
+            self.value = subject.p99_ms / base.p99_ms
+            self.met = self.value <= self.bound
+
+    def describe(self) -> str:
+        op = ">=" if self.metric == "rate" else "<="
+        what = "rate" if self.metric == "rate" else "p99"
+        value = "n/a" if self.value is None else f"{self.value:.2f}"
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[self.met]
+        return (
+            f"{self.name}: {what} {self.subject} / {self.baseline} = {value} "
+            f"(target {op} {self.bound:g}) {verdict}"
+        )
+
+
+@dataclass(slots=True)
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    """How the run was made: cores, load average, generator, concurrency, duration, servers."""
+
+    def by_name(self) -> dict[str, Row]:
+        return {r.name: r for r in self.rows}
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def finish(self) -> None:
+        """Fill each row's ratio and evaluate the targets."""
+        rows = self.by_name()
+        for row in self.rows:
+            base = rows.get(row.baseline) if row.baseline else None
+            row.ratio = row.rate / base.rate if base and base.rate else None
+        for target in self.targets:
+            target.evaluate(rows)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "conditions": self.conditions,
+            "results": [asdict(r) for r in self.rows],
+            "targets": [asdict(t) for t in self.targets],
+        }
+
+    def render(self) -> str:
+        lines = [table(_table_rows(self.rows), _COLUMNS)]
+        if self.targets:
+            lines.append("")
+            lines.extend(t.describe() for t in self.targets)
+        if self.conditions:
+            lines.append("")
+            lines.append("conditions: " + ", ".join(f"{k}={v}" for k, v in self.conditions.items()))
+        return "\n".join(lines)
+
+
+_COLUMNS = ("scenario", "rate", "unit", "p50_ms", "p99_ms", "errors", "baseline", "ratio", "via")
+
+
+def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [
+        {
+            "scenario": r.name,
+            "rate": round(r.rate),
+            "unit": r.unit,
+            "p50_ms": _fmt(r.p50_ms),
+            "p99_ms": _fmt(r.p99_ms),
+            "errors": r.errors,
+            "baseline": r.baseline,
+            "ratio": None if r.ratio is None else f"{r.ratio:.2f}",
+            "via": r.generator,
+        }
+        for r in rows
+    ]
+
+
+def _fmt(ms: float | None) -> str | None:
+    return None if ms is None else f"{ms:.2f}"

@@ -1,0 +1,150 @@
+"""Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
+
+Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``). Each row is measured
+for the same fixed time at the same fixed concurrency with the same load generator, and
+compared with a baseline row of the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from quotagate.bench import scenarios
+from quotagate.bench.load import HttpLoad, LoadResult, available_generator
+from quotagate.bench.pyload import run_pyload
+from quotagate.bench.report import Report, Row, Target
+from quotagate.bench.stage import Stage, server_database_url
+from quotagate.bench.wrk import run_wrk
+
+GROUPS = ("http", "postgres", "engine", "flush")
+"""Scenario groups, in the order they run."""
+
+
+@dataclass(frozen=True)
+class Options:
+    duration_s: float = 10.0
+    """Measured seconds per scenario."""
+    warmup_s: float = 1.0
+    """Unmeasured seconds before each HTTP and engine scenario."""
+    concurrency: int = 50
+    """Connections (HTTP), tasks (engine) or clients (redis-benchmark)."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """uvicorn worker processes of every HTTP server."""
+    generator: str = "auto"
+    """``auto`` (wrk when installed), ``wrk`` or ``pyload``."""
+    wrk_threads: int = 2
+    spread_accounts: int = 100_000
+    flush_rows: int = 100_000
+    groups: tuple[str, ...] = GROUPS
+
+    @classmethod
+    def quick(cls, **changes: object) -> Options:
+        """Every scenario briefly: the whole run in well under two minutes."""
+        return replace(cls(duration_s=3.0, warmup_s=0.5, flush_rows=50_000), **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class Run:
+    """One benchmark run in progress."""
+
+    options: Options
+    stage: Stage
+    report: Report
+    generator: str
+    redis_accounts_ready: bool = False
+    """The hot and spread accounts are open in Redis (the http and engine groups share them)."""
+
+    def http(self, name: str, load: HttpLoad, base_url: str, baseline: str | None) -> Row:
+        o = self.options
+        if self.generator == "wrk":
+            result = run_wrk(
+                load, base_url, duration_s=o.duration_s, concurrency=o.concurrency,
+                threads=o.wrk_threads, warmup_s=o.warmup_s,
+            )  # fmt: skip
+        else:
+            result = run_pyload(
+                load, base_url, duration_s=o.duration_s, concurrency=o.concurrency,
+                warmup_s=o.warmup_s,
+            )  # fmt: skip
+        return self.add(name, result, baseline)
+
+    def add(self, name: str, result: LoadResult, baseline: str | None, note: str = "") -> Row:
+        return self.report.add(
+            Row(
+                name=name,
+                rate=result.rate,
+                unit="req/s",
+                count=result.requests,
+                errors=result.errors,
+                duration_s=round(result.duration_s, 3),
+                concurrency=self.options.concurrency,
+                generator=result.generator,
+                p50_ms=result.p50_ms,
+                p99_ms=result.p99_ms,
+                baseline=baseline,
+                note=note,
+            )
+        )
+
+
+TARGETS = (
+    Target("hook vs HTTP floor (spread)", "hook/spread", "http/floor", "rate", 0.6),
+    Target("hook p99 vs HTTP floor (spread)", "hook/spread", "http/floor", "p99", 2.0),
+    Target("hook vs HTTP floor (hot)", "hook/hot", "http/floor", "rate", 0.6),
+    Target("hook p99 vs HTTP floor (hot)", "hook/hot", "http/floor", "p99", 2.0),
+    Target("hook vs Postgres design (spread)", "hook/spread", "postgres/spread", "rate", 5.0),
+    Target("hook vs Postgres design (hot)", "hook/hot", "postgres/hot", "rate", 20.0),
+    Target("engine vs redis-benchmark", "engine/in-process", "redis-benchmark", "rate", 0.6),
+    Target("flush vs bare COPY", "flush/worker", "flush/copy", "rate", 0.5),
+)
+
+
+async def run(
+    options: Options,
+    *,
+    redis_url: str,
+    database_url: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Report:
+    """Measure every scenario of ``options.groups``; the stage is always taken down."""
+    generator = available_generator(options.generator)
+    stage = Stage(redis_url, await server_database_url(database_url))
+    report = Report(targets=[replace(t) for t in TARGETS])
+    report.conditions = _conditions(options, generator)
+    report.conditions.update(key_prefix=stage.prefix, database=stage.database)
+    current = Run(options, stage, report, generator)
+    try:
+        progress(f"setting up (key prefix {stage.prefix}, database {stage.database})")
+        await stage.open()
+        for group in options.groups:
+            await scenarios.GROUPS[group](current, progress)
+    finally:
+        await stage.close()
+    report.conditions["load_after"] = _load_average()
+    report.finish()
+    return report
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on Linux
+        return "n/a"
+
+
+def _conditions(options: Options, generator: str) -> dict[str, object]:
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "generator": generator,
+        "concurrency": options.concurrency,
+        "duration_s": options.duration_s,
+        "workers": options.workers,
+        "spread_accounts": options.spread_accounts,
+        "redis_benchmark": bool(shutil.which("redis-benchmark")),
+        "load_before": _load_average(),
+    }

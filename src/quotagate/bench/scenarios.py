@@ -1,0 +1,167 @@
+"""The scenarios, by group. Each group sets up what it needs on the stage and measures its rows.
+
+Rows (``name``: what it measures, compared with):
+  http/floor        the gateway's ``GET /healthz``: the HTTP floor every route pays
+  http/bare         a one-route Starlette app served the same way: the server's ceiling (floor)
+  hook/hot|spread   ``GET /v1/authz`` charging 1 credit, one account or 100k accounts (floor)
+  consume/hot|spread ``POST /v1/accounts/{id}/consume`` with a JSON body (floor)
+  postgres/hot|spread the product guide's design: a Postgres transaction per charge, over the
+                    same HTTP server settings, answering the hook's request
+  engine/in-process ``CreditEngine.consume`` from concurrent tasks, no HTTP (redis-benchmark)
+  engine/unbatched  the same with the engine's pipeline batching off (redis-benchmark)
+  redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
+  flush/worker      the ledger flush, rows/s (flush/copy)
+  flush/copy        a bare COPY of the same rows into the same table
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from quotagate.bench import engine_load, pgdesign
+from quotagate.bench.load import Accounts, HttpLoad
+from quotagate.bench.servers import ServeOptions, serving
+from quotagate.bench.stage import CREDITS, HOT, asyncpg_url, spread_accounts
+from quotagate.engine import CreditEngine
+
+if TYPE_CHECKING:
+    from quotagate.bench.runner import Run
+
+Progress = Callable[[str], None]
+
+FLOOR = "http/floor"
+
+
+def hook_load(accounts: Accounts, hook_key: str | None = None) -> HttpLoad:
+    """The authz hook as a proxy calls it: 1 unit of api_call for the account it names."""
+    headers = {"X-Account-Id": "{account}", "X-Quota-Resource": "api_call", "X-Quota-Units": "1"}
+    if hook_key is not None:
+        headers["X-Quotagate-Key"] = hook_key
+    return HttpLoad("GET", "/v1/authz", headers, accounts=accounts)
+
+
+def consume_load(accounts: Accounts, service_key: str) -> HttpLoad:
+    return HttpLoad(
+        "POST",
+        "/v1/accounts/{account}/consume",
+        {"Authorization": f"Bearer {service_key}"},
+        body='{"resource":"api_call"}',
+        accounts=accounts,
+    )
+
+
+async def _accounts_in_redis(run: Run, progress: Progress) -> None:
+    if run.redis_accounts_ready:
+        return
+    progress(f"opening {run.options.spread_accounts + 1} accounts in Redis")
+    await run.stage.create_accounts(HOT)
+    await run.stage.create_accounts(spread_accounts(run.options.spread_accounts))
+    await run.stage.clear_outboxes()
+    run.redis_accounts_ready = True
+
+
+async def _balance(engine: CreditEngine, account: str) -> int:
+    return (await engine.get_account(account)).balance
+
+
+async def http_group(run: Run, progress: Progress) -> None:
+    """The gateway: its floor, the hook and consume, hot and spread."""
+    from quotagate.bench import gateway
+
+    await _accounts_in_redis(run, progress)
+    keys = await gateway.prepare(run.stage)
+    serve = ServeOptions(run.options.workers)
+    spread = spread_accounts(run.options.spread_accounts)
+    engine = run.stage.engine
+    assert engine is not None
+    with (
+        gateway.serving_gateway(run.stage, serve) as app,
+        serving("quotagate.bench.floor:create_app", serve, {}) as bare,
+    ):
+        for name, load, url, base in (
+            (FLOOR, HttpLoad("GET", "/healthz"), app.base_url, None),
+            ("http/bare", HttpLoad("GET", "/healthz"), bare.base_url, FLOOR),
+            ("hook/hot", hook_load(HOT, keys.hook), app.base_url, FLOOR),
+            ("hook/spread", hook_load(spread, keys.hook), app.base_url, FLOOR),
+            ("consume/hot", consume_load(HOT, keys.service), app.base_url, FLOOR),
+            ("consume/spread", consume_load(spread, keys.service), app.base_url, FLOOR),
+        ):
+            progress(f"measuring {name}")
+            before = await _balance(engine, HOT.stem)
+            row = await asyncio.to_thread(run.http, name, load, url, base)
+            charged = before - await _balance(engine, HOT.stem)
+            if name.endswith("/hot") and charged < row.count:
+                row.note = f"only {charged} credits charged for {row.count} answers"
+            await run.stage.clear_outboxes()
+
+
+async def postgres_group(run: Run, progress: Progress) -> None:
+    """The product guide's design in Postgres, served the same way, hot and spread."""
+    spread = spread_accounts(run.options.spread_accounts)
+    progress(f"loading {spread.count + 1} accounts into Postgres")
+    conn = await asyncpg.connect(asyncpg_url(run.stage.database_url))
+    try:
+        await pgdesign.prepare(conn, [HOT.stem, *spread.all()], CREDITS)
+    finally:
+        await conn.close()
+    env = {pgdesign.URL_ENV: asyncpg_url(run.stage.database_url)}
+    serve = ServeOptions(run.options.workers)
+    with serving("quotagate.bench.pgdesign:create_app", serve, env) as app:
+        for name, accounts in (("postgres/hot", HOT), ("postgres/spread", spread)):
+            progress(f"measuring {name}")
+            await asyncio.to_thread(run.http, name, hook_load(accounts), app.base_url, None)
+
+
+async def engine_group(run: Run, progress: Progress) -> None:
+    """The engine in-process, batched and not, against redis-benchmark on the same script."""
+    await _accounts_in_redis(run, progress)
+    engine = run.stage.engine
+    assert engine is not None
+    o = run.options
+    unbatched = CreditEngine.from_url(
+        run.stage.redis_url, run.stage.config, prefix=run.stage.prefix, batching=False
+    )
+    try:
+        for name, eng in (("engine/in-process", engine), ("engine/unbatched", unbatched)):
+            progress(f"measuring {name}")
+            before = await _balance(engine, HOT.stem)
+            result = await engine_load.engine_load(
+                eng, HOT.stem, duration_s=o.duration_s, concurrency=o.concurrency,
+                warmup_s=o.warmup_s,
+            )  # fmt: skip
+            row = run.add(name, result, "redis-benchmark")
+            if before - await _balance(engine, HOT.stem) < row.count:
+                row.note = "fewer credits charged than calls answered"
+            await run.stage.clear_outboxes()
+    finally:
+        await unbatched.aclose()
+    progress("measuring redis-benchmark")
+    command = engine_load.consume_command(engine, HOT.stem)
+    before = await _balance(engine, HOT.stem)
+    result = await asyncio.to_thread(
+        engine_load.redis_benchmark,
+        run.stage.redis_url, command, duration_s=o.duration_s, concurrency=o.concurrency,
+    )  # fmt: skip
+    row = run.add("redis-benchmark", result, None, note="same EVALSHA of consume.lua")
+    if before - await _balance(engine, HOT.stem) < row.count:
+        row.note = "fewer credits charged than calls sent: the script refused some"
+    await run.stage.clear_outboxes()
+
+
+async def flush_group(run: Run, progress: Progress) -> None:
+    """The ledger flush against a bare COPY of the same rows."""
+    from quotagate.bench import flush
+
+    await flush.measure(run, progress)
+
+
+GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
+    "http": http_group,
+    "postgres": postgres_group,
+    "engine": engine_group,
+    "flush": flush_group,
+}

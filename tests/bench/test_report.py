@@ -1,0 +1,40 @@
+"""Ratios and targets come from rows of the same run; the table and the JSON say the same."""
+
+from __future__ import annotations
+
+from quotagate.bench.report import Report, Row, Target
+
+
+def _row(name: str, rate: float, p99: float | None = 2.0, baseline: str | None = None) -> Row:
+    return Row(
+        name=name, rate=rate, unit="req/s", count=int(rate * 10), errors=0, duration_s=10.0,
+        concurrency=50, generator="wrk", p50_ms=1.0, p99_ms=p99, baseline=baseline,
+    )  # fmt: skip
+
+
+def test_ratios_and_targets() -> None:
+    report = Report(
+        rows=[_row("floor", 1000), _row("hook", 700, p99=5.0, baseline="floor"), _row("pg", 100)],
+        targets=[
+            Target("rate", "hook", "floor", "rate", 0.6),
+            Target("p99", "hook", "floor", "p99", 2.0),
+            Target("vs pg", "hook", "pg", "rate", 20),
+            Target("missing", "hook", "nothing", "rate", 1),
+        ],
+    )
+    report.finish()
+    rows = report.by_name()
+    assert rows["hook"].ratio == 0.7
+    assert rows["floor"].ratio is None
+    rate, p99, vs_pg, missing = report.targets
+    assert (rate.value, rate.met) == (0.7, True)
+    assert (p99.value, p99.met) == (2.5, False)
+    assert (vs_pg.value, vs_pg.met) == (7.0, False)
+    assert (missing.value, missing.met) == (None, None)
+    text = report.render()
+    assert text.splitlines()[0].split()[:3] == ["SCENARIO", "RATE", "UNIT"]
+    assert "hook" in text and "0.70" in text
+    assert "p99 hook / floor = 2.50 (target <= 2) NOT MET" in text
+    data = report.as_json()
+    assert [r["name"] for r in data["results"]] == ["floor", "hook", "pg"]
+    assert data["targets"][0]["met"] is True

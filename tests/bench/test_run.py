@@ -1,0 +1,92 @@
+"""`quotagate bench` end to end, each scenario for about a second: the report's shape, numbers
+produced for every row, nothing failed, and nothing left behind. Speed is not asserted here:
+the suite shares the machine with other work; `quotagate bench` is the measurement."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import asyncpg
+import redis
+
+EXPECTED_ROWS = {
+    "postgres": ["postgres/hot", "postgres/spread"],
+    "engine": ["engine/in-process", "engine/unbatched", "redis-benchmark"],
+}
+
+
+def _bench(redis_url: str, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "quotagate.cli.main", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+async def test_every_scenario_produces_numbers_and_cleans_up(
+    redis_url: str, database_url: str
+) -> None:
+    groups = list(EXPECTED_ROWS)
+    only = [a for g in groups for a in ("--only", g)]
+    proc = _bench(
+        redis_url, database_url, "--json", "--duration", "1", "--warmup", "0.2",
+        "--accounts", "500", "--concurrency", "8", *only,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report) == {"conditions", "results", "targets"}
+    names = [r["name"] for r in report["results"]]
+    assert names == [n for g in groups for n in EXPECTED_ROWS[g]]
+    for row in report["results"]:
+        assert row["rate"] > 0, row
+        assert row["count"] > 0, row
+        assert row["errors"] == 0, row
+        assert row["p50_ms"] is not None and 0 < row["p50_ms"] <= row["p99_ms"], row
+        assert row["concurrency"] == 8
+        assert row["note"] in ("", "same EVALSHA of consume.lua"), row
+    by_name = {r["name"]: r for r in report["results"]}
+    engine = by_name["engine/in-process"]
+    assert engine["baseline"] == "redis-benchmark"
+    assert engine["ratio"] == engine["rate"] / by_name["redis-benchmark"]["rate"]
+    target = {t["name"]: t for t in report["targets"]}["engine vs redis-benchmark"]
+    assert target["value"] == engine["ratio"]
+    assert target["met"] is (engine["ratio"] >= 0.6)
+    conditions = report["conditions"]
+    assert conditions["concurrency"] == 8
+    assert conditions["generator"] in ("wrk", "pyload")
+
+    # Nothing left behind: no key under the run's prefix, no database.
+    client = redis.Redis.from_url(redis_url)
+    assert list(client.scan_iter(match=f"{conditions['key_prefix']}:*", count=1000)) == []
+    client.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_database WHERE datname = $1", conditions["database"]
+        )
+    finally:
+        await conn.close()
+    assert left == 0
+
+
+def test_table_output_and_a_clear_error(redis_url: str, database_url: str) -> None:
+    proc = _bench(
+        redis_url, database_url, "--duration", "0.5", "--warmup", "0", "--accounts", "10",
+        "--concurrency", "2", "--only", "engine",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    header, *lines = proc.stdout.splitlines()
+    assert header.split()[:4] == ["SCENARIO", "RATE", "UNIT", "P50_MS"]
+    assert any(line.startswith("engine/in-process") for line in lines)
+    assert any("engine vs redis-benchmark" in line for line in lines)
+
+    bad = _bench("redis://127.0.0.1:1/0", database_url, "--duration", "0.5", "--only", "engine")
+    assert bad.returncode != 0
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("Error: the benchmark stopped")
