@@ -36,6 +36,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ConfigError(f"{name}: {raw!r} is not an integer from {low} to {high}")
+    return int(raw)
+
+
 _DEFAULT_REDIS = Secret(DEFAULT_REDIS_URL)
 _DEFAULT_DATABASE = Secret(DEFAULT_DATABASE_URL)
 
@@ -52,6 +61,12 @@ class Settings:
     """QUOTAGATE_CONFIG: the TOML config file; the shipped default when unset."""
     key_prefix: str = DEFAULT_PREFIX
     """QUOTAGATE_KEY_PREFIX: prefix of every Redis key."""
+    host: str = "127.0.0.1"
+    """QUOTAGATE_HOST: the address `quotagate serve` listens on."""
+    port: int = 8080
+    """QUOTAGATE_PORT: the port `quotagate serve` listens on."""
+    workers: int = 1
+    """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers)."""
     explicit: frozenset[str] = field(default_factory=frozenset)
     """Which of redis_url, database_url were set in the environment (``up`` embeds the rest)."""
 
@@ -92,6 +107,9 @@ class Settings:
             database_url=Secret(database_url),
             config_path=env.get("QUOTAGATE_CONFIG") or None,
             key_prefix=env.get("QUOTAGATE_KEY_PREFIX") or DEFAULT_PREFIX,
+            host=env.get("QUOTAGATE_HOST") or "127.0.0.1",
+            port=_int_env(env, "QUOTAGATE_PORT", 8080, 1, 65535),
+            workers=_int_env(env, "QUOTAGATE_WORKERS", 1, 1, 64),
             explicit=explicit,
         )
 

@@ -1,0 +1,90 @@
+"""The app factory: ``create_app(settings=None)`` builds the Starlette app.
+
+``uvicorn --factory quotagate.api.app:create_app`` and ``quotagate serve`` both use it. The
+backends are connected in the app's lifespan (so each uvicorn worker has its own connections,
+made after the fork); routes are plain functions closed over the :class:`Gateway`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
+from quotagate.api.gateway import Gateway
+from quotagate.api.problems import problem_response
+from quotagate.api.routes import accounts, charges, holds, hook, ops
+from quotagate.config import Config
+from quotagate.errors import QuotagateError
+from quotagate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) as problem documents too."""
+    assert isinstance(exc, HTTPException)
+    error: QuotagateError
+    if exc.status_code == 404:
+        error = NotFound(f"no endpoint at {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed here")
+    else:
+        error = HttpError(str(exc.detail))
+        error.http_status = exc.status_code
+    response = problem_response(error)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _quotagate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QuotagateError)
+    return problem_response(exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(QuotagateError("internal error"))
+
+
+def create_app(settings: Settings | None = None, *, config: Config | None = None) -> Starlette:
+    """The gateway app. ``settings`` default to the environment; ``config`` to the settings'."""
+    settings = settings or Settings.from_env()
+    gw = Gateway(settings, config or settings.load_config())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await gw.start()
+        except BaseException:
+            await gw.stop()
+            raise
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = Starlette(
+        routes=[
+            *accounts.routes(gw),
+            *charges.routes(gw),
+            *holds.routes(gw),
+            *hook.routes(gw),
+            *ops.routes(gw),
+        ],
+        exception_handlers={
+            HTTPException: _http_exception,
+            QuotagateError: _quotagate_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app

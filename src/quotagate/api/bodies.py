@@ -1,0 +1,67 @@
+"""Reading request bodies: a size cap, then strict decoding into a struct.
+
+A body above the cap is refused (413) as soon as the cap is passed, before it is all read.
+Decoding errors become the engine's own error classes, with msgspec's message, which names
+the field (``Expected `int`, got `float` - at `$.amount```).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from quotagate.api.errors import PayloadTooLarge
+from quotagate.api.schemas import AMOUNT_FIELDS
+from quotagate.errors import InvalidAmount, ValidationError
+
+MAX_BODY_BYTES = 16 * 1024
+"""Largest request body. The biggest legitimate one (4 KiB of metadata and a 1000-character
+description) fits several times over; anything larger is a mistake or an attack."""
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_FIELD_RE = re.compile(r"at `\$\.([A-Za-z_]+)")
+
+
+async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ValidationError("Content-Length is not a number")
+        if int(declared) > max_bytes:
+            raise PayloadTooLarge(f"the request body is above {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the request body is above {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(data: bytes, into: type[T], *, empty_ok: bool = False) -> T:
+    """``data`` as an ``into``; an empty body counts as ``{}`` when ``empty_ok``."""
+    if not data.strip():
+        if empty_ok:
+            data = b"{}"
+        else:
+            raise ValidationError("the request needs a JSON object body")
+    decoder = _decoders.get(into)
+    if decoder is None:
+        decoder = _decoders[into] = msgspec.json.Decoder(into)
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _FIELD_RE.search(message)
+        field = match.group(1) if match else None
+        if field in AMOUNT_FIELDS:
+            raise InvalidAmount(message, field=field) from None
+        raise ValidationError(message, **({"field": field} if field else {})) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"the body is not valid JSON: {exc}") from None

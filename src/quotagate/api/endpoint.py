@@ -1,0 +1,82 @@
+"""What every endpoint shares: error mapping, metrics, keys and idempotency headers.
+
+No middleware: each endpoint is wrapped once, at start, by :func:`endpoint`, which times it,
+counts its answer and turns any quotagate error into its problem document (via
+:mod:`quotagate.api.problems`, the one place that knows how).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from quotagate import metrics
+from quotagate.api.problems import problem_response
+from quotagate.api.schemas import encode
+from quotagate.engine.results import RateLimitState
+from quotagate.errors import QuotagateError
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+REPLAYED = {"Idempotent-Replayed": "true"}
+DEGRADED = {"X-Quota-Degraded": "1"}
+"""On an answer built without one backend: still right, but less complete (or, from the hook
+in fail-open mode, not charged)."""
+
+
+def endpoint(route: str) -> Callable[[Handler], Handler]:
+    """Wrap a handler: errors become problems; every answer is counted under ``route``."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await handler(request)
+            except QuotagateError as exc:
+                response = problem_response(exc)
+            metrics.count_request(route, response.status_code, time.perf_counter() - started)
+            return response
+
+        run.__name__ = handler.__name__
+        run.__doc__ = handler.__doc__
+        return run
+
+    return wrap
+
+
+def json_response(
+    value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(encode(value), status, headers, media_type="application/json")
+
+
+def bearer(request: Request) -> str | None:
+    """The key in ``Authorization: Bearer <key>``, or None."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
+
+
+def idempotency_key(request: Request) -> str | None:
+    return request.headers.get("idempotency-key")
+
+
+def replay_headers(replayed: bool) -> Mapping[str, str] | None:
+    return REPLAYED if replayed else None
+
+
+def rate_limit_headers(state: RateLimitState | None) -> dict[str, str]:
+    """RateLimit-* (IETF httpapi draft) for a tier with a request rate."""
+    if state is None:
+        return {}
+    return {
+        "RateLimit-Limit": str(state.limit),
+        "RateLimit-Remaining": str(state.remaining),
+        "RateLimit-Reset": str(max(0, -(-state.reset_ms // 1000))),
+    }

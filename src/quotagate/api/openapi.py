@@ -1,0 +1,325 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at /openapi.json.
+
+Bodies and answers come from the msgspec structs that decode and encode them
+(:mod:`quotagate.api.schemas`), so the document cannot drift from what the code accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from quotagate import __version__
+from quotagate.api import schemas as s
+from quotagate.api.problems import PROBLEM_JSON
+from quotagate.config import Config
+
+REF = "#/components/schemas/{name}"
+
+_ACCOUNT_ID = {
+    "name": "account_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:@-]{1,128}$"},
+}
+_HOLD_ID = {
+    "name": "hold_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Same key and body within 24 h: the first answer again (with "
+    "Idempotent-Replayed: true), nothing changed. Same key, other body: 409.",
+    "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+}
+
+
+def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _ref(struct: type[msgspec.Struct]) -> dict[str, str]:
+    return {"$ref": REF.format(name=struct.__name__)}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    texts = {
+        400: "Bad request",
+        401: "Missing or unknown key",
+        403: "The key lacks the scope",
+        404: "Unknown account or hold",
+        409: "Idempotency-Key reused with another request",
+        402: "Insufficient credits (required, available)",
+        413: "Body above the size cap",
+        422: "Invalid request",
+        429: "Rate limited (Retry-After)",
+        503: "A backend is unavailable, or the account awaits recovery",
+    }
+    return {
+        str(code): {
+            "description": texts[code],
+            "content": {PROBLEM_JSON: {"schema": _ref(s.Problem)}},
+        }
+        for code in statuses
+    }
+
+
+def _op(
+    summary: str,
+    scope: str,
+    ok: tuple[int, type[msgspec.Struct] | None],
+    *,
+    body: type[msgspec.Struct] | None = None,
+    body_required: bool = True,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    status, answer = ok
+    op: dict[str, Any] = {"summary": summary, "parameters": params or []}
+    if scope == "hook":
+        op["security"] = [{"hookKey": []}]
+    elif scope != "none":
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"Scope: {scope}."
+    if body is not None:
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    response: dict[str, Any] = {"description": "OK"}
+    if answer is not None:
+        response["content"] = {"application/json": {"schema": _ref(answer)}}
+    auth = (401, 403) if scope != "none" else ()
+    op["responses"] = {str(status): response, **_problems(*sorted({*auth, *errors}))}
+    return op
+
+
+def _hook_op() -> dict[str, Any]:
+    params = [
+        _header("X-Account-Id", "The account, named by the proxy after its own authentication."),
+        _header("X-Quota-Resource", "The resource to charge (else the config's route table)."),
+        _header(
+            "X-Quota-Units",
+            "Units of the resource (default 1).",
+            {"type": "string", "pattern": "^[0-9]{1,13}$"},
+        ),
+        _header("X-Request-Id", "The idempotency key of the charge."),
+        _header("X-Original-Method", "nginx: the proxied request's method."),
+        _header("X-Original-URI", "nginx: the proxied request's URI."),
+        _header("X-Forwarded-Method", "Traefik: the proxied request's method."),
+        _header("X-Forwarded-Uri", "Traefik: the proxied request's URI."),
+    ]
+    op = _op(
+        "Reverse-proxy authz hook",
+        "hook",
+        (200, None),
+        params=params,
+        errors=(402, 409, 422, 429, 503),
+    )
+    op["description"] = (
+        "Allowed: 200 with X-Quota-Account, X-Quota-Cost, X-Quota-Remaining (and RateLimit-* "
+        "for rate-limited tiers). Denied for credits: authz.deny_status (402) with X-Quota-Reason; "
+        "rate limited: authz.rate_limited_status (429) with Retry-After. No identity: 401; "
+        "unknown or banned account: 403. Backend down: 503, or 200 with X-Quota-Degraded: 1."
+    )
+    return op
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
+    acct = [_ACCOUNT_ID]
+    write = [_ACCOUNT_ID, _IDEMPOTENCY]
+    hold = [_ACCOUNT_ID, _HOLD_ID, _IDEMPOTENCY]
+    page = [
+        _ACCOUNT_ID,
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "format": "uuid"},
+        },
+    ]
+    hook = _hook_op()
+    any_method = {m: hook for m in ("get", "head", "post", "put", "patch", "delete", "options")}
+    paths: dict[str, Any] = {
+        "/v1/accounts/{account_id}": {
+            "put": _op(
+                "Create or update an account",
+                "admin",
+                (200, s.AccountWritten),
+                body=s.AccountUpsert,
+                body_required=False,
+                params=write,
+                errors=(409, 413, 422, 503),
+            ),
+            "get": _op(
+                "An account with its last 10 transactions",
+                "read",
+                (200, s.AccountOut),
+                params=acct,
+                errors=(404, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/credits": {
+            "post": _op(
+                "Add credits: grant, earn (admin) or refund (service)",
+                "admin (service for refund)",
+                (200, s.CreditOut),
+                body=s.CreditRequest,
+                params=write,
+                errors=(404, 409, 413, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/check": {
+            "post": _op(
+                "Would a charge be allowed now",
+                "service",
+                (200, s.CheckOut),
+                body=s.CheckRequest,
+                params=acct,
+                errors=(404, 413, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/consume": {
+            "post": _op(
+                "Charge a resource",
+                "service",
+                (200, s.ChargeOut),
+                body=s.ConsumeRequest,
+                params=write,
+                errors=(402, 404, 409, 413, 422, 429, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/holds": {
+            "post": _op(
+                "Set credits aside",
+                "service",
+                (201, s.HoldOut),
+                body=s.HoldRequest,
+                params=write,
+                errors=(402, 404, 409, 413, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/holds/{hold_id}/capture": {
+            "post": _op(
+                "Charge a hold (at most the held amount)",
+                "service",
+                (200, s.ChargeOut),
+                body=s.CaptureRequest,
+                body_required=False,
+                params=hold,
+                errors=(404, 409, 413, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/holds/{hold_id}/release": {
+            "post": _op(
+                "End a hold without charging",
+                "service",
+                (200, s.ReleaseOut),
+                body=s.ReleaseRequest,
+                body_required=False,
+                params=hold,
+                errors=(404, 409, 413, 422, 503),
+            ),
+        },
+        "/v1/accounts/{account_id}/transactions": {
+            "get": _op(
+                "History, newest first",
+                "read",
+                (200, s.TransactionsOut),
+                params=page,
+                errors=(404, 422, 503),
+            ),
+        },
+        "/v1/resources": {"get": _op("Resource costs", "read", (200, s.ResourcesOut))},
+        "/v1/me": {
+            "get": _op(
+                "The account the proxy names in X-Account-Id",
+                "hook",
+                (200, s.AccountOut),
+                params=[_header("X-Account-Id", "The account.")],
+                errors=(404, 422, 503),
+            ),
+        },
+        "/v1/authz": any_method,
+        "/v1/authz/{path}": {
+            m: {
+                **hook,
+                "parameters": [
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
+                    *hook["parameters"],
+                ],
+            }
+            for m in any_method
+        },
+        "/healthz": {"get": _op("The process is up", "none", (200, s.HealthOut))},
+        "/readyz": {
+            "get": _op(
+                "Redis and Postgres answer (503 otherwise, with which)", "none", (200, s.ReadyOut)
+            )
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+    paths["/readyz"]["get"]["responses"]["503"] = {
+        "description": "Not ready",
+        "content": {"application/json": {"schema": _ref(s.ReadyOut)}},
+    }
+    paths["/v1/accounts/{account_id}"]["put"]["responses"]["201"] = {
+        "description": "Created",
+        "content": {"application/json": {"schema": _ref(s.AccountWritten)}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "quotagate",
+            "version": __version__,
+            "description": "Credits and quotas: charges in Redis, a durable ledger in Postgres. "
+            f"Resources: {', '.join(sorted(config.resources))}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "hookKey": {"type": "apiKey", "in": "header", "name": "X-Quotagate-Key"},
+            },
+        },
+    }

@@ -1,0 +1,190 @@
+"""Request bodies and answers as msgspec structs: strict decoding and the OpenAPI schemas.
+
+Decoding is strict (msgspec's default): amounts are JSON integers, never floats, strings or
+booleans; unknown fields are refused. The bounds here mirror the engine's checks, which run
+again behind them, and appear in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from quotagate.config import MAX_AMOUNT
+from quotagate.engine.validate import MAX_DESCRIPTION_CHARS
+
+Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="A JSON integer from 1 to 10^12.")]
+Limit = Annotated[int, Meta(ge=0, le=MAX_AMOUNT, description="A JSON integer from 0 to 10^12.")]
+Seconds = Annotated[int, Meta(ge=1, le=30 * 86400)]
+Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION_CHARS)]
+ResourceName = Annotated[str, Meta(min_length=1, max_length=64)]
+Metadata = Annotated[dict[str, Any], Meta(description="A JSON object, at most 4 KiB once encoded.")]
+
+AMOUNT_FIELDS = frozenset({"amount", "units", "overdraft_limit"})
+"""Fields whose refusal is an ``invalid_amount`` (the rest are ``invalid_request``)."""
+
+
+class _Body(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+class AccountUpsert(_Body):
+    tier: str | None = None
+    status: Literal["active", "banned"] | None = None
+    overdraft_limit: Limit | None = None
+
+
+class CreditRequest(_Body):
+    amount: Amount
+    type: Literal["grant", "earn", "refund"]
+    description: Description | None = None
+    metadata: Metadata | None = None
+
+
+class CheckRequest(_Body):
+    resource: ResourceName
+    units: Amount = 1
+
+
+class ConsumeRequest(_Body):
+    resource: ResourceName
+    units: Amount = 1
+    description: Description | None = None
+    metadata: Metadata | None = None
+
+
+class HoldRequest(_Body):
+    """Either ``resource`` (with ``units``) or ``amount``."""
+
+    resource: ResourceName | None = None
+    units: Amount | None = None
+    amount: Amount | None = None
+    ttl_seconds: Seconds | None = None
+
+
+class CaptureRequest(_Body):
+    amount: Amount | None = None
+
+
+class ReleaseRequest(_Body):
+    pass
+
+
+# -- answers ----------------------------------------------------------------------------
+
+
+class _Out(Struct):
+    pass
+
+
+class TransactionOut(_Out):
+    id: str
+    account_id: str
+    amount: int
+    type: str
+    resource: str | None
+    units: int | None
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    balance_after: int | None
+    pending: bool
+
+
+class AccountOut(_Out):
+    account_id: str
+    tier: str
+    status: str
+    balance: int
+    reserved: int
+    available: int
+    overdraft_limit: int
+    last_reset_at: datetime | None
+    recent_transactions: list[TransactionOut]
+
+
+class AccountWritten(_Out):
+    account_id: str
+    created: bool
+    tier: str
+    status: str
+    overdraft_limit: int
+    balance: int
+    reserved: int
+    available: int
+    durable: bool
+
+
+class CreditOut(_Out):
+    transaction_id: str
+    balance: int
+    durable: bool
+
+
+class CheckOut(_Out):
+    allowed: bool
+    cost: int
+    available: int
+
+
+class ChargeOut(_Out):
+    transaction_id: str
+    cost: int
+    remaining: int
+
+
+class HoldOut(_Out):
+    hold_id: str
+    amount: int
+    expires_at: datetime
+    available: int
+
+
+class ReleaseOut(_Out):
+    released: int
+    available: int
+
+
+class TransactionsOut(_Out):
+    transactions: list[TransactionOut]
+    next: str | None
+
+
+class ResourcesOut(_Out):
+    resources: dict[str, int]
+
+
+class HealthOut(_Out):
+    status: str
+
+
+class ReadyOut(_Out):
+    ready: bool
+    redis: Literal["ok", "down", "needs_recovery"]
+    postgres: Literal["ok", "down", "schema_behind"]
+    outbox_lag: dict[str, Any] | None
+
+
+class Problem(_Out):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+REQUESTS: tuple[type[Struct], ...] = (
+    AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, HoldRequest, CaptureRequest,
+)  # fmt: skip
+ANSWERS: tuple[type[Struct], ...] = (
+    AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, HoldOut, ReleaseOut,
+    TransactionsOut, ResourcesOut, HealthOut, ReadyOut, Problem,
+)  # fmt: skip
+
+encode = msgspec.json.Encoder().encode

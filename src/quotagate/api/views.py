@@ -1,0 +1,60 @@
+"""Shaping the engine's and the ledger's records into answers (shared by several endpoints)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from quotagate import ids
+from quotagate.api.gateway import Gateway
+from quotagate.api.schemas import AccountOut, TransactionOut
+from quotagate.errors import BackendError
+from quotagate.ledger import HistoryPage, Transaction
+
+log = logging.getLogger(__name__)
+
+RECENT_TRANSACTIONS = 10
+"""How many transactions an account's view carries (the product guide's dashboard)."""
+
+
+def transaction_out(t: Transaction) -> TransactionOut:
+    return TransactionOut(
+        id=t.id,
+        account_id=t.account_id,
+        amount=t.amount,
+        type=t.type,
+        resource=t.resource or None,
+        units=t.units,
+        description=t.description or None,
+        metadata=t.metadata,
+        created_at=t.created_at,
+        balance_after=t.balance_after,
+        pending=t.pending,
+    )
+
+
+async def account_view(gw: Gateway, account_id: str) -> tuple[AccountOut, bool]:
+    """The account and its last transactions; True when the ledger could not add them (the
+    balance, from Redis, is still right: the view is degraded, not wrong)."""
+    ids.check_account_id(account_id)
+    a, page = await asyncio.gather(gw.engine.get_account(account_id), _recent(gw, account_id))
+    view = AccountOut(
+        account_id=a.account_id,
+        tier=a.tier,
+        status=a.status,
+        balance=a.balance,
+        reserved=a.reserved,
+        available=a.available,
+        overdraft_limit=a.overdraft_limit,
+        last_reset_at=a.last_reset_at,
+        recent_transactions=[transaction_out(t) for t in page.transactions] if page else [],
+    )
+    return view, page is None
+
+
+async def _recent(gw: Gateway, account_id: str) -> HistoryPage | None:
+    try:
+        return await gw.ledger.history(gw.engine, account_id, RECENT_TRANSACTIONS, None)
+    except BackendError as exc:
+        log.debug("history unavailable for %s: %s", account_id, exc.detail)
+        return None

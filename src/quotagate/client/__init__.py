@@ -1,0 +1,13 @@
+"""A small typed client for services: ``QuotagateClient`` (blocking) and
+``AsyncQuotagateClient`` (asyncio), both on httpx.
+
+Answers decode into the gateway's own answer structs (``quotagate.api.schemas``); problems
+become the typed errors of :mod:`quotagate.errors` (``InsufficientCredits``, ``RateLimited``...)
+or of :mod:`quotagate.api.errors` (``Unauthorized``, ``Forbidden``...), by their ``code``.
+"""
+
+from quotagate.client.aio import AsyncQuotagateClient
+from quotagate.client.errors import ApiError, error_from_problem
+from quotagate.client.sync import QuotagateClient
+
+__all__ = ["ApiError", "AsyncQuotagateClient", "QuotagateClient", "error_from_problem"]

@@ -1,0 +1,135 @@
+"""What each call sends and what it decodes into: shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import msgspec
+
+from quotagate.api import schemas as s
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    method: str
+    path: str
+    into: type[R]
+    body: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hook: bool = False
+    """Sends the key as X-Quotagate-Key (the proxy's key), as the hook endpoints want."""
+
+
+def _acct(account_id: str) -> str:
+    return f"/v1/accounts/{quote(account_id, safe='')}"
+
+
+def _clean(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _idem(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}
+
+
+def upsert_account(
+    account_id: str,
+    tier: str | None,
+    status: str | None,
+    overdraft_limit: int | None,
+    idempotency_key: str | None,
+) -> Call[s.AccountWritten]:
+    body = _clean({"tier": tier, "status": status, "overdraft_limit": overdraft_limit})
+    return Call("PUT", _acct(account_id), s.AccountWritten, body, headers=_idem(idempotency_key))
+
+
+def get_account(account_id: str) -> Call[s.AccountOut]:
+    return Call("GET", _acct(account_id), s.AccountOut)
+
+
+def credit(
+    account_id: str,
+    amount: int,
+    type: str,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[s.CreditOut]:
+    body = _clean(
+        {"amount": amount, "type": type, "description": description, "metadata": metadata}
+    )
+    path = f"{_acct(account_id)}/credits"
+    return Call("POST", path, s.CreditOut, body, headers=_idem(idempotency_key))
+
+
+def check(account_id: str, resource: str, units: int) -> Call[s.CheckOut]:
+    body = {"resource": resource, "units": units}
+    return Call("POST", f"{_acct(account_id)}/check", s.CheckOut, body)
+
+
+def consume(
+    account_id: str,
+    resource: str,
+    units: int,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[s.ChargeOut]:
+    body = _clean(
+        {"resource": resource, "units": units, "description": description, "metadata": metadata}
+    )
+    path = f"{_acct(account_id)}/consume"
+    return Call("POST", path, s.ChargeOut, body, headers=_idem(idempotency_key))
+
+
+def hold(
+    account_id: str,
+    resource: str | None,
+    units: int | None,
+    amount: int | None,
+    ttl_seconds: int | None,
+    idempotency_key: str | None,
+) -> Call[s.HoldOut]:
+    body = _clean(
+        {"resource": resource, "units": units, "amount": amount, "ttl_seconds": ttl_seconds}
+    )
+    path = f"{_acct(account_id)}/holds"
+    return Call("POST", path, s.HoldOut, body, headers=_idem(idempotency_key))
+
+
+def capture(
+    account_id: str, hold_id: str, amount: int | None, idempotency_key: str | None
+) -> Call[s.ChargeOut]:
+    path = f"{_acct(account_id)}/holds/{quote(hold_id, safe='')}/capture"
+    body = _clean({"amount": amount})
+    return Call("POST", path, s.ChargeOut, body, headers=_idem(idempotency_key))
+
+
+def release(account_id: str, hold_id: str, idempotency_key: str | None) -> Call[s.ReleaseOut]:
+    path = f"{_acct(account_id)}/holds/{quote(hold_id, safe='')}/release"
+    return Call("POST", path, s.ReleaseOut, {}, headers=_idem(idempotency_key))
+
+
+def transactions(account_id: str, limit: int, before: str | None) -> Call[s.TransactionsOut]:
+    params = _clean({"limit": limit, "before": before})
+    return Call("GET", f"{_acct(account_id)}/transactions", s.TransactionsOut, params=params)
+
+
+def resources() -> Call[s.ResourcesOut]:
+    return Call("GET", "/v1/resources", s.ResourcesOut)
+
+
+def me(account_id: str) -> Call[s.AccountOut]:
+    return Call("GET", "/v1/me", s.AccountOut, headers={"X-Account-Id": account_id}, hook=True)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_body(body: dict[str, Any] | None) -> bytes | None:
+    return None if body is None else _encoder.encode(body)

@@ -1,0 +1,142 @@
+"""A real gateway for tests: uvicorn (uvloop, httptools) on a free loopback port, in a thread.
+
+    with running_gateway(settings) as gw:
+        httpx.get(f"{gw.url}/healthz")
+
+The app is the one ``quotagate serve`` runs (``create_app``); only its settings and config are
+the test's. API keys are made in the test database with the same store the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from tests.support.servers import free_port
+
+from quotagate.api.app import create_app
+from quotagate.auth.keys import SCOPES
+from quotagate.auth.store import KeyStore
+from quotagate.config import Config
+from quotagate.ledger import upgrade
+from quotagate.settings import Secret, Settings
+
+
+class GatewayServer:
+    def __init__(self, settings: Settings, config: Config | None = None) -> None:
+        self.port = free_port()
+        self.app = create_app(settings, config=config)
+        uv_config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
+            lifespan="on", log_level="warning", access_log=False,
+        )  # fmt: skip
+        self.server = uvicorn.Server(uv_config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the gateway did not start (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start within 20 s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@contextlib.contextmanager
+def running_gateway(settings: Settings, config: Config | None = None) -> Iterator[GatewayServer]:
+    server = GatewayServer(settings, config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def gateway_settings(redis_url: str, database_url: str, key_prefix: str) -> Settings:
+    return Settings(
+        redis_url=Secret(redis_url),
+        queue_url=Secret(redis_url),
+        database_url=Secret(database_url),
+        key_prefix=key_prefix,
+    )
+
+
+def make_keys(database_url: str) -> dict[str, str]:
+    """One fresh key per scope: {"admin": "qg_...", "service": ..., "read": ..., "hook": ...}."""
+
+    async def run() -> dict[str, str]:
+        store = KeyStore(database_url)
+        try:
+            return {s: (await store.create(f"test {s}", [s]))[1] for s in SCOPES}
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    client.close()
+
+
+# -- fixtures (imported by the conftest of each folder that uses a gateway) ---------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(database_url: str) -> str:
+    """The session's database with the ledger's migrations applied (api_keys included)."""
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def api_keys(migrated_database_url: str) -> dict[str, str]:
+    return make_keys(migrated_database_url)
+
+
+@pytest.fixture(scope="module")
+def gateway_prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"testgw{uuid.uuid4().hex[:10]}"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    redis_url: str, migrated_database_url: str, gateway_prefix: str
+) -> Iterator[GatewayServer]:
+    """One gateway for the module, with the shipped config, on its own key prefix."""
+    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix)
+    with running_gateway(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def http(gateway: GatewayServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        yield client
+
+
+def new_account_id() -> str:
+    return f"acct-{uuid.uuid4().hex[:12]}"
