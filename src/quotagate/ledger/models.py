@@ -1,0 +1,146 @@
+"""The ledger's tables, as SQLAlchemy 2 models: the schema's one description.
+
+The migrations in ``quotagate/ledger/migrations`` create exactly these (a test compares the
+migrated database with this metadata), and the flush, the history and the books use the table
+and column names below in their SQL.
+
+    user_credits          one row per account: tier, status, and the balance as of the last
+                          transaction that reached the ledger (the snapshot)
+    credit_transactions   every transaction Redis accepted, exactly once (id = UUIDv7 text)
+    outbox_flushes        per outbox partition: the last stream id a flush committed and when
+    api_keys              the gateway's API keys (hashes only)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TRANSACTION_TYPES = ("earn", "spend", "refund", "grant", "expire", "adjust")
+"""Every ``type`` a transaction may have (the outbox's ``t`` field, account events aside)."""
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint names follow one pattern, so a later migration can name what it alters."""
+
+TZ = TIMESTAMP(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UserCredits(Base):
+    """The snapshot of one account: what the flushed transactions sum to, and its settings."""
+
+    __tablename__ = "user_credits"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tier: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    credits: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """The balance (both buckets) as of the last transaction in the ledger."""
+    monthly_credits: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """The monthly bucket's part of ``credits`` (renewal may expire it)."""
+    overdraft_limit: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_reset_at: Mapped[datetime | None] = mapped_column(TZ)
+    last_transaction_id: Mapped[str | None] = mapped_column(Text)
+    """The newest transaction applied (UUIDv7 ids sort by time)."""
+    last_event_position: Mapped[str | None] = mapped_column(Text)
+    """Outbox position (zero-padded stream id) of the account event that set tier, status and
+    overdraft; an event from an older position never overwrites them. NULL until the first
+    event arrives (a row created by a transaction carries placeholder settings)."""
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'banned')", name="status"),
+        CheckConstraint("overdraft_limit >= 0", name="overdraft_limit"),
+    )
+
+
+class CreditTransaction(Base):
+    """One balance change, as the Lua script that made it wrote it to the outbox."""
+
+    __tablename__ = "credit_transactions"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Signed: spends and expiries are negative."""
+    type: Mapped[str] = mapped_column(Text)
+    resource: Mapped[str | None] = mapped_column(Text)
+    units: Mapped[int | None] = mapped_column(BigInteger)
+    description: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    """Redis server time when the script ran (millisecond precision)."""
+
+    __table_args__ = (
+        CheckConstraint(
+            "type IN (" + ", ".join(f"'{t}'" for t in TRANSACTION_TYPES) + ")", name="type"
+        ),
+        # History reads one account newest first; the reconciliation sums one account's
+        # amounts. Carrying amount in the index lets that sum be an index-only scan.
+        Index(
+            "ix_credit_transactions_account_history",
+            "account_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_include=["amount"],
+        ),
+        # Reports and reconciliation windows by time. Rows arrive nearly in time order, so a
+        # BRIN index is a few pages and costs the flush next to nothing.
+        Index(
+            "ix_credit_transactions_created_at_brin",
+            "created_at",
+            postgresql_using="brin",
+        ),
+    )
+
+
+class OutboxFlush(Base):
+    """Per outbox partition: what the last committed flush reached (for ``quotagate status``)."""
+
+    __tablename__ = "outbox_flushes"
+
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_stream_id: Mapped[str] = mapped_column(Text)
+    flushed_at: Mapped[datetime] = mapped_column(TZ)
+    transactions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Rows the flushes of this partition inserted, in total."""
+
+
+class ApiKey(Base):
+    """An API key of the gateway; only its hash is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[str] = mapped_column(Text, unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+metadata = Base.metadata

@@ -1,0 +1,186 @@
+"""The outbox streams as the ledger reads them: typed entries, batches, deletion, lag.
+
+Each partition's stream (``engine.keys.outbox(p)``) holds, in the order Redis ran the scripts,
+two kinds of entries (fields as the Lua scripts write them):
+
+    transaction    id a amt t res u d md ts bal dm ik [hold]     t in earn|spend|refund|...
+    account event  id a t=account tier st od rst ca ts          tier, status, overdraft changed
+
+An entry that does not parse raises :class:`OutboxEntryInvalid`: the flush of that partition
+stops there rather than guess (the entry stays in the stream for a person to look at).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from quotagate.engine import CreditEngine
+from quotagate.ledger.models import TRANSACTION_TYPES
+
+_TYPES = frozenset(TRANSACTION_TYPES)
+
+XDEL_CHUNK = 1000
+"""Stream ids per XDEL command: keeps each command short on the Redis main thread."""
+
+
+class OutboxEntryInvalid(Exception):
+    """An outbox entry the ledger cannot read; it is left in the stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionEntry:
+    stream_id: str
+    id: str
+    account_id: str
+    amount: int
+    type: str
+    resource: str | None
+    units: int | None
+    description: str | None
+    metadata: str | None
+    """JSON text, as the engine validated it."""
+    idempotency_key: str | None
+    balance_after: int
+    created_ms: int
+    monthly_delta: int
+    """Signed change of the monthly bucket (renewal grants and expiries, spends from it)."""
+
+    @property
+    def resets_monthly(self) -> bool:
+        """Written by a renewal or an opening grant: the account's last reset moves here."""
+        return (self.type == "grant" and self.monthly_delta > 0) or self.type == "expire"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    stream_id: str
+    id: str
+    account_id: str
+    tier: str
+    status: str
+    overdraft_limit: int
+    last_reset_ms: int | None
+    created_ms: int
+
+    @property
+    def position(self) -> str:
+        return stream_position(self.stream_id)
+
+
+Entry = TransactionEntry | AccountEvent
+
+
+def stream_position(stream_id: str) -> str:
+    """A stream id as text that sorts like the id ("<ms>-<seq>", both zero-padded)."""
+    ms, _, seq = stream_id.partition("-")
+    return f"{int(ms):015d}-{int(seq or 0):010d}"
+
+
+def stream_ms(stream_id: str) -> int:
+    """The millisecond part of a stream id: when Redis appended the entry."""
+    return int(stream_id.partition("-")[0])
+
+
+def parse_entry(stream_id: str, fields: dict[str, str]) -> Entry:
+    """One stream entry as a typed record. Raises OutboxEntryInvalid."""
+    try:
+        if fields["t"] == "account":
+            return _account_event(stream_id, fields)
+        return _transaction(stream_id, fields)
+    except (KeyError, ValueError) as exc:
+        raise OutboxEntryInvalid(
+            f"outbox entry {stream_id} cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
+    if f["t"] not in _TYPES:
+        raise ValueError(f"unknown type {f['t']!r}")
+    resource = f.get("res") or None
+    return TransactionEntry(
+        stream_id=stream_id,
+        id=_nonempty(f["id"]),
+        account_id=_nonempty(f["a"]),
+        amount=int(f["amt"]),
+        type=f["t"],
+        resource=resource,
+        units=int(f["u"]) if resource else None,
+        description=f.get("d") or None,
+        metadata=f.get("md") or None,
+        idempotency_key=f.get("ik") or None,
+        balance_after=int(f["bal"]),
+        created_ms=int(f["ts"]),
+        monthly_delta=int(f.get("dm") or 0),
+    )
+
+
+def _account_event(stream_id: str, f: dict[str, str]) -> AccountEvent:
+    return AccountEvent(
+        stream_id=stream_id,
+        id=_nonempty(f["id"]),
+        account_id=_nonempty(f["a"]),
+        tier=_nonempty(f["tier"]),
+        status=_nonempty(f["st"]),
+        overdraft_limit=int(f["od"]),
+        last_reset_ms=int(f["rst"]) if f.get("rst") else None,
+        created_ms=int(f["ca"]),
+    )
+
+
+def _nonempty(value: str) -> str:
+    if not value:
+        raise ValueError("empty field")
+    return value
+
+
+RawEntries = list[tuple[str, dict[str, str]]]
+
+
+def parse_entries(raw: RawEntries) -> list[Entry]:
+    return [parse_entry(stream_id, fields) for stream_id, fields in raw]
+
+
+async def read_batch(engine: CreditEngine, partition: int, count: int) -> list[Entry]:
+    """The oldest ``count`` entries of the partition's outbox (flushed ones are gone)."""
+    raw = await engine.redis.xrange(engine.keys.outbox(partition), "-", "+", count=count)
+    return parse_entries(cast(RawEntries, raw))
+
+
+async def read_ids(engine: CreditEngine, partition: int, stream_ids: Sequence[str]) -> list[Entry]:
+    """The given entries (those still in the stream), in stream order."""
+    key = engine.keys.outbox(partition)
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for stream_id in stream_ids:
+            pipe.xrange(key, stream_id, stream_id, count=1)
+        replies = await pipe.execute()
+    raw = [entry for reply in replies for entry in reply]
+    raw.sort(key=lambda e: stream_position(e[0]))
+    return parse_entries(raw)
+
+
+async def read_all(
+    engine: CreditEngine, partition: int, *, chunk: int = 5000, limit: int | None = None
+) -> list[Entry]:
+    """Every entry of the partition's outbox, oldest first (at most ``limit``)."""
+    key = engine.keys.outbox(partition)
+    entries: list[Entry] = []
+    start = "-"
+    while limit is None or len(entries) < limit:
+        want = chunk if limit is None else min(chunk, limit - len(entries))
+        raw = cast(RawEntries, await engine.redis.xrange(key, start, "+", count=want))
+        entries.extend(parse_entries(raw))
+        if len(raw) < want:
+            break
+        start = "(" + raw[-1][0]
+    return entries
+
+
+async def delete(engine: CreditEngine, partition: int, stream_ids: Sequence[str]) -> int:
+    """Remove flushed entries from the stream (only ever after the Postgres commit)."""
+    key = engine.keys.outbox(partition)
+    deleted = 0
+    for i in range(0, len(stream_ids), XDEL_CHUNK):
+        deleted += int(await engine.redis.xdel(key, *stream_ids[i : i + XDEL_CHUNK]))
+    return deleted
