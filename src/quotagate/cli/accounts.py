@@ -1,0 +1,293 @@
+"""`quotagate accounts create|update|show|list`, `grant`, `history`: accounts for operators.
+
+Writes go through the engine like any request, and money in is written through to the
+ledger before the command returns (``durable: no`` when PostgreSQL could not take it: the
+outbox still carries it). Listings come from the ledger (the accounts it knows, in order),
+with the live balance read from Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from quotagate.cli.ops_support import Backends, fields, iso, json_option, ready_engine, run
+from quotagate.cli.output import emit_json, table
+from quotagate.engine.results import Account
+from quotagate.engine.validate import CREDIT_TYPES
+from quotagate.errors import AccountNotFound, ValidationError
+from quotagate.jobs.pg import postgres_errors
+from quotagate.ledger import HistoryPage
+
+LIST_MAX = 1000
+
+
+@click.group()
+def accounts() -> None:
+    """Accounts: create, update (tier, status, overdraft), show, list."""
+
+
+def _account_dict(a: Account) -> dict[str, Any]:
+    out = asdict(a)
+    out["created_at"] = iso(a.created_at)
+    out["last_reset_at"] = iso(a.last_reset_at)
+    out["holds"] = [{**asdict(h), "expires_at": iso(h.expires_at)} for h in a.holds]
+    return out
+
+
+def _upsert(
+    account_id: str,
+    tier: str | None,
+    status: str | None,
+    overdraft_limit: int | None,
+    idempotency_key: str | None,
+    *,
+    must_be_new: bool,
+) -> dict[str, Any]:
+    async def work(b: Backends) -> dict[str, Any]:
+        assert b.ledger is not None
+        engine = await ready_engine(b)
+        if must_be_new and idempotency_key is None:
+            await _refuse_existing(b, account_id)
+        result = await engine.upsert_account(
+            account_id, tier=tier, status=status, overdraft_limit=overdraft_limit,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        durable = await b.ledger.write_through(engine, account_id, result.outbox_entry_ids)
+        out = asdict(result)
+        out.pop("outbox_entry_ids")
+        return {**out, "durable": durable}
+
+    return run(work)
+
+
+def _print_upsert(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(out)
+        return
+    what = "created" if out["created"] else "updated"
+    click.echo(f"{what} account {out['account_id']}")
+    shown = ("tier", "status", "overdraft_limit", "balance", "available", "durable")
+    click.echo(fields({k: out[k] for k in shown}))
+
+
+_tier = click.option("--tier", help="A tier of the config (new accounts: the default tier).")
+_status = click.option("--status", type=click.Choice(["active", "banned"]))
+_overdraft = click.option(
+    "--overdraft-limit", type=click.IntRange(min=0), help="Credits it may go below zero."
+)
+_idem = click.option("--idempotency-key", help="Retry safely: the same key does it once.")
+
+
+@accounts.command()
+@click.argument("account_id")
+@_tier
+@_status
+@_overdraft
+@_idem
+@json_option
+def create(
+    account_id: str,
+    tier: str | None,
+    status: str | None,
+    overdraft_limit: int | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Create an account (active, with its tier's opening grant). Exit 2 if it exists."""
+    out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=True)
+    _print_upsert(out, as_json)
+
+
+@accounts.command()
+@click.argument("account_id")
+@_tier
+@_status
+@_overdraft
+@_idem
+@json_option
+def update(
+    account_id: str,
+    tier: str | None,
+    status: str | None,
+    overdraft_limit: int | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Change an account's tier, status (ban, unban) or overdraft limit."""
+    if tier is None and status is None and overdraft_limit is None:
+        raise ValidationError("give --tier, --status or --overdraft-limit")
+
+    async def exists(b: Backends) -> None:
+        await b.engine.get_account(account_id)  # AccountNotFound: exit 2, nothing written
+
+    run(exists, database=False)
+    out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=False)
+    _print_upsert(out, as_json)
+
+
+async def _refuse_existing(b: Backends, account_id: str) -> None:
+    try:
+        await b.engine.get_account(account_id)
+    except AccountNotFound:
+        return
+    raise ValidationError(
+        f"account {account_id} already exists; change it with `quotagate accounts update`"
+    )
+
+
+@accounts.command()
+@click.argument("account_id")
+@json_option
+def show(account_id: str, as_json: bool) -> None:
+    """An account as Redis holds it now: balance, buckets, holds."""
+
+    async def work(b: Backends) -> Account:
+        return await b.engine.get_account(account_id)
+
+    account = run(work, database=False)
+    if as_json:
+        emit_json(_account_dict(account))
+        return
+    a = _account_dict(account)
+    holds = a.pop("holds")
+    click.echo(fields(a))
+    if holds:
+        click.echo("\nopen holds:\n" + table(holds))
+
+
+@accounts.command("list")
+@click.option("--tier", help="Only accounts of this tier.")
+@click.option("--status", type=click.Choice(["active", "banned"]))
+@click.option("--after", help="Start after this account id (the next page).")
+@click.option("--limit", type=click.IntRange(1, LIST_MAX), default=50, show_default=True)
+@json_option
+def list_accounts(
+    tier: str | None, status: str | None, after: str | None, limit: int, as_json: bool
+) -> None:
+    """Accounts the ledger knows, by id, with the live balance from Redis."""
+
+    async def work(b: Backends) -> list[dict[str, Any]]:
+        assert b.ledger is not None
+        with postgres_errors():
+            async with b.ledger.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT account_id, tier, status, credits, created_at FROM user_credits"
+                    " WHERE ($1::text IS NULL OR tier = $1)"
+                    " AND ($2::text IS NULL OR status = $2)"
+                    " AND ($3::text IS NULL OR account_id > $3)"
+                    " ORDER BY account_id LIMIT $4",
+                    tier, status, after, limit,
+                )  # fmt: skip
+        async with b.engine.redis.pipeline(transaction=False) as pipe:
+            for r in rows:
+                pipe.hmget(b.engine.keys.account(r["account_id"]).account, "m", "b", "r")
+            live = await pipe.execute()
+        out = []
+        for r, (m, b_, reserved) in zip(rows, live, strict=True):
+            out.append(
+                {
+                    "account_id": r["account_id"],
+                    "tier": r["tier"],
+                    "status": r["status"],
+                    "balance": None if m is None else int(m) + int(b_),
+                    "reserved": None if reserved is None else int(reserved),
+                    "ledger_balance": int(r["credits"]),
+                    "created_at": iso(r["created_at"]),
+                }
+            )
+        return out
+
+    rows = run(work)
+    more = len(rows) == limit
+    if as_json:
+        emit_json({"accounts": rows, "next": rows[-1]["account_id"] if more else None})
+        return
+    click.echo(table(rows, ["account_id", "tier", "status", "balance", "reserved",
+                            "ledger_balance", "created_at"]))  # fmt: skip
+    if more:
+        click.echo(f"\nmore: --after {rows[-1]['account_id']}")
+
+
+@click.command()
+@click.argument("account_id")
+@click.argument("amount", type=int)
+@click.option("--type", "kind", type=click.Choice(CREDIT_TYPES), default="grant",
+              show_default=True, help="adjust takes a signed amount.")  # fmt: skip
+@click.option("--description", help="Shown in the history.")
+@_idem
+@json_option
+def grant(
+    account_id: str,
+    amount: int,
+    kind: str,
+    description: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Add credits to an account (grant, earn, refund) or correct it (adjust, signed).
+
+    Written through to the ledger before this returns; `durable: no` means PostgreSQL did
+    not take it now and the flush will.
+    """
+
+    async def work(b: Backends) -> dict[str, Any]:
+        assert b.ledger is not None
+        engine = await ready_engine(b)
+        result = await engine.credit(
+            account_id, amount, kind, description=description, idempotency_key=idempotency_key
+        )
+        durable = await b.ledger.write_through(engine, account_id, [result.outbox_entry_id])
+        out = asdict(result)
+        out.pop("outbox_entry_id")
+        return {"account_id": account_id, "type": kind, "amount": amount, **out,
+                "durable": durable}  # fmt: skip
+
+    out = run(work)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(fields(out))
+
+
+@click.command()
+@click.argument("account_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--before", help="Continue after this transaction id (the next page).")
+@json_option
+def history(account_id: str, limit: int, before: str | None, as_json: bool) -> None:
+    """An account's transactions, newest first; `pending` ones are not in the ledger yet."""
+
+    async def work(b: Backends) -> HistoryPage:
+        assert b.ledger is not None
+        return await b.ledger.history(b.engine, account_id, limit=limit, before=before)
+
+    page = run(work)
+    rows = [
+        {
+            "id": t.id,
+            "created_at": iso(t.created_at),
+            "type": t.type,
+            "amount": t.amount,
+            "balance_after": t.balance_after,
+            "resource": t.resource,
+            "units": t.units,
+            "description": t.description,
+            "pending": t.pending,
+            **({"metadata": t.metadata} if as_json else {}),
+        }
+        for t in page.transactions
+    ]
+    if as_json:
+        emit_json({"transactions": rows, "next": page.next})
+        return
+    click.echo(table(rows))
+    if page.next:
+        click.echo(f"\nmore: --before {page.next}")
+
+
+def register(cli: click.Group) -> None:
+    for command in (accounts, grant, history):
+        cli.add_command(command)

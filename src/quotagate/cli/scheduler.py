@@ -1,0 +1,57 @@
+"""`quotagate scheduler`: RQ's cron scheduler with quotagate's recurring jobs.
+
+It enqueues; workers (`quotagate worker`) run. One scheduler per deployment is enough; a
+second one would enqueue everything twice (harmless: every job is idempotent, flushes are
+deduplicated, but wasteful). The schedule, with its cron expressions, is in
+quotagate.jobs.schedule and the README.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import click
+
+from quotagate.settings import Settings, redact
+
+SCHEDULE_MODULE = "quotagate.jobs.schedule"
+
+
+@click.command()
+@click.option(
+    "--logging-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def scheduler(logging_level: str) -> None:
+    """Enqueue the recurring jobs on QUOTAGATE_QUEUE_URL: flush (1 s), hold expiry (5 s),
+    renewal (daily 00:15 UTC, once a month per account), reconciliation report (03:30 UTC).
+
+    Runs until SIGINT or SIGTERM.
+    """
+    from redis import exceptions as redis_errors
+    from rq.cron import CronScheduler
+
+    from quotagate.errors import BackendUnavailable
+    from quotagate.jobs import queues
+
+    # rq cron reads cron expressions in local time; ours are UTC.
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    settings = Settings.from_env()
+    settings.load_config()  # a bad config fails here, in one sentence
+    conn = queues.connection(settings)
+    try:
+        conn.ping()
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        url = redact(str(settings.queue_url))
+        raise BackendUnavailable(f"the queue Redis at {url} did not answer: {exc}") from None
+    cron = CronScheduler(connection=conn, logging_level=logging_level.upper())
+    cron.load_config_from_file(SCHEDULE_MODULE)
+    cron.start()  # type: ignore[no-untyped-call]
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(scheduler)

@@ -1,0 +1,283 @@
+"""Reconciliation: measure DESIGN.md invariant 5 for every account and name every drift.
+
+Two checks per account (see :mod:`quotagate.jobs.books` for how each side is read):
+
+- ``redis``: the Redis balance against the snapshot plus the outbox entries not yet in the
+  ledger. A difference means Redis changed without an outbox entry (a write behind the
+  engine's back), or Redis lost writes the ledger has, or lost the account.
+- ``ledger``: the snapshot against the sum of the ledger rows. A difference means a row or
+  the snapshot was changed outside the flush.
+
+Accounts are walked per partition with SCAN; accounts the ledger knows and Redis does not are
+found by one pass over ``user_credits``. A ``redis`` difference can be a flush committing
+between the two readings, so such an account is read again, alone, before it is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from quotagate.engine import CreditEngine
+from quotagate.errors import AccountNotLoaded
+from quotagate.jobs import runtime
+from quotagate.jobs.books import OutboxIndex, read_redis
+from quotagate.jobs.pg import postgres_errors
+from quotagate.jobs.scan import account_batches
+from quotagate.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+RECHECKS = 3
+"""Fresh readings of an account that looked off before it is reported (flushes move on)."""
+
+RECHECK_PAUSE_SECONDS = 0.2
+
+PARALLEL_PARTITIONS = 4
+"""Partitions reconciled at once."""
+
+LEDGER_PAGE = 1000
+"""Snapshot rows read per batch in the pass that looks for accounts missing from Redis."""
+
+CAUSES = {
+    "redis": "Redis balance changed without an outbox entry (a write behind the engine's back,"
+    " or Redis lost writes the ledger has)",
+    "missing_in_redis": "the ledger has this account and Redis does not (Redis lost it)",
+    "missing_in_ledger": "Redis has this account and the ledger has no record of it"
+    " (created behind the engine's back, or its outbox entries were lost)",
+    "ledger": "the user_credits snapshot disagrees with the sum of the account's"
+    " credit_transactions rows (one of them was changed outside the flush)",
+}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One account whose books do not balance."""
+
+    account_id: str
+    partition: int
+    check: str
+    """ "redis" (Redis vs snapshot + pending) or "ledger" (snapshot vs sum of rows)."""
+    expected: int | None
+    found: int | None
+    cause: str
+
+    @property
+    def difference(self) -> int:
+        return (self.found or 0) - (self.expected or 0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "difference": self.difference}
+
+
+@dataclass
+class Report:
+    accounts: int = 0
+    drifts: list[Drift] = field(default_factory=list)
+
+    @property
+    def balanced(self) -> bool:
+        return not self.drifts
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "balanced": self.balanced,
+            "accounts": self.accounts,
+            "drifts": [d.to_dict() for d in self.drifts],
+        }
+
+
+@dataclass(frozen=True)
+class AccountBooks:
+    """Both sides of one account at one reading."""
+
+    redis: int | None
+    pending: int
+    snapshot: int | None
+    rows: int
+
+    @property
+    def expected_in_redis(self) -> int:
+        return (self.snapshot or 0) + self.pending
+
+
+def judge(account_id: str, partition: int, books: AccountBooks) -> list[Drift]:
+    """The drifts one reading shows (none when both checks hold)."""
+    drifts = []
+    if books.redis is None:
+        if books.snapshot is not None or books.pending:
+            drifts.append(
+                Drift(account_id, partition, "redis", books.expected_in_redis, None,
+                      CAUSES["missing_in_redis"])
+            )  # fmt: skip
+    elif books.redis != books.expected_in_redis:
+        cause = "missing_in_ledger" if books.snapshot is None and not books.pending else "redis"
+        drifts.append(
+            Drift(account_id, partition, "redis", books.expected_in_redis, books.redis,
+                  CAUSES[cause])
+        )  # fmt: skip
+    if (books.snapshot or 0) != books.rows:
+        drifts.append(
+            Drift(account_id, partition, "ledger", books.rows, books.snapshot, CAUSES["ledger"])
+        )
+    return drifts
+
+
+async def read_books(
+    engine: CreditEngine,
+    ledger: Ledger,
+    partition: int,
+    account_ids: list[str],
+    index: OutboxIndex,
+) -> dict[str, AccountBooks]:
+    """Both sides of some accounts of one partition."""
+    reading = await read_redis(engine, partition, account_ids)
+    await index.extend_to(reading.last_entry)
+    candidates = [txn for a in account_ids for txn, _ in index.of(a)]
+    snaps, sums, flushed = await ledger.read_books(account_ids, candidates)
+    out = {}
+    for a in account_ids:
+        pending = sum(amt for txn, amt in index.of(a) if txn not in flushed)
+        snap = snaps.get(a)
+        out[a] = AccountBooks(
+            reading.balances[a], pending, snap.credits if snap else None, int(sums.get(a, 0))
+        )
+    return out
+
+
+async def confirm(
+    engine: CreditEngine,
+    ledger: Ledger,
+    partition: int,
+    account_ids: list[str],
+    index: OutboxIndex,
+) -> list[Drift]:
+    """Read accounts that looked off again; a ``redis`` drift is real if no reading balances.
+
+    The outbox index stays valid across readings: an entry trimmed since it was read was
+    committed to Postgres first, and the ledger reading then counts it as flushed.
+    """
+    found: list[Drift] = []
+    remaining = account_ids
+    for attempt in range(RECHECKS):
+        if not remaining:
+            break
+        if attempt:
+            await asyncio.sleep(RECHECK_PAUSE_SECONDS)
+        books = await read_books(engine, ledger, partition, remaining, index)
+        still: list[str] = []
+        for a in remaining:
+            drifts = judge(a, partition, books[a])
+            if any(d.check == "redis" for d in drifts) and attempt < RECHECKS - 1:
+                still.append(a)
+            else:
+                found.extend(drifts)
+        remaining = still
+    return found
+
+
+async def reconcile_partition(engine: CreditEngine, ledger: Ledger, partition: int) -> Report:
+    """Check every account Redis holds in one partition."""
+    report = Report()
+    index = OutboxIndex(engine, partition)
+    seen: set[tuple[str, str]] = set()  # SCAN may return a key twice; report each account once
+    async for batch in account_batches(engine, partition):
+        batch = list(dict.fromkeys(batch))
+        books = await read_books(engine, ledger, partition, batch, index)
+        drifts: list[Drift] = []
+        suspects: list[str] = []
+        for account_id, b in books.items():
+            first = judge(account_id, partition, b)
+            if any(d.check == "redis" for d in first):
+                suspects.append(account_id)
+            else:
+                drifts.extend(first)
+        drifts.extend(await confirm(engine, ledger, partition, suspects, index))
+        for d in drifts:
+            if (d.account_id, d.check) not in seen:
+                seen.add((d.account_id, d.check))
+                report.drifts.append(d)
+        report.accounts += len(batch)
+    return report
+
+
+async def reconcile_missing(engine: CreditEngine, ledger: Ledger, partitions: set[int]) -> Report:
+    """Accounts the ledger holds (in ``partitions``) that Redis does not."""
+    report = Report()
+    with postgres_errors():
+        async with ledger.pool.acquire() as conn, conn.transaction(readonly=True):
+            page: list[str] = []
+            async for row in conn.cursor("SELECT account_id FROM user_credits"):
+                if engine.keys.partition_of(row["account_id"]) in partitions:
+                    page.append(row["account_id"])
+                if len(page) >= LEDGER_PAGE:
+                    report.drifts.extend(await _missing_in(engine, ledger, page))
+                    page = []
+            report.drifts.extend(await _missing_in(engine, ledger, page))
+    return report
+
+
+async def _missing_in(engine: CreditEngine, ledger: Ledger, account_ids: list[str]) -> list[Drift]:
+    if not account_ids:
+        return []
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for a in account_ids:
+            pipe.exists(engine.keys.account(a).account)
+        exists = await pipe.execute()
+    by_partition: dict[int, list[str]] = {}
+    for a, e in zip(account_ids, exists, strict=True):
+        if not e:
+            by_partition.setdefault(engine.keys.partition_of(a), []).append(a)
+    drifts: list[Drift] = []
+    for p, gone in sorted(by_partition.items()):
+        drifts.extend(await confirm(engine, ledger, p, gone, OutboxIndex(engine, p)))
+    return drifts
+
+
+async def reconcile_async(
+    engine: CreditEngine,
+    ledger: Ledger,
+    *,
+    partitions: list[int] | None = None,
+    on_partition: Callable[[int, Report], None] | None = None,
+) -> Report:
+    """Both checks over every account of the given partitions (default: all)."""
+    if not await engine.is_ready():
+        raise AccountNotLoaded(
+            "Redis has not been recovered since it lost its data; run `quotagate recover` first"
+        )
+    todo = list(range(engine.config.partitions)) if partitions is None else partitions
+    gate = asyncio.Semaphore(PARALLEL_PARTITIONS)
+    total = Report()
+
+    async def one(p: int) -> None:
+        async with gate:
+            part = await reconcile_partition(engine, ledger, p)
+        total.accounts += part.accounts
+        total.drifts.extend(part.drifts)
+        if on_partition is not None:
+            on_partition(p, part)
+
+    await asyncio.gather(*(one(p) for p in todo))
+    total.drifts.extend((await reconcile_missing(engine, ledger, set(todo))).drifts)
+    total.drifts.sort(key=lambda d: (d.account_id, d.check))
+    return total
+
+
+def reconcile_report() -> dict[str, object]:
+    """RQ job (scheduled daily): reconcile everything and log each drift; repairs nothing."""
+    rt = runtime.current()
+
+    async def work() -> Report:
+        return await reconcile_async(await rt.engine(), await rt.ledger())
+
+    report = rt.run(work())
+    for d in report.drifts:
+        log.warning(
+            "drift: account %s (%s check) expected %s found %s: %s",
+            d.account_id, d.check, d.expected, d.found, d.cause,
+        )  # fmt: skip
+    log.info("reconciliation: %d accounts, %d drifts", report.accounts, len(report.drifts))
+    return report.to_dict()

@@ -1,0 +1,158 @@
+"""Recovery: rebuild every account's Redis state from the ledger after Redis lost its data.
+
+While a partition's ``ready`` flag is missing, the scripts answer ``account_not_loaded`` for
+any account they cannot find: a charge is refused, never run against a zero balance. This
+pass copies each ``user_credits`` row into Redis (both buckets, tier, status, overdraft, the
+renewed period taken from ``last_reset_at``), then opens the partitions.
+
+It refuses while the outboxes hold entries (the ledger would be behind Redis for those
+accounts) unless forced. Forced, it leaves every account Redis still holds as it is, and
+adds the effect of pending entries to the accounts it restores. Accounts are restored
+with ``force=False``, so a second run, or one racing with traffic, changes nothing that is
+there. Holds are not durable: restored accounts have none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from quotagate.engine import CreditEngine
+from quotagate.errors import QuotagateError
+from quotagate.jobs import runtime
+from quotagate.jobs.pg import postgres_errors
+from quotagate.ledger import Ledger, outbox_lag
+from quotagate.ledger.books import Effect, pending_effects
+
+RESTORE_PAGE = 1000
+"""Snapshot rows read and restored per batch (the restores of a batch share pipelines)."""
+
+SNAPSHOT_COLUMNS = (
+    "account_id, tier, status, credits, monthly_credits, overdraft_limit, last_reset_at, created_at"
+)
+
+
+class RecoveryRefused(QuotagateError):
+    """The outboxes hold entries the ledger does not have yet; recovering now would lose them."""
+
+    code = "recovery_refused"
+    http_status = 409
+
+
+@dataclass
+class RecoveryTally:
+    ledger_accounts: int = 0
+    restored: int = 0
+    already_present: int = 0
+    outbox_entries: int = 0
+    partitions_opened: int = 0
+
+
+def renewed_period(last_reset_at: datetime | None) -> str:
+    """The renewal period an account was last renewed in ("" when never)."""
+    return last_reset_at.astimezone(UTC).strftime("%Y-%m") if last_reset_at else ""
+
+
+async def restore_row(
+    engine: CreditEngine, row: asyncpg.Record, pending: Effect | None = None
+) -> bool:
+    """Write one snapshot row (plus pending effects) into Redis unless the account is there."""
+    a = row["account_id"]
+    pending = pending or Effect()
+    credits = int(row["credits"]) + pending.credits
+    monthly = int(row["monthly_credits"]) + pending.monthly_credits
+    return await engine.restore(
+        a,
+        tier=row["tier"],
+        status=row["status"],
+        overdraft_limit=int(row["overdraft_limit"]),
+        monthly_credits=monthly,
+        purchased_credits=credits - monthly,
+        renewed_period=renewed_period(row["last_reset_at"]),
+        last_reset_at=row["last_reset_at"],
+        created_at=row["created_at"],
+    )
+
+
+async def all_pending(engine: CreditEngine, ledger: Ledger) -> dict[str, Effect]:
+    """What the outbox entries that are not in the ledger yet add to each account."""
+    out: dict[str, Effect] = {}
+    for p in range(engine.config.partitions):
+        out.update(await pending_effects(engine, ledger, p))
+    return out
+
+
+async def recover_async(
+    engine: CreditEngine,
+    ledger: Ledger,
+    *,
+    force: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> RecoveryTally:
+    """Restore every ledger account that Redis lacks, then open every partition."""
+    await engine.initialize(allow_fresh=False)  # tier tables and scripts; opens nothing
+    tally = RecoveryTally()
+    lag = await outbox_lag(engine)
+    tally.outbox_entries = lag.total
+    if lag.total and not force:
+        raise RecoveryRefused(
+            f"the outboxes still hold {lag.total} entries the ledger may not have; run "
+            "`quotagate flush` first, or `quotagate recover --force` to keep them in Redis"
+        )
+    pending = await all_pending(engine, ledger) if lag.total else {}
+    with postgres_errors():
+        async with (
+            ledger.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            page: list[asyncpg.Record] = []
+            async for row in conn.cursor(f"SELECT {SNAPSHOT_COLUMNS} FROM user_credits"):
+                page.append(row)
+                if len(page) >= RESTORE_PAGE:
+                    await _restore_page(engine, page, pending, tally, on_batch)
+                    page = []
+            await _restore_page(engine, page, pending, tally, on_batch)
+    await engine.mark_ready()
+    tally.partitions_opened = engine.config.partitions
+    return tally
+
+
+async def _restore_page(
+    engine: CreditEngine,
+    page: list[asyncpg.Record],
+    pending: dict[str, Effect],
+    tally: RecoveryTally,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    if not page:
+        return
+    restored = await asyncio.gather(
+        *(restore_row(engine, r, pending.get(r["account_id"])) for r in page)
+    )
+    tally.ledger_accounts += len(page)
+    tally.restored += sum(restored)
+    tally.already_present += len(page) - sum(restored)
+    if on_batch is not None:
+        on_batch(len(page))
+
+
+async def ledger_account_count(ledger: Ledger) -> int:
+    with postgres_errors():
+        async with ledger.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM user_credits"))
+
+
+def recover(force: bool = False) -> dict[str, int]:
+    """RQ job: the same recovery, for operators who run it through the workers."""
+    rt = runtime.current()
+
+    async def work() -> RecoveryTally:
+        ledger = await rt.ledger()
+        await ledger.ensure_current()
+        return await recover_async(await rt.engine(), ledger, force=force)
+
+    return asdict(rt.run(work()))
