@@ -26,6 +26,7 @@ from quotagate.api.app import create_app
 from quotagate.auth.keys import SCOPES
 from quotagate.auth.store import KeyStore
 from quotagate.config import Config
+from quotagate.engine import CreditEngine
 from quotagate.ledger import upgrade
 from quotagate.settings import Secret, Settings
 
@@ -60,8 +61,29 @@ class GatewayServer:
         self.thread.join(15)
 
 
+def open_redis(settings: Settings, config: Config | None = None) -> None:
+    """Mark the prefix's Redis as an initialised deployment. The test sessions share one ledger
+    database across many prefixes: without this, a gateway would see accounts in the ledger,
+    take its empty prefix for a Redis that lost its data, and wait for recovery."""
+
+    async def run() -> None:
+        engine = CreditEngine.from_url(
+            settings.redis_url, config or settings.load_config(), prefix=settings.key_prefix
+        )
+        try:
+            await engine.initialize(allow_fresh=True)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(run())
+
+
 @contextlib.contextmanager
-def running_gateway(settings: Settings, config: Config | None = None) -> Iterator[GatewayServer]:
+def running_gateway(
+    settings: Settings, config: Config | None = None, *, fresh: bool = True
+) -> Iterator[GatewayServer]:
+    if fresh:
+        open_redis(settings, config)
     server = GatewayServer(settings, config)
     server.start()
     try:
