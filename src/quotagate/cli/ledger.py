@@ -77,7 +77,7 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
     from quotagate.jobs.worker import LedgerWorker
 
     settings = Settings.from_env()
-    rt = runtime.current(settings)
+    rt = runtime.install(settings)
     rt.run(_check_ready(rt))
     conn = queues.connection(settings)
     w = LedgerWorker(queues.worker_queues(settings, conn), connection=conn, name=name)

@@ -27,6 +27,7 @@ from typing import Any
 
 from rq import Queue
 
+from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.jobs import queues, runtime
 from quotagate.ledger import flush as ledger_flush
@@ -73,26 +74,26 @@ def enqueue_flush(queue: Queue, prefix: str, partition: int) -> bool:
     return True
 
 
-def enqueue_flushes(partitions: list[int] | None = None) -> int:
-    """Job: enqueue a flush for each non-empty partition. Returns how many were enqueued."""
+def enqueue_flushes() -> int:
+    """Job for the schedule: enqueue a flush for each non-empty partition. Returns how many."""
     rt = runtime.current()
-    settings = rt.settings
-    chosen = list(range(rt.config.partitions)) if partitions is None else partitions
-    lengths = rt.run(_outbox_lengths(rt, chosen))
-    queue = queues.flush_queue(settings, rt.queue_redis)
-    return sum(
-        enqueue_flush(queue, settings.key_prefix, p)
-        for p, length in zip(chosen, lengths, strict=True)
-        if length
-    )
+    queue = queues.flush_queue(rt.settings, rt.queue_redis)
+
+    async def work() -> int:
+        return await enqueue_due_flushes(await rt.engine(), queue, rt.settings.key_prefix)
+
+    return rt.run(work())
 
 
-async def _outbox_lengths(rt: runtime.WorkerRuntime, partitions: list[int]) -> list[int]:
-    engine = await rt.engine()
+async def enqueue_due_flushes(engine: CreditEngine, queue: Queue, prefix: str) -> int:
+    """Enqueue a flush for each partition whose outbox is not empty (one XLEN pipeline)."""
     async with engine.redis.pipeline(transaction=False) as pipe:
-        for p in partitions:
+        for p in range(engine.config.partitions):
             pipe.xlen(engine.keys.outbox(p))
-        return [int(n) for n in await pipe.execute()]
+        lengths = [int(n) for n in await pipe.execute()]
+    # A few quick commands to the queue Redis; a worker's loop has nothing else to run.
+    due = [p for p, n in enumerate(lengths) if n]
+    return sum(enqueue_flush(queue, prefix, p) for p in due)
 
 
 def flush_partition(partition: int) -> dict[str, Any]:

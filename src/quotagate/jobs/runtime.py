@@ -87,9 +87,27 @@ _pid = 0
 
 def current(settings: Settings | None = None) -> WorkerRuntime:
     """This process's runtime, built on first use from ``settings`` (or the environment)."""
-    global _current, _pid
     if _current is None or _pid != os.getpid():
-        _current = WorkerRuntime(settings or Settings.from_env())
-        _pid = os.getpid()
-        atexit.register(_current.close)
+        return install(settings or Settings.from_env())
     return _current
+
+
+def install(settings: Settings) -> WorkerRuntime:
+    """Make a runtime on ``settings`` this process's own (closing the one before, if any)."""
+    global _current, _pid
+    if _current is not None and _pid == os.getpid():
+        atexit.unregister(_current.close)
+        _current.close()
+    _current = WorkerRuntime(settings)
+    _pid = os.getpid()
+    atexit.register(_current.close)
+    return _current
+
+
+def reset() -> None:
+    """Close this process's runtime (the next ``current()`` builds a new one)."""
+    global _current
+    if _current is not None and _pid == os.getpid():
+        atexit.unregister(_current.close)
+        _current.close()
+    _current = None

@@ -1,0 +1,78 @@
+"""Reading outbox entries: typed records, and a clear stop on anything malformed."""
+
+from __future__ import annotations
+
+import pytest
+
+from quotagate.ledger.outbox import (
+    AccountEvent,
+    OutboxEntryInvalid,
+    TransactionEntry,
+    parse_entry,
+    stream_position,
+)
+
+SPEND = {
+    "id": "01900000-0000-7000-8000-000000000001", "a": "alice", "amt": "-3", "t": "spend",
+    "res": "api_call", "u": "3", "d": "", "md": '{"k": 1}', "ts": "1700000000123",
+    "bal": "97", "dm": "-3", "ik": "req-1",
+}  # fmt: skip
+EVENT = {
+    "id": "01900000-0000-7000-8000-000000000002", "a": "alice", "t": "account",
+    "tier": "pro", "st": "banned", "od": "25", "rst": "", "ca": "1700000000000",
+    "ts": "1700000000500",
+}  # fmt: skip
+
+
+def test_a_spend_becomes_a_transaction_entry() -> None:
+    entry = parse_entry("1700000000123-0", SPEND)
+    assert entry == TransactionEntry(
+        stream_id="1700000000123-0", id=SPEND["id"], account_id="alice", amount=-3,
+        type="spend", resource="api_call", units=3, description=None, metadata='{"k": 1}',
+        idempotency_key="req-1", balance_after=97, created_ms=1700000000123, monthly_delta=-3,
+    )  # fmt: skip
+    assert not entry.resets_monthly
+
+
+def test_a_grant_without_resource_has_no_units() -> None:
+    fields = {**SPEND, "t": "grant", "amt": "50", "res": "", "u": "0", "dm": "50", "ik": ""}
+    entry = parse_entry("1-0", fields)
+    assert isinstance(entry, TransactionEntry)
+    assert (entry.resource, entry.units, entry.idempotency_key) == (None, None, None)
+    assert entry.resets_monthly  # a grant into the monthly bucket is a renewal
+
+
+def test_an_account_event_becomes_an_account_event() -> None:
+    entry = parse_entry("1700000000500-3", EVENT)
+    assert entry == AccountEvent(
+        stream_id="1700000000500-3", id=EVENT["id"], account_id="alice", tier="pro",
+        status="banned", overdraft_limit=25, last_reset_ms=None, created_ms=1700000000000,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amt": "ten"},
+        {"t": "steal"},
+        {"id": ""},
+        {"ts": ""},
+        {"bal": "1.5"},
+    ],
+)
+def test_a_malformed_entry_is_refused_with_its_stream_id(change: dict[str, str]) -> None:
+    with pytest.raises(OutboxEntryInvalid, match="outbox entry 5-1 cannot be read"):
+        parse_entry("5-1", {**SPEND, **change})
+
+
+def test_a_missing_field_is_refused() -> None:
+    fields = dict(EVENT)
+    del fields["tier"]
+    with pytest.raises(OutboxEntryInvalid):
+        parse_entry("5-1", fields)
+
+
+def test_stream_positions_sort_like_stream_ids() -> None:
+    ids = ["9-10", "10-0", "9-2", "1700000000000-0", "1700000000000-11", "1700000000000-9"]
+    expected = sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-")))
+    assert sorted(ids, key=stream_position) == expected
