@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from tests.api.helpers import account, assert_problem, bearer, create_account
 from tests.support.gateway import new_account_id
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.api.helpers import assert_problem, bearer, create_account
 
 HOLD = str(uuid.uuid4())

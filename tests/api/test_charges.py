@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from quotagate.config import parse_config
 from tests.api.helpers import assert_problem, balance, bearer, create_account
 from tests.support.gateway import gateway_settings, new_account_id, running_gateway
+
+from quotagate.config import parse_config
 
 
 def test_check_reads_only(http: httpx.Client, api_keys: dict[str, str]) -> None:

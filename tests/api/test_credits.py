@@ -7,7 +7,6 @@ import asyncio
 import asyncpg
 import httpx
 import pytest
-
 from tests.api.helpers import assert_problem, balance, bearer, create_account
 from tests.support.gateway import new_account_id
 

@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import pytest
-
 from tests.api.helpers import account, assert_problem, bearer, create_account
 
 

@@ -6,8 +6,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from quotagate.config import parse_config
 from tests.api.helpers import account, assert_problem, create_account
 from tests.support.gateway import (
     GatewayServer,
@@ -15,6 +13,8 @@ from tests.support.gateway import (
     new_account_id,
     running_gateway,
 )
+
+from quotagate.config import parse_config
 
 
 def hook_headers(api_keys: dict[str, str], acct: str | None, **extra: str) -> dict[str, str]:

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from quotagate.config import parse_config
 from tests.api.helpers import assert_problem, create_account
 from tests.support.gateway import GatewayServer, gateway_settings, running_gateway
 from tests.support.servers import RedisProcess, redis_process
+
+from quotagate.config import parse_config
 
 TIMEOUT_MS = 300
 

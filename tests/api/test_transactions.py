@@ -6,13 +6,13 @@ import asyncio
 import uuid
 
 import httpx
+from tests.api.helpers import assert_problem, bearer, create_account
+from tests.support.gateway import GatewayServer, new_account_id
 
 from quotagate.config import load_config
 from quotagate.engine import CreditEngine
 from quotagate.ledger import flush_all
 from quotagate.ledger.ledger import Ledger
-from tests.api.helpers import assert_problem, bearer, create_account
-from tests.support.gateway import GatewayServer, new_account_id
 
 
 def flush(gateway: GatewayServer, redis_url: str, database_url: str) -> None:

@@ -146,9 +146,10 @@ def gateway_prefix(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    redis_url: str, migrated_database_url: str, gateway_prefix: str
+    redis_url: str, migrated_database_url: str, gateway_prefix: str, api_keys: dict[str, str]
 ) -> Iterator[GatewayServer]:
-    """One gateway for the module, with the shipped config, on its own key prefix."""
+    """One gateway for the module, with the shipped config, on its own key prefix. The keys
+    are made first: a key made after the start is seen only at the next refresh (~2 s)."""
     settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix)
     with running_gateway(settings) as server:
         yield server

@@ -14,6 +14,7 @@ from typing import Literal
 
 import asyncpg
 
+from quotagate import metrics
 from quotagate.auth.store import TIMEOUT_SECONDS, asyncpg_url
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable, ConfigError
@@ -79,13 +80,14 @@ class LedgerLink:
     ) -> bool:
         """Copy money-in to Postgres now. False (never an error) when Postgres did not take it:
         the outbox still carries the entries and the flush will copy them."""
-        if self.ledger is None or not entry_ids:
-            return False
-        try:
-            return await self.ledger.write_through(engine, account_id, entry_ids)
-        except Exception as exc:
-            log.warning("write-through failed for %s: %s", account_id, exc)
-            return False
+        durable = False
+        if self.ledger is not None and entry_ids:
+            try:
+                durable = await self.ledger.write_through(engine, account_id, entry_ids)
+            except Exception as exc:  # the write already happened in Redis: never fail it here
+                log.warning("write-through failed for %s: %s", account_id, exc)
+        metrics.WRITE_THROUGH.labels("ok" if durable else "failed").inc()
+        return durable
 
     async def history(
         self, engine: CreditEngine, account_id: str, limit: int, before: str | None
