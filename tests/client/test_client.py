@@ -1,0 +1,118 @@
+"""The typed Python client, sync and async, against a live gateway."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from tests.support.gateway import GatewayServer, new_account_id
+from tests.support.servers import free_port
+
+from quotagate.api import errors as http_errors
+from quotagate.client import ApiError, AsyncQuotagateClient, QuotagateClient, error_from_problem
+from quotagate.errors import (
+    AccountBanned,
+    AccountNotFound,
+    BackendUnavailable,
+    HoldNotFound,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+    UnknownResource,
+    ValidationError,
+)
+
+
+def test_sync_client_round_trip(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    with (
+        QuotagateClient(gateway.url, api_keys["admin"]) as admin,
+        QuotagateClient(gateway.url, api_keys["service"]) as service,
+    ):
+        made = admin.upsert_account(acct, tier="free")
+        assert (made.created, made.balance, made.durable) == (True, 100, True)
+        assert admin.credit(acct, 50, "grant", description="welcome").balance == 150
+        assert service.check(acct, "premium_feature", 2).allowed
+        charge = service.consume(acct, "premium_feature", 2, idempotency_key="k1")
+        assert (charge.cost, charge.remaining) == (10, 140)
+        assert service.consume(acct, "premium_feature", 2, idempotency_key="k1") == charge
+        hold = service.hold(acct, amount=40, ttl_seconds=30)
+        assert hold.available == 100
+        assert service.capture(acct, hold.hold_id, 15).remaining == 125
+        other = service.hold(acct, resource="api_call", units=3)
+        assert service.release(acct, other.hold_id).released == 3
+        assert service.credit(acct, 5, "refund").balance == 130
+        view = service.get_account(acct)
+        assert (view.balance, view.reserved, view.available) == (130, 0, 130)
+        page = service.transactions(acct, limit=3)
+        assert [t.type for t in page.transactions] == ["refund", "spend", "spend"]
+        assert page.next is not None
+        assert service.resources()["premium_feature"] == 5
+
+        with pytest.raises(InsufficientCredits) as exc:
+            service.consume(acct, "premium_feature", 100)
+        assert (exc.value.required, exc.value.available) == (500, 130)
+        with pytest.raises(UnknownResource):
+            service.consume(acct, "gold")
+        with pytest.raises(InvalidAmount):
+            service.consume(acct, "api_call", 0)
+        with pytest.raises(IdempotencyConflict):
+            service.consume(acct, "api_call", 1, idempotency_key="k1")
+        with pytest.raises(HoldNotFound):
+            service.release(acct, str(uuid.uuid4()))
+        with pytest.raises(AccountNotFound):
+            service.get_account(new_account_id())
+        with pytest.raises(http_errors.Forbidden):
+            service.credit(acct, 5, "grant")
+        with pytest.raises(ValidationError):
+            service.get_account("bad id!")
+        admin.upsert_account(acct, status="banned")
+        with pytest.raises(AccountBanned):
+            service.consume(acct, "api_call")
+
+
+def test_me_with_a_hook_key(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    with QuotagateClient(gateway.url, api_keys["admin"]) as admin:
+        admin.upsert_account(acct)
+    with QuotagateClient(gateway.url, api_keys["hook"]) as hook:
+        assert hook.me(acct).balance == 100
+        with pytest.raises(http_errors.Forbidden):
+            hook.get_account(acct)
+
+
+def test_unknown_key_and_unreachable_gateway(gateway: GatewayServer) -> None:
+    with (
+        QuotagateClient(gateway.url, "qg_0000000000000000_nope") as client,
+        pytest.raises(http_errors.Unauthorized),
+    ):
+        client.resources()
+    with (
+        QuotagateClient(f"http://127.0.0.1:{free_port()}", "k", timeout=2) as client,
+        pytest.raises(BackendUnavailable),
+    ):
+        client.resources()
+
+
+async def test_async_client(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    async with AsyncQuotagateClient(gateway.url, api_keys["admin"]) as admin:
+        assert (await admin.upsert_account(acct, tier="pro")).balance == 1000
+        charge = await admin.consume(acct, "file_upload", 3)
+        assert (charge.cost, charge.remaining) == (6, 994)
+        with pytest.raises(InsufficientCredits) as exc:
+            await admin.consume(acct, "premium_feature", 1000)
+        assert exc.value.available == 994
+        assert (await admin.get_account(acct)).balance == 994
+
+
+def test_problem_mapping() -> None:
+    err = error_from_problem(429, b'{"code": "rate_limited", "status": 429}', {"retry-after": "3"})
+    assert err.code == "rate_limited" and err.retry_after_ms == 3000
+    unknown = error_from_problem(418, b'{"code": "teapot", "detail": "short and stout", "x": 1}')
+    assert isinstance(unknown, ApiError)
+    assert (unknown.code, unknown.http_status, unknown.detail, unknown.extra) == (
+        "teapot", 418, "short and stout", {"x": 1},
+    )  # fmt: skip
+    html = error_from_problem(502, b"<html>bad gateway</html>")
+    assert isinstance(html, ApiError) and html.http_status == 502
