@@ -95,8 +95,9 @@ async def test_a_spend_racing_with_the_renewal_is_never_lost(make_engine: Engine
     for p in planned:
         stream = engine.keys.outbox(engine.keys.partition_of(p.account_id))
         changes = [
-            int(f["dm"]) for _, f in await engine.redis.xrange(stream) if f["a"] == p.account_id
-            and "dm" in f
+            int(f["dm"])
+            for _, f in await engine.redis.xrange(stream)
+            if f["a"] == p.account_id and "dm" in f
         ]
         assert sum(changes) == buckets[p.account_id][0], p
 

@@ -37,7 +37,9 @@ from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entries
 class Repair:
     account_id: str
     action: str
-    """ "adjust" (a row was written), "restored" (Redis got the account back), "none"."""
+    """ "adjust": an adjust row was written (and the snapshot set to what the rows sum to);
+    "snapshot": the rows already explained Redis, only the snapshot was set to their sum;
+    "restored": Redis got the account back from the ledger; "none": nothing was off."""
     transaction_id: str | None
     amount: int
     snapshot_before: int | None
@@ -150,9 +152,9 @@ async def _adjust(
         " last_transaction_id = GREATEST(last_transaction_id, $4) WHERE account_id = $1",
         account_id, target, target_monthly, txn,
     )  # fmt: skip
-    return Repair(
-        account_id, "adjust" if txn else "none", txn, amount, int(snap["credits"]), target
-    )
+    before = int(snap["credits"])
+    action = "adjust" if txn else "snapshot" if before != target else "none"
+    return Repair(account_id, action, txn, amount, before, target)
 
 
 async def _ensure_snapshot_row(

@@ -1,0 +1,169 @@
+"""Recovery after Redis lost everything (FLUSHALL on a private Redis): charges are refused
+until an account is restored, then every balance is back and charging goes on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from tests.conftest import EngineFactory
+from tests.support.servers import RedisProcess, redis_process
+
+from quotagate.config import parse_config
+from quotagate.engine import CreditEngine, current_period
+from quotagate.engine.results import Account
+from quotagate.errors import AccountNotLoaded, InsufficientCredits
+from quotagate.jobs.reconcile import reconcile_async
+from quotagate.jobs.recover import RecoveryRefused, recover_async, restore_row
+from quotagate.ledger import Ledger, flush_all
+
+CONFIG = """
+partitions = 4
+[resources]
+unit = 1
+[tiers.free]
+credit_limit = 100
+monthly_grant = 100
+[tiers.pro]
+credit_limit = 1000
+monthly_grant = 1000
+renewal = "reset"
+"""
+
+ACCOUNTS = [f"u-{i:03d}" for i in range(60)]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    with redis_process() as server:
+        yield server
+
+
+@pytest.fixture
+async def engine(make_engine: EngineFactory, private_redis: RedisProcess) -> CreditEngine:
+    return await make_engine(CONFIG, url=private_redis.url)
+
+
+@pytest.fixture
+async def restarted(private_redis: RedisProcess, key_prefix: str) -> AsyncIterator[CreditEngine]:
+    """What a gateway builds after Redis came back empty: it may not open Redis as new."""
+    engine = CreditEngine.from_url(private_redis.url, parse_config(CONFIG), prefix=key_prefix)
+    yield engine
+    await engine.aclose()
+
+
+async def _populate(engine: CreditEngine, ledger: Ledger) -> dict[str, Account]:
+    for i, a in enumerate(ACCOUNTS):
+        made = await engine.upsert_account(
+            a, tier="pro" if i % 3 == 0 else "free", overdraft_limit=5 if i % 7 == 0 else None
+        )
+        await ledger.write_through(engine, a, made.outbox_entry_ids)
+        await engine.consume(a, "unit", 1 + i % 9)
+        if i % 4 == 0:
+            await engine.credit(a, 20 + i)
+        if i % 3 == 0:
+            await engine.renew(a, "2099-05")  # reset: expire + grant, stamps the period
+        if i % 10 == 9:
+            await engine.upsert_account(a, status="banned")
+    await flush_all(engine, ledger)
+    return {a: await engine.get_account(a) for a in ACCOUNTS}
+
+
+def _state(a: Account) -> tuple[object, ...]:
+    return (
+        a.tier, a.status, a.balance, a.monthly_credits, a.purchased_credits,
+        a.overdraft_limit, a.created_at, a.last_reset_at,
+    )  # fmt: skip
+
+
+async def _flushall(server: RedisProcess) -> None:
+    client = aioredis.Redis.from_url(server.url)
+    await client.flushall()
+    await client.aclose()
+
+
+async def test_flushall_then_recover_brings_every_balance_back(
+    engine: CreditEngine,
+    restarted: CreditEngine,
+    own_ledger: Ledger,
+    private_redis: RedisProcess,
+) -> None:
+    before = await _populate(engine, own_ledger)
+    await _flushall(private_redis)
+    assert await restarted.initialize(allow_fresh=False) == "needs_recovery"
+
+    # Before recovery: refused, never charged against an empty balance.
+    for call in (
+        restarted.consume("u-001", "unit"),
+        restarted.get_account("u-002"),
+        restarted.hold("u-003", amount=1),
+        restarted.upsert_account("newcomer"),
+    ):
+        with pytest.raises(AccountNotLoaded):
+            await call
+
+    # One account restored: it charges; the others are still refused.
+    async with own_ledger.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT account_id, tier, status, credits, monthly_credits, overdraft_limit,"
+            " last_reset_at, created_at FROM user_credits WHERE account_id = 'u-001'"
+        )
+    assert await restore_row(restarted, row)
+    await restarted.consume("u-001", "unit")
+    with pytest.raises(AccountNotLoaded):
+        await restarted.consume("u-004", "unit")
+    await restarted.credit("u-001", 1)  # its balance is back; 1 moved to purchased credits
+    # Those two are in the outbox only: recovery wants them in the ledger first.
+    with pytest.raises(RecoveryRefused):
+        await recover_async(restarted, own_ledger)
+    await flush_all(restarted, own_ledger)
+
+    tally = await recover_async(restarted, own_ledger)
+    assert (tally.ledger_accounts, tally.restored, tally.already_present) == (60, 59, 1)
+    after = {a: await restarted.get_account(a) for a in ACCOUNTS}
+    assert {a: _state(s) for a, s in after.items() if a != "u-001"} == {
+        a: _state(s) for a, s in before.items() if a != "u-001"
+    }
+    assert after["u-001"].balance == before["u-001"].balance
+    # The renewed period comes back as the month of the last reset (all this month here).
+    assert {s.renewed_period for s in after.values()} == {current_period()}
+    assert await restarted.is_ready()
+
+    # Charging goes on: the right balance, the floor where it was, new accounts allowed.
+    pro = after["u-000"]  # overdraft 5
+    charged = await restarted.consume("u-000", "unit", pro.balance + 5)
+    assert charged.balance == -5
+    with pytest.raises(InsufficientCredits):
+        await restarted.consume("u-000", "unit")
+    await restarted.upsert_account("newcomer")
+    # Renewal knows the period of the last reset: this month's is not given twice.
+    assert (await restarted.renew("u-003")).reason == "already_renewed"
+    await flush_all(restarted, own_ledger)
+    assert (await reconcile_async(restarted, own_ledger)).drifts == []
+
+    again = await recover_async(restarted, own_ledger)
+    assert (again.restored, again.already_present) == (0, 61)
+
+
+async def test_recovery_refuses_while_the_outbox_holds_entries(
+    engine: CreditEngine, own_ledger: Ledger, key_prefix: str, private_redis: RedisProcess
+) -> None:
+    await _populate(engine, own_ledger)
+    await engine.consume("u-001", "unit", 2)  # not flushed
+    await engine.redis.delete(engine.keys.account("u-002").account)  # and one account lost
+    with pytest.raises(RecoveryRefused, match="quotagate flush"):
+        await recover_async(engine, own_ledger)
+    assert await engine.redis.exists(engine.keys.account("u-002").account) == 0
+
+    snapshot = await own_ledger.snapshots(["u-001", "u-002"])
+    balance_1 = (await engine.get_account("u-001")).balance
+    tally = await recover_async(engine, own_ledger, force=True)
+    assert (tally.restored, tally.already_present) == (1, 59)
+    assert tally.outbox_entries >= 1
+    # Forced: the account Redis kept is left as it is (its pending spend included)...
+    assert (await engine.get_account("u-001")).balance == balance_1 == snapshot["u-001"].credits - 2
+    # ...and the lost one comes back from its snapshot.
+    assert (await engine.get_account("u-002")).balance == snapshot["u-002"].credits
+    await flush_all(engine, own_ledger)
+    assert (await reconcile_async(engine, own_ledger)).drifts == []
