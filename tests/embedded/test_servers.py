@@ -57,6 +57,7 @@ def test_valkey_keeps_data_across_restarts_and_needs_its_password(data_dir: Data
         client.close()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=server.port).ping()
+        assert server.password not in " ".join(psutil.Process(child.pid).cmdline())
     finally:
         assert child.stop() == 0
 

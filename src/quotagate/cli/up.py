@@ -28,13 +28,13 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 
 
 @click.command("up")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
-              help="Port of the gateway on 127.0.0.1.")  # fmt: skip
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, envvar="QUOTAGATE_PORT",
+              help="Port of the gateway on 127.0.0.1 [QUOTAGATE_PORT, 8080].")  # fmt: skip
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="QUOTAGATE_DATA_DIR",
-    help="Where the embedded Redis and PostgreSQL keep their data "
+    help="Where the embedded Redis and PostgreSQL keep their data, and the logs "
     "[default: ~/.local/share/quotagate; /var/lib/quotagate for root].",
 )
 @click.option("--json", "as_json", is_flag=True,
@@ -67,9 +67,11 @@ def up(port: int, data_dir: Path | None, as_json: bool) -> None:
         # The stop is bounded by per-process timeouts: let it finish rather than be interrupted.
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        print("quotagate up: stopping", file=sys.stderr, flush=True)
+        if stack.started():
+            print("quotagate up: stopping", file=sys.stderr, flush=True)
+            stack.stop()
+            print("quotagate up: stopped", file=sys.stderr, flush=True)
         stack.stop()
-        print("quotagate up: stopped", file=sys.stderr, flush=True)
     if failure is not None:
         raise click.ClickException(failure.detail)
 
@@ -99,8 +101,7 @@ def _announce(info: StackInfo, as_json: bool) -> None:
         f"  Redis        {redact(info.redis_url)}   ({redis_note})",
         f"  PostgreSQL   {redact(info.database_url)}   ({pg_note})",
     ]
-    if info.data_dir is not None:
-        lines.append(f"  data         {info.data_dir}")
+    lines.append(f"  data, logs   {info.data_dir}")
     lines += [
         "",
         "Try it:",

@@ -75,19 +75,33 @@ class Child:
 
     def stop(self) -> int | None:
         """Signal the leader, wait for it, then kill anything left in its group."""
+        self.ask_to_stop()
+        return self.finish_stop()
+
+    def ask_to_stop(self) -> None:
         if self.running():
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(self.stop_timeout_seconds)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+
+    def finish_stop(self) -> int | None:
+        try:
+            self.proc.wait(self.stop_timeout_seconds)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         # Workers forked by the leader (uvicorn workers, RQ work horses) share its group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.returncode
+
+
+def stop_all(children: Sequence[Child]) -> None:
+    """Stop several children at once: all are signalled, then each is waited for."""
+    for child in children:
+        child.ask_to_stop()
+    for child in children:
+        child.finish_stop()
 
 
 def spawn(

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,7 +25,7 @@ import httpx
 
 from quotagate.embedded.datadir import DataDir
 from quotagate.embedded.postgres import EmbeddedPostgres
-from quotagate.embedded.process import Child, spawn, wait_until
+from quotagate.embedded.process import Child, spawn, stop_all, wait_until
 from quotagate.embedded.valkey import EmbeddedValkey
 from quotagate.errors import ConfigError, QuotagateError
 from quotagate.settings import Settings
@@ -54,7 +54,7 @@ class StackInfo:
     redis_url: str
     database_url: str
     embedded: tuple[str, ...]
-    data_dir: Path | None
+    data_dir: Path
 
 
 @dataclass
@@ -76,19 +76,21 @@ class LocalStack:
     def start(self) -> StackInfo:
         """Bring everything up. Call :meth:`stop` afterwards whatever happens, failures too."""
         _check_port_free(self.port)
-        redis_url, database_url, embedded, data_dir = self._stores()
+        directory = DataDir(self.data_dir)
+        directory.create()
+        redis_url, database_url, embedded = self._stores(directory)
         self.env = _child_env(redis_url, database_url)
         self._say("running migrations")
         self._run(["migrate"])
-        admin_key = self._create_key("up-admin", "admin")
-        hook_key = self._create_key("up-hook", "hook")
+        admin_key, hook_key = self._create_keys("admin", "hook")
         url = f"http://127.0.0.1:{self.port}"
         self._say(f"starting the gateway on {url}, a worker and the scheduler")
         gateway = self._spawn_app(
             "gateway", ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
         )
-        self._spawn_app("worker", ["worker"])
-        self._spawn_app("scheduler", ["scheduler"])
+        # The jobs log a few lines a second: to files, so the gateway's lines stay readable.
+        self._spawn_app("worker", ["worker"], log=directory.logs / "worker.log")
+        self._spawn_app("scheduler", ["scheduler"], log=directory.logs / "scheduler.log")
         if not wait_until(
             _healthy(url), child=gateway, timeout_seconds=GATEWAY_START_TIMEOUT_SECONDS
         ):
@@ -100,18 +102,16 @@ class LocalStack:
             redis_url=redis_url,
             database_url=database_url,
             embedded=tuple(embedded),
-            data_dir=data_dir,
+            data_dir=directory.path,
         )
 
-    def _stores(self) -> tuple[str, str, list[str], Path | None]:
+    def _stores(self, directory: DataDir) -> tuple[str, str, list[str]]:
         redis_url = str(self.settings.redis_url)
         database_url = str(self.settings.database_url)
         embedded: list[str] = []
         wanted = {"redis_url", "database_url"} - self.settings.explicit
         if not wanted:
-            return redis_url, database_url, embedded, None
-        directory = DataDir(self.data_dir)
-        directory.create()
+            return redis_url, database_url, embedded
         self._exit.enter_context(directory.locked())
         self._say(f"data directory {directory.path}")
         if "redis_url" in wanted:
@@ -126,55 +126,75 @@ class LocalStack:
             database_url = postgres.url
             embedded.append("postgres")
             self._say(f"embedded PostgreSQL on 127.0.0.1:{postgres.port}")
-        return redis_url, database_url, embedded, directory.path
+        return redis_url, database_url, embedded
 
-    def _create_key(self, name: str, scope: str) -> str:
+    def _create_keys(self, *scopes: str) -> list[str]:
+        """One new key per scope, named for this run; their ids are kept to revoke them."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        out = self._run(["keys", "create", "--name", f"{name}-{stamp}", "--scope", scope, "--json"])
-        try:
-            created = json.loads(out.strip().splitlines()[-1])
-            key = str(created["key"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise StackError(
-                f"`quotagate keys create` printed no key: {out.strip()[:200]!r}"
-            ) from None
-        key_id = created.get("id")
-        if isinstance(key_id, str):
-            self.key_ids.append(key_id)
-        return key
+        outputs = self._run(
+            *(["keys", "create", "--name", f"up-{scope}-{stamp}", "--scope", scope, "--json"]
+              for scope in scopes)
+        )  # fmt: skip
+        keys = []
+        for out in outputs:
+            try:
+                created = json.loads(out.strip().splitlines()[-1])
+                keys.append(str(created["key"]))
+                self.key_ids.append(str(created["id"]))
+            except (ValueError, KeyError, IndexError, TypeError):
+                printed = out.strip()[:200]
+                raise StackError(f"`quotagate keys create` printed no key: {printed!r}") from None
+        return keys
 
-    def _spawn_app(self, name: str, args: Sequence[str]) -> Child:
-        child = spawn(
-            name,
-            _quotagate(*args),
-            env=self.env,
-            stdout=self.log,
-            stop_timeout_seconds=APP_STOP_TIMEOUT_SECONDS,
-        )
+    def _spawn_app(self, name: str, args: Sequence[str], log: Path | None = None) -> Child:
+        """Start a long-running subcommand; its output goes to ``log`` or to ours."""
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(log, "ab")) if log is not None else self.log
+            child = spawn(
+                name,
+                _quotagate(*args),
+                env=self.env,
+                stdout=out,
+                stop_timeout_seconds=APP_STOP_TIMEOUT_SECONDS,
+            )
         self.apps.append(child)
         return child
 
-    def _run(self, args: Sequence[str]) -> str:
-        """Run a `quotagate` subcommand to its end; its stdout is returned, stderr shown."""
+    def _run(self, *commands: Sequence[str]) -> list[str]:
+        """Run `quotagate` subcommands side by side to their end; their stdouts, in order.
+
+        Each costs a Python start-up (most of a second): side by side, the stack starts and
+        stops sooner. Their stderr is shown as it comes.
+        """
+        running = [
+            subprocess.Popen(
+                _quotagate(*args), env=self.env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True,
+            )
+            for args in commands
+        ]  # fmt: skip
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        outputs = []
         try:
-            done = subprocess.run(
-                _quotagate(*args),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=self.log,
-                text=True,
-                timeout=COMMAND_TIMEOUT_SECONDS,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(f"`quotagate {args[0]}` did not finish in time") from None
-        if done.returncode != 0:
-            raise StackError(
-                f"`quotagate {' '.join(args[:2])}` failed with status {done.returncode} "
-                "(its message is above)"
-            )
-        return done.stdout
+            for args, proc in zip(commands, running, strict=True):
+                try:
+                    out, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise StackError(f"`quotagate {args[0]}` did not finish in time") from None
+                if proc.returncode != 0:
+                    raise StackError(
+                        f"`quotagate {' '.join(args[:2])}` failed with status "
+                        f"{proc.returncode} (its message is above)"
+                    )
+                outputs.append(out)
+        finally:
+            for proc in running:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout:
+                    proc.stdout.close()
+        return outputs
 
     # -- run and stop -----------------------------------------------------------------------
 
@@ -184,22 +204,20 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop the gateway and jobs, retire this run's keys, then stop the data stores."""
-        for child in reversed(self.apps):
-            child.stop()
+        stop_all(self.apps)
         self.apps.clear()
         if self.key_ids and all(c.running() for c in self.servers):
-            for key_id in self.key_ids:
-                with contextlib.suppress(StackError):
-                    self._run(["keys", "revoke", key_id])
+            with contextlib.suppress(StackError):
+                self._run(*(["keys", "revoke", key_id] for key_id in self.key_ids))
         self.key_ids.clear()
         for child in reversed(self.servers):
             child.stop()
         self.servers.clear()
         self._exit.close()
 
-    def pids(self) -> Iterator[int]:
-        for child in [*self.servers, *self.apps]:
-            yield child.pid
+    def started(self) -> bool:
+        """Whether any process of the stack was started (and so needs stopping)."""
+        return bool(self.servers or self.apps)
 
     def _say(self, line: str) -> None:
         print(f"quotagate up: {line}", file=self.log, flush=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -55,18 +57,24 @@ class EmbeddedValkey:
 
     def start(self) -> Child:
         self.port = free_port()
-        args = [
-            str(valkey_binary()),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--requirepass", self.password,
-            "--dir", str(self.data_dir.valkey),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.log),
-        ]  # fmt: skip
+        # The password goes in a private file, not on the command line where `ps` shows it.
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "requirepass": self.password,
+            "dir": str(self.data_dir.valkey),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": "",
+            "daemonize": "no",
+            "logfile": str(self.log),
+        }
+        conf = self.data_dir.valkey / "valkey.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            for name, value in settings.items():
+                handle.write(f"{name} {json.dumps(value, ensure_ascii=False)}\n")
+        args = [str(valkey_binary()), str(conf)]
         # SIGTERM makes Valkey fsync its append-only file before it exits.
         self.child = spawn("valkey", args, stdout=subprocess.DEVNULL, stop_signal=signal.SIGTERM)
         client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)

@@ -1,0 +1,226 @@
+"""`quotagate up` as a user runs it: a working stack, clean stops, data kept across restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from tests.support.servers import free_port
+
+from quotagate.embedded import DataDir
+
+START_TIMEOUT_SECONDS = 90.0
+
+
+@dataclass
+class Up:
+    """A running `quotagate up`, its JSON line, and every process it started."""
+
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def signal(self, signum: int) -> int:
+        """Signal the whole process group, as a terminal's Ctrl-C does; the exit status."""
+        os.killpg(self.proc.pid, signum)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTAGATE_")}
+    return {**env, **extra}
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout_seconds: float) -> bytes:
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_seconds
+    line = b""
+    try:
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            if selector.select(timeout=0.5):
+                chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+                if not chunk:
+                    break
+                line += chunk
+    finally:
+        selector.close()
+    return line
+
+
+@contextlib.contextmanager
+def running_up(work: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Up]:
+    stderr_path = work / f"up-{time.monotonic_ns()}.err"
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quotagate.cli.main", "up", "--json", *args],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+            env=env or _clean_env(), start_new_session=True,
+        )  # fmt: skip
+    up = Up(proc, stderr_path)
+    try:
+        line = _read_line(proc, START_TIMEOUT_SECONDS)
+        assert line, f"no JSON line from `quotagate up`: {up.stderr()}"
+        up.info = json.loads(line.splitlines()[0])
+        yield up
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
+def _using(path: Path) -> list[int]:
+    """Processes whose command line names ``path``: what a leftover server would show."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(path) in part for part in p.info["cmdline"] or []):
+            found.append(p.info["pid"])
+    return found
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    # Not pytest's tmp_path: it sits under a 0700 directory that `nobody` cannot enter.
+    path = Path(tempfile.mkdtemp(prefix="qg-up-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Path) -> None:
+    data = work / "data"
+    port = free_port()
+    with running_up(work, "--port", str(port), "--data-dir", str(data)) as up:
+        info = up.info
+        assert set(info) == {"url", "admin_key", "hook_key", "redis_url", "database_url"}
+        assert info["url"] == f"http://127.0.0.1:{port}"
+        admin = {"Authorization": f"Bearer {info['admin_key']}"}
+        with httpx.Client(base_url=info["url"], headers=admin, timeout=10) as http:
+            assert http.put("/v1/accounts/alice", json={"tier": "free"}).status_code == 201
+            grant = http.post("/v1/accounts/alice/credits", json={"amount": 50, "type": "grant"})
+            assert grant.status_code == 200, grant.text
+            spend = http.post("/v1/accounts/alice/consume", json={"resource": "api_call"})
+            assert spend.status_code == 200, spend.text
+            assert http.get("/v1/accounts/alice").json()["balance"] == 149
+            me = http.get(
+                "/v1/me",
+                headers={"X-Quotagate-Key": info["hook_key"], "X-Account-Id": "alice"},
+            )
+            assert me.status_code == 200 and me.json()["balance"] == 149
+            # The admin key is not a hook key, and the hook key is no admin key.
+            hook_as_admin = {"Authorization": f"Bearer {info['hook_key']}"}
+            assert http.get("/v1/accounts/alice", headers=hook_as_admin).status_code == 403
+        started = up.descendants()
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        for part in ("valkey-server", "postgres", " serve ", " worker", " scheduler"):
+            assert part in names, f"{part.strip()} is not running under `quotagate up`"
+        assert up.signal(signal.SIGINT) == 0, up.stderr()
+    assert _alive(started) == [], "processes left behind after Ctrl-C"
+    assert _using(data) == []
+    first_admin_key = info["admin_key"]
+
+    with running_up(work, "--port", str(port), "--data-dir", str(data)) as again:
+        with httpx.Client(base_url=again.info["url"], timeout=10) as http:
+            admin = {"Authorization": f"Bearer {again.info['admin_key']}"}
+            alice = http.get("/v1/accounts/alice", headers=admin)
+            assert alice.status_code == 200, alice.text
+            assert alice.json()["balance"] == 149
+            old = {"Authorization": f"Bearer {first_admin_key}"}
+            assert http.get("/v1/accounts/alice", headers=old).status_code == 401
+        started = again.descendants()
+        assert again.signal(signal.SIGTERM) == 0, again.stderr()
+    assert _alive(started) == []
+    assert _using(data) == []
+
+
+def test_up_uses_the_configured_stores_and_starts_no_server(
+    work: Path, redis_url: str, database_url: str, key_prefix: str
+) -> None:
+    env = _clean_env(
+        QUOTAGATE_REDIS_URL=redis_url,
+        QUOTAGATE_DATABASE_URL=database_url,
+        QUOTAGATE_KEY_PREFIX=key_prefix,
+    )
+    port = free_port()
+    args = ("--port", str(port), "--data-dir", str(work / "data"))
+    with running_up(work, *args, env=env) as up:
+        assert (up.info["redis_url"], up.info["database_url"]) == (redis_url, database_url)
+        started = up.descendants()
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "valkey-server" not in names and "postgres -D" not in names
+        admin = {"Authorization": f"Bearer {up.info['admin_key']}"}
+        created = httpx.put(f"{up.info['url']}/v1/accounts/bob", headers=admin, timeout=10)
+        assert created.status_code == 201, created.text
+        assert up.signal(signal.SIGINT) == 0, up.stderr()
+    assert _alive(started) == []
+    assert not (work / "data" / "postgres").exists()
+
+
+def test_up_refuses_a_busy_port_or_data_dir_and_starts_nothing(work: Path) -> None:
+    data = work / "data"
+    with contextlib.closing(__import__("socket").socket()) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "quotagate.cli.main", "up", "--port", str(port),
+             "--data-dir", str(data)],
+            capture_output=True, text=True, env=_clean_env(), timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1] == f"error: port {port} is in use: pass another --port"
+    )
+    assert not (data / "postgres").exists()
+
+    directory = DataDir(data)
+    directory.create()
+    with directory.locked():
+        done = subprocess.run(
+            [sys.executable, "-m", "quotagate.cli.main", "up", "--port", str(free_port()),
+             "--data-dir", str(data)],
+            capture_output=True, text=True, env=_clean_env(), timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert "another `quotagate up` is using" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (data / "postgres").exists()
+    assert _using(data) == []
