@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from quotagate import metrics
 from quotagate.engine import CreditEngine
 
 log = logging.getLogger(__name__)
@@ -20,15 +21,14 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = 200
 """Writes to one partition between two looks at its outbox length."""
 
-Enqueue = Callable[[int], Awaitable[object]]
+Enqueue = Callable[[int], Awaitable[bool]]
+"""Looks at a partition's outbox and enqueues its flush past the threshold; True if it did
+(:class:`quotagate.jobs.trigger.EarlyFlush`)."""
 
 
 class FlushTrigger:
-    def __init__(
-        self, engine: CreditEngine, queue_url: str, enqueue: Enqueue | None = None
-    ) -> None:
+    def __init__(self, engine: CreditEngine, enqueue: Enqueue | None = None) -> None:
         self.engine = engine
-        self.queue_url = queue_url
         self._enqueue = enqueue
         self._writes = [0] * engine.config.partitions
         self._busy: set[int] = set()
@@ -48,7 +48,8 @@ class FlushTrigger:
     async def _check(self, partition: int) -> None:
         try:
             assert self._enqueue is not None
-            await self._enqueue(partition)
+            if await self._enqueue(partition):
+                metrics.FLUSH_TRIGGERS.inc()
         except Exception as exc:
             log.debug("early flush of partition %s not enqueued: %s", partition, exc)
         finally:

@@ -27,6 +27,7 @@ from quotagate.auth.store import KeyStore
 from quotagate.config import Config
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendError
+from quotagate.jobs.trigger import EarlyFlush
 from quotagate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class Gateway:
         self.keys = KeyCache(
             KeyStore(settings.database_url), self.engine.redis, settings.key_prefix
         )
-        self.flush_trigger = FlushTrigger(self.engine, settings.queue_url)
+        self.early_flush = EarlyFlush.from_settings(self.engine, settings)
+        self.flush_trigger = FlushTrigger(self.engine, self.early_flush)
         self.redis_state = "unknown"
         self.started_at = time.monotonic()
 
@@ -90,5 +92,6 @@ class Gateway:
     async def stop(self) -> None:
         await self.keys.aclose()
         await self.flush_trigger.aclose()
+        self.early_flush.close()
         await self.ledger.aclose()
         await self.engine.aclose()
