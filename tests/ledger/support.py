@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -13,13 +14,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import redis as sync_redis
+from rq import Queue
 from tests.support.servers import free_port
 
 from quotagate.config import Config, parse_config
+from quotagate.engine import CreditEngine
+from quotagate.jobs import queues
+from quotagate.jobs.flush import enqueue_due_flushes
+from quotagate.ledger import account_books, outbox_lag
 
 CONFIG_TEXT = """
 partitions = {partitions}
@@ -168,16 +176,16 @@ class PostgresProcess:
         wait_for(self._accepts, 30, f"PostgreSQL on port {self.port}")
 
     def _accepts(self) -> bool:
-        import asyncio
-
         async def ping() -> None:
             conn = await asyncpg.connect(self.url, timeout=2)
             await conn.close()
 
-        try:
-            asyncio.run(ping())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return False
+        # Its own thread and loop: callers may be inside an event loop already.
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                pool.submit(asyncio.run, ping()).result()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                return False
         return True
 
     def stop(self, *, immediate: bool = False) -> None:
@@ -208,8 +216,6 @@ def postgres_process() -> Iterator[PostgresProcess]:
 
 async def assert_books_balance(engine: Any, ledger: Any, account_ids: list[str]) -> None:
     """Every account: Redis = snapshot + pending, snapshot = sum of its ledger rows."""
-    from quotagate.ledger import account_books
-
     books = await account_books(engine, ledger, account_ids)
     off = [b for b in books if not b.balanced or b.redis_credits is None]
     assert not off, f"{len(off)} accounts off the books, e.g. {off[:2]}"
@@ -223,3 +229,63 @@ async def ledger_rows(ledger: Any, account_ids: list[str]) -> list[Any]:
                 account_ids,
             )
         )
+
+
+class LedgerStack:
+    """A private Redis, an engine on it, the flush queue, and ``quotagate worker`` processes.
+
+    ``schedule()`` does what the ``rq cron`` schedule does every second: enqueue a flush for
+    each non-empty partition."""
+
+    def __init__(
+        self, redis_url: str, database_url: str, tmp_path: Path, *, partitions: int, prefix: str
+    ) -> None:
+        self.redis_url, self.database_url, self.tmp_path = redis_url, database_url, tmp_path
+        self.prefix = prefix
+        self.config_path = tmp_path / "config.toml"
+        self.config_path.write_text(config_text(partitions))
+        self.engine = CreditEngine.from_url(redis_url, ledger_config(partitions), prefix=prefix)
+        self.conn = sync_redis.Redis.from_url(redis_url)
+        self.queue = Queue(queues.flush_queue_name(prefix), connection=self.conn)
+        self.workers: list[WorkerProcess] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = worker_env(self.redis_url, self.database_url, self.prefix, self.config_path)
+        return {**env, **extra}
+
+    def start_worker(self, name: str, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(self.env(**extra_env), self.tmp_path, name)
+        self.workers.append(worker)
+        return worker
+
+    async def schedule(self) -> int:
+        return await enqueue_due_flushes(self.engine, self.queue, self.prefix)
+
+    async def waiting(self) -> int:
+        return (await outbox_lag(self.engine)).total
+
+    async def drain(self, within_seconds: float = 60.0) -> None:
+        """Schedule flushes until every outbox is empty (workers do the flushing)."""
+        deadline = asyncio.get_running_loop().time() + within_seconds
+        while await self.waiting():
+            if asyncio.get_running_loop().time() > deadline:
+                logs = "\n".join(w.output()[-2000:] for w in self.workers)
+                raise AssertionError(
+                    f"outboxes not drained in {within_seconds} s; workers said:\n{logs}"
+                )
+            await self.schedule()
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        await self.engine.aclose()
+        self.conn.close()
+
+
+async def scheduler(stack: LedgerStack, stop: Any, every_seconds: float = 0.2) -> None:
+    """Run the schedule until ``stop`` (an asyncio.Event) is set."""
+    while not stop.is_set():
+        await stack.schedule()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_seconds)

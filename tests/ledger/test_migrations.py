@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -18,27 +14,6 @@ from quotagate.ledger import Ledger, head_revision, upgrade
 from quotagate.ledger.migrate import downgrade
 from quotagate.ledger.models import metadata
 from quotagate.ledger.urls import sqlalchemy_url
-
-
-def _other_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@pytest.fixture
-def empty_database_url(database_url: str) -> Iterator[str]:
-    """A database of its own, empty, dropped afterwards."""
-    name = f"qg_test_empty_{uuid.uuid4().hex[:8]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield _other_database(database_url, name)
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def test_the_migrated_schema_is_what_the_models_describe(ledger_url: str) -> None:

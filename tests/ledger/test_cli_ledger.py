@@ -1,0 +1,116 @@
+"""The ledger commands, run as an operator runs them: migrate, worker, flush, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from rq import Queue
+from tests.ledger.support import assert_books_balance, config_text, quotagate_command
+from tests.support.servers import free_port, redis_process
+
+from quotagate.config import parse_config
+from quotagate.engine import CreditEngine
+from quotagate.jobs import queues
+from quotagate.jobs.flush import enqueue_due_flushes
+from quotagate.ledger import Ledger
+
+Acct = Callable[[str], str]
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*quotagate_command(), *args], env={**os.environ, **env}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_migrate_brings_an_empty_database_to_the_head_twice_over(empty_database_url: str) -> None:
+    for _ in range(2):
+        done = run("migrate", QUOTAGATE_DATABASE_URL=empty_database_url)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ledger database at revision 0001 (current)"
+
+
+def test_the_worker_refuses_a_database_that_is_behind(empty_database_url: str) -> None:
+    done = run("worker", "--burst", QUOTAGATE_DATABASE_URL=empty_database_url)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: the ledger database has no schema yet: run `quotagate migrate`"
+    )
+
+
+def test_commands_say_in_one_line_when_postgres_is_down() -> None:
+    down = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/x"
+    for command in (["worker", "--burst"], ["flush"], ["migrate"]):
+        done = run(*command, QUOTAGATE_DATABASE_URL=down)
+        assert done.returncode == 3, (command, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "secret" not in lines[0]
+
+
+async def test_status_and_flush_report_exact_counts(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct, ledger_url: str, key_prefix: str,
+    redis_url: str, config_file: str,
+) -> None:  # fmt: skip
+    accounts = [acct(f"cli{i}") for i in range(9)]
+    for a in accounts:
+        await lengine.upsert_account(a)
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_DATABASE_URL": ledger_url,
+        "QUOTAGATE_KEY_PREFIX": key_prefix, "QUOTAGATE_CONFIG": config_file,
+    }  # fmt: skip
+    status = json.loads(run("status", "--json", **env).stdout)
+    assert status["waiting"] == 18 and status["database"] == "ok"
+    assert sum(p["waiting"] for p in status["partitions"]) == 18
+
+    done = run("flush", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["inserted"], report["duplicates"], report["events"]) == (9, 0, 9)
+    assert report["deleted"] == 18
+
+    status = json.loads(run("status", "--json", **env).stdout)
+    assert status["waiting"] == 0 and status["oldest_age_seconds"] is None
+    flushed = {lengine.keys.partition_of(a) for a in accounts}
+    for p in status["partitions"]:
+        if p["partition"] in flushed:
+            assert 0 <= p["last_flush_seconds_ago"] < 60
+    human = run("status", **env)
+    assert human.stdout.strip().endswith("0 entries waiting in 8 partitions")
+    await assert_books_balance(lengine, ledger, accounts)
+
+
+async def test_a_burst_worker_runs_the_queued_flushes(
+    ledger: Ledger, ledger_url: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(config_text(8))
+    with redis_process() as server:
+        engine = CreditEngine.from_url(server.url, parse_config(config_text(8)), prefix="burst")
+        conn = redis.Redis.from_url(server.url)
+        try:
+            await engine.initialize()
+            accounts = [f"burst-{tmp_path.name}-{i}" for i in range(12)]
+            for a in accounts:
+                await engine.upsert_account(a)
+                await engine.consume(a, "api_call", 4)
+            queue = Queue(queues.flush_queue_name("burst"), connection=conn)
+            assert await enqueue_due_flushes(engine, queue, "burst") > 1
+            done = run(
+                "worker", "--burst", QUOTAGATE_REDIS_URL=server.url,
+                QUOTAGATE_DATABASE_URL=ledger_url, QUOTAGATE_KEY_PREFIX="burst",
+                QUOTAGATE_CONFIG=str(config),
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert queue.count == 0
+            for p in range(8):
+                assert await engine.redis.xlen(engine.keys.outbox(p)) == 0
+            await assert_books_balance(engine, ledger, accounts)
+        finally:
+            await engine.aclose()
+            conn.close()
