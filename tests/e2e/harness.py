@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -232,6 +233,14 @@ def binary(name: str) -> str | None:
     )
 
 
+def react_fields(interface: str) -> set[str]:
+    """The field names of a TypeScript interface in examples/react/useCredits.ts."""
+    source = (EXAMPLES / "react" / "useCredits.ts").read_text()
+    body = re.search(rf"export interface {interface} \{{(.*?)\n\}}", source, re.S)
+    assert body is not None, f"no interface {interface} in useCredits.ts"
+    return set(re.findall(r"^  (\w+)\??:", body.group(1), re.M))
+
+
 def auth(user: str) -> tuple[str, str]:
     return (user, password(user))
 
@@ -280,6 +289,11 @@ async def run_scenario(
         assert me.status_code == 200, me.text
         assert me.json()["account_id"] == "alice"
         assert me.json()["balance"] == 0
+        # examples/react/useCredits.ts describes exactly this answer.
+        assert set(me.json()) == react_fields("Credits")
+        assert me.json()["recent_transactions"], "the account has transactions"
+        for transaction in me.json()["recent_transactions"]:
+            assert set(transaction) == react_fields("Transaction")
 
         first = await client.get("/api/things/x", auth=auth("carol"))
         assert first.status_code == 200, first.text
