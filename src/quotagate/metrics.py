@@ -59,6 +59,7 @@ FLUSH_TRIGGERS = Counter(
 )
 
 _status_cache: dict[tuple[str, int], Counter] = {}
+_latency_cache: dict[str, Histogram] = {}
 
 
 def multiprocess_mode() -> bool:
@@ -71,7 +72,10 @@ def count_request(route: str, status: int, seconds: float) -> None:
     if child is None:
         child = _status_cache[(route, status)] = HTTP_REQUESTS.labels(route, str(status))
     child.inc()
-    HTTP_LATENCY.labels(route).observe(seconds)
+    latency = _latency_cache.get(route)
+    if latency is None:
+        latency = _latency_cache[route] = HTTP_LATENCY.labels(route)
+    latency.observe(seconds)
 
 
 Sampler = Callable[[], Iterable[Metric]]

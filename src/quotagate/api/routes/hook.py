@@ -2,7 +2,7 @@
 ``/v1/me``, the end user's own account as the proxy names it.
 
 The hook answers within ``authz.timeout_ms`` whatever Redis does: the charge runs under
-``asyncio.wait_for``; a Redis that is down or slow gives 503 (failure_mode "closed") or 200
+``asyncio.timeout``; a Redis that is down or slow gives 503 (failure_mode "closed") or 200
 with ``X-Quota-Degraded: 1`` ("open"). Every answer says why in ``X-Quota-Reason`` when it is
 not a plain allow, and denials carry a problem document, which Traefik and Envoy pass on to
 the client.
@@ -107,12 +107,13 @@ class Hook:
                 return await self._unmatched(account_id)
             resource, units = route.resource, route.units
         description = f"{method} {uri.split('?', 1)[0]}"[:MAX_DESCRIPTION]
-        charge = self.gw.engine.consume(
-            account_id, resource, units, description=description,
-            idempotency_key=h.get("x-request-id") or None,
-        )  # fmt: skip
         try:
-            result = await asyncio.wait_for(charge, self.timeout_seconds)
+            # asyncio.timeout, not wait_for: no extra task per request on the hot path.
+            async with asyncio.timeout(self.timeout_seconds):
+                result = await self.gw.engine.consume(
+                    account_id, resource, units, description=description,
+                    idempotency_key=h.get("x-request-id") or None,
+                )  # fmt: skip
         except (BackendError, TimeoutError) as exc:
             return self._backend_down(account_id, exc)
         self.gw.flush_trigger.note_write(account_id)
@@ -122,9 +123,8 @@ class Hook:
         if self.authz.unmatched == "deny":
             raise Forbidden("no route of the config matches this request", reason="no_route")
         try:
-            account = await asyncio.wait_for(
-                self.gw.engine.get_account(account_id), self.timeout_seconds
-            )
+            async with asyncio.timeout(self.timeout_seconds):
+                account = await self.gw.engine.get_account(account_id)
         except (BackendError, TimeoutError) as exc:
             return self._backend_down(account_id, exc)
         if account.status == "banned":
