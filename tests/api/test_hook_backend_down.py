@@ -107,6 +107,16 @@ def test_redis_frozen_then_stopped(
         r, elapsed = ask(gw, api_keys, acct)
         assert elapsed < bound and r.status_code == status, (elapsed, r.text)
     assert httpx.get(f"{closed.url}/readyz").json()["redis"] == "down"
+    # The service API says so too, as a problem, quickly.
+    started = time.monotonic()
+    r = httpx.post(
+        f"{closed.url}/v1/accounts/{acct}/consume",
+        json={"resource": "api_call"},
+        headers={"Authorization": f"Bearer {api_keys['service']}"},
+        timeout=10,
+    )
+    assert_problem(r, 503, "backend_unavailable")
+    assert time.monotonic() - started < 2
 
     # Back (AOF kept the data): charging resumes. A frozen Redis runs the scripts it had
     # received once it thaws, so some of the 16 requests answered "no" or "degraded" may have

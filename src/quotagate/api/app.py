@@ -19,7 +19,7 @@ from starlette.responses import Response
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response
-from quotagate.api.routes import accounts, charges, holds, hook, ops
+from quotagate.api.routes import accounts, charges, credits, holds, hook, ops
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
 from quotagate.settings import Settings
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
             *hook.routes(gw),
             *charges.routes(gw),
             *holds.routes(gw),
+            *credits.routes(gw),
             *accounts.routes(gw),
             *ops.routes(gw),
         ],

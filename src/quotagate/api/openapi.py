@@ -136,11 +136,7 @@ def _hook_op() -> dict[str, Any]:
     return op
 
 
-def openapi_document(config: Config) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
-    acct = [_ACCOUNT_ID]
-    write = [_ACCOUNT_ID, _IDEMPOTENCY]
-    hold = [_ACCOUNT_ID, _HOLD_ID, _IDEMPOTENCY]
+def _parameters() -> dict[str, list[dict[str, Any]]]:
     page = [
         _ACCOUNT_ID,
         {
@@ -156,8 +152,17 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "schema": {"type": "string", "format": "uuid"},
         },
     ]
-    hook = _hook_op()
-    any_method = {m: hook for m in ("get", "head", "post", "put", "patch", "delete", "options")}
+    return {
+        "acct": [_ACCOUNT_ID],
+        "write": [_ACCOUNT_ID, _IDEMPOTENCY],
+        "hold": [_ACCOUNT_ID, _HOLD_ID, _IDEMPOTENCY],
+        "page": page,
+    }
+
+
+def _account_paths() -> dict[str, Any]:
+    p = _parameters()
+    acct, write, hold, page = p["acct"], p["write"], p["hold"], p["page"]
     paths: dict[str, Any] = {
         "/v1/accounts/{account_id}": {
             "put": _op(
@@ -249,6 +254,18 @@ def openapi_document(config: Config) -> dict[str, Any]:
             ),
         },
         "/v1/resources": {"get": _op("Resource costs", "read", (200, s.ResourcesOut))},
+    }
+    paths["/v1/accounts/{account_id}"]["put"]["responses"]["201"] = {
+        "description": "Created",
+        "content": {"application/json": {"schema": _ref(s.AccountWritten)}},
+    }
+    return paths
+
+
+def _hook_paths() -> dict[str, Any]:
+    hook = _hook_op()
+    any_method = {m: hook for m in ("get", "head", "post", "put", "patch", "delete", "options")}
+    return {
         "/v1/me": {
             "get": _op(
                 "The account the proxy names in X-Account-Id",
@@ -269,6 +286,11 @@ def openapi_document(config: Config) -> dict[str, Any]:
             }
             for m in any_method
         },
+    }
+
+
+def _ops_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {
         "/healthz": {"get": _op("The process is up", "none", (200, s.HealthOut))},
         "/readyz": {
             "get": _op(
@@ -302,10 +324,12 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "description": "Not ready",
         "content": {"application/json": {"schema": _ref(s.ReadyOut)}},
     }
-    paths["/v1/accounts/{account_id}"]["put"]["responses"]["201"] = {
-        "description": "Created",
-        "content": {"application/json": {"schema": _ref(s.AccountWritten)}},
-    }
+    return paths
+
+
+def openapi_document(config: Config) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
+    paths = {**_account_paths(), **_hook_paths(), **_ops_paths()}
     return {
         "openapi": "3.1.0",
         "info": {

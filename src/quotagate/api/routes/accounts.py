@@ -1,4 +1,4 @@
-"""Accounts: create or update, read, history, credits (money in), and the resource table."""
+"""Accounts: create or update, read, history, and the resource table."""
 
 from __future__ import annotations
 
@@ -17,13 +17,10 @@ from quotagate.api.endpoint import (
     json_response,
     replay_headers,
 )
-from quotagate.api.errors import Forbidden
 from quotagate.api.gateway import Gateway
 from quotagate.api.schemas import (
     AccountUpsert,
     AccountWritten,
-    CreditOut,
-    CreditRequest,
     ResourcesOut,
     TransactionsOut,
 )
@@ -71,26 +68,6 @@ def routes(gw: Gateway) -> list[Route]:
         view, degraded = await account_view(gw, request.path_params["account_id"])
         return json_response(view, headers=DEGRADED if degraded else None)
 
-    @endpoint("credits")
-    async def credits(request: Request) -> Response:
-        key = keys.authorize(bearer(request), "admin", "service")
-        body = decode(await read_body(request), CreditRequest)
-        if body.type != "refund" and not key.allows("admin"):
-            raise Forbidden(f'a "{body.type}" needs an admin key (service keys may refund)')
-        account_id = request.path_params["account_id"]
-        r = await engine.credit(
-            account_id,
-            body.amount,
-            body.type,
-            description=body.description,
-            metadata=body.metadata,
-            idempotency_key=idempotency_key(request),
-        )
-        durable = await gw.ledger.write_through(engine, account_id, [r.outbox_entry_id])
-        gw.flush_trigger.note_write(account_id)
-        answer = CreditOut(transaction_id=r.transaction_id, balance=r.balance, durable=durable)
-        return json_response(answer, headers=replay_headers(r.replayed))
-
     @endpoint("transactions")
     async def transactions(request: Request) -> Response:
         keys.authorize(bearer(request), "read", "service")
@@ -109,7 +86,6 @@ def routes(gw: Gateway) -> list[Route]:
     return [
         Route("/v1/accounts/{account_id}", put_account, methods=["PUT"]),
         Route("/v1/accounts/{account_id}", get_account, methods=["GET"]),
-        Route("/v1/accounts/{account_id}/credits", credits, methods=["POST"]),
         Route("/v1/accounts/{account_id}/transactions", transactions, methods=["GET"]),
         Route("/v1/resources", resources, methods=["GET"]),
     ]
