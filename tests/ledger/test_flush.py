@@ -89,7 +89,7 @@ async def test_rows_carry_what_the_script_wrote(
 async def test_a_batch_committed_but_not_deleted_is_not_counted_twice(
     lengine: CreditEngine, ledger: Ledger, acct: Acct
 ) -> None:
-    """A worker died between the commit and the XDEL: the next flush finds the batch again."""
+    """A worker died between the commit and the trim: the next flush finds the batch again."""
     accounts = [acct(f"c{i}") for i in range(6)]
     await _traffic(lengine, accounts)
     partition = lengine.keys.partition_of(accounts[0])

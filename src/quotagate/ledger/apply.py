@@ -28,7 +28,7 @@ from quotagate.ledger.outbox import AccountEvent, Entry, TransactionEntry
 
 Staging = Literal["unnest", "copy"]
 
-STAGING: Staging = "unnest"
+STAGING: Staging = "copy"
 """How a batch reaches the server. unnest: arrays bound to one statement. copy: COPY into a
 temporary table, then the same statement reading from it (two round trips more)."""
 

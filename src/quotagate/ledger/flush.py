@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -27,10 +27,10 @@ from quotagate.engine import CreditEngine
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
-from quotagate.ledger.outbox import delete, read_batch
+from quotagate.ledger.outbox import Entry, read_batch, trim_through
 
 DEFAULT_BATCH_SIZE = 2000
-"""Entries per batch: one XRANGE, one INSERT, one XDEL. Thousands of rows per statement is
+"""Entries per batch: one XRANGE, one COPY and INSERT, one XTRIM. Thousands of rows per statement is
 where PostgreSQL's per-statement cost stops mattering (see the README's measurements)."""
 
 DEFAULT_LEASE_SECONDS = 15.0
@@ -86,13 +86,15 @@ async def flush_partition(
     if lease is None:
         result.busy = True
         return result
+    budget_end = None if time_budget_seconds is None else started + time_budget_seconds
+
+    async def keep_going() -> bool:
+        if budget_end is not None and time.monotonic() >= budget_end:
+            return False
+        return await lease.renew()  # False: the lease lapsed, whoever holds it carries on
+
     try:
-        while await _one_batch(engine, ledger, partition, batch_size, result):
-            spent = time.monotonic() - started
-            if time_budget_seconds is not None and spent >= time_budget_seconds:
-                break
-            if not await lease.renew():
-                break  # the lease lapsed: whoever holds it now carries on
+        await _Batches(engine, ledger, partition, batch_size, result).run(keep_going)
     finally:
         with contextlib.suppress(RedisError):
             await lease.release()
@@ -100,24 +102,63 @@ async def flush_partition(
     return result
 
 
-async def _one_batch(
-    engine: CreditEngine, ledger: Ledger, partition: int, batch_size: int, result: FlushResult
-) -> bool:
-    """Flush one batch; True when a full batch was read (more may wait)."""
-    entries = await read_batch(engine, partition, batch_size)
-    result.drained = len(entries) < batch_size
-    if not entries:
-        return False
-    applied = await ledger.apply_batch(
-        entries, default_tier=engine.config.default_tier, partition=partition
-    )
-    await pause_point("after_commit")
-    result.deleted += await delete(engine, partition, [e.stream_id for e in entries])
-    result.batches += 1
-    result.transactions += applied.transactions
-    result.inserted += applied.inserted
-    result.events += applied.events
-    return len(entries) == batch_size
+class _Batches:
+    """The batches of one flush, overlapped: while batch n commits, batch n+1 is read and
+    batch n-1 deleted. Only reads run ahead; a batch is deleted only after its commit."""
+
+    def __init__(
+        self,
+        engine: CreditEngine,
+        ledger: Ledger,
+        partition: int,
+        batch_size: int,
+        result: FlushResult,
+    ) -> None:
+        self.engine, self.ledger, self.partition = engine, ledger, partition
+        self.batch_size, self.result = batch_size, result
+
+    def _read(self, after: str | None) -> asyncio.Task[list[Entry]]:
+        read = read_batch(self.engine, self.partition, self.batch_size, after=after)
+        return asyncio.ensure_future(read)
+
+    async def run(self, keep_going: Callable[[], Awaitable[bool]]) -> None:
+        reading = self._read(None)
+        deleting: asyncio.Task[int] | None = None
+        try:
+            while True:
+                entries = await reading
+                self.result.drained = len(entries) < self.batch_size
+                if not self.result.drained:
+                    reading = self._read(entries[-1].stream_id)
+                if entries:
+                    await self._commit(entries)
+                    await pause_point("after_commit")
+                    if deleting is not None:
+                        self.result.deleted += await deleting
+                    last = entries[-1].stream_id
+                    deleting = asyncio.ensure_future(
+                        trim_through(self.engine, self.partition, last)
+                    )
+                if self.result.drained or not await keep_going():
+                    break
+        except BaseException:
+            reading.cancel()
+            if deleting is not None:  # that batch is committed: finish removing it
+                with contextlib.suppress(Exception):
+                    await deleting
+            raise
+        reading.cancel()  # a read-ahead the budget or the lease cut short
+        if deleting is not None:
+            self.result.deleted += await deleting
+
+    async def _commit(self, entries: list[Entry]) -> None:
+        applied = await self.ledger.apply_batch(
+            entries, default_tier=self.engine.config.default_tier, partition=self.partition
+        )
+        self.result.batches += 1
+        self.result.transactions += applied.transactions
+        self.result.inserted += applied.inserted
+        self.result.events += applied.events
 
 
 async def flush_all(

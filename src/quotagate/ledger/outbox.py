@@ -21,9 +21,6 @@ from quotagate.ledger.models import TRANSACTION_TYPES
 
 _TYPES = frozenset(TRANSACTION_TYPES)
 
-XDEL_CHUNK = 1000
-"""Stream ids per XDEL command: keeps each command short on the Redis main thread."""
-
 
 class OutboxEntryInvalid(Exception):
     """An outbox entry the ledger cannot read; it is left in the stream."""
@@ -96,23 +93,27 @@ def parse_entry(stream_id: str, fields: dict[str, str]) -> Entry:
 
 
 def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
-    if f["t"] not in _TYPES:
-        raise ValueError(f"unknown type {f['t']!r}")
+    # Positional arguments and few calls: this runs for every entry the flush reads.
+    kind, txn_id, account_id = f["t"], f["id"], f["a"]
+    if kind not in _TYPES:
+        raise ValueError(f"unknown type {kind!r}")
+    if not txn_id or not account_id:
+        raise ValueError("empty id or account")
     resource = f.get("res") or None
     return TransactionEntry(
-        stream_id=stream_id,
-        id=_nonempty(f["id"]),
-        account_id=_nonempty(f["a"]),
-        amount=int(f["amt"]),
-        type=f["t"],
-        resource=resource,
-        units=int(f["u"]) if resource else None,
-        description=f.get("d") or None,
-        metadata=f.get("md") or None,
-        idempotency_key=f.get("ik") or None,
-        balance_after=int(f["bal"]),
-        created_ms=int(f["ts"]),
-        monthly_delta=int(f.get("dm") or 0),
+        stream_id,
+        txn_id,
+        account_id,
+        int(f["amt"]),
+        kind,
+        resource,
+        int(f["u"]) if resource else None,
+        f.get("d") or None,
+        f.get("md") or None,
+        f.get("ik") or None,
+        int(f["bal"]),
+        int(f["ts"]),
+        int(f.get("dm") or 0),
     )
 
 
@@ -142,9 +143,13 @@ def parse_entries(raw: RawEntries) -> list[Entry]:
     return [parse_entry(stream_id, fields) for stream_id, fields in raw]
 
 
-async def read_batch(engine: CreditEngine, partition: int, count: int) -> list[Entry]:
-    """The oldest ``count`` entries of the partition's outbox (flushed ones are gone)."""
-    raw = await engine.redis.xrange(engine.keys.outbox(partition), "-", "+", count=count)
+async def read_batch(
+    engine: CreditEngine, partition: int, count: int, *, after: str | None = None
+) -> list[Entry]:
+    """The oldest ``count`` entries of the partition's outbox (flushed ones are gone), or
+    the ``count`` entries after stream id ``after``."""
+    start = "-" if after is None else "(" + after
+    raw = await engine.redis.xrange(engine.keys.outbox(partition), start, "+", count=count)
     return parse_entries(cast(RawEntries, raw))
 
 
@@ -177,10 +182,16 @@ async def read_all(
     return entries
 
 
-async def delete(engine: CreditEngine, partition: int, stream_ids: Sequence[str]) -> int:
-    """Remove flushed entries from the stream (only ever after the Postgres commit)."""
-    key = engine.keys.outbox(partition)
-    deleted = 0
-    for i in range(0, len(stream_ids), XDEL_CHUNK):
-        deleted += int(await engine.redis.xdel(key, *stream_ids[i : i + XDEL_CHUNK]))
-    return deleted
+async def trim_through(engine: CreditEngine, partition: int, last_stream_id: str) -> int:
+    """Remove every entry up to and including ``last_stream_id``: only ever after the
+    PostgreSQL commit of a batch that ends there.
+
+    A batch is read from the head of the stream (or right after the previous batch), so the
+    entries up to its last id are exactly the batch and batches committed before it: one
+    ``XTRIM MINID`` (exact) removes them, where XDEL would carry every id.
+    """
+    ms, _, seq = last_stream_id.partition("-")
+    threshold = f"{ms}-{int(seq or 0) + 1}"
+    return int(
+        await engine.redis.xtrim(engine.keys.outbox(partition), minid=threshold, approximate=False)
+    )

@@ -1,0 +1,221 @@
+"""How fast the flush moves rows, against a bare COPY of the same rows into the same table.
+
+    python -m quotagate.ledger.bench [--rows 50000] [--partitions 1] [--batch 2000] [--json]
+
+uses QUOTAGATE_REDIS_URL and QUOTAGATE_DATABASE_URL (a migrated database: a scratch one is
+best; every row the run writes is deleted afterwards). In one run:
+
+1. ``rows`` spend entries go into ``partitions`` outboxes of a throwaway key prefix;
+2. the flush moves them (XRANGE, parse, INSERT ... ON CONFLICT with snapshot updates,
+   commit, XTRIM), one flush per partition in parallel: flush rows/s;
+3. the rows are deleted and the same rows are COPYed into credit_transactions, one COPY on
+   one connection, nothing else: copy rows/s;
+4. the same batches are applied with each staging method (unnest arrays, COPY into a
+   temporary table), PostgreSQL only: the measurement behind ``apply.STAGING``.
+
+``measure_flush`` is the function the benchmark harness calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from quotagate import ids
+from quotagate.config import load_config
+from quotagate.engine import CreditEngine
+from quotagate.ledger.apply import Staging, transaction_columns
+from quotagate.ledger.flush import DEFAULT_BATCH_SIZE, flush_all
+from quotagate.ledger.ledger import Ledger
+from quotagate.ledger.outbox import TransactionEntry
+
+ACCOUNTS = 1000
+COPY_COLUMNS = [
+    "id", "account_id", "amount", "type", "resource", "units", "description", "metadata",
+    "idempotency_key", "balance_after", "created_at",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FlushBench:
+    rows: int
+    partitions: int
+    batch_size: int
+    flush_seconds: float
+    flush_rows_per_second: float
+    copy_seconds: float
+    copy_rows_per_second: float
+    flush_to_copy: float
+    """Flush rows/s divided by COPY rows/s."""
+    apply_unnest_rows_per_second: float
+    apply_copy_rows_per_second: float
+
+
+def _entries(rows: int, accounts: list[str], partitions: int) -> list[list[TransactionEntry]]:
+    rng = random.Random(rows)
+    now_ms = int(time.time() * 1000)
+    out: list[list[TransactionEntry]] = [[] for _ in range(partitions)]
+    for i in range(rows):
+        units = rng.randint(1, 9)
+        meta = f'{{"request": {i}}}' if i % 10 == 0 else None
+        out[i % partitions].append(
+            TransactionEntry(
+                stream_id="", id=ids.new_id(), account_id=rng.choice(accounts), amount=-units,
+                type="spend", resource="api_call", units=units, description=None,
+                metadata=meta, idempotency_key=None, balance_after=1000 - units,
+                created_ms=now_ms + i // 100, monthly_delta=-units,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _fields(e: TransactionEntry) -> dict[str, str]:
+    return {
+        "id": e.id, "a": e.account_id, "amt": str(e.amount), "t": e.type,
+        "res": e.resource or "", "u": str(e.units or 0), "d": "", "md": e.metadata or "",
+        "ts": str(e.created_ms), "bal": str(e.balance_after), "dm": str(e.monthly_delta),
+        "ik": "",
+    }  # fmt: skip
+
+
+async def _fill_outboxes(engine: CreditEngine, entries: list[list[TransactionEntry]]) -> None:
+    for p, part in enumerate(entries):
+        for i in range(0, len(part), 5000):
+            async with engine.redis.pipeline(transaction=False) as pipe:
+                for e in part[i : i + 5000]:
+                    pipe.xadd(engine.keys.outbox(p), _fields(e))  # type: ignore[arg-type]
+                await pipe.execute()
+
+
+async def _delete_rows(conn: asyncpg.Connection, accounts: list[str]) -> None:
+    await conn.execute(
+        "DELETE FROM credit_transactions WHERE account_id = ANY($1::text[])", accounts
+    )
+    await conn.execute("DELETE FROM user_credits WHERE account_id = ANY($1::text[])", accounts)
+    await conn.execute("VACUUM (ANALYZE) credit_transactions")
+    await conn.execute("VACUUM (ANALYZE) user_credits")
+
+
+async def _bare_copy(conn: asyncpg.Connection, flat: Sequence[TransactionEntry]) -> float:
+    records = [
+        (e.id, e.account_id, e.amount, e.type, e.resource, e.units, e.description, e.metadata,
+         e.idempotency_key, e.balance_after, datetime.fromtimestamp(e.created_ms / 1000, UTC))
+        for e in flat
+    ]  # fmt: skip
+    started = time.perf_counter()
+    await conn.copy_records_to_table("credit_transactions", records=records, columns=COPY_COLUMNS)
+    return time.perf_counter() - started
+
+
+async def _apply_only(
+    ledger: Ledger, flat: Sequence[TransactionEntry], batch_size: int, staging: Staging
+) -> float:
+    transaction_columns(flat[:1])  # warm the code path, not the server
+    started = time.perf_counter()
+    for i in range(0, len(flat), batch_size):
+        await ledger.apply_batch(flat[i : i + batch_size], default_tier="free", staging=staging)
+    return time.perf_counter() - started
+
+
+async def measure_flush(
+    redis_url: str,
+    database_url: str,
+    *,
+    rows: int = 50_000,
+    partitions: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> FlushBench:
+    """Run the measurement (see the module docstring); leaves nothing behind."""
+    config = load_config()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    engine = CreditEngine.from_url(redis_url, config, prefix=prefix)
+    ledger = await Ledger.connect(database_url, max_connections=max(2, partitions))
+    accounts = [f"{prefix}-{i}" for i in range(ACCOUNTS)]
+    entries = _entries(rows, accounts, partitions)
+    flat = [e for part in entries for e in part]
+    try:
+        await ledger.ensure_current()
+        async with ledger.pool.acquire() as conn:
+            saved = await conn.fetch(
+                "SELECT * FROM outbox_flushes WHERE partition < $1", partitions
+            )
+        await _fill_outboxes(engine, entries)
+
+        started = time.perf_counter()
+        await flush_all(
+            engine, ledger, partitions=range(partitions), batch_size=batch_size,
+            parallel=partitions,
+        )  # fmt: skip
+        flush_seconds = time.perf_counter() - started
+
+        async with ledger.pool.acquire() as conn:
+            await _delete_rows(conn, accounts)
+            copy_seconds = await _bare_copy(conn, flat)
+            await _delete_rows(conn, accounts)
+        unnest_seconds = await _apply_only(ledger, flat, batch_size, "unnest")
+        async with ledger.pool.acquire() as conn:
+            await _delete_rows(conn, accounts)
+        copy_stage_seconds = await _apply_only(ledger, flat, batch_size, "copy")
+    finally:
+        async with ledger.pool.acquire() as conn:
+            await _delete_rows(conn, accounts)
+            await conn.execute("DELETE FROM outbox_flushes WHERE partition < $1", partitions)
+            if saved:
+                await conn.copy_records_to_table(
+                    "outbox_flushes",
+                    records=[tuple(r) for r in saved],
+                    columns=list(saved[0].keys()),
+                )
+        await engine.redis.delete(*(engine.keys.outbox(p) for p in range(partitions)))
+        await ledger.aclose()
+        await engine.aclose()
+    return FlushBench(
+        rows=rows,
+        partitions=partitions,
+        batch_size=batch_size,
+        flush_seconds=round(flush_seconds, 3),
+        flush_rows_per_second=round(rows / flush_seconds),
+        copy_seconds=round(copy_seconds, 3),
+        copy_rows_per_second=round(rows / copy_seconds),
+        flush_to_copy=round((rows / flush_seconds) / (rows / copy_seconds), 3),
+        apply_unnest_rows_per_second=round(rows / unnest_seconds),
+        apply_copy_rows_per_second=round(rows / copy_stage_seconds),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from quotagate.settings import Settings
+
+    parser = argparse.ArgumentParser(prog="python -m quotagate.ledger.bench")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    result = asyncio.run(
+        measure_flush(
+            str(settings.redis_url), str(settings.database_url), rows=args.rows,
+            partitions=args.partitions, batch_size=args.batch,
+        )
+    )  # fmt: skip
+    report: dict[str, Any] = asdict(result)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key:32} {value}")
+
+
+if __name__ == "__main__":
+    main()
