@@ -224,3 +224,48 @@ def test_up_refuses_a_busy_port_or_data_dir_and_starts_nothing(work: Path) -> No
     assert "Traceback" not in done.stderr
     assert not (data / "postgres").exists()
     assert _using(data) == []
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_seconds: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_seconds
+    while _alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _alive(processes)
+
+
+def test_a_part_that_dies_takes_the_stack_down_with_a_message(work: Path) -> None:
+    data = work / "data"
+    with running_up(work, "--port", str(free_port()), "--data-dir", str(data)) as up:
+        started = up.descendants()
+        (worker,) = [p for p in started if p.cmdline()[-1:] == ["worker"]]
+        worker.kill()
+        assert up.proc.wait(60) == 1
+        assert "the worker stopped on its own" in up.stderr()
+        assert "Traceback" not in up.stderr()
+    assert _wait_gone(started, 5) == []
+    assert _using(data) == []
+
+
+def test_killing_up_itself_stops_its_children_and_the_data_dir_is_usable_again(
+    work: Path,
+) -> None:
+    data = work / "data"
+    port = free_port()
+    with running_up(work, "--port", str(port), "--data-dir", str(data)) as up:
+        admin = {"Authorization": f"Bearer {up.info['admin_key']}"}
+        created = httpx.put(f"{up.info['url']}/v1/accounts/carol", headers=admin, timeout=10)
+        assert created.status_code == 201, created.text
+        started = up.descendants()
+        up.proc.send_signal(signal.SIGKILL)  # `up` alone: no chance to stop anything itself
+        up.proc.wait()
+    # Each child was told by the kernel (parent-death signal) and stops as on SIGTERM.
+    assert _wait_gone(started, 45) == []
+    assert _using(data) == []
+
+    with running_up(work, "--port", str(port), "--data-dir", str(data)) as again:
+        admin = {"Authorization": f"Bearer {again.info['admin_key']}"}
+        carol = httpx.get(f"{again.info['url']}/v1/accounts/carol", headers=admin, timeout=10)
+        assert carol.status_code == 200, carol.text
+        started = again.descendants()
+        assert again.signal(signal.SIGINT) == 0, again.stderr()
+    assert _alive(started) == []

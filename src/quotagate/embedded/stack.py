@@ -94,6 +94,9 @@ class LocalStack:
         if not wait_until(
             _healthy(url), child=gateway, timeout_seconds=GATEWAY_START_TIMEOUT_SECONDS
         ):
+            if not gateway.running():
+                code = gateway.proc.returncode
+                raise StackError(f"the gateway exited with status {code} (its output is above)")
             raise StackError(f"the gateway did not answer on {url}/healthz (its output is above)")
         return StackInfo(
             url=url,
