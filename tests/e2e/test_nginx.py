@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from tests.conftest import EngineFactory
 from tests.e2e.harness import (
     EXAMPLES,
     USERS,
     Upstream,
+    auth,
     binary,
     e2e_config_text,
     gateway,
@@ -20,7 +26,7 @@ from tests.e2e.harness import (
     sha_htpasswd_line,
     workdir,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, redis_process
 
 NGINX = binary("nginx")
 pytestmark = pytest.mark.skipif(
@@ -45,6 +51,31 @@ http {
 """
 
 
+@contextlib.contextmanager
+def nginx_in_front(
+    work: Path, *, gateway_url: str, upstream: Upstream, hook_key: str
+) -> Iterator[str]:
+    """nginx with the example's site filled in for this test; yields its base URL."""
+    assert NGINX is not None
+    listen = free_port()
+    template = (EXAMPLES / "nginx" / "quotagate.conf.template").read_text()
+    site = string.Template(template).safe_substitute(
+        LISTEN=f"127.0.0.1:{listen}",
+        QUOTAGATE_ADDR=gateway_url.removeprefix("http://"),
+        APP_ADDR=upstream.address,
+        QUOTAGATE_HOOK_KEY=hook_key,
+        HTPASSWD_FILE=str(work / "htpasswd"),
+    )
+    assert not re.search(r"\$\{[A-Z_]+\}", site), "a placeholder was left unfilled"
+    (work / "quotagate.conf").write_text(site)
+    (work / "htpasswd").write_text("".join(sha_htpasswd_line(u) + "\n" for u in USERS))
+    (work / "nginx.conf").write_text(string.Template(MAIN_CONF).substitute(work=work))
+    args = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
+    base = f"http://127.0.0.1:{listen}"
+    with proxy("nginx", args, cwd=work, ready_url=f"{base}/api/credits"):
+        yield base
+
+
 async def test_nginx_charges_until_the_credits_run_out(
     make_engine: EngineFactory,
     redis_url: str,
@@ -53,7 +84,6 @@ async def test_nginx_charges_until_the_credits_run_out(
     hook_key: str,
     upstream: Upstream,
 ) -> None:
-    assert NGINX is not None
     config = e2e_config_text(EXAMPLES / "nginx" / "quotagate.toml")
     assert "deny_status = 403" in config and "rate_limited_status = 403" in config
     engine = await make_engine(config)
@@ -61,21 +91,39 @@ async def test_nginx_charges_until_the_credits_run_out(
     with workdir() as work, gateway(
         redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
         config_text=config, work=work,
-    ) as gateway_url:  # fmt: skip
-        listen = free_port()
-        template = (EXAMPLES / "nginx" / "quotagate.conf.template").read_text()
-        site = string.Template(template).safe_substitute(
-            LISTEN=f"127.0.0.1:{listen}",
-            QUOTAGATE_ADDR=gateway_url.removeprefix("http://"),
-            APP_ADDR=upstream.address,
-            QUOTAGATE_HOOK_KEY=hook_key,
-            HTPASSWD_FILE=str(work / "htpasswd"),
-        )
-        assert not re.search(r"\$\{[A-Z_]+\}", site), "a placeholder was left unfilled"
-        (work / "quotagate.conf").write_text(site)
-        (work / "htpasswd").write_text("".join(sha_htpasswd_line(u) + "\n" for u in USERS))
-        (work / "nginx.conf").write_text(string.Template(MAIN_CONF).substitute(work=work))
-        args = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
-        base = f"http://127.0.0.1:{listen}"
-        with proxy("nginx", args, cwd=work, ready_url=f"{base}/api/credits"):
-            await run_scenario(base, upstream, engine)
+    ) as gateway_url, nginx_in_front(
+        work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
+    ) as base:  # fmt: skip
+        await run_scenario(base, upstream, engine)
+
+
+async def test_nginx_answers_503_when_redis_is_down_and_never_calls_the_app(
+    make_engine: EngineFactory,
+    ledger_url: str,
+    key_prefix: str,
+    hook_key: str,
+    upstream: Upstream,
+) -> None:
+    config = e2e_config_text(EXAMPLES / "nginx" / "quotagate.toml")
+    with redis_process() as private, workdir() as work:
+        engine = await make_engine(config, url=private.url)
+        await open_accounts(engine)
+        with gateway(
+            redis_url=private.url, database_url=ledger_url, key_prefix=key_prefix,
+            config_text=config, work=work,
+        ) as gateway_url, nginx_in_front(
+            work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
+        ) as base:  # fmt: skip
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                ok = await client.get("/api/things/1", auth=auth("alice"))
+                assert ok.status_code == 200, ok.text
+                private.stop()
+                started = time.monotonic()
+                # The hook fails closed (503); auth_request turns that into a 500, which the
+                # example maps back to 503.
+                down = await client.get("/api/things/2", auth=auth("alice"))
+                elapsed = time.monotonic() - started
+            assert down.status_code == 503, (down.status_code, down.text)
+            assert down.json()["code"] == "backend_unavailable"
+            assert elapsed < 2.5, f"the refusal took {elapsed:.2f} s"
+            assert len(upstream.hits) == 1
