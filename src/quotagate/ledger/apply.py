@@ -11,9 +11,11 @@ Inside one transaction (the caller's):
    A transaction that is already in the ledger (written through, or flushed by a worker that
    died before it could delete the entries) changes nothing the second time.
 
-The batch travels as one array per column through ``unnest``: one statement, one round trip,
-binary encoding. We measured it against COPY into a temporary table (``quotagate.ledger.bench``;
-see the README): see ``STAGING`` for the choice.
+The batch reaches the server by COPY (binary) into a temporary table, which the statement
+then reads. Binding one array per column to the statement through ``unnest`` saves two round
+trips but encodes slower; ``python -m quotagate.ledger.bench`` measures both on the same
+batches (see the README). Small batches (a write-through's one or two rows) go by ``unnest``:
+there the round trips are the cost.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import asyncpg
 from quotagate.ledger.outbox import AccountEvent, Entry, TransactionEntry
 
 Staging = Literal["unnest", "copy"]
+"""How a batch reaches the server. copy: COPY into a temporary table, then the statement reads
+it (three round trips). unnest: arrays bound to the statement (one round trip)."""
 
-STAGING: Staging = "copy"
-"""How a batch reaches the server. unnest: arrays bound to one statement. copy: COPY into a
-temporary table, then the same statement reading from it (two round trips more)."""
+COPY_MIN_ROWS = 100
+"""Batches of at least this many transactions are staged by COPY, smaller ones by unnest."""
 
 _MS = "(timestamptz 'epoch' + {} * interval '1 millisecond')"
 
@@ -206,10 +209,12 @@ async def apply_entries(
     entries: Sequence[Entry],
     *,
     default_tier: str,
-    staging: Staging = STAGING,
+    staging: Staging | None = None,
 ) -> Applied:
-    """Apply a batch inside the caller's open transaction."""
+    """Apply a batch inside the caller's open transaction (``staging``: None chooses)."""
     transactions, events = split(entries)
+    if staging is None:
+        staging = "copy" if len(transactions) >= COPY_MIN_ROWS else "unnest"
     if events:
         await conn.execute(
             EVENTS_SQL,

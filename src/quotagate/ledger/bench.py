@@ -11,7 +11,7 @@ best; every row the run writes is deleted afterwards). In one run:
 3. the rows are deleted and the same rows are COPYed into credit_transactions, one COPY on
    one connection, nothing else: copy rows/s;
 4. the same batches are applied with each staging method (unnest arrays, COPY into a
-   temporary table), PostgreSQL only: the measurement behind ``apply.STAGING``.
+   temporary table), PostgreSQL only: the measurement behind ``apply.COPY_MIN_ROWS``.
 
 ``measure_flush`` is the function the benchmark harness calls.
 """

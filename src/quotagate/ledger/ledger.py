@@ -26,7 +26,7 @@ from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import history as hist
-from quotagate.ledger.apply import STAGING, Applied, Staging, apply_entries, record_flush
+from quotagate.ledger.apply import Applied, Staging, apply_entries, record_flush
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.migrate import check_current
 from quotagate.ledger.outbox import Entry, read_ids
@@ -119,7 +119,7 @@ class Ledger:
         *,
         default_tier: str,
         partition: int | None = None,
-        staging: Staging = STAGING,
+        staging: Staging | None = None,
     ) -> Applied:
         """Apply outbox entries in one transaction. With ``partition`` (the flush), also
         record the flush's progress in that transaction."""
