@@ -153,3 +153,12 @@ async def test_early_flush_enqueues_past_the_threshold_once(server: RedisProcess
     finally:
         await engine.aclose()
         conn.close()
+
+
+def test_credit_redis_down_backs_off_too(installed: Settings) -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    settings = Settings(**{**installed.__dict__, "redis_url": Secret(down)})
+    rt = runtime.install(settings)
+    result = flush_partition(2)
+    assert result == {"partition": 2, "status": "redis_unavailable", "retry_in": 1.0}
+    assert 0 < rt.queue_redis.pttl(queues.queued_flag_key(PREFIX, 2)) <= 1000

@@ -13,10 +13,11 @@ Deduplication: ``P:flushq:<n>`` on the queue Redis is set NX before a flush is e
 deleted when the job starts; while it exists no other flush of the partition is enqueued, so
 a slow worker or a busy gateway never stacks jobs. Its TTL frees it if a worker dies.
 
-Backoff: when PostgreSQL fails, the job sets the flag again for 1, 2, 4... up to 30 seconds
-(``P:flushfail:<n>`` counts the failures), so nothing enqueues a flush of that partition until
-then. The job itself ends normally ("postgres_unavailable"): the outbox keeps every entry, and
-the schedule brings the next attempt when the backoff has passed.
+Backoff: when PostgreSQL (or the credit data's Redis) fails, the job sets the flag again for
+1, 2, 4... up to 30 seconds (``P:flushfail:<n>`` counts the failures), so nothing enqueues a
+flush of that partition until then. The job itself ends normally ("postgres_unavailable"):
+the outbox keeps every entry, and the schedule brings the next attempt when the backoff has
+passed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 
 from quotagate.engine import CreditEngine
@@ -53,6 +56,10 @@ JOB_TIMEOUT_SECONDS = 300
 RESULT_TTL_SECONDS = 60
 """Finished flush jobs are kept this long (several run per second; they are not history)."""
 
+FAILURE_TTL_SECONDS = 86400
+"""Failed flush jobs (a malformed outbox entry, a bug) stay in RQ's failed registry a day.
+PostgreSQL or the credit Redis being down is not a failure of the job: it backs off."""
+
 
 def backoff_seconds(failures: int) -> float:
     """Delay before the next flush after ``failures`` consecutive failures."""
@@ -69,6 +76,7 @@ def enqueue_flush(queue: Queue, prefix: str, partition: int) -> bool:
         partition,
         job_timeout=JOB_TIMEOUT_SECONDS,
         result_ttl=RESULT_TTL_SECONDS,
+        failure_ttl=FAILURE_TTL_SECONDS,
         description=f"flush partition {partition}",
     )
     return True
@@ -106,10 +114,11 @@ def flush_partition(partition: int) -> dict[str, Any]:
     conn.delete(queues.queued_flag_key(settings.key_prefix, partition))
     try:
         result = rt.run(_flush(rt, partition))
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, RedisConnectionError, RedisTimeoutError) as exc:
+        down = "postgres" if isinstance(exc, BackendUnavailable) else "redis"
         delay = _note_failure(settings, conn, partition)
         log.warning("flush of partition %d: %s; next try in %.0f s", partition, exc, delay)
-        return {"partition": partition, "status": "postgres_unavailable", "retry_in": delay}
+        return {"partition": partition, "status": f"{down}_unavailable", "retry_in": delay}
     conn.delete(queues.failures_key(settings.key_prefix, partition))
     if not result.busy and not result.drained:
         # The time budget ended this job with entries left: queue the rest behind the others.
