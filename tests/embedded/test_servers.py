@@ -17,6 +17,7 @@ import asyncpg
 import psutil
 import pytest
 import redis
+from tests.embedded.unprivileged import python_for
 
 from quotagate.embedded import DataDir, EmbeddedPostgres, EmbeddedValkey
 from quotagate.embedded.datadir import reachable_by, unprivileged_user
@@ -127,8 +128,9 @@ def test_as_root_postgres_runs_as_nobody_and_owns_only_its_directory(data_dir: D
 def test_as_a_normal_user_both_servers_start(data_dir: DataDir) -> None:
     user = unprivileged_user()
     assert user is not None
-    if not reachable_by(user, Path(sys.executable).resolve().parent):
-        pytest.skip(f"{user.name} cannot run this Python ({Path(sys.executable).resolve()})")
+    python = python_for(user)
+    if python is None:
+        pytest.skip(f"{user.name} can run no Python with this environment's packages")
     os.chown(data_dir.path, user.uid, user.gid)
     for sub in (data_dir.valkey, data_dir.logs):
         os.chown(sub, user.uid, user.gid)
@@ -142,14 +144,14 @@ def test_as_a_normal_user_both_servers_start(data_dir: DataDir) -> None:
         "    print(p.run_as, pc.stop(), vc.stop())\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [python[0], "-c", script],
         user=user.uid,
         group=user.gid,
         extra_groups=[],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "HOME": str(data_dir.path)},
+        env={**os.environ, "HOME": str(data_dir.path), **python[1]},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "None 0 0"
