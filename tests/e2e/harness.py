@@ -6,9 +6,11 @@ a tiny upstream that counts its hits, with quotagate's real gateway as the proxy
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -22,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from tests.support.servers import free_port
@@ -241,6 +244,20 @@ def react_fields(interface: str) -> set[str]:
     return set(re.findall(r"^  (\w+)\??:", body.group(1), re.M))
 
 
+def raw_get(base_url: str, path: str, credentials: tuple[str, str]) -> int:
+    """GET ``path`` exactly as written (httpx would normalise it); the status."""
+    token = base64.b64encode(":".join(credentials).encode()).decode()
+    host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
+    connection = http.client.HTTPConnection(host or "127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Basic {token}"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
 def auth(user: str) -> tuple[str, str]:
     return (user, password(user))
 
@@ -301,6 +318,13 @@ async def run_scenario(
         assert limited.status_code == 429, (limited.status_code, limited.text)
         assert limited.headers["x-quota-reason"] == "rate_limited"
         assert int(limited.headers["retry-after"]) >= 1
+        assert len(upstream.hits) == 4
+
+        # Dot segments and doubled slashes must not make a premium path cost a plain one:
+        # bob (3 credits) cannot afford premium_feature (5).
+        for sneaky in ("/api/./premium/x", "/api/things/../premium/x", "//api//premium/x"):
+            status = await asyncio.to_thread(raw_get, base_url, sneaky, auth("bob"))
+            assert status != 200, f"{sneaky} was served at a lower price"
         assert len(upstream.hits) == 4
 
         stranger = await client.get("/api/things/z", auth=auth("dave"))
