@@ -48,10 +48,10 @@ async def engine_load(
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup_s)
     state["measuring"] = True
-    begin = time.perf_counter()
+    begin, cpu_begin = time.perf_counter(), time.process_time()
     await asyncio.sleep(duration_s)
     state["measuring"] = False
-    elapsed = time.perf_counter() - begin
+    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu_begin
     state["stop"] = True
     await asyncio.gather(*tasks)
     latencies.sort()
@@ -63,6 +63,7 @@ async def engine_load(
         p50_ms=None if p50 is None else p50 / 1e6,
         p99_ms=None if p99 is None else p99 / 1e6,
         generator="in-process",
+        cpu_s=cpu,
     )
 
 

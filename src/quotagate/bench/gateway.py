@@ -1,22 +1,26 @@
-"""The gateway on the stage: its database migrated, a hook and a service key, served on loopback.
+"""The gateway on the stage: its database migrated, a hook and a service key, and
+`quotagate serve` itself on a loopback port (the way it is deployed).
 
-It is served by the same uvicorn settings as the other apps of the run (see
-:class:`~quotagate.bench.servers.ServeOptions`), from the gateway's own app factory.
+The other apps of a run are served by uvicorn with the settings `quotagate serve` uses (see
+:class:`~quotagate.bench.servers.ServeOptions`), so that the HTTP server is the same for all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from quotagate.bench.servers import ServeOptions, Server, serving
+from quotagate.bench.servers import ServeOptions, Server, free_port, server_process
 from quotagate.bench.stage import Stage
 
-APP = "quotagate.api.app:create_app"
+NO_EARLY_FLUSH = "10000000"
+"""QUOTAGATE_FLUSH_TRIGGER_ENTRIES for the run: no worker serves the run's queues, so the
+gateway must not queue flushes (the outboxes are cleared between scenarios instead)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,21 +44,34 @@ def quotagate_cli(stage: Stage, *args: str) -> str:
     return proc.stdout
 
 
-async def prepare(stage: Stage) -> Keys:
-    """Migrate the stage's database and make the keys the load presents."""
-    from quotagate.auth import KeyStore
+def migrate(stage: Stage) -> None:
+    """Bring the stage's database to the ledger's schema (once per run)."""
+    if not stage.migrated:
+        quotagate_cli(stage, "migrate")
+        stage.migrated = True
 
-    quotagate_cli(stage, "migrate")
-    store = KeyStore(stage.database_url)
-    try:
-        _, hook = await store.create("bench-hook", ["hook"])
-        _, service = await store.create("bench-service", ["service"])
-    finally:
-        await store.aclose()
-    return Keys(hook=hook, service=service)
+
+def prepare(stage: Stage) -> Keys:
+    """Migrate the stage's database and make the keys the load presents."""
+    migrate(stage)
+
+    def create(scope: str) -> str:
+        out = quotagate_cli(
+            stage, "keys", "create", "--name", f"bench-{scope}", "--scope", scope, "--json"
+        )
+        return str(json.loads(out)["key"])
+
+    return Keys(hook=create("hook"), service=create("service"))
 
 
 @contextlib.contextmanager
 def serving_gateway(stage: Stage, options: ServeOptions) -> Iterator[Server]:
-    with serving(APP, options, stage.env) as server:
+    """`quotagate serve` on a free loopback port, until the block ends."""
+    port = free_port()
+    args = [
+        sys.executable, "-m", "quotagate.cli.main", "serve", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(options.workers),
+    ]  # fmt: skip
+    env = {**stage.env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES": NO_EARLY_FLUSH}
+    with server_process(args, port, env) as server:
         yield server

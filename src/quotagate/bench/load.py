@@ -56,6 +56,8 @@ class LoadResult:
     p50_ms: float | None
     p99_ms: float | None
     generator: str
+    cpu_s: float | None = None
+    """CPU seconds the measured side spent in the window, when the generator knows it."""
 
     @property
     def rate(self) -> float:

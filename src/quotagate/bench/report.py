@@ -36,6 +36,10 @@ class Row:
     baseline: str | None = None
     """The row this one is compared with; ``ratio`` is rate / baseline's rate."""
     ratio: float | None = None
+    server_cpu_us: float | None = None
+    """CPU time the server (every worker process) spent per request, in microseconds; for
+    the engine rows, this process's CPU time per call. Moved far less by a busy machine than
+    the rate is."""
     note: str = ""
 
 
@@ -118,7 +122,9 @@ class Report:
         return "\n".join(lines)
 
 
-_COLUMNS = ("scenario", "rate", "unit", "p50_ms", "p99_ms", "errors", "baseline", "ratio", "via")
+_COLUMNS = (
+    "scenario", "rate", "unit", "p50_ms", "p99_ms", "cpu_us", "errors", "baseline", "ratio", "via",
+)  # fmt: skip
 
 
 def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -129,6 +135,7 @@ def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "unit": r.unit,
             "p50_ms": _fmt(r.p50_ms),
             "p99_ms": _fmt(r.p99_ms),
+            "cpu_us": None if r.server_cpu_us is None else round(r.server_cpu_us),
             "errors": r.errors,
             "baseline": r.baseline,
             "ratio": None if r.ratio is None else f"{r.ratio:.2f}",

@@ -17,6 +17,7 @@ from quotagate.bench import scenarios
 from quotagate.bench.load import HttpLoad, LoadResult, available_generator
 from quotagate.bench.pyload import run_pyload
 from quotagate.bench.report import Report, Row, Target
+from quotagate.bench.servers import Server
 from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
 
@@ -58,19 +59,46 @@ class Run:
     redis_accounts_ready: bool = False
     """The hot and spread accounts are open in Redis (the http and engine groups share them)."""
 
-    def http(self, name: str, load: HttpLoad, base_url: str, baseline: str | None) -> Row:
+    def http(self, name: str, load: HttpLoad, server: Server, baseline: str | None) -> Row:
+        """Warm up, then measure ``load`` against ``server``, with its CPU time per request."""
+        o = self.options
+        if o.warmup_s > 0:
+            self._generate(load, server.base_url, o.warmup_s)
+        cpu_before = server.cpu_seconds()
+        result = self._generate(load, server.base_url, o.duration_s)
+        cpu_after = server.cpu_seconds()
+        row = self.add(name, result, baseline)
+        if cpu_before is not None and cpu_after is not None and result.requests:
+            row.server_cpu_us = (cpu_after - cpu_before) / result.requests * 1e6
+        return row
+
+    def _generate(self, load: HttpLoad, base_url: str, duration_s: float) -> LoadResult:
         o = self.options
         if self.generator == "wrk":
-            result = run_wrk(
-                load, base_url, duration_s=o.duration_s, concurrency=o.concurrency,
-                threads=o.wrk_threads, warmup_s=o.warmup_s,
+            return run_wrk(
+                load, base_url, duration_s=duration_s, concurrency=o.concurrency,
+                threads=o.wrk_threads,
             )  # fmt: skip
-        else:
-            result = run_pyload(
-                load, base_url, duration_s=o.duration_s, concurrency=o.concurrency,
-                warmup_s=o.warmup_s,
-            )  # fmt: skip
-        return self.add(name, result, baseline)
+        return run_pyload(load, base_url, duration_s=duration_s, concurrency=o.concurrency)
+
+    def add_rows(
+        self,
+        name: str,
+        rows: int,
+        seconds: float,
+        *,
+        generator: str,
+        baseline: str | None = None,
+        note: str = "",
+    ) -> Row:
+        """A row counting rows written, not requests (no latency: one batch job)."""
+        rate = rows / seconds if seconds else 0.0
+        row = Row(
+            name=name, rate=rate, unit="rows/s", count=rows, errors=0,
+            duration_s=round(seconds, 3), concurrency=1, generator=generator,
+            baseline=baseline, note=note,
+        )  # fmt: skip
+        return self.report.add(row)
 
     def add(self, name: str, result: LoadResult, baseline: str | None, note: str = "") -> Row:
         return self.report.add(
@@ -87,6 +115,11 @@ class Run:
                 p99_ms=result.p99_ms,
                 baseline=baseline,
                 note=note,
+                server_cpu_us=(
+                    result.cpu_s / result.requests * 1e6
+                    if result.cpu_s is not None and result.requests
+                    else None
+                ),
             )
         )
 

@@ -73,7 +73,7 @@ async def http_group(run: Run, progress: Progress) -> None:
     from quotagate.bench import gateway
 
     await _accounts_in_redis(run, progress)
-    keys = await gateway.prepare(run.stage)
+    keys = await asyncio.to_thread(gateway.prepare, run.stage)
     serve = ServeOptions(run.options.workers)
     spread = spread_accounts(run.options.spread_accounts)
     engine = run.stage.engine
@@ -82,17 +82,17 @@ async def http_group(run: Run, progress: Progress) -> None:
         gateway.serving_gateway(run.stage, serve) as app,
         serving("quotagate.bench.floor:create_app", serve, {}) as bare,
     ):
-        for name, load, url, base in (
-            (FLOOR, HttpLoad("GET", "/healthz"), app.base_url, None),
-            ("http/bare", HttpLoad("GET", "/healthz"), bare.base_url, FLOOR),
-            ("hook/hot", hook_load(HOT, keys.hook), app.base_url, FLOOR),
-            ("hook/spread", hook_load(spread, keys.hook), app.base_url, FLOOR),
-            ("consume/hot", consume_load(HOT, keys.service), app.base_url, FLOOR),
-            ("consume/spread", consume_load(spread, keys.service), app.base_url, FLOOR),
+        for name, load, server, base in (
+            (FLOOR, HttpLoad("GET", "/healthz"), app, None),
+            ("http/bare", HttpLoad("GET", "/healthz"), bare, FLOOR),
+            ("hook/hot", hook_load(HOT, keys.hook), app, FLOOR),
+            ("hook/spread", hook_load(spread, keys.hook), app, FLOOR),
+            ("consume/hot", consume_load(HOT, keys.service), app, FLOOR),
+            ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
         ):
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
-            row = await asyncio.to_thread(run.http, name, load, url, base)
+            row = await asyncio.to_thread(run.http, name, load, server, base)
             charged = before - await _balance(engine, HOT.stem)
             if name.endswith("/hot") and charged < row.count:
                 row.note = f"only {charged} credits charged for {row.count} answers"
@@ -113,7 +113,7 @@ async def postgres_group(run: Run, progress: Progress) -> None:
     with serving("quotagate.bench.pgdesign:create_app", serve, env) as app:
         for name, accounts in (("postgres/hot", HOT), ("postgres/spread", spread)):
             progress(f"measuring {name}")
-            await asyncio.to_thread(run.http, name, hook_load(accounts), app.base_url, None)
+            await asyncio.to_thread(run.http, name, hook_load(accounts), app, None)
 
 
 async def engine_group(run: Run, progress: Progress) -> None:

@@ -35,7 +35,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """How every HTTP server of one run is served."""
+    """How every HTTP server of one run is served: the uvicorn settings of `quotagate serve`."""
 
     workers: int
     """uvicorn worker processes."""
@@ -45,8 +45,8 @@ class ServeOptions:
         return [
             sys.executable, "-m", "uvicorn", app, "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            "--log-level", "warning", "--backlog", "2048",
+            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
+            "--no-proxy-headers", "--no-server-header", "--log-level", "warning",
         ]  # fmt: skip
 
 
@@ -63,6 +63,10 @@ class Server:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
 
     @property
+    def name(self) -> str:
+        return " ".join(a for a in self.args[1:5] if not a.startswith("-"))
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -77,12 +81,25 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.args[3]} exited at start: {self.last_log_line()}")
+                raise RuntimeError(f"{self.name} exited at start: {self.last_log_line()}")
             if self._healthy():
                 return
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"server {self.args[3]} did not answer within {timeout_s:.0f} s")
+        raise RuntimeError(f"{self.name} did not answer within {timeout_s:.0f} s")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) used so far by the server and its worker processes.
+
+        Linux only (from /proc); None elsewhere. A figure per request that the noise of a shared
+        machine moves far less than throughput does.
+        """
+        if self.proc is None:
+            return None
+        try:
+            return sum(_cpu_seconds(pid) for pid in _process_tree(self.proc.pid))
+        except OSError:
+            return None
 
     def last_log_line(self) -> str:
         self.log.seek(0)
@@ -111,16 +128,48 @@ class Server:
             proc.wait()
 
 
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's workers, and their children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in os.listdir(f"/proc/{current}/task"):
+            with open(f"/proc/{current}/task/{task}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name (field 2) may hold spaces: count fields after its closing paren.
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _TICKS_PER_SECOND
+
+
+@contextlib.contextmanager
+def server_process(
+    args: list[str], port: int, env: Mapping[str, str], health_path: str = "/healthz"
+) -> Iterator[Server]:
+    """Run the server ``args`` start (listening on ``port``) for the duration of the block."""
+    server = Server(args, port, {**os.environ, **env}, health_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.log.close()
+
+
 @contextlib.contextmanager
 def serving(
     app: str, options: ServeOptions, env: Mapping[str, str], health_path: str = "/healthz"
 ) -> Iterator[Server]:
     """Serve the app factory ``app`` for the duration of the block."""
     port = free_port()
-    server = Server(options.uvicorn_args(app, port), port, {**os.environ, **env}, health_path)
-    server.start()
-    try:
+    with server_process(options.uvicorn_args(app, port), port, env, health_path) as server:
         yield server
-    finally:
-        server.stop()
-        server.log.close()

@@ -77,6 +77,8 @@ class Stage:
     config: Config = field(default_factory=lambda: parse_config(BENCH_CONFIG, "bench config"))
     config_path: Path | None = None
     engine: CreditEngine | None = None
+    migrated: bool = False
+    """The database carries the ledger's schema (``quotagate migrate`` ran)."""
     _database_created: bool = False
 
     @property
