@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq import Queue
@@ -114,3 +115,18 @@ async def test_a_burst_worker_runs_the_queued_flushes(
         finally:
             await engine.aclose()
             conn.close()
+
+
+async def test_a_partition_count_other_than_redis_holds_is_refused(
+    make_engine: Callable[..., Any], ledger_url: str, key_prefix: str, redis_url: str,
+    config_file: str,
+) -> None:  # fmt: skip
+    await make_engine()  # the shipped config: 64 partitions, written into Redis
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_DATABASE_URL": ledger_url,
+        "QUOTAGATE_KEY_PREFIX": key_prefix, "QUOTAGATE_CONFIG": config_file,  # 8 partitions
+    }  # fmt: skip
+    for command in (["flush"], ["worker", "--burst"]):
+        done = run(*command, **env)
+        assert done.returncode == 2, done.stderr
+        assert "laid out in 64 partitions; use that number" in done.stderr

@@ -21,6 +21,7 @@ from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import Ledger, flush_all, outbox_lag
 from quotagate.ledger.migrate import head_revision, upgrade
+from quotagate.ledger.outbox import check_layout
 from quotagate.settings import Settings, redact
 
 T = TypeVar("T")
@@ -94,6 +95,7 @@ async def _check_ready(rt: Any) -> None:
         raise BackendUnavailable(
             f"Redis at {redact(str(rt.settings.redis_url))} did not answer: {exc}"
         ) from None
+    await check_layout(engine)
 
 
 @click.command()
@@ -105,6 +107,7 @@ def flush(as_json: bool) -> None:
 
     async def work(engine: CreditEngine, ledger: Ledger) -> list[Any]:
         await ledger.ensure_current()
+        await check_layout(engine)
         return await flush_all(
             engine, ledger, batch_size=settings.flush_batch_size,
             lease_seconds=settings.flush_lease_seconds,

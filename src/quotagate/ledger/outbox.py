@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from quotagate.engine import CreditEngine
+from quotagate.errors import ConfigError
 from quotagate.ledger.models import TRANSACTION_TYPES
 
 _TYPES = frozenset(TRANSACTION_TYPES)
@@ -195,3 +196,14 @@ async def trim_through(engine: CreditEngine, partition: int, last_stream_id: str
     return int(
         await engine.redis.xtrim(engine.keys.outbox(partition), minid=threshold, approximate=False)
     )
+
+
+async def check_layout(engine: CreditEngine) -> None:
+    """ConfigError unless Redis is laid out in as many partitions as the config says: a
+    flush of the wrong count would never reach the outboxes past it."""
+    recorded = await engine.redis.hget(engine.keys.meta, "partitions")
+    if recorded is not None and int(recorded) != engine.config.partitions:
+        raise ConfigError(
+            f"config: partitions = {engine.config.partitions}, but this Redis holds data "
+            f"laid out in {int(recorded)} partitions; use that number"
+        )
