@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,6 +23,9 @@ from quotagate.ledger import Ledger, flush_all, outbox_lag
 from quotagate.ledger.migrate import head_revision, upgrade
 from quotagate.ledger.outbox import check_layout
 from quotagate.settings import Settings, redact
+
+if TYPE_CHECKING:
+    from quotagate.jobs.runtime import WorkerRuntime
 
 T = TypeVar("T")
 
@@ -85,7 +88,7 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
     w.work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
 
 
-async def _check_ready(rt: Any) -> None:
+async def _check_ready(rt: WorkerRuntime) -> None:
     ledger = await rt.ledger()
     await ledger.ensure_current()
     engine = await rt.engine()
