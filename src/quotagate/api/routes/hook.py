@@ -11,6 +11,8 @@ the client.
 from __future__ import annotations
 
 import asyncio
+import posixpath
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,6 +64,17 @@ def _original(request: Request) -> tuple[str, str]:
     return request.method, path
 
 
+def normalized_path(uri: str) -> str:
+    """The path a route is priced on: without the query, percent-decoded, with ``.``, ``..``
+    and repeated slashes resolved, as the upstream will see it. Raw URIs would let
+    ``/api/./premium/x`` pass for ``/api/*`` instead of ``/api/premium/*``."""
+    path = unquote(uri.split("?", 1)[0].split("#", 1)[0]) or "/"
+    clean = "/" + posixpath.normpath("/" + path).lstrip("/")
+    if path.endswith("/") and clean != "/":
+        clean += "/"
+    return clean
+
+
 def _units(raw: str | None) -> int:
     if raw is None:
         return 1
@@ -102,11 +115,11 @@ class Hook:
         resource = h.get("x-quota-resource")
         units = _units(h.get("x-quota-units"))
         if resource is None:
-            route = self.authz.route_for(method, uri)
+            route = self.authz.route_for(method, normalized_path(uri))
             if route is None:
                 return await self._unmatched(account_id)
             resource, units = route.resource, route.units
-        description = f"{method} {uri.split('?', 1)[0]}"[:MAX_DESCRIPTION]
+        description = f"{method} {normalized_path(uri)}"[:MAX_DESCRIPTION]
         try:
             # asyncio.timeout, not wait_for: no extra task per request on the hot path.
             async with asyncio.timeout(self.timeout_seconds):
