@@ -1,26 +1,25 @@
-"""Fixtures of the operations tests: a ledger database per test, and a Ledger on it."""
+"""Fixtures of the operations tests: a ledger database emptied for each test, and a Ledger."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from tests.jobs.ledger_db import cloned_database, template_database
+from tests.jobs.ledger_db import empty, new_database
 
 from quotagate.ledger import Ledger
 
 
 @pytest.fixture(scope="session")
-def ops_template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
+def ops_database_url() -> Iterator[str]:
+    with new_database() as url:
+        yield url
 
 
 @pytest.fixture
-def own_ledger_url(ops_template: str) -> Iterator[str]:
-    """A migrated ledger database that only this test uses."""
-    with cloned_database(ops_template) as url:
-        yield url
+def own_ledger_url(ops_database_url: str) -> str:
+    """A migrated ledger database that only this test uses (emptied first)."""
+    return empty(ops_database_url)
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
-"""A ledger database of one test's own, cloned from a migrated template.
+"""Ledger databases for the operations tests, which must each see only their own accounts.
 
 Reconciliation and recovery read every account of ``user_credits``, so they cannot share the
-session's database with tests of other prefixes. The template is migrated once per session;
-each test gets ``CREATE DATABASE ... TEMPLATE`` (a file copy: a fraction of a second), dropped
-afterwards.
+session's database with tests of other prefixes. The operations tests get a migrated
+database of their own (:func:`migrated_database`), emptied before each test
+(:func:`empty`: TRUNCATE takes milliseconds; creating and dropping a database per test
+costs a checkpoint each, seconds on a busy machine).
 """
 
 from __future__ import annotations
@@ -28,23 +29,31 @@ async def _admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def template_database() -> Iterator[str]:
-    """A migrated database to clone; yields its name."""
-    name = f"qg_ops_tpl_{uuid.uuid4().hex[:10]}"
+def new_database(*, migrated: bool = True) -> Iterator[str]:
+    """A new database (at the head revision unless told); yields its URL, drops it after."""
+    name = f"qg_ops_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
-        upgrade(_with_database(ADMIN_DATABASE_URL, name))
-        yield name
+        url = _with_database(ADMIN_DATABASE_URL, name)
+        if migrated:
+            upgrade(url)
+        yield url
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@contextlib.contextmanager
-def cloned_database(template: str) -> Iterator[str]:
-    """A fresh migrated database; yields its URL."""
-    name = f"qg_ops_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    try:
-        yield _with_database(ADMIN_DATABASE_URL, name)
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+TABLES = ("credit_transactions", "user_credits", "outbox_flushes", "api_keys")
+
+
+def empty(url: str) -> str:
+    """Remove every row of the ledger's tables; returns the URL."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return url

@@ -231,15 +231,15 @@ async def test_a_repair_is_exact_while_the_account_is_charged_and_flushed(
 ) -> None:
     engine = await make_engine(CONFIG)
     await _traffic(engine, own_ledger, 4)
-    await engine.credit("r-001", 500)
+    await engine.credit("r-001", 5000)
     await flush_all(engine, own_ledger)
     await engine.redis.hincrby(engine.keys.account("r-001").account, "b", 25)
     stop = asyncio.Event()
 
     async def charge() -> None:
-        while not stop.is_set():
+        while not stop.is_set():  # about a thousand a second: the balance lasts
             await engine.consume("r-001", "unit", 1)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
 
     async def flush() -> None:
         while not stop.is_set():

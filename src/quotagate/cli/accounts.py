@@ -230,7 +230,8 @@ def grant(
     """Add credits to an account (grant, earn, refund) or correct it (adjust, signed).
 
     Written through to the ledger before this returns; `durable: no` means PostgreSQL did
-    not take it now and the flush will.
+    not take it now and the flush will. A negative adjustment goes after `--`, options
+    before it: `quotagate grant --type adjust ACCOUNT_ID -- -5`.
     """
 
     async def work(b: Backends) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""`quotagate scheduler` with a `quotagate worker`, as operators run them: expired holds give
+their credits back within one sweep interval, and the outboxes reach the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from rq.cron import CronScheduler
+from tests.jobs.ledger_db import empty, new_database
+from tests.jobs.processes import QuotagateProcess, quotagate_env
+from tests.support.servers import RedisProcess, redis_process
+
+from quotagate.config import parse_config
+from quotagate.engine import CreditEngine
+from quotagate.jobs.reconcile import reconcile_async
+from quotagate.jobs.schedule import EXPIRY_INTERVAL_SECONDS
+from quotagate.ledger import Ledger, outbox_lag
+
+CONFIG = """
+partitions = 4
+opening_grant = false
+[resources]
+unit = 1
+[tiers.free]
+credit_limit = 1000
+monthly_grant = 100
+[holds]
+min_ttl_seconds = 1
+"""
+
+SLACK_SECONDS = 2.0
+"""A sweep is enqueued every interval; the worker picking it up and running it takes a bit."""
+
+
+@pytest.fixture(scope="module")
+def module_database_url() -> Iterator[str]:
+    with new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def ledger_url(module_database_url: str) -> str:
+    return empty(module_database_url)
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.connect(ledger_url, max_connections=4)
+    yield ledger
+    await ledger.aclose()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    with redis_process() as server:
+        yield server
+
+
+@pytest.fixture
+async def engine(private_redis: RedisProcess, key_prefix: str) -> AsyncIterator[CreditEngine]:
+    engine = CreditEngine.from_url(private_redis.url, parse_config(CONFIG), prefix=key_prefix)
+    await engine.initialize()
+    yield engine
+    await engine.aclose()
+
+
+async def _reserved(engine: CreditEngine, ids: list[str]) -> int:
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for a in ids:
+            pipe.hget(engine.keys.account(a).account, "r")
+        return sum(int(r) for r in await pipe.execute())
+
+
+async def test_scheduler_and_worker_expire_holds_within_one_interval_and_flush(
+    engine: CreditEngine,
+    ledger: Ledger,
+    ledger_url: str,
+    private_redis: RedisProcess,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    env = quotagate_env(private_redis.url, ledger_url, key_prefix, config)
+    ids = [f"s-{i:02d}" for i in range(24)]
+    for a in ids:
+        await engine.upsert_account(a)
+        await engine.credit(a, 50)
+        await engine.consume(a, "unit", 3)
+
+    worker = QuotagateProcess(["worker"], env, tmp_path / "worker.log")
+    scheduler = QuotagateProcess(["scheduler"], env, tmp_path / "scheduler.log")
+    try:
+        # The flushes: every outbox reaches the ledger without anyone asking.
+        deadline = time.monotonic() + 30
+        while (await outbox_lag(engine)).total:
+            assert worker.alive(), worker.output()
+            assert scheduler.alive(), scheduler.output()
+            assert time.monotonic() < deadline, worker.output() + scheduler.output()
+            await asyncio.sleep(0.1)
+
+        # Holds on accounts nobody touches afterwards.
+        holds = [await engine.hold(a, amount=20, ttl_seconds=1) for a in ids]
+        expires_at = max(h.expires_at for h in holds).timestamp()
+        assert await _reserved(engine, ids) == 20 * len(ids)
+        while await _reserved(engine, ids):
+            late = time.time() - expires_at
+            assert late < EXPIRY_INTERVAL_SECONDS + SLACK_SECONDS, worker.output()
+            await asyncio.sleep(0.05)
+        released_after = time.time() - expires_at
+        assert released_after >= 0
+
+        names = {
+            job.name
+            for s in CronScheduler.all(Redis.from_url(private_redis.url))
+            for job in s.get_jobs()
+        }
+        assert names == {
+            f"{key_prefix}:{n}" for n in ("flush", "expire-holds", "renewal", "reconciliation")
+        }
+    finally:
+        assert scheduler.stop() == 0, scheduler.output()
+        worker.stop()
+
+    for a in ids:
+        assert (await engine.get_account(a)).available == 47
+    assert (await reconcile_async(engine, ledger)).drifts == []
