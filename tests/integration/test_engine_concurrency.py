@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from tests.conftest import EngineFactory
+from tests.engine.configs import PLAIN
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import InsufficientCredits, RateLimited
-from tests.conftest import EngineFactory
-from tests.engine.configs import PLAIN
 
 
 async def _outbox_spends(engine: CreditEngine, account_id: str) -> list[int]:
