@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from tests.support.gateway import open_redis
 from tests.support.servers import free_port
 
 from quotagate.embedded import DataDir
+from quotagate.settings import Settings
 
 START_TIMEOUT_SECONDS = 90.0
 
@@ -179,6 +181,9 @@ def test_up_uses_the_configured_stores_and_starts_no_server(
         QUOTAGATE_DATABASE_URL=database_url,
         QUOTAGATE_KEY_PREFIX=key_prefix,
     )
+    # The session's ledger database holds other tests' accounts: open this prefix as an
+    # initialised deployment, or the gateway rightly takes it for a Redis that lost its data.
+    open_redis(Settings.from_env(env))
     port = free_port()
     args = ("--port", str(port), "--data-dir", str(work / "data"))
     with running_up(work, *args, env=env) as up:
