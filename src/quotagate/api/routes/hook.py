@@ -11,6 +11,7 @@ Traefik and Envoy pass on to the client.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -45,16 +46,22 @@ _ALLOWED = metrics.AUTHZ_DECISIONS.labels("allowed")
 MAX_DESCRIPTION = 200
 
 
-def _identity(request: Request) -> str:
-    account_id = request.headers.get("x-account-id")
+def _headers(request: Request) -> dict[str, str]:
+    """The request's headers by name, built once; the first of a repeated name wins, as with
+    ``request.headers.get``, which scans them all and raises KeyError for every absent name."""
+    raw = request.scope["headers"]
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
+
+
+def _identity(h: Mapping[str, str]) -> str:
+    account_id = h.get("x-account-id")
     if not account_id:
         raise Unauthorized("no identity: the proxy sent no X-Account-Id", reason="no_identity")
     return account_id
 
 
-def _original(request: Request) -> tuple[str, str]:
+def _original(request: Request, h: Mapping[str, str]) -> tuple[str, str]:
     """The proxied request's method and path: nginx, Traefik, then Envoy's own request."""
-    h = request.headers
     for method_header, uri_header in (
         ("x-original-method", "x-original-uri"),
         ("x-forwarded-method", "x-forwarded-uri"),
@@ -101,29 +108,30 @@ class Hook:
 
     async def _handle(self, request: Request) -> Response:
         try:
-            self.gw.keys.authorize(request.headers.get(HOOK_KEY), "hook")
-            account_id = _identity(request)
+            h = _headers(request)
+            self.gw.keys.authorize(h.get(HOOK_KEY), "hook")
+            account_id = _identity(h)
             try:
                 ids.check_account_id(account_id)
             except QuotagateError:
                 raise Forbidden(
                     "X-Account-Id is not a valid account id", reason="unknown_account"
                 ) from None
-            return await self._decide(request, account_id)
+            return await self._decide(request, h, account_id)
         except QuotagateError as exc:
             return self._refusal(exc)
 
-    async def _decide(self, request: Request, account_id: str) -> Response:
-        h = request.headers
-        method, uri = _original(request)
+    async def _decide(self, request: Request, h: Mapping[str, str], account_id: str) -> Response:
+        method, uri = _original(request, h)
+        path = normalized_path(uri)
         resource = h.get("x-quota-resource")
         units = _units(h.get("x-quota-units"))
         if resource is None:
-            route = self.authz.route_for(method, normalized_path(uri))
+            route = self.authz.route_for(method, path)
             if route is None:
                 return await self._unmatched(account_id)
             resource, units = route.resource, route.units
-        description = f"{method} {normalized_path(uri)}"[:MAX_DESCRIPTION]
+        description = f"{method} {path}"[:MAX_DESCRIPTION]
         try:
             # A shared Deadline, not asyncio.timeout: no timer armed per request.
             with self.deadline.bound():
@@ -203,7 +211,7 @@ def routes(gw: Gateway) -> list[Route]:
     @endpoint("me")
     async def me(request: Request) -> Response:
         gw.keys.authorize(request.headers.get(HOOK_KEY), "hook")
-        view, degraded = await account_view(gw, _identity(request))
+        view, degraded = await account_view(gw, _identity(request.headers))
         return json_response(view, headers=DEGRADED if degraded else None)
 
     return [
