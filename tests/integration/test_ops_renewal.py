@@ -14,7 +14,7 @@ from redis import Redis
 from rq import Queue
 from tests.jobs.ledger_db import empty, new_database
 from tests.jobs.population import RENEWAL_CONFIG, expected_after_renewal, plan, populate
-from tests.ledger.support import WorkerProcess
+from tests.jobs.processes import QuotagateProcess, quotagate_env
 from tests.support.servers import RedisProcess, redis_process
 
 from quotagate.config import parse_config
@@ -66,16 +66,6 @@ async def engine(private_redis: RedisProcess, key_prefix: str) -> AsyncIterator[
     await engine.aclose()
 
 
-def _env(redis_url: str, database_url: str, prefix: str, config: Path) -> dict[str, str]:
-    return {
-        "QUOTAGATE_REDIS_URL": redis_url,
-        "QUOTAGATE_QUEUE_URL": redis_url,
-        "QUOTAGATE_DATABASE_URL": database_url,
-        "QUOTAGATE_KEY_PREFIX": prefix,
-        "QUOTAGATE_CONFIG": str(config),
-    }
-
-
 async def _renewal_entries(engine: CreditEngine) -> Counter[tuple[str, str]]:
     seen: Counter[tuple[str, str]] = Counter()
     for p in range(PARTITIONS):
@@ -112,12 +102,12 @@ async def test_renewal_killed_half_way_and_run_again_renews_each_account_once(
     await flush_all(engine, ledger)
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
-    env = _env(private_redis.url, ledger_url, key_prefix, config)
+    env = quotagate_env(private_redis.url, ledger_url, key_prefix, config)
     settings = Settings.from_env(env)
 
     job_ids = enqueue_renewals(list(range(PARTITIONS)), PERIOD, settings)
     assert len(job_ids) == PARTITIONS
-    first = WorkerProcess(env, tmp_path, "first")
+    first = QuotagateProcess(["worker", "--name", "first"], env, tmp_path / "first.log")
     expected_entries = sum(
         1 + (p.tier == "enterprise") for p in planned if not p.banned
     )  # a grant each (free accounts at their cap excepted), plus an expiry on resets
@@ -144,7 +134,7 @@ async def test_renewal_killed_half_way_and_run_again_renews_each_account_once(
     # The daily schedule's job finds the unfinished partitions and enqueues them again.
     queue = Queue(queues.jobs_queue_name(key_prefix), connection=Redis.from_url(private_redis.url))
     queue.enqueue("quotagate.jobs.renew.renew_all", PERIOD)
-    second = WorkerProcess(env, tmp_path, "second")
+    second = QuotagateProcess(["worker", "--name", "second"], env, tmp_path / "second.log")
     try:
         deadline = asyncio.get_running_loop().time() + 120
         while await partitions_to_renew(engine, PERIOD) or queue.count:

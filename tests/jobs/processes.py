@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.ledger.support import _die_with_parent, quotagate_command
+
+def quotagate_command() -> list[str]:
+    script = Path(sys.executable).parent / "quotagate"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "quotagate.cli.main"]
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the child gets SIGKILL if the test process dies first.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 class QuotagateProcess:
@@ -24,6 +34,12 @@ class QuotagateProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, the job in hand cut wherever it is."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> int:
         """SIGTERM (both the worker and the scheduler shut down on it), SIGKILL if stuck."""
