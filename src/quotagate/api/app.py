@@ -8,6 +8,7 @@ made after the fork); routes are plain functions closed over the :class:`Gateway
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -66,6 +67,11 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         except BaseException:
             await gw.stop()
             raise
+        # Everything alive now (modules, the app, the clients: ~100k objects) lives as long as
+        # the process: move it out of the collector's sight. Otherwise each full collection
+        # walks it all, a pause of 20-80 ms every second or so under load, which was the whole
+        # of the hook's p99 (69 ms against 7 ms with the freeze, same run).
+        gc.freeze()
         try:
             yield
         finally:
