@@ -38,3 +38,22 @@ def test_ratios_and_targets() -> None:
     data = report.as_json()
     assert [r["name"] for r in data["results"]] == ["floor", "hook", "pg"]
     assert data["targets"][0]["met"] is True
+
+
+def test_rounds_report_their_median() -> None:
+    rounds = []
+    for floor, hook in ((1000, 500), (1200, 900), (900, 600)):
+        report = Report(
+            rows=[_row("floor", floor), _row("hook", hook, baseline="floor")],
+            targets=[Target("rate", "hook", "floor", "rate", 0.6)],
+        )
+        report.finish()
+        rounds.append(report)
+    merged = Report.median(rounds)
+    floor, hook = merged.rows
+    assert (floor.rate, hook.rate) == (1000, 600)
+    assert hook.ratio == 600 / 900  # the median of each round's own: 0.5, 0.75 and 0.667
+    assert "rounds 500/600/900" in hook.note
+    (target,) = merged.targets
+    assert (target.value, target.met) == (2 / 3, True)
+    assert Report.median(rounds[:1]) is rounds[0]

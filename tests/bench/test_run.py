@@ -93,12 +93,14 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
 def test_table_output_and_a_clear_error(redis_url: str, database_url: str) -> None:
     proc = _bench(
         redis_url, database_url, "--duration", "0.5", "--warmup", "0", "--accounts", "10",
-        "--concurrency", "2", "--only", "engine",
+        "--concurrency", "2", "--only", "engine", "--rounds", "3",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("round ") == 3
     header, *lines = proc.stdout.splitlines()
     assert header.split()[:4] == ["SCENARIO", "RATE", "UNIT", "P50_MS"]
     assert any(line.startswith("engine/in-process") for line in lines)
+    assert "rounds=3" in lines[-1]
     assert any("engine vs redis-benchmark" in line for line in lines)
 
     bad = _bench("redis://127.0.0.1:1/0", database_url, "--duration", "0.5", "--only", "engine")

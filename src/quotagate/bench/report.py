@@ -7,7 +7,7 @@ rate of its baseline row from the same run; targets compare two rows of the same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from quotagate.cli.output import table
@@ -104,6 +104,29 @@ class Report:
         for target in self.targets:
             target.evaluate(rows)
 
+    @classmethod
+    def median(cls, rounds: Sequence[Report]) -> Report:
+        """One report from several rounds of the same rows: each row is its median round (by
+        rate), each ratio and target value the median of the rounds' own (each round compares
+        rows measured minutes apart, not across rounds)."""
+        if len(rounds) == 1:
+            return rounds[0]
+        merged = cls(targets=[replace(t) for t in rounds[0].targets])
+        for name in rounds[0].by_name():
+            rows = sorted((r.by_name()[name] for r in rounds), key=lambda row: row.rate)
+            row = replace(rows[len(rows) // 2])
+            row.ratio = _median([x.ratio for x in rows if x.ratio is not None])
+            rates = "/".join(str(round(x.rate)) for x in rows)
+            row.note = "; ".join(n for n in (row.note, f"rounds {rates}") if n)
+            merged.rows.append(row)
+        for i, target in enumerate(merged.targets):
+            values = [r.targets[i].value for r in rounds]
+            target.value = _median([v for v in values if v is not None])
+            if target.value is not None:
+                high = target.metric == "rate"
+                target.met = target.value >= target.bound if high else target.value <= target.bound
+        return merged
+
     def as_json(self) -> dict[str, Any]:
         return {
             "conditions": self.conditions,
@@ -143,6 +166,14 @@ def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _fmt(ms: float | None) -> str | None:

@@ -41,6 +41,9 @@ class Options:
     spread_accounts: int = 100_000
     flush_rows: int = 100_000
     groups: tuple[str, ...] = GROUPS
+    rounds: int = 1
+    """Times every group is measured; each row and target reports its median round, so that
+    a burst of load from elsewhere moves one round, not the result."""
 
     @classmethod
     def quick(cls, **changes: object) -> Options:
@@ -146,20 +149,28 @@ async def run(
     """Measure every scenario of ``options.groups``; the stage is always taken down."""
     generator = available_generator(options.generator)
     stage = Stage(redis_url, await server_database_url(database_url))
-    report = Report(targets=[replace(t) for t in TARGETS])
-    report.conditions = _conditions(options, generator)
-    report.conditions.update(key_prefix=stage.prefix, database=stage.database)
-    current = Run(options, stage, report, generator)
+    conditions = _conditions(options, generator)
+    conditions.update(key_prefix=stage.prefix, database=stage.database)
+    rounds: list[Report] = []
     try:
         progress(f"setting up (key prefix {stage.prefix}, database {stage.database})")
         await stage.open()
-        for group in options.groups:
-            await scenarios.GROUPS[group](current, progress)
+        redis_accounts_ready = False
+        for i in range(options.rounds):
+            if options.rounds > 1:
+                progress(f"round {i + 1} of {options.rounds}")
+            report = Report(targets=[replace(t) for t in TARGETS])
+            current = Run(options, stage, report, generator, redis_accounts_ready)
+            for group in options.groups:
+                await scenarios.GROUPS[group](current, progress)
+            redis_accounts_ready = current.redis_accounts_ready
+            report.finish()
+            rounds.append(report)
     finally:
         await stage.close()
-    report.conditions["load_after"] = _load_average()
-    report.finish()
-    return report
+    merged = Report.median(rounds)
+    merged.conditions = {**conditions, "rounds": options.rounds, "load_after": _load_average()}
+    return merged
 
 
 def _load_average() -> str:

@@ -41,6 +41,11 @@ def _event_loop_runner() -> Any:
     help="HTTP load generator: wrk when installed, else our own asyncio client.",
 )
 @click.option("--accounts", type=click.IntRange(1, 1_000_000), help="Spread accounts (100000).")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    help="Measure everything this many times; report the median round (1).",
+)
 @click.option("--rows", type=click.IntRange(1000, 10_000_000), help="Rows for the flush (100000).")
 @click.option(
     "--only",
@@ -57,6 +62,7 @@ def bench(
     workers: int | None,
     generator: str,
     accounts: int | None,
+    rounds: int | None,
     rows: int | None,
     only: tuple[str, ...],
 ) -> None:
@@ -73,6 +79,7 @@ def bench(
         "workers": workers,
         "generator": generator,
         "spread_accounts": accounts,
+        "rounds": rounds,
         "flush_rows": rows,
         "groups": tuple(g for g in GROUPS if g in only) or None,
     }
