@@ -3,7 +3,7 @@
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
-KEYS[4] idempotency record  KEYS[8] unused
+KEYS[4] idempotency record  KEYS[8..9] unused
 
 ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)

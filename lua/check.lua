@@ -2,7 +2,7 @@
 
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
-KEYS[3..4], KEYS[7..8]      unused (the account scripts share one KEYS layout)
+KEYS[3..4], KEYS[7..9]      unused (the account scripts share one KEYS layout)
 
 ARGV[1] cost (credits)
 

@@ -4,6 +4,7 @@ KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
 KEYS[4] idempotency record  KEYS[8] account rate-limit state
+KEYS[9]                     unused (the account scripts share one KEYS layout)
 
 ARGV[1] transaction id      ARGV[6] description
 ARGV[2] account id          ARGV[7] metadata (JSON text, "" for none)

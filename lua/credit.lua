@@ -2,7 +2,7 @@
 
 KEYS[1] account hash        KEYS[3] partition outbox
 KEYS[2] partition cfg hash  KEYS[4] idempotency record
-KEYS[5..8]                  unused (the account scripts share one KEYS layout)
+KEYS[5..9]                  unused (the account scripts share one KEYS layout)
 
 ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)

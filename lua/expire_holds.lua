@@ -3,7 +3,7 @@ The sweep job reads the partition's hold-expiry index and calls this per account
 scripts do the same lazily, so this is what makes expiry timely on idle accounts.
 
 KEYS[1] account hash        KEYS[5] account holds hash
-KEYS[2..4], KEYS[8]         unused (the account scripts share one KEYS layout)
+KEYS[2..4], KEYS[8..9]      unused (the account scripts share one KEYS layout)
 KEYS[6] account hold-expiry zset
 KEYS[7] partition hold-expiry index
 

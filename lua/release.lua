@@ -3,7 +3,7 @@
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3] unused              KEYS[7] partition hold-expiry index
-KEYS[4] idempotency record  KEYS[8] unused
+KEYS[4] idempotency record  KEYS[8..9] unused
 
 ARGV[1] account id          ARGV[4] request fingerprint
 ARGV[2] hold id             ARGV[5] idempotency TTL in ms

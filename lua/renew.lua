@@ -1,43 +1,36 @@
 --[[ renew: the monthly renewal of one account, at most once per period.
 
 KEYS[1] account hash        KEYS[3] partition outbox
-KEYS[2] partition cfg hash  KEYS[4..8] unused (the account scripts share one KEYS layout)
+KEYS[2] partition cfg hash  KEYS[4..9] unused (the account scripts share one KEYS layout)
 
-ARGV[1] account id          ARGV[5] credit limit (policy add: the balance is not taken past it)
-ARGV[2] period, "YYYY-MM"   ARGV[6] transaction id for the expiry (policy reset)
-ARGV[3] policy: add | reset ARGV[7] transaction id for the grant
-ARGV[4] monthly grant
+ARGV[1] account id          ARGV[3] transaction id for the expiry (policy reset)
+ARGV[2] period, "YYYY-MM"   ARGV[4] transaction id for the grant
+
+The terms come from the account's tier in the cfg hash, field "r:<tier>" = "<policy> <grant>
+<credit limit>", so a renewal needs no read before it and many can share one pipeline.
 
 Reply  {"ok", renewed 0|1, granted, expired, balance after, why ("" | "banned" | "already_renewed")}
 Errors {"err", "invalid_argument", name} {"err", "account_not_loaded"} {"err", "account_not_found"}
+       {"err", "unknown_tier", tier}
 add:   monthly += min(grant, max(0, limit - balance)), one "grant" transaction when > 0.
 reset: unused monthly credits expire ("expire" transaction), then monthly = grant ("grant").
 The period stamp makes a second run in the same period change nothing.
 ]]
-local MAX_AMOUNT = 1000000000000
-
-local function int_arg(v, lo, hi)
-  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
-  local n = tonumber(v)
-  if n < lo or n > hi then return nil end
-  return n
-end
 local function s(n) return string.format('%d', n) end
 
-local account, period, policy, expire_txn, grant_txn = ARGV[1], ARGV[2], ARGV[3], ARGV[6], ARGV[7]
-local grant = int_arg(ARGV[4], 0, MAX_AMOUNT)
-local limit = int_arg(ARGV[5], 0, MAX_AMOUNT)
+local account, period, expire_txn, grant_txn = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if not string.match(period, '^%d%d%d%d%-%d%d$') then return {'err', 'invalid_argument', 'period'} end
-if policy ~= 'add' and policy ~= 'reset' then return {'err', 'invalid_argument', 'policy'} end
-if not grant then return {'err', 'invalid_argument', 'grant'} end
-if not limit then return {'err', 'invalid_argument', 'credit_limit'} end
 if #expire_txn < 1 or #grant_txn < 1 then return {'err', 'invalid_argument', 'transaction_id'} end
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'st', 'rp')
+local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'st', 'rp', 'tier')
 if not a[1] then
   if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
   return {'err', 'account_not_found'}
 end
+local terms = redis.call('HGET', KEYS[2], 'r:' .. a[5])
+if not terms then return {'err', 'unknown_tier', a[5]} end
+local policy, grant, limit = string.match(terms, '^(%a+) (%d+) (%d+)$')
+grant, limit = tonumber(grant), tonumber(limit)
 local m, b = tonumber(a[1]), tonumber(a[2])
 if a[3] ~= 'active' then return {'ok', '0', '0', '0', s(m + b), 'banned'} end
 if a[4] == period then return {'ok', '0', '0', '0', s(m + b), 'already_renewed'} end

@@ -3,6 +3,7 @@
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3..4], KEYS[7..8]      unused (the account scripts share one KEYS layout)
+KEYS[9] partition account index
 
 ARGV[1] account id          ARGV[6] purchased credits
 ARGV[2] tier                ARGV[7] renewed period ("YYYY-MM" or "")
@@ -41,4 +42,5 @@ if force ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', '0'} e
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', '0', 'od', s(od), 'st', status,
   'tier', tier, 'ca', s(ca), 'rp', period, 'rst', rst)
+redis.call('SADD', KEYS[9], ARGV[1])
 return {'ok', '1'}

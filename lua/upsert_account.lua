@@ -3,6 +3,7 @@
 KEYS[1] account hash        KEYS[3] partition outbox
 KEYS[2] partition cfg hash  KEYS[4] idempotency record
 KEYS[5..8]                  unused (the account scripts share one KEYS layout)
+KEYS[9] partition account index
 
 ARGV[1] account id          ARGV[7] transaction id of the opening grant
 ARGV[2] tier ("" = keep; a new account gets ARGV[12])
@@ -69,6 +70,7 @@ if created then
   if status == '' then status = 'active' end
   redis.call('HSET', KEYS[1], 'm', s(grant), 'b', '0', 'r', '0', 'od', s(od or 0),
     'st', status, 'tier', tier, 'ca', s(now_ms), 'rp', period, 'rst', s(now_ms))
+  redis.call('SADD', KEYS[9], account)
 else
   local fields = {}
   if tier ~= '' then table.insert(fields, 'tier'); table.insert(fields, tier) end

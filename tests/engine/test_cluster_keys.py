@@ -12,7 +12,7 @@ import redis
 from redis.crc import key_slot
 from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
-from tests.support.servers import RedisProcess, redis_server_binary
+from tests.support.servers import RedisProcess, free_port, redis_server_binary
 
 from quotagate.engine import CreditEngine, KeySpace
 
@@ -42,6 +42,8 @@ class ClusterNode(RedisProcess):
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--dir", self.dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            # the bus port defaults to port + 10000, past 65535 for half the ephemeral range
+            "--cluster-port", str(free_port()),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
@@ -64,8 +66,8 @@ class ClusterNode(RedisProcess):
 @pytest.fixture
 def cluster_node() -> Iterator[ClusterNode]:
     node = ClusterNode()
-    node.start()
     try:
+        node.start()
         yield node
     finally:
         node.cleanup()

@@ -20,6 +20,7 @@ from quotagate.errors import (
     ConfigError,
     HoldNotFound,
     InsufficientCredits,
+    UnknownTier,
 )
 
 
@@ -220,3 +221,43 @@ async def test_initialize_without_fresh_start_leaves_partitions_closed(
         assert (await engine.upsert_account("acct")).created
     finally:
         await engine.aclose()
+
+
+async def test_each_partition_indexes_its_accounts(plain: CreditEngine) -> None:
+    created_at = datetime(2026, 1, 2, tzinfo=UTC)
+    names = [f"user-{i}" for i in range(300)]
+    await asyncio.gather(*(plain.upsert_account(n) for n in names))
+    await plain.upsert_account("user-0", tier="pro")  # an update does not index twice
+    await plain.restore(
+        "restored", tier="free", status="active", overdraft_limit=0, monthly_credits=0,
+        purchased_credits=1, renewed_period="", last_reset_at=None, created_at=created_at,
+    )  # fmt: skip
+    found: dict[int, set[str]] = {}
+    for p in range(plain.config.partitions):
+        async for batch in plain.account_ids(p, count=10):
+            found.setdefault(p, set()).update(batch)
+    assert set().union(*found.values()) == {*names, "restored"}
+    for p, accounts in found.items():
+        assert all(plain.keys.partition_of(a) == p for a in accounts)
+
+
+async def test_renewal_is_one_script_call_with_terms_from_the_config(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("acct", tier="free")
+    calls: list[str] = []
+    run = engine.runner.run
+
+    async def counting(script, keys, args):  # type: ignore[no-untyped-def]
+        calls.append(script.name)
+        return await run(script, keys, args)
+
+    engine.runner.run = counting  # type: ignore[method-assign]
+    result = await engine.renew("acct", "2099-01")
+    assert (result.renewed, result.granted) == (True, 100)
+    assert calls == ["renew"]
+    # a tier removed from the config is refused by the script itself
+    await engine.redis.hset(engine.keys.account("acct").account, "tier", "gone")
+    with pytest.raises(UnknownTier):
+        await engine.renew("acct", "2099-02")

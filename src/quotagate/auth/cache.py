@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.auth.keys import SCOPES, ApiKey, Scope, key_id_of, matches
 from quotagate.auth.store import KeyStore
+from quotagate.engine.keys import KeySpace
 from quotagate.errors import QuotagateError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ REFRESH_SECONDS = 2.0
 
 def snapshot_key(prefix: str) -> str:
     """Redis key of the copy of the active key hashes (no TTL: it is the fallback)."""
-    return f"{prefix}:apikeys"
+    return KeySpace(prefix).api_keys
 
 
 class _Snap(msgspec.Struct, array_like=True):

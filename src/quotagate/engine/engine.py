@@ -14,7 +14,7 @@ then makes exactly one script call; calls made in the same loop tick share one p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -114,12 +114,13 @@ class CreditEngine:
         for name, tier in self.config.tiers.items():
             rl = tier.rate_limit
             fields[f"t:{name}"] = f"{rl.interval_us} {rl.burst}" if rl else "0 0"
+            fields[f"r:{name}"] = f"{tier.renewal} {tier.monthly_grant} {tier.credit_limit}"
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.config.partitions):
                 pipe.hset(self.keys.cfg(p), mapping=fields)
             await pipe.execute()
         names = cast(list[str], await self.redis.hkeys(self.keys.cfg(0)))
-        stale = [f for f in names if f.startswith("t:")]
+        stale = [f for f in names if f.startswith(("t:", "r:"))]
         stale = [f for f in stale if f not in fields]
         if stale:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -362,16 +363,7 @@ class CreditEngine:
         """Apply the account's tier renewal policy once for ``period`` (default: this month)."""
         ids.check_account_id(account_id)
         period = period or current_period()
-        tier_name = await self.redis.hget(self.keys.account(account_id).account, "tier")
-        if tier_name is None:
-            await self._raise_missing(account_id)
-        tier = self.config.tiers.get(str(tier_name))
-        if tier is None:
-            raise UnknownTier(f"account {account_id} has tier {tier_name!r}, not in the config")
-        args = [
-            account_id, period, tier.renewal, str(tier.monthly_grant), str(tier.credit_limit),
-            ids.new_id(), ids.new_id(),
-        ]  # fmt: skip
+        args = [account_id, period, ids.new_id(), ids.new_id()]
         r = await self._call("renew", account_id, None, args)
         return RenewResult(account_id, r[0] == "1", int(r[1]), int(r[2]), int(r[3]), r[4])
 
@@ -438,13 +430,21 @@ class CreditEngine:
             holds=holds,
         )
 
-    async def _raise_missing(self, account_id: str) -> None:
-        ready = await self.redis.hget(self.keys.account(account_id).cfg, "ready")
-        if ready != "1":
-            raise AccountNotLoaded(
-                "the account's state is not loaded in Redis; run `quotagate recover`"
+    async def account_ids(self, partition: int, *, count: int = 1000) -> AsyncIterator[list[str]]:
+        """The account ids of one partition, a batch at a time (SSCAN of its account index).
+
+        Memory stays bounded by ``count`` whatever the number of accounts. SSCAN may return an
+        id twice: callers are idempotent or deduplicate.
+        """
+        cursor: int = 0
+        while True:
+            cursor, batch = await self.redis.sscan(
+                self.keys.accounts(partition), cursor, count=count
             )
-        raise AccountNotFound("no such account")
+            if batch:
+                yield [str(a) for a in batch]
+            if cursor == 0:
+                return
 
     async def _server_time_ms(self) -> int:
         sec, usec = await self.redis.time()

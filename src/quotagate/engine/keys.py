@@ -10,11 +10,16 @@ Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:outbox           stream every balance change of the partition, until flushed
     P:{n}:holdexp          zset   accounts of the partition with open holds, scored by the
                                   earliest expiry: the expiry sweep reads it
+    P:{n}:accounts         set    every account id of the partition: jobs walk a partition with
+                                  SSCAN here instead of a SCAN of the whole keyspace per partition
+    P:{n}:renewed          string the period whose renewal pass over the partition completed
     P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft
     P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..."
     P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry)
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
     P:{n}:i:<acct>:<key>   string idempotency record, expires after the idempotency TTL
+    P:apikeys              hash   the gateway's copy of the API key hashes (PostgreSQL holds the
+                                  keys; the copy lets a gateway start while PostgreSQL is down)
 
 All keys one script touches share ``{n}``, so every script runs unchanged on Redis Cluster.
 """
@@ -51,6 +56,7 @@ class AccountKeys:
     hold_expiry: str
     partition_hold_expiry: str
     rate: str
+    index: str
 
     def as_list(self) -> list[str]:
         return [
@@ -62,6 +68,7 @@ class AccountKeys:
             self.hold_expiry,
             self.partition_hold_expiry,
             self.rate,
+            self.index,
         ]
 
 
@@ -90,6 +97,16 @@ class KeySpace:
     def partition_hold_expiry(self, partition: int) -> str:
         return f"{self.tag(partition)}:holdexp"
 
+    def accounts(self, partition: int) -> str:
+        return f"{self.tag(partition)}:accounts"
+
+    def renewed(self, partition: int) -> str:
+        return f"{self.tag(partition)}:renewed"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
     def partition_of(self, account_id: str) -> int:
         return partition_of(account_id, self.partitions)
 
@@ -107,6 +124,7 @@ class KeySpace:
             hold_expiry=f"{t}:hz:{account_id}",
             partition_hold_expiry=f"{t}:holdexp",
             rate=f"{t}:rl:{account_id}",
+            index=f"{t}:accounts",
         )
 
     def account_pattern(self, partition: int) -> str:

@@ -25,7 +25,7 @@ from quotagate.errors import AccountNotLoaded
 from quotagate.jobs import runtime
 from quotagate.jobs.books import OutboxIndex, read_redis
 from quotagate.jobs.pg import postgres_errors
-from quotagate.jobs.scan import account_batches
+from quotagate.jobs.scan import account_batches_by_scan
 from quotagate.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ async def reconcile_partition(engine: CreditEngine, ledger: Ledger, partition: i
     report = Report()
     index = OutboxIndex(engine, partition)
     seen: set[tuple[str, str]] = set()  # SCAN may return a key twice; report each account once
-    async for batch in account_batches(engine, partition):
+    async for batch in account_batches_by_scan(engine, partition):
         batch = list(dict.fromkeys(batch))
         books = await read_books(engine, ledger, partition, batch, index)
         drifts: list[Drift] = []

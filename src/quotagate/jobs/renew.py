@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 RENEW_CHUNK = 500
 """Accounts handed to one gather: bounds the memory of a pass whatever the partition's size."""
 
-RENEW_IN_FLIGHT = 48
-"""Renewals in flight at once. Each reads the account's tier (one command on a pooled
-connection) then runs the script (pipelined with the others of its loop tick); staying
-below the connection pool's size keeps the reads from exhausting it."""
+RENEW_IN_FLIGHT = 500
+"""Renewals in flight at once. Each is one script call; the engine sends the calls of a loop
+tick in one pipeline on one connection, so this bounds memory and batch size, not the pool."""
 
 PARALLEL_PARTITIONS = 4
 """Partitions renewed at once when a command runs the renewal in place (no workers)."""
@@ -50,7 +49,7 @@ class RenewTally:
     granted: int = 0
     expired: int = 0
     skipped: int = 0
-    """Accounts gone since the SCAN, or whose tier is no longer in the config (logged)."""
+    """Accounts gone since the scan, or whose tier is no longer in the config (logged)."""
 
     def add(self, other: RenewTally) -> None:
         for name, value in asdict(other).items():
@@ -63,7 +62,7 @@ class RenewTally:
 
 def renewed_marker(engine: CreditEngine, partition: int) -> str:
     """Key holding the last period whose renewal pass over the partition completed."""
-    return f"{engine.keys.tag(partition)}:renewed"
+    return engine.keys.renewed(partition)
 
 
 async def renew_accounts(
