@@ -16,11 +16,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response
 from quotagate.api.routes import accounts, charges, credits, holds, hook, ops
+from quotagate.api.routes.hook import Hook
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
 from quotagate.settings import Settings
@@ -55,6 +57,41 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(QuotagateError("internal error"))
 
 
+class _Gateway(Starlette):
+    """Starlette, with the authz hook answered before the middleware stack and the router.
+
+    The hook is one call per proxied request, and that stack (error middleware, exception
+    middleware, router) was about 8 of its ~40 us of in-process CPU. Its errors are answered
+    by the hook itself; an unexpected one is logged and answered as the app's handler would.
+    """
+
+    authz_hook: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if self.authz_hook is None or not (path == hook.PREFIX or path.startswith(_HOOK_SUBPATHS)):
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.authz_hook(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unexpected(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+
+_HOOK_SUBPATHS = hook.PREFIX + "/"
+
+
 def create_app(settings: Settings | None = None, *, config: Config | None = None) -> Starlette:
     """The gateway app. ``settings`` default to the environment; ``config`` to the settings'."""
     settings = settings or Settings.from_env()
@@ -77,10 +114,11 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         finally:
             await gw.stop()
 
-    app = Starlette(
+    hook_routes = hook.routes(gw)
+    app = _Gateway(
         # The router tries routes in order: the hot ones first.
         routes=[
-            *hook.routes(gw),
+            *hook_routes,
             *charges.routes(gw),
             *holds.routes(gw),
             *credits.routes(gw),
@@ -95,4 +133,5 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.authz_hook = next(r.app for r in hook_routes if isinstance(getattr(r, "app", None), Hook))
     return app
