@@ -1,4 +1,4 @@
-"""Copy outbox entries into PostgreSQL: the one function the flush and the write-through share.
+"""Copy outbox entries into PostgreSQL: the statements the flush and the write-through share.
 
 Inside one transaction (the caller's):
 
@@ -6,16 +6,27 @@ Inside one transaction (the caller's):
    older outbox position never overwrites a newer one (``last_event_position``), so a
    write-through that ran ahead of the flush, or a flush that re-reads entries after a crash,
    cannot bring back old settings;
-2. transactions: ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id`` and, in the same
-   statement, the balance changes of the rows actually inserted added to the snapshots.
-   A transaction that is already in the ledger (written through, or flushed by a worker that
-   died before it could delete the entries) changes nothing the second time.
+2. transactions: inserted once each, and in the same transaction the balance changes of the
+   rows actually inserted added to the snapshots. A transaction that is already in the ledger
+   (written through, or flushed by a worker that died before it could delete the entries)
+   changes nothing the second time.
 
-The batch reaches the server by COPY (binary) into a temporary table, which the statement
-then reads. Binding one array per column to the statement through ``unnest`` saves two round
-trips but encodes slower; ``python -m quotagate.ledger.bench`` measures both on the same
-batches (see the README). Small batches (a write-through's one or two rows) go by ``unnest``:
-there the round trips are the cost.
+Two ways to do step 2:
+
+- :func:`apply_entries` (typed entries; the write-through, and the flush's checked path):
+  ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``, and the snapshots take the
+  changes of the returned ids. Small batches bind one array per column (``unnest``, one
+  round trip); large ones are COPYed (binary) into a temporary table first.
+- :func:`apply_rows` (the flush's batches, ``quotagate.ledger.batch``): the transactions a
+  write-through may have put in the ledger (all but spends) are looked up and left out; the
+  rest go by one plain COPY (built from the stream reply) straight into
+  ``credit_transactions``, and their effects, summed per account while the batch was built,
+  are added to the snapshots by one upsert. A row in the ledger all the same (another flush,
+  a write-through committed in between, a batch re-read after a crash) makes the COPY fail
+  on the primary key, and the whole transaction with it: the caller then applies the batch
+  with :func:`apply_entries`. COPY writes rows the way the bare COPY it is measured against
+  does; ON CONFLICT checks every row against the index first, and the temporary table and
+  the join back to the inserted ids cost as much again (see the README).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from quotagate.ledger.batch import COPY_COLUMNS, COPY_OPTIONS, FlushBatch
 from quotagate.ledger.outbox import AccountEvent, Entry, TransactionEntry
 
 Staging = Literal["unnest", "copy"]
@@ -65,31 +77,22 @@ _UNNEST_SOURCE = "unnest({}) AS b({})".format(
 
 STAGE_TABLE = "qg_flush_stage"
 
-_TRANSACTIONS_SQL = f"""
-WITH batch AS (
-    SELECT * FROM {{source}}
-),
-inserted AS (
+_INSERT_TRANSACTIONS = f"""
     INSERT INTO credit_transactions AS t
         (id, account_id, amount, type, resource, units, description, metadata,
          idempotency_key, balance_after, created_at)
     SELECT id, account_id, amount, type, resource, units, description, metadata::jsonb,
            idempotency_key, balance_after, {_ts("created_ms")}
-    FROM batch
-    ON CONFLICT (id) DO NOTHING
-    RETURNING t.id
-),
-effect AS (
-    SELECT b.account_id,
-           sum(b.amount)::bigint AS credits,
-           sum(b.monthly_delta)::bigint AS monthly,
-           max(b.id) AS last_id,
-           min(b.created_ms) AS first_ms,
-           max(b.created_ms) FILTER (WHERE b.resets) AS reset_ms
-    FROM batch b JOIN inserted i ON i.id = b.id
-    GROUP BY b.account_id
-),
-snapshots AS (
+    FROM batch"""
+
+_EFFECT_COLUMNS = """account_id,
+           sum(amount)::bigint AS credits,
+           sum(monthly_delta)::bigint AS monthly,
+           max(id) AS last_id,
+           min(created_ms) AS first_ms,
+           max(created_ms) FILTER (WHERE resets) AS reset_ms"""
+
+_SNAPSHOTS = f"""snapshots AS (
     INSERT INTO user_credits AS u
         (account_id, tier, status, credits, monthly_credits, overdraft_limit,
          last_reset_at, last_transaction_id, created_at, updated_at)
@@ -104,7 +107,22 @@ snapshots AS (
         last_reset_at = greatest(u.last_reset_at, excluded.last_reset_at),
         updated_at = now()
     RETURNING 1
-)
+)"""
+
+_TRANSACTIONS_SQL = f"""
+WITH batch AS (
+    SELECT * FROM {{source}}
+),
+inserted AS ({_INSERT_TRANSACTIONS}
+    ON CONFLICT (id) DO NOTHING
+    RETURNING t.id
+),
+effect AS (
+    SELECT {_EFFECT_COLUMNS}
+    FROM batch JOIN inserted USING (id)
+    GROUP BY account_id
+),
+{_SNAPSHOTS}
 SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM snapshots) AS accounts
 """
 # A transaction whose account has no row yet (its account event not in the ledger) creates
@@ -120,6 +138,27 @@ CREATE_STAGE_SQL = (
     + ", ".join(f"{name} {kind}" for name, kind in _STAGE_COLUMNS)
     + ") ON COMMIT DELETE ROWS"
 )
+
+SNAPSHOT_EFFECTS_SQL = f"""
+INSERT INTO user_credits AS u
+    (account_id, tier, status, credits, monthly_credits, overdraft_limit,
+     last_reset_at, last_transaction_id, created_at, updated_at)
+SELECT e.account_id, $7, 'active', e.credits, e.monthly, 0,
+       {_ts("e.reset_ms")}, e.last_id, {_ts("e.first_ms")}, now()
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[])
+     AS e(account_id, credits, monthly, last_id, first_ms, reset_ms)
+ORDER BY e.account_id
+ON CONFLICT (account_id) DO UPDATE SET
+    credits = u.credits + excluded.credits,
+    monthly_credits = u.monthly_credits + excluded.monthly_credits,
+    last_transaction_id = greatest(u.last_transaction_id, excluded.last_transaction_id),
+    last_reset_at = greatest(u.last_reset_at, excluded.last_reset_at),
+    updated_at = now()
+"""
+"""The snapshots' side of :func:`apply_rows`: effects summed per account in Python, the same
+upsert as in the statements above."""
+
+PRESENT_SQL = "SELECT id FROM credit_transactions WHERE id = ANY($1::text[])"
 
 EVENTS_SQL = f"""
 INSERT INTO user_credits AS u
@@ -215,17 +254,7 @@ async def apply_entries(
     transactions, events = split(entries)
     if staging is None:
         staging = "copy" if len(transactions) >= COPY_MIN_ROWS else "unnest"
-    if events:
-        await conn.execute(
-            EVENTS_SQL,
-            [e.account_id for e in events],
-            [e.tier for e in events],
-            [e.status for e in events],
-            [e.overdraft_limit for e in events],
-            [e.last_reset_ms for e in events],
-            [e.created_ms for e in events],
-            [e.position for e in events],
-        )
+    await apply_events(conn, events)
     inserted = 0
     if transactions:
         if staging == "copy":
@@ -239,6 +268,56 @@ async def apply_entries(
         assert row is not None
         inserted = int(row["inserted"])
     return Applied(len(transactions), inserted, len(events))
+
+
+async def apply_events(conn: asyncpg.Connection, events: Sequence[AccountEvent]) -> None:
+    """Upsert the accounts' settings, unless the ledger holds a newer event of the account."""
+    if not events:
+        return
+    await conn.execute(
+        EVENTS_SQL,
+        [e.account_id for e in events],
+        [e.tier for e in events],
+        [e.status for e in events],
+        [e.overdraft_limit for e in events],
+        [e.last_reset_ms for e in events],
+        [e.created_ms for e in events],
+        [e.position for e in events],
+    )
+
+
+async def apply_rows(conn: asyncpg.Connection, batch: FlushBatch, *, default_tier: str) -> Applied:
+    """Apply a flush batch inside the caller's open transaction.
+
+    Raises asyncpg.UniqueViolationError when a transaction of the batch is in the ledger
+    although the lookup did not find it, and asyncpg.DataError (or another integrity error)
+    when PostgreSQL refuses a value: the caller rolls back and uses :func:`apply_entries`.
+    Every row COPY wrote is new, so every row's effect goes to the snapshots.
+    """
+    await apply_events(conn, batch.events)
+    skip: set[int] = set()
+    if batch.maybe_present:
+        ids = [txn_id.decode() for txn_id, _, _ in batch.maybe_present.values()]
+        present = {r["id"].encode() for r in await conn.fetch(PRESENT_SQL, ids)}
+        skip = {i for i, (txn_id, _, _) in batch.maybe_present.items() if txn_id in present}
+    data, count = batch.copy_data(skip)
+    if count:
+        await conn.copy_to_table(
+            "credit_transactions", source=memoryview(data), columns=COPY_COLUMNS, **COPY_OPTIONS
+        )
+        effects = batch.snapshot_effects(skip)
+        accounts = sorted(effects)
+        await conn.execute(
+            SNAPSHOT_EFFECTS_SQL,
+            [a.decode() for a in accounts],
+            [effects[a].credits for a in accounts],
+            [effects[a].monthly for a in accounts],
+            [effects[a].last_id.decode() for a in accounts],
+            [effects[a].first_ms for a in accounts],
+            [effects[a].reset_ms for a in accounts],
+            default_tier,
+        )
+    return Applied(batch.transactions, count, len(batch.events))
 
 
 async def record_flush(

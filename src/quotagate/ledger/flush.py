@@ -10,6 +10,12 @@ entries go. The position and time of each committed batch are also recorded in
 the strength of it (after Redis loses data and restarts, stream ids start again from the
 clock, and skipping by id could lose entries).
 
+Each batch goes the fast way (``apply.apply_rows``: COPY text straight from the stream
+reply, a plain INSERT, no per-entry Python objects) unless PostgreSQL finds one of its rows in
+the ledger already, or refuses a value: then the transaction rolls back and the same batch is
+parsed entry by entry and applied with ON CONFLICT (``apply.apply_entries``), the checked
+path, which also names an unreadable entry.
+
 One flush per partition at a time (``FlushLease``); partitions flush in parallel.
 """
 
@@ -17,21 +23,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import asyncpg
 from redis.exceptions import RedisError
 
 from quotagate.engine import CreditEngine
+from quotagate.ledger.apply import Applied, apply_rows, record_flush
+from quotagate.ledger.batch import FlushBatch, build_batch
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
-from quotagate.ledger.outbox import Entry, read_batch, trim_through
+from quotagate.ledger.outbox import StreamReader, parse_raw, trim_through
+from quotagate.ledger.postgres import in_transaction
 
-DEFAULT_BATCH_SIZE = 2000
-"""Entries per batch: one XRANGE, one COPY and INSERT, one XTRIM. Thousands of rows per statement is
-where PostgreSQL's per-statement cost stops mattering (see the README's measurements)."""
+DEFAULT_BATCH_SIZE = 10_000
+"""Entries per batch: one COPY, one INSERT, one commit, one XTRIM (read in XRANGEs of
+``outbox.READ_CHUNK``). Each batch also updates one snapshot row per account in it, and
+commits once: larger batches share both among more rows (see the README's measurements). A
+batch holds its accounts' snapshot rows locked until it commits, some tens of milliseconds."""
+
+CHECKED_PATH_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+"""What sends a batch from the fast path to the checked one: a row already in the ledger
+(UniqueViolationError), or a value PostgreSQL refuses."""
 
 DEFAULT_LEASE_SECONDS = 15.0
 """How long a flush may hold its partition without renewing (it renews every batch). After a
@@ -43,6 +60,35 @@ partition cannot keep a worker from the others."""
 
 WAIT_PARALLEL = 4
 """Partitions flushed at once by ``flush_all`` (the operator's ``quotagate flush``)."""
+
+
+class _CollectorPause:
+    """Python's cycle collector off while flushes run (counted: flush_all runs several).
+
+    A batch is tens of thousands of lists (the stream reply) that live until it commits.
+    Each time enough of them have outlived two young collections, the collector walks every
+    object of the process: in the benchmark that was a third of the flush's Python time.
+    A flush makes no garbage that reference counting does not free, and the collector is
+    back on when the last flush ends.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.resume = False
+
+    def __enter__(self) -> None:
+        if self.running == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.running -= 1
+        if self.running == 0 and self.resume:
+            gc.enable()
+
+
+_COLLECTOR_PAUSE = _CollectorPause()
 
 
 @dataclass
@@ -94,7 +140,8 @@ async def flush_partition(
         return await lease.renew()  # False: the lease lapsed, whoever holds it carries on
 
     try:
-        await _Batches(engine, ledger, partition, batch_size, result).run(keep_going)
+        with _COLLECTOR_PAUSE:
+            await _Batches(engine, ledger, partition, batch_size, result).run(keep_going)
     finally:
         with contextlib.suppress(RedisError):
             await lease.release()
@@ -117,25 +164,32 @@ class _Batches:
         self.engine, self.ledger, self.partition = engine, ledger, partition
         self.batch_size, self.result = batch_size, result
 
-    def _read(self, after: str | None) -> asyncio.Task[list[Entry]]:
-        read = read_batch(self.engine, self.partition, self.batch_size, after=after)
-        return asyncio.ensure_future(read)
+        self.reader = StreamReader(engine)
+
+    def _read(self, after: str | None) -> asyncio.Task[FlushBatch | None]:
+        return asyncio.ensure_future(self._read_batch(after))
+
+    async def _read_batch(self, after: str | None) -> FlushBatch | None:
+        # Built in the read-ahead task: the Python work on batch n+1 runs while PostgreSQL
+        # works on batch n.
+        raw = await self.reader.read(self.partition, self.batch_size, after=after)
+        return build_batch(raw) if raw else None
 
     async def run(self, keep_going: Callable[[], Awaitable[bool]]) -> None:
         reading = self._read(None)
         deleting: asyncio.Task[int] | None = None
         try:
             while True:
-                entries = await reading
-                self.result.drained = len(entries) < self.batch_size
-                if not self.result.drained:
-                    reading = self._read(entries[-1].stream_id)
-                if entries:
-                    await self._commit(entries)
+                batch = await reading
+                self.result.drained = batch is None or len(batch.raw) < self.batch_size
+                if batch is not None and not self.result.drained:
+                    reading = self._read(batch.last_stream_id)
+                if batch is not None:
+                    await self._commit(batch)
                     await pause_point("after_commit")
                     if deleting is not None:
                         self.result.deleted += await deleting
-                    last = entries[-1].stream_id
+                    last = batch.last_stream_id
                     deleting = asyncio.ensure_future(
                         trim_through(self.engine, self.partition, last)
                     )
@@ -151,14 +205,35 @@ class _Batches:
         if deleting is not None:
             self.result.deleted += await deleting
 
-    async def _commit(self, entries: list[Entry]) -> None:
-        applied = await self.ledger.apply_batch(
-            entries, default_tier=self.engine.config.default_tier, partition=self.partition
-        )
+    async def _commit(self, batch: FlushBatch) -> None:
+        applied = await apply_batch(
+            self.ledger, batch, default_tier=self.engine.config.default_tier,
+            partition=self.partition,
+        )  # fmt: skip
         self.result.batches += 1
         self.result.transactions += applied.transactions
         self.result.inserted += applied.inserted
         self.result.events += applied.events
+
+
+async def apply_batch(
+    ledger: Ledger, batch: FlushBatch, *, default_tier: str, partition: int
+) -> Applied:
+    """Apply one flush batch and record the partition's progress, in one transaction: the
+    fast path, or the checked one when PostgreSQL refuses the fast one (see the module
+    docstring). Raises OutboxEntryInvalid, BackendUnavailable."""
+
+    async def fast(conn: asyncpg.Connection) -> Applied:
+        applied = await apply_rows(conn, batch, default_tier=default_tier)
+        await record_flush(conn, partition, batch.last_stream_id, applied.inserted)
+        await pause_point("before_commit")
+        return applied
+
+    try:
+        return await in_transaction(ledger.pool, fast)
+    except CHECKED_PATH_ERRORS:
+        entries = parse_raw(batch.raw)
+        return await ledger.apply_batch(entries, default_tier=default_tier, partition=partition)
 
 
 async def flush_all(

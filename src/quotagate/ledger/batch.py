@@ -1,0 +1,225 @@
+"""One flush batch, from the XRANGE reply straight to the COPY text PostgreSQL reads.
+
+Most entries are transactions in the exact field layout the Lua scripts write. For those no
+dict and no record is made: the values, the bytes Redis sent, are joined into one line of
+COPY data for ``credit_transactions`` (PostgreSQL converts and checks them; a value it refuses
+sends the batch down the checked path, see ``quotagate.ledger.flush``), and only what the
+snapshots need is read in Python (amount, monthly change, time), summed per account as the
+batch is built.
+
+The COPY data is CSV with control characters for separator (US, 0x1f) and quote (SOH, 0x01),
+so that backslashes and quotes, which JSON metadata is full of, need no escaping; a value that
+holds a newline or one of those two characters (found by one scan of the whole batch) is
+quoted.
+Every other entry (account events, a transaction in another layout, one that does not parse)
+goes through :func:`quotagate.ledger.outbox.parse_entry`, so an unreadable entry still stops
+the flush with OutboxEntryInvalid before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from quotagate.ledger.models import TRANSACTION_TYPES
+from quotagate.ledger.outbox import (
+    AccountEvent,
+    OutboxEntryInvalid,
+    RawEntry,
+    TransactionEntry,
+    decode_raw,
+    parse_entry,
+)
+
+COPY_COLUMNS = (
+    "id", "account_id", "amount", "type", "resource", "units", "description", "metadata",
+    "created_at", "balance_after", "idempotency_key",
+)  # fmt: skip
+"""The ``credit_transactions`` columns of each COPY line, in order. The COPY reads an empty
+value as NULL, as ``parse_entry`` reads an empty field as None."""
+
+COPY_OPTIONS = {"format": "csv", "delimiter": "\x1f", "quote": "\x01", "null": ""}
+"""How the COPY reads the lines (``asyncpg.Connection.copy_to_table`` keywords)."""
+_SEP, _QUOTE = b"\x1f", b"\x01"
+
+_FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik")
+"""A transaction's stream fields in the order the Lua scripts write them."""
+_LAYOUT = [name.encode() for name in _FIELDS]
+_LAYOUT_WITH_HOLD = [*_LAYOUT, b"hold"]  # a capture names its hold, which the ledger does not keep
+_TYPES = frozenset(kind.encode() for kind in TRANSACTION_TYPES)
+_SPEND, _GRANT, _EXPIRE = b"spend", b"grant", b"expire"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Row = tuple[bytes, ...]
+"""One transaction's values, in ``COPY_COLUMNS`` order."""
+
+
+@dataclass(slots=True)
+class Effect:
+    """What a batch's transactions of one account add to its snapshot."""
+
+    credits: int
+    monthly: int
+    last_id: bytes
+    first_ms: int
+    reset_ms: int | None
+    """Time of the newest renewal grant or expiry (the account's last reset), if any."""
+
+    def copy(self) -> Effect:
+        return Effect(self.credits, self.monthly, self.last_id, self.first_ms, self.reset_ms)
+
+    def add(self, other: Effect) -> None:
+        self.credits += other.credits
+        self.monthly += other.monthly
+        self.last_id = max(self.last_id, other.last_id)
+        self.first_ms = min(self.first_ms, other.first_ms)
+        if other.reset_ms is not None:
+            self.reset_ms = max(self.reset_ms or other.reset_ms, other.reset_ms)
+
+
+@dataclass(slots=True)
+class FlushBatch:
+    """The entries of one batch, ready for :func:`quotagate.ledger.apply.apply_rows`."""
+
+    raw: Sequence[RawEntry]
+    """As read (the checked path parses these again)."""
+    last_stream_id: str = ""
+    lines: list[bytes] = field(default_factory=list)
+    """One COPY line per transaction: the first copy of each id, in stream order."""
+    sources: list[int] = field(default_factory=list)
+    """For each line, the index of its entry in ``raw``."""
+    effects: dict[bytes, Effect] = field(default_factory=dict)
+    """Per account, the summed effect of its lines, except those in ``maybe_present``."""
+    maybe_present: dict[int, tuple[bytes, bytes, Effect]] = field(default_factory=dict)
+    """By line index: transactions a write-through may have put in the ledger already (all
+    but spends, which nothing writes through), with their id, account and effect. The flush
+    looks these up before the COPY and leaves out those it finds."""
+    events: list[AccountEvent] = field(default_factory=list)
+    """The newest account event of each account in the batch."""
+
+    @property
+    def transactions(self) -> int:
+        return len(self.lines)
+
+    def copy_data(self, skip: set[int]) -> tuple[bytes, int]:
+        """The COPY data of the lines not in ``skip``, and their count."""
+        lines = self.lines
+        if skip:
+            lines = [line for i, line in enumerate(lines) if i not in skip]
+        data = b"\n".join(lines) + b"\n"
+        if not _plain(data, len(lines)):
+            sources = [j for i, j in enumerate(self.sources) if i not in skip]
+            lines = [line if _plain(line, 0) else _quoted_line(self.raw[j])
+                     for line, j in zip(lines, sources, strict=True)]  # fmt: skip
+            data = b"\n".join(lines) + b"\n"
+        return data, len(lines)
+
+    def snapshot_effects(self, skip: set[int]) -> dict[bytes, Effect]:
+        """Per account, the effect of the lines not in ``skip``."""
+        effects = {account: effect.copy() for account, effect in self.effects.items()}
+        for i, (_, account, effect) in self.maybe_present.items():
+            if i in skip:
+                continue
+            if account in effects:
+                effects[account].add(effect)
+            else:
+                effects[account] = effect.copy()
+        return effects
+
+
+def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
+    """A batch of stream entries (at least one). Raises OutboxEntryInvalid."""
+    batch = FlushBatch(raw, raw[-1][0].decode())
+    lines, sources, effects = batch.lines, batch.sources, batch.effects
+    seen: set[bytes] = set()
+    stamps: dict[bytes, bytes] = {}
+    events: dict[str, AccountEvent] = {}
+    for j, (stream_id, fields) in enumerate(raw):
+        if fields[0::2] in (_LAYOUT, _LAYOUT_WITH_HOLD):
+            txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey = fields[1:24:2]
+            if txn_id in seen:
+                continue
+            if txn_id and account and kind in _TYPES:
+                try:
+                    amount, monthly, ms = int(amt), int(dm or 0), int(ts)
+                    created = stamps.get(ts) or stamps.setdefault(ts, _stamp(ms))
+                except (ValueError, OverflowError):
+                    pass  # parse_entry below says what is wrong
+                else:
+                    seen.add(txn_id)
+                    if kind != _SPEND:
+                        resets = kind == _EXPIRE or (kind == _GRANT and monthly > 0)
+                        effect = Effect(amount, monthly, txn_id, ms, ms if resets else None)
+                        batch.maybe_present[len(lines)] = (txn_id, account, effect)
+                    elif (acc := effects.get(account)) is None:
+                        effects[account] = Effect(amount, monthly, txn_id, ms, None)
+                    else:  # Effect.add, inline: this runs for nearly every entry
+                        acc.credits += amount
+                        acc.monthly += monthly
+                        if txn_id > acc.last_id:
+                            acc.last_id = txn_id
+                        if ms < acc.first_ms:
+                            acc.first_ms = ms
+                    units = units if res else b""
+                    row = (txn_id, account, amt, kind, res, units, desc, meta, created, bal, ikey)
+                    lines.append(_SEP.join(row))
+                    sources.append(j)
+                    continue
+        entry = parse_entry(*decode_raw([stream_id, fields]))
+        if isinstance(entry, AccountEvent):
+            events[entry.account_id] = entry  # stream order: a later one replaces
+        elif (txn := entry.id.encode()) not in seen:
+            seen.add(txn)
+            batch.maybe_present[len(lines)] = (txn, entry.account_id.encode(), _effect(entry))
+            lines.append(_SEP.join(_row(entry)))
+            sources.append(j)
+    batch.events = list(events.values())
+    return batch
+
+
+def _stamp(ms: int) -> bytes:
+    """Milliseconds since the epoch as timestamptz text."""
+    text = (_EPOCH + timedelta(milliseconds=ms)).isoformat(sep=" ", timespec="milliseconds")
+    return text.encode()
+
+
+def _row(e: TransactionEntry) -> Row:
+    """A parsed transaction as the values of its COPY line."""
+    try:
+        created = _stamp(e.created_ms)
+    except OverflowError:
+        raise OutboxEntryInvalid(f"outbox entry {e.stream_id}: time out of range") from None
+    units = "" if e.units is None else str(e.units)
+    text = (
+        e.id, e.account_id, str(e.amount), e.type, e.resource or "", units, e.description or "",
+        e.metadata or "",
+    )  # fmt: skip
+    return (*[v.encode() for v in text], created, str(e.balance_after).encode(),
+            (e.idempotency_key or "").encode())  # fmt: skip
+
+
+def _effect(e: TransactionEntry) -> Effect:
+    reset_ms = e.created_ms if e.resets_monthly else None
+    return Effect(e.amount, e.monthly_delta, e.id.encode(), e.created_ms, reset_ms)
+
+
+def _plain(data: bytes, lines: int) -> bool:
+    """True when ``data`` (``lines`` lines; 0: one line without its newline) holds no value
+    that needs quoting: then the only separators and newlines are the COPY's own."""
+    return (
+        data.count(_SEP) == (len(COPY_COLUMNS) - 1) * max(lines, 1)
+        and data.count(b"\n") == lines
+        and _QUOTE not in data
+        and b"\r" not in data
+    )
+
+
+def _quoted_line(entry: RawEntry) -> bytes:
+    """The COPY line of a transaction whose values need quoting (a rare, slower path)."""
+    parsed = parse_entry(*decode_raw(entry))
+    assert isinstance(parsed, TransactionEntry), "every COPY line is a transaction's"
+    row = _row(parsed)
+    quoted = [_QUOTE + v.replace(_QUOTE, _QUOTE * 2) + _QUOTE if v else v for v in row]
+    return _SEP.join(quoted)
