@@ -4,14 +4,19 @@ deleted only after the commit, account events never going back in time."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 from collections.abc import Callable
 
 import pytest
 from tests.ledger.support import assert_books_balance, ledger_rows
 
+from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.ledger import FlushLease, Ledger, flush_all, flush_partition
-from quotagate.ledger.outbox import OutboxEntryInvalid, read_all
+from quotagate.ledger.batch import build_batch
+from quotagate.ledger.flush import apply_batch as apply_flush_batch
+from quotagate.ledger.outbox import OutboxEntryInvalid, StreamReader, read_all
 
 Acct = Callable[[str], str]
 
@@ -37,6 +42,7 @@ async def test_flush_copies_each_transaction_once_and_the_books_balance(
     accounts = [acct(f"a{i}") for i in range(12)]
     txns = await _traffic(lengine, accounts)
     results = await flush_all(lengine, ledger, batch_size=7)
+    assert gc.isenabled()  # paused while the partitions flushed, back on after the last
 
     rows = await ledger_rows(ledger, accounts)
     ids = [r["id"] for r in rows]
@@ -255,3 +261,100 @@ async def test_flush_all_waits_for_a_running_flush_then_flushes(
     asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(held.release()))
     results = await flush_all(lengine, ledger, partitions=[partition])
     assert [(r.busy, r.inserted, r.events) for r in results] == [(False, 1, 1)]
+
+
+async def test_values_copy_would_misread_reach_the_ledger_unchanged(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    a = acct("quoting")
+    await lengine.upsert_account(a)
+    nasty = 'tab\there\nnew line\r\x1fsep\x01quote\\back "dq" é'
+    meta = {"path": "C:\\x", "q": '"', "note": nasty}
+    spend = await lengine.consume(a, "api_call", 1, description=nasty, metadata=meta)
+    plain = await lengine.consume(a, "api_call", 1, description="plain", idempotency_key="k-1")
+    await flush_all(lengine, ledger)
+    rows = {r["id"]: r for r in await ledger_rows(ledger, [a])}
+    assert rows[spend.transaction_id]["description"] == nasty
+    assert json.loads(rows[spend.transaction_id]["metadata"]) == meta
+    assert (
+        rows[plain.transaction_id]["description"],
+        rows[plain.transaction_id]["idempotency_key"],
+    ) == ("plain", "k-1")
+    await assert_books_balance(lengine, ledger, [a])
+
+
+async def test_a_written_through_grant_is_looked_up_and_left_out(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    a = acct("looked-up")
+    await lengine.upsert_account(a)
+    await lengine.consume(a, "api_call", 4)
+    grant = await lengine.credit(a, 30, "grant")
+    assert await ledger.write_through(lengine, a, [grant.outbox_entry_id])
+    result = await flush_partition(lengine, ledger, lengine.keys.partition_of(a))
+    # the opening grant, the spend: inserted; the grant written through: a duplicate
+    assert (result.transactions, result.inserted, result.duplicates) == (3, 2, 1)
+    await assert_books_balance(lengine, ledger, [a])
+
+
+async def test_the_same_entry_twice_in_the_stream_is_one_row(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    a = acct("twice")
+    await lengine.upsert_account(a)
+    partition = lengine.keys.partition_of(a)
+    stream = lengine.keys.outbox(partition)
+    await lengine.consume(a, "api_call", 6)
+    [(_, fields)] = await lengine.redis.xrevrange(stream, count=1)
+    await lengine.redis.xadd(stream, fields)
+    result = await flush_partition(lengine, ledger, partition)
+    assert (result.transactions, result.inserted) == (2, 2)  # the opening grant, the spend
+    snap = (await ledger.snapshots([a]))[a]
+    assert snap.credits == 100 - 6
+
+
+async def test_two_flushes_of_the_same_batch_at_once_insert_it_once(
+    lengine: CreditEngine, ledger: Ledger, ledger_url: str, acct: Acct
+) -> None:
+    """The fast path of both: one COPY waits for the other's commit, fails on the primary
+    key, and its batch goes the checked way, where nothing is new."""
+    accounts = [acct(f"f{i}") for i in range(10)]
+    await _traffic(lengine, accounts)
+    other = await Ledger.connect(ledger_url)
+    try:
+        for p in range(lengine.config.partitions):
+            raw = await StreamReader(lengine).read(p, 10_000)
+            if not raw:
+                continue
+            one, two = build_batch(raw), build_batch(raw)
+            a, b = await asyncio.gather(
+                apply_flush_batch(ledger, one, default_tier="free", partition=p),
+                apply_flush_batch(other, two, default_tier="free", partition=p),
+            )
+            assert a.inserted + b.inserted == a.transactions == b.transactions
+    finally:
+        await other.aclose()
+    await flush_all(lengine, ledger)
+    await assert_books_balance(lengine, ledger, accounts)
+
+
+@pytest.mark.parametrize("field,value", [("bal", b"lots"), ("d", b"\xff\xfe")])
+async def test_a_value_postgres_refuses_stops_the_flush_and_nothing_is_deleted(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct, field: str, value: bytes
+) -> None:
+    """In the usual layout PostgreSQL checks these, not Python: the batch is parsed again,
+    entry by entry, and the one at fault named."""
+    a = acct(f"refused-{field}")
+    await lengine.upsert_account(a)
+    partition = lengine.keys.partition_of(a)
+    stream = lengine.keys.outbox(partition)
+    await lengine.consume(a, "api_call", 2)
+    [(_, fields)] = await lengine.redis.xrevrange(stream, count=1)
+    bad: dict[str | bytes, str | bytes] = {**fields, "id": ids.new_id()}
+    bad[field] = value
+    await lengine.redis.xadd(stream, bad)
+    with pytest.raises(OutboxEntryInvalid):
+        await flush_partition(lengine, ledger, partition)
+    assert await lengine.redis.xlen(stream) == 4
+    assert await ledger.snapshots([a]) == {}
+    assert gc.isenabled()  # the collector is back on after a flush that failed

@@ -98,6 +98,7 @@ class FlushBatch:
     looks these up before the COPY and leaves out those it finds."""
     events: list[AccountEvent] = field(default_factory=list)
     """The newest account event of each account in the batch."""
+    _all_data: bytes | None = None
 
     @property
     def transactions(self) -> int:
@@ -105,6 +106,8 @@ class FlushBatch:
 
     def copy_data(self, skip: set[int]) -> tuple[bytes, int]:
         """The COPY data of the lines not in ``skip``, and their count."""
+        if not skip and self._all_data is not None:
+            return self._all_data, len(self.lines)
         lines = self.lines
         if skip:
             lines = [line for i, line in enumerate(lines) if i not in skip]
@@ -114,6 +117,8 @@ class FlushBatch:
             lines = [line if _plain(line, 0) else _quoted_line(self.raw[j])
                      for line, j in zip(lines, sources, strict=True)]  # fmt: skip
             data = b"\n".join(lines) + b"\n"
+        if not skip:
+            self._all_data = data
         return data, len(lines)
 
     def snapshot_effects(self, skip: set[int]) -> dict[bytes, Effect]:

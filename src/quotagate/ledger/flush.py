@@ -163,7 +163,6 @@ class _Batches:
     ) -> None:
         self.engine, self.ledger, self.partition = engine, ledger, partition
         self.batch_size, self.result = batch_size, result
-
         self.reader = StreamReader(engine)
 
     def _read(self, after: str | None) -> asyncio.Task[FlushBatch | None]:
@@ -173,7 +172,11 @@ class _Batches:
         # Built in the read-ahead task: the Python work on batch n+1 runs while PostgreSQL
         # works on batch n.
         raw = await self.reader.read(self.partition, self.batch_size, after=after)
-        return build_batch(raw) if raw else None
+        if not raw:
+            return None
+        batch = build_batch(raw)
+        batch.copy_data(set())  # the usual case's COPY data, joined here rather than in the commit
+        return batch
 
     async def run(self, keep_going: Callable[[], Awaitable[bool]]) -> None:
         reading = self._read(None)
@@ -182,18 +185,23 @@ class _Batches:
             while True:
                 batch = await reading
                 self.result.drained = batch is None or len(batch.raw) < self.batch_size
-                if batch is not None and not self.result.drained:
+                if batch is None:
+                    break
+                if not self.result.drained:
                     reading = self._read(batch.last_stream_id)
-                if batch is not None:
-                    await self._commit(batch)
-                    await pause_point("after_commit")
-                    if deleting is not None:
-                        self.result.deleted += await deleting
-                    last = batch.last_stream_id
+                await self._commit(batch)
+                await pause_point("after_commit")
+                if deleting is not None:
+                    self.result.deleted += await deleting
+                try:
+                    # Renewed before the trim is sent: Redis takes milliseconds to delete a
+                    # large batch, and the renewal would wait behind it.
+                    go_on = not self.result.drained and await keep_going()
+                finally:
                     deleting = asyncio.ensure_future(
-                        trim_through(self.engine, self.partition, last)
+                        trim_through(self.engine, self.partition, batch.last_stream_id)
                     )
-                if self.result.drained or not await keep_going():
+                if not go_on:
                     break
         except BaseException:
             reading.cancel()
