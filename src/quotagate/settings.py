@@ -67,8 +67,8 @@ class Settings:
     """QUOTAGATE_PORT: the port `quotagate serve` listens on."""
     workers: int = 1
     """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers)."""
-    flush_batch_size: int = 2000
-    """QUOTAGATE_FLUSH_BATCH: outbox entries per flush batch (one INSERT, one commit)."""
+    flush_batch_size: int = 10_000
+    """QUOTAGATE_FLUSH_BATCH: outbox entries per flush batch (one COPY, one commit)."""
     flush_lease_seconds: int = 15
     """QUOTAGATE_FLUSH_LEASE_SECONDS: a partition's flush lease; after a worker dies its
     partition waits at most this long for another flush."""
@@ -118,7 +118,7 @@ class Settings:
             host=env.get("QUOTAGATE_HOST") or "127.0.0.1",
             port=_int_env(env, "QUOTAGATE_PORT", 8080, 1, 65535),
             workers=_int_env(env, "QUOTAGATE_WORKERS", 1, 1, 64),
-            flush_batch_size=_int_env(env, "QUOTAGATE_FLUSH_BATCH", 2000, 1, 50_000),
+            flush_batch_size=_int_env(env, "QUOTAGATE_FLUSH_BATCH", 10_000, 1, 50_000),
             flush_lease_seconds=_int_env(env, "QUOTAGATE_FLUSH_LEASE_SECONDS", 15, 1, 3600),
             flush_trigger_entries=_int_env(
                 env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", 5000, 1, 10_000_000
