@@ -7,12 +7,16 @@ uses QUOTAGATE_REDIS_URL and QUOTAGATE_DATABASE_URL (a migrated database: a scra
 best; every row the run writes is deleted afterwards). In one run:
 
 1. ``rows`` spend entries go into ``partitions`` outboxes of a throwaway key prefix;
-2. the flush moves them (XRANGE, parse, INSERT ... ON CONFLICT with snapshot updates,
-   commit, XTRIM), one flush per partition in parallel: flush rows/s;
-3. the rows are deleted and the same rows are COPYed into credit_transactions, one COPY on
-   one connection, nothing else: copy rows/s;
-4. the same batches are applied with each staging method (unnest arrays, COPY into a
-   temporary table), PostgreSQL only: the measurement behind ``apply.COPY_MIN_ROWS``.
+2. the flush moves them exactly as the worker does (XRANGE, COPY into credit_transactions,
+   snapshot updates, commit, XTRIM, under the lease), one flush per partition in parallel:
+   flush rows/s;
+3. the rows are deleted and the same rows (already built as Python tuples, which is not
+   timed) are COPYed (binary) into credit_transactions, with the same indexes, in one COPY on
+   one connection and one transaction, nothing else: copy rows/s;
+4. the same batches are applied by the checked path (``apply.apply_entries``: the
+   write-through's, and the flush's when PostgreSQL refuses a batch) with each staging method
+   (unnest arrays, COPY into a temporary table), PostgreSQL only: the measurement behind
+   ``apply.COPY_MIN_ROWS``.
 
 Steps 2-4 run ``repeat`` times, interleaved; each keeps its best time. ``measure_flush`` is
 the function the benchmark harness calls.

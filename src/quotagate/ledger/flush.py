@@ -151,7 +151,8 @@ async def flush_partition(
 
 class _Batches:
     """The batches of one flush, overlapped: while batch n commits, batch n+1 is read and
-    batch n-1 deleted. Only reads run ahead; a batch is deleted only after its commit."""
+    built, batch n-1 deleted and the lease renewed. Only reads run ahead; a batch is deleted
+    only after its commit."""
 
     def __init__(
         self,
@@ -187,21 +188,25 @@ class _Batches:
                 self.result.drained = batch is None or len(batch.raw) < self.batch_size
                 if batch is None:
                     break
+                renewing: asyncio.Task[bool] | None = None
                 if not self.result.drained:
                     reading = self._read(batch.last_stream_id)
-                await self._commit(batch)
+                    # Renewed while the batch commits, off the critical path; whether to go
+                    # on is decided once the batch is in.
+                    renewing = asyncio.ensure_future(keep_going())
+                try:
+                    await self._commit(batch)
+                except BaseException:
+                    if renewing is not None:
+                        renewing.cancel()
+                    raise
                 await pause_point("after_commit")
                 if deleting is not None:
                     self.result.deleted += await deleting
-                try:
-                    # Renewed before the trim is sent: Redis takes milliseconds to delete a
-                    # large batch, and the renewal would wait behind it.
-                    go_on = not self.result.drained and await keep_going()
-                finally:
-                    deleting = asyncio.ensure_future(
-                        trim_through(self.engine, self.partition, batch.last_stream_id)
-                    )
-                if not go_on:
+                deleting = asyncio.ensure_future(
+                    trim_through(self.engine, self.partition, batch.last_stream_id)
+                )
+                if renewing is None or not await renewing:
                     break
         except BaseException:
             reading.cancel()
