@@ -4,8 +4,11 @@ the suite shares the machine with other work; `quotagate bench` is the measureme
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -104,6 +107,38 @@ def test_table_output_and_a_clear_error(redis_url: str, database_url: str) -> No
     assert any("engine vs redis-benchmark" in line for line in lines)
 
     bad = _bench("redis://127.0.0.1:1/0", database_url, "--duration", "0.5", "--only", "engine")
-    assert bad.returncode != 0
+    assert bad.returncode == 3  # a backend that does not answer, as in every command
     assert "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("Error: the benchmark stopped")
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: the benchmark stopped")
+
+
+def test_a_stopped_run_still_takes_its_stage_down(redis_url: str, database_url: str) -> None:
+    env = {**os.environ, "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_DATABASE_URL": database_url}
+    args = [
+        sys.executable, "-m", "quotagate.cli.main", "bench", "--only", "engine",
+        "--duration", "30", "--accounts", "10", "--concurrency", "2",
+    ]  # fmt: skip
+    with subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # wait until the stage is up and a measurement runs
+            lines.append(line)
+            if line.startswith("measuring"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 143, rest
+    prefix, database = re.findall(r"key prefix (\S+), database (\S+)\)", "".join(lines))[0]
+    client = redis.Redis.from_url(redis_url)
+    assert list(client.scan_iter(match=f"{prefix}:*", count=1000)) == []
+    client.close()
+
+    async def databases_left() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            sql = "SELECT count(*) FROM pg_database WHERE datname = $1"
+            return int(await conn.fetchval(sql, database))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(databases_left()) == 0

@@ -42,6 +42,7 @@ async def engine_load(
             except Exception:
                 if state["measuring"]:
                     state["errors"] += 1
+                await asyncio.sleep(0)  # a failing call may not yield: let the loop go on
                 continue
             if state["measuring"]:
                 latencies.append(time.perf_counter_ns() - start)
@@ -50,15 +51,19 @@ async def engine_load(
     gc.collect()
     gc.freeze()
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(warmup_s)
-    state["measuring"] = True
-    begin, cpu_begin = time.perf_counter(), time.process_time()
-    await asyncio.sleep(duration_s)
-    state["measuring"] = False
-    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu_begin
-    state["stop"] = True
-    await asyncio.gather(*tasks)
-    gc.unfreeze()
+    try:
+        await asyncio.sleep(warmup_s)
+        state["measuring"] = True
+        begin, cpu_begin = time.perf_counter(), time.process_time()
+        await asyncio.sleep(duration_s)
+        state["measuring"] = False
+        elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu_begin
+    finally:  # also when interrupted: no task may outlive the measurement
+        state["stop"] = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        gc.unfreeze()
     latencies.sort()
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     return LoadResult(

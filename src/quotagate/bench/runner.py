@@ -7,9 +7,12 @@ compared with a baseline row of the same run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import platform
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -152,6 +155,7 @@ async def run(
     conditions = _conditions(options, generator)
     conditions.update(key_prefix=stage.prefix, database=stage.database)
     rounds: list[Report] = []
+    taking_down = _cancel_on_sigterm()
     try:
         progress(f"setting up (key prefix {stage.prefix}, database {stage.database})")
         await stage.open()
@@ -167,10 +171,32 @@ async def run(
             report.finish()
             rounds.append(report)
     finally:
+        taking_down.set()
         await stage.close()
     merged = Report.median(rounds)
     merged.conditions = {**conditions, "rounds": options.rounds, "load_after": _load_average()}
     return merged
+
+
+def _cancel_on_sigterm() -> asyncio.Event:
+    """SIGTERM stops the run as Ctrl-C does: the stage is still taken down.
+
+    The run is cancelled, and again every second until it is taking its stage down (the
+    returned event): a library call can swallow one cancellation, seen here as a run that went
+    on measuring after SIGTERM.
+    """
+    taking_down = asyncio.Event()
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if task is not None and not task.done() and not taking_down.is_set():
+            task.cancel()
+            loop.call_later(1.0, stop)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    return taking_down
 
 
 def _load_average() -> str:
