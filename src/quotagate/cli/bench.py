@@ -13,6 +13,7 @@ import redis
 
 from quotagate.bench.runner import GROUPS, Options, run
 from quotagate.cli.output import emit_json
+from quotagate.errors import BackendUnavailable
 from quotagate.settings import Settings, redact
 
 
@@ -94,7 +95,12 @@ def bench(
                 progress=lambda line: click.echo(line, err=True),
             )
         )
-    except (OSError, RuntimeError, asyncpg.PostgresError, redis.RedisError) as exc:
+    except asyncio.CancelledError:  # SIGTERM: the stage was taken down on the way out
+        click.echo("stopped", err=True)
+        sys.exit(143)
+    except (OSError, redis.ConnectionError, asyncpg.PostgresConnectionError) as exc:
+        raise BackendUnavailable(f"the benchmark stopped: {redact(str(exc))}") from None
+    except (RuntimeError, asyncpg.PostgresError, redis.RedisError) as exc:
         raise click.ClickException(f"the benchmark stopped: {redact(str(exc))}") from None
     if as_json:
         emit_json(report.as_json())
