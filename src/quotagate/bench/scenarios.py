@@ -17,6 +17,7 @@ Rows (``name``: what it measures, compared with):
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -139,6 +140,9 @@ async def engine_group(run: Run, progress: Progress) -> None:
             await run.stage.clear_outboxes()
     finally:
         await unbatched.aclose()
+    if not shutil.which("redis-benchmark"):
+        progress("redis-benchmark is not installed (apt-get install redis-tools): no baseline")
+        return
     progress("measuring redis-benchmark")
     command = engine_load.consume_command(engine, HOT.stem)
     before = await _balance(engine, HOT.stem)
