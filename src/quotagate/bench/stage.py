@@ -166,5 +166,21 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
                 batch.clear()
         if batch:
             await client.unlink(*batch)
+        await _delete_queues(client, prefix)
     finally:
         await client.aclose()
+
+
+async def _delete_queues(client: aioredis.Redis, prefix: str) -> None:
+    """RQ's keys for the run's queues (``rq:queue:<prefix>:...`` and their jobs), should a
+    flush have been queued after all: RQ's keys do not start with our prefix."""
+    for kind in ("flush", "jobs"):
+        queue = f"rq:queue:{prefix}:{kind}"
+        job_ids = await client.lrange(queue, 0, -1)
+        jobs = [f"rq:job:{_text(job_id)}" for job_id in job_ids]
+        await client.unlink(queue, *jobs)
+        await client.srem("rq:queues", queue)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
