@@ -45,6 +45,11 @@ def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: in
     return int(raw)
 
 
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 _DEFAULT_REDIS = Secret(DEFAULT_REDIS_URL)
 _DEFAULT_DATABASE = Secret(DEFAULT_DATABASE_URL)
 
@@ -66,7 +71,8 @@ class Settings:
     port: int = 8080
     """QUOTAGATE_PORT: the port `quotagate serve` listens on."""
     workers: int = 1
-    """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers)."""
+    """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers); from the
+    environment, one per core this process may use when unset (the gateway is CPU-bound)."""
     flush_batch_size: int = 10_000
     """QUOTAGATE_FLUSH_BATCH: outbox entries per flush batch (one COPY, one commit)."""
     flush_lease_seconds: int = 15
@@ -117,7 +123,7 @@ class Settings:
             key_prefix=env.get("QUOTAGATE_KEY_PREFIX") or DEFAULT_PREFIX,
             host=env.get("QUOTAGATE_HOST") or "127.0.0.1",
             port=_int_env(env, "QUOTAGATE_PORT", 8080, 1, 65535),
-            workers=_int_env(env, "QUOTAGATE_WORKERS", 1, 1, 64),
+            workers=_int_env(env, "QUOTAGATE_WORKERS", min(_cores(), 64), 1, 64),
             flush_batch_size=_int_env(env, "QUOTAGATE_FLUSH_BATCH", 10_000, 1, 50_000),
             flush_lease_seconds=_int_env(env, "QUOTAGATE_FLUSH_LEASE_SECONDS", 15, 1, 3600),
             flush_trigger_entries=_int_env(

@@ -43,3 +43,12 @@ def test_settings_refuse_wrong_schemes() -> None:
     with pytest.raises(ConfigError, match="QUOTAGATE_DATABASE_URL") as info:
         Settings.from_env({"QUOTAGATE_DATABASE_URL": "mysql://u:hunter2@db/x"})
     assert "hunter2" not in str(info.value)
+
+
+def test_gateway_workers_default_to_the_cores_we_may_use() -> None:
+    import os
+
+    assert Settings.from_env({}).workers == min(len(os.sched_getaffinity(0)), 64)
+    assert Settings.from_env({"QUOTAGATE_WORKERS": "3"}).workers == 3
+    with pytest.raises(ConfigError, match="QUOTAGATE_WORKERS"):
+        Settings.from_env({"QUOTAGATE_WORKERS": "0"})
