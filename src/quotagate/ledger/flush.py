@@ -196,13 +196,13 @@ class _Batches:
                     renewing = asyncio.ensure_future(keep_going())
                 try:
                     await self._commit(batch)
+                    await pause_point("after_commit")
+                    if deleting is not None:
+                        self.result.deleted += await deleting
                 except BaseException:
                     if renewing is not None:
                         renewing.cancel()
                     raise
-                await pause_point("after_commit")
-                if deleting is not None:
-                    self.result.deleted += await deleting
                 deleting = asyncio.ensure_future(
                     trim_through(self.engine, self.partition, batch.last_stream_id)
                 )
