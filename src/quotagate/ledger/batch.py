@@ -1,19 +1,18 @@
-"""One flush batch, from the XRANGE reply straight to the COPY text PostgreSQL reads.
+"""One flush batch, from the XRANGE reply straight to the COPY data PostgreSQL reads.
 
 Most entries are transactions in the exact field layout the Lua scripts write. For those no
 dict and no record is made: the values, the bytes Redis sent, are joined into one line of
 COPY data for ``credit_transactions`` (PostgreSQL converts and checks them; a value it refuses
 sends the batch down the checked path, see ``quotagate.ledger.flush``), and only what the
 snapshots need is read in Python (amount, monthly change, time), summed per account as the
-batch is built.
+batch is built. Every other entry (account events, a transaction in another layout, one that
+does not parse) goes through :func:`quotagate.ledger.outbox.parse_entry`, so an unreadable
+entry still stops the flush with OutboxEntryInvalid before anything is written.
 
 The COPY data is CSV with control characters for separator (US, 0x1f) and quote (SOH, 0x01),
 so that backslashes and quotes, which JSON metadata is full of, need no escaping; a value that
 holds a newline or one of those two characters (found by one scan of the whole batch) is
 quoted.
-Every other entry (account events, a transaction in another layout, one that does not parse)
-goes through :func:`quotagate.ledger.outbox.parse_entry`, so an unreadable entry still stops
-the flush with OutboxEntryInvalid before anything is written.
 """
 
 from __future__ import annotations

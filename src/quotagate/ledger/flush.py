@@ -4,17 +4,18 @@ Reading: range reads from the head of the stream (XRANGE - + COUNT n). Flushed e
 deleted, so the head is always the oldest entry not known to be flushed; the stream itself
 is the cursor, and there is no consumer group to keep or repair. A worker that dies after
 the commit and before the delete leaves its batch at the head: the next flush reads it
-again, ON CONFLICT skips its rows, their balance changes are not applied again, and the
-entries go. The position and time of each committed batch are also recorded in
-``outbox_flushes`` in the same transaction, for ``quotagate status``; nothing is skipped on
-the strength of it (after Redis loses data and restarts, stream ids start again from the
-clock, and skipping by id could lose entries).
+again, finds its rows in the ledger (the COPY fails on them; the checked path's ON CONFLICT
+skips them), applies none of their balance changes again, and the entries go. The position
+and time of each committed batch are also recorded in ``outbox_flushes`` in the same
+transaction, for ``quotagate status``; nothing is skipped on the strength of it (after Redis
+loses data and restarts, stream ids start again from the clock, and skipping by id could
+lose entries).
 
-Each batch goes the fast way (``apply.apply_rows``: COPY text straight from the stream
-reply, a plain INSERT, no per-entry Python objects) unless PostgreSQL finds one of its rows in
-the ledger already, or refuses a value: then the transaction rolls back and the same batch is
-parsed entry by entry and applied with ON CONFLICT (``apply.apply_entries``), the checked
-path, which also names an unreadable entry.
+Each batch goes the fast way (``apply.apply_rows``: one COPY into ``credit_transactions``
+built straight from the stream reply, no per-entry Python objects) unless PostgreSQL finds
+one of its rows in the ledger already, or refuses a value: then the transaction rolls back
+and the same batch is parsed entry by entry and applied with ON CONFLICT
+(``apply.apply_entries``), the checked path, which also names an unreadable entry.
 
 One flush per partition at a time (``FlushLease``); partitions flush in parallel.
 """
@@ -41,10 +42,10 @@ from quotagate.ledger.outbox import StreamReader, parse_raw, trim_through
 from quotagate.ledger.postgres import in_transaction
 
 DEFAULT_BATCH_SIZE = 10_000
-"""Entries per batch: one COPY, one INSERT, one commit, one XTRIM (read in XRANGEs of
-``outbox.READ_CHUNK``). Each batch also updates one snapshot row per account in it, and
-commits once: larger batches share both among more rows (see the README's measurements). A
-batch holds its accounts' snapshot rows locked until it commits, some tens of milliseconds."""
+"""Entries per batch: one COPY, one snapshot upsert, one commit, one XTRIM (read in XRANGEs of
+``outbox.READ_CHUNK``). Each batch updates one snapshot row per account in it, and commits
+once: larger batches share both among more rows (see the README's measurements). The batch's
+snapshot rows stay locked from its upsert to its commit, a few milliseconds."""
 
 CHECKED_PATH_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 """What sends a batch from the fast path to the checked one: a row already in the ledger
