@@ -13,6 +13,8 @@ from tests.api.test_startup import empty_database  # noqa: F401 - fixture
 from tests.support.gateway import gateway_settings, new_account_id, open_redis
 from tests.support.servers import free_port
 
+from quotagate.metrics import FLUSH_INTERVAL_SECONDS
+
 
 def serve(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -71,7 +73,9 @@ def test_two_workers(
                 f"{url}/v1/accounts/{acct}/consume", json={"resource": "api_call"}, headers=headers
             )
             assert r.status_code == 200
-        # Whichever worker answers the scrape (new connections), the count is all of them.
+        # Whichever worker answers the scrape (new connections), the count is all of them, once
+        # each worker has moved its counts to its file (FLUSH_INTERVAL_SECONDS).
+        time.sleep(FLUSH_INTERVAL_SECONDS + 0.5)
         for _ in range(6):
             line = next(
                 x for x in httpx.get(f"{url}/metrics").text.splitlines()

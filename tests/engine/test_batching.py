@@ -20,9 +20,9 @@ async def test_calls_made_while_a_batch_is_out_go_together(make_engine: EngineFa
     sizes: list[int] = []
     send = engine.runner._send
 
-    async def counted(batch: list[Any]) -> None:
+    def counted(pipe: Any, batch: list[Any]) -> None:
         sizes.append(len(batch))
-        await send(batch)
+        send(pipe, batch)
 
     engine.runner._send = counted  # type: ignore[method-assign]  # counts, then sends as before
     await engine.consume("acct", "unit")

@@ -1,4 +1,5 @@
-"""A real gateway for tests: uvicorn (uvloop, httptools) on a free loopback port, in a thread.
+"""A real gateway for tests: served as `quotagate serve` serves it, on a free loopback port, in a
+thread.
 
     with running_gateway(settings) as gw:
         httpx.get(f"{gw.url}/healthz")
@@ -23,6 +24,7 @@ import uvicorn
 from tests.support.servers import free_port
 
 from quotagate.api.app import create_app
+from quotagate.api.server import uvicorn_settings
 from quotagate.auth.keys import SCOPES
 from quotagate.auth.store import KeyStore
 from quotagate.config import Config
@@ -35,10 +37,10 @@ class GatewayServer:
     def __init__(self, settings: Settings, config: Config | None = None) -> None:
         self.port = free_port()
         self.app = create_app(settings, config=config)
+        # Served as `quotagate serve` serves it (its HTTP protocol answers the hook).
         uv_config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
-            lifespan="on", log_level="warning", access_log=False,
-        )  # fmt: skip
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", **uvicorn_settings()
+        )
         self.server = uvicorn.Server(uv_config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

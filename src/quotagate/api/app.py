@@ -69,7 +69,7 @@ class _Gateway(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if self.authz_hook is None or not (path == hook.PREFIX or path.startswith(_HOOK_SUBPATHS)):
+        if self.authz_hook is None or not hook.is_hook_path(path):
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
@@ -87,9 +87,6 @@ class _Gateway(Starlette):
                 raise
             response = await _unexpected(Request(scope, receive), exc)
             await response(scope, receive, send)
-
-
-_HOOK_SUBPATHS = hook.PREFIX + "/"
 
 
 def create_app(settings: Settings | None = None, *, config: Config | None = None) -> Starlette:

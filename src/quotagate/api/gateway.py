@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from quotagate import metrics
 from quotagate.api.flush_trigger import FlushTrigger
 from quotagate.api.ledger_link import LedgerLink, ledger_holds_accounts
 from quotagate.auth.cache import KeyCache
@@ -90,6 +91,7 @@ class Gateway:
                 await asyncio.sleep(0.25)
 
     async def stop(self) -> None:
+        metrics.TALLY.flush()  # the last second's counts, into this worker's metric files
         await self.keys.aclose()
         await self.flush_trigger.aclose()
         self.early_flush.close()

@@ -64,6 +64,10 @@ async def publish_snapshot(redis: Redis, prefix: str, keys: Iterable[ApiKey]) ->
     await redis.set(snapshot_key(prefix), encode_snapshot(keys))
 
 
+MAX_VERIFIED = 10_000
+"""Presented keys remembered as verified between loads; past this the memory starts over."""
+
+
 class KeyCache:
     """Active keys by id, refreshed in the background."""
 
@@ -80,6 +84,9 @@ class KeyCache:
         self.prefix = prefix
         self.refresh_seconds = refresh_seconds
         self._keys: dict[str, ApiKey] = {}
+        self._verified: dict[str, ApiKey] = {}
+        """Keys as presented that matched, so that a key in use is hashed once per refresh,
+        not once per request. Emptied by every load, so a revocation still takes effect."""
         self._published: bytes | None = None
         self.loaded_at: float | None = None
         """monotonic time of the last successful load from Postgres."""
@@ -92,16 +99,22 @@ class KeyCache:
         """The key named by ``presented`` or Unauthorized. No I/O."""
         if not presented:
             raise Unauthorized("an API key is required")
+        known = self._verified.get(presented)
+        if known is not None:
+            return known
         key_id = key_id_of(presented)
         stored = self._keys.get(key_id) if key_id else None
         if not matches(presented, stored) or stored is None:
             raise Unauthorized("unknown or revoked API key")
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[presented] = stored
         return stored
 
     def authorize(self, presented: str | None, *scopes: Scope) -> ApiKey:
         """The key, if it holds one of ``scopes`` (admin holds all); 401 or 403 otherwise."""
         key = self.authenticate(presented)
-        if not any(key.allows(s) for s in scopes):
+        if "admin" not in key.scopes and key.scopes.isdisjoint(scopes):
             raise Forbidden(f"this key's scopes do not allow this ({' or '.join(scopes)} needed)")
         return key
 
@@ -109,6 +122,7 @@ class KeyCache:
 
     def _install(self, keys: Iterable[ApiKey]) -> None:
         self._keys = {k.id: k for k in keys if k.revoked_at is None}
+        self._verified = {}
 
     async def refresh(self) -> bool:
         """Reload from Postgres; on failure keep the cache (True when loaded)."""

@@ -43,10 +43,8 @@ class ServeOptions:
     def uvicorn_args(self, app: str, port: int) -> list[str]:
         """Command line serving the ASGI app factory ``app`` (``module:function``)."""
         return [
-            sys.executable, "-m", "uvicorn", app, "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
-            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
-            "--no-proxy-headers", "--no-server-header", "--log-level", "warning",
+            sys.executable, "-m", "quotagate.api.server", app, "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(self.workers), "--log-level", "warning",
         ]  # fmt: skip
 
 

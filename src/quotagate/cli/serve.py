@@ -1,4 +1,4 @@
-"""`quotagate serve`: the HTTP gateway under uvicorn (uvloop, httptools)."""
+"""`quotagate serve`: the HTTP gateway under uvicorn (see :mod:`quotagate.api.server`)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,7 @@ async def _preflight(settings: Settings) -> None:
 )
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP gateway (API, reverse-proxy hook, metrics) in the foreground."""
-    import uvicorn
-
+    from quotagate.api import server
     from quotagate.metrics import MULTIPROC_ENV
 
     settings = Settings.from_env()
@@ -53,19 +52,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         made_dir = tempfile.mkdtemp(prefix="quotagate-metrics-")
         os.environ[MULTIPROC_ENV] = made_dir
     try:
-        uvicorn.run(
-            "quotagate.api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-        )
+        server.run("quotagate.api.app:create_app", host=host, port=port, workers=workers)
     finally:
         if made_dir is not None:
             os.environ.pop(MULTIPROC_ENV, None)

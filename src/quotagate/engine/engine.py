@@ -83,6 +83,7 @@ class CreditEngine:
         return cls(redis, config, **kwargs)
 
     async def aclose(self) -> None:
+        await self.runner.aclose()
         await self.redis.aclose()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -151,7 +152,7 @@ class CreditEngine:
     async def _call(
         self, name: str, account_id: str, idem: str | None, args: Sequence[str]
     ) -> list[str]:
-        keys = self.keys.account(account_id, idem).as_list()
+        keys = self.keys.script_keys(account_id, idem)
         return unwrap(await self.runner.run(self.scripts[name], keys, args))
 
     async def upsert_account(

@@ -72,6 +72,10 @@ class AccountKeys:
         ]
 
 
+MAX_REMEMBERED_ACCOUNTS = 100_000
+"""Accounts whose key names a KeySpace keeps (about 1 KB each); past this it starts over."""
+
+
 class KeySpace:
     """Builds key names for one prefix and partition count."""
 
@@ -80,6 +84,23 @@ class KeySpace:
             raise ValueError(f"key prefix {prefix!r} must be 1-64 chars of A-Z a-z 0-9 _ . : -")
         self.prefix = prefix
         self.partitions = partitions
+        self._script_keys: dict[str, tuple[str, list[str]]] = {}
+
+    def script_keys(self, account_id: str, idempotency_key: str | None = None) -> list[str]:
+        """``account(account_id, idempotency_key).as_list()``, remembered per account: charges
+        come again and again from the same accounts, and nine names per call add up."""
+        known = self._script_keys.get(account_id)
+        if known is None:
+            if len(self._script_keys) >= MAX_REMEMBERED_ACCOUNTS:
+                self._script_keys.clear()
+            keys = self.account(account_id).as_list()
+            known = self._script_keys[account_id] = (keys[3], keys)
+        idem_stem, keys = known
+        if not idempotency_key:
+            return keys  # shared: callers only read it
+        keys = keys.copy()
+        keys[3] = idem_stem + idempotency_key
+        return keys
 
     @property
     def meta(self) -> str:

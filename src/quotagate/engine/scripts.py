@@ -1,25 +1,27 @@
 """The Lua scripts: read from the package once, run by EVALSHA, reloaded on NOSCRIPT.
 
-Calls made in the same event-loop tick are sent together in one pipeline (the batcher below),
-and calls made while a pipeline awaits its replies go together when it is back: under load
-many charges share one round trip; alone, a call goes out at once, on the next turn of the
-loop, with no timer and so no added latency.
+Calls made in the same event-loop tick are sent together in one write (the batcher below),
+and calls made while a batch awaits its replies go together when it is back: under load many
+charges share one round trip; alone, a call goes out at once, on the next turn of the loop,
+with no timer and so no added latency. Batches go over a connection of their own
+(:mod:`quotagate.engine.pipe`), packed by hiredis and read by one hiredis reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import hiredis
 from hiredis import pack_command
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from quotagate.engine.pipe import Pipe, open_pipe
 from quotagate.errors import BackendUnavailable, QuotagateError
 
 SCRIPT_NAMES = (
@@ -37,6 +39,9 @@ SCRIPT_NAMES = (
 
 MAX_BATCH = 256
 """Most calls sent in one pipeline; bounds the latency a large burst adds to its first call."""
+
+DEFAULT_TIMEOUT_SECONDS = 5.0
+"""How long a batch waits for its replies when the client sets no socket timeout."""
 
 MAX_IN_FLIGHT = 1
 """Batches awaiting their replies at once. Calls made meanwhile wait for the one in flight to
@@ -74,26 +79,44 @@ Call = tuple[Script, Sequence[str], Sequence[str], "asyncio.Future[Any]"]
 
 
 class ScriptRunner:
-    """Runs scripts by EVALSHA, batching the calls of one loop tick into one pipeline."""
+    """Runs scripts by EVALSHA, batching the calls of one loop tick into one write."""
 
     def __init__(self, redis: Redis, *, batching: bool = True) -> None:
         self.redis = redis
         self.batching = batching
         self._queue: list[Call] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self._pipe: Pipe | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._reloading: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def timeout(self) -> float:
+        """How long a batch may wait for its replies: the client's socket timeout."""
+        kwargs = self.redis.connection_pool.connection_kwargs
+        return float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_SECONDS)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         if not self.batching:
             return await self._run_one(script, keys, args)
+        reply = await self._queued(script, keys, args)
+        if isinstance(reply, hiredis.ReplyError):
+            if str(reply).startswith("NOSCRIPT"):  # Redis restarted or SCRIPT FLUSH: load, again
+                await self._reload(script)
+                reply = await self._queued(script, keys, args)
+            if isinstance(reply, hiredis.ReplyError):
+                raise _wrap(redis_errors.ResponseError(str(reply)), script)
+        return reply
+
+    def _queued(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, fut))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
-        return await fut
+        return fut
 
     async def load(self, scripts: Sequence[Script]) -> None:
         """SCRIPT LOAD each script (after a restart or SCRIPT FLUSH)."""
@@ -102,6 +125,21 @@ class ScriptRunner:
                 await self.redis.script_load(s.source)
         except redis_errors.RedisError as exc:
             raise _wrap(exc) from exc
+
+    async def _reload(self, script: Script) -> None:
+        """One SCRIPT LOAD for every caller that met NOSCRIPT at once, not one each."""
+        task = self._reloading.get(script.sha)
+        if task is None:
+            task = self._reloading[script.sha] = asyncio.ensure_future(self.load([script]))
+            task.add_done_callback(lambda _: self._reloading.pop(script.sha, None))
+        await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._pipe is not None:
+            await self._pipe.aclose()
+            self._pipe = None
 
     async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
@@ -116,88 +154,48 @@ class ScriptRunner:
     def _dispatch(self) -> None:
         self._scheduled = False
         if self._in_flight >= MAX_IN_FLIGHT:
-            return  # _sent() dispatches the queue when the batch in flight comes back
+            return  # _answered() dispatches the queue when the batch in flight comes back
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            self._connect()
+            return
         # A caller that gave up while its call waited (a timeout) is not charged behind its back.
         queue = [call for call in self._queue if not call[3].done()]
         self._queue = []
         for i in range(0, len(queue), MAX_BATCH):
-            self._in_flight += 1
-            task = asyncio.ensure_future(self._send(queue[i : i + MAX_BATCH]))
-            self._tasks.add(task)
-            task.add_done_callback(self._sent)
+            self._send(pipe, queue[i : i + MAX_BATCH])
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _send(self, pipe: Pipe, batch: list[Call]) -> None:
+        futures = [fut for *_, fut in batch]
+        self._in_flight += 1
+        # Replies come in order: the last one answered (or failed) ends the batch.
+        futures[-1].add_done_callback(self._answered)
+        pipe.send(b"".join([_pack(s, k, a) for s, k, a, _ in batch]), futures)
+
+    def _answered(self, _: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
         if self._queue and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
 
-    async def _send(self, batch: list[Call]) -> None:
-        if len(batch) == 1:
-            script, keys, args, fut = batch[0]
-            try:
-                result = await self._run_one(script, keys, args)
-            except BaseException as exc:  # handed to the caller, who awaits it
-                if not fut.done():
-                    fut.set_exception(exc)
-            else:
-                if not fut.done():
-                    fut.set_result(result)
-            return
+    def _connect(self) -> None:
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open_pipe())
+
+    async def _open_pipe(self) -> None:
         try:
-            results = await self._pipeline(batch)
-            missing = [
-                c
-                for c, r in zip(batch, results, strict=True)
-                if isinstance(r, redis_errors.NoScriptError)
-            ]
-            if missing:
-                await self.load(list({c[0].sha: c[0] for c in missing}.values()))
-                again = dict(
-                    zip((id(c) for c in missing), await self._pipeline(missing), strict=True)
-                )
-                results = [again.get(id(c), r) for c, r in zip(batch, results, strict=True)]
-        except BaseException as exc:
-            error = exc if isinstance(exc, QuotagateError) else _wrap(exc)
-            for *_, fut in batch:
+            self._pipe = await open_pipe(self.redis, self.timeout)
+        except Exception as exc:
+            error = _wrap(exc)
+            queue, self._queue = self._queue, []
+            for *_, fut in queue:
                 if not fut.done():
                     fut.set_exception(error)
-            return
-        for (script, _, _, fut), result in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, Exception):
-                fut.set_exception(_wrap(result, script))
-            else:
-                fut.set_result(result)
-
-    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
-        """Send the calls in one write, then read one reply per call (errors as values).
-
-        Not redis-py's pipeline: it packs every command in Python and wraps each reply read in
-        a timeout of its own, which cost a third of the engine's time under load. hiredis packs
-        the batch in C and one timeout bounds all the reads (in-process charges/s: +55%).
-        """
-        pool: Any = self.redis.connection_pool  # redis-py leaves get_connection untyped
-        conn = await pool.get_connection()
-        try:
-            payload = b"".join([_pack(script, keys, args) for script, keys, args, _ in calls])
-            await conn.send_packed_command(payload, check_health=False)
-            replies: list[Any] = []
-            async with asyncio.timeout(conn.socket_timeout):
-                for _ in calls:
-                    try:
-                        replies.append(await conn.read_response(timeout=math.inf))
-                    except redis_errors.ResponseError as exc:
-                        replies.append(exc)
-            return replies
-        except BaseException:
-            # Replies may still be on their way: this connection cannot serve anyone else.
-            await conn.disconnect(nowait=True)
-            raise
         finally:
-            await pool.release(conn)
+            self._connecting = None
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
 
 def _pack(script: Script, keys: Sequence[str], args: Sequence[str]) -> bytes:

@@ -43,5 +43,5 @@ async def open_engine(settings: Settings) -> AsyncIterator[CreditEngine]:
     try:
         yield engine
     finally:
-        await engine.redis.aclose()
+        await engine.aclose()
         await engine.redis.connection_pool.disconnect()
