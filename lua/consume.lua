@@ -82,8 +82,9 @@ if rl then
   end
 end
 
--- Lazy expiry: holds past their deadline give their credits back before we count.
-local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
+-- Lazy expiry: holds past their deadline give their credits back before we count. Nothing is
+-- reserved without an open hold (a hold reserves at least 1), so r = 0 skips the look.
+local due = r > 0 and redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms) or {}
 if #due > 0 then
   for _, hid in ipairs(due) do
     local h = redis.call('HGET', KEYS[5], hid)

@@ -63,9 +63,15 @@ class Bound:
         self.expired = False
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None, "a deadline bounds a task"
-        loop = asyncio.get_running_loop()
+        loop = self._owner._loop
+        # current_task(loop) is a dict look-up; with no loop given it asks for the running
+        # loop, which costs a getpid() syscall on CPython 3.11. The loop of the last use is
+        # almost always the running one; when it is not (first use, tests), ask.
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+        assert task is not None and loop is not None, "a deadline bounds a task"
         self.task, self.cancelling = task, task.cancelling()
         self.deadline = loop.time() + self._owner.seconds
         self._owner._add(self, loop)

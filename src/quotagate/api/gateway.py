@@ -17,8 +17,6 @@ import logging
 import time
 
 from redis.asyncio import Redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from quotagate import metrics
 from quotagate.api.flush_trigger import FlushTrigger
@@ -27,6 +25,7 @@ from quotagate.auth.cache import KeyCache
 from quotagate.auth.store import KeyStore
 from quotagate.config import Config
 from quotagate.engine import CreditEngine
+from quotagate.engine.engine import redis_from_url
 from quotagate.errors import BackendError
 from quotagate.jobs.trigger import EarlyFlush
 from quotagate.settings import Settings
@@ -42,15 +41,7 @@ REDIS_START_WAIT_SECONDS = 10.0
 
 
 def redis_client(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
-        # One quick retry heals a pooled connection that Redis closed (a restart); more would
-        # only delay the 503 when Redis is really gone.
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-    )
+    return redis_from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS, connect_timeout=2)
 
 
 class Gateway:

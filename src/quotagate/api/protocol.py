@@ -16,6 +16,7 @@ gives the same answer.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,6 +27,18 @@ from quotagate.api.routes.hook import PREFIX, Answer, Hook, header_map
 
 _PREFIX = PREFIX.encode()
 _NEXT = (ord("/"), ord("?"))
+
+
+_UVICORN_FITS = all(
+    hasattr(HttpToolsProtocol, name)
+    for name in (
+        "on_message_begin", "on_headers_complete", "on_body", "on_message_complete",
+        "on_response_complete", "_unset_keepalive_if_required", "_start_asgi_task",
+        "connection_lost",
+    )
+)  # fmt: skip
+"""What this subclass overrides is there (uvicorn's protocol is not a public API); if a later
+uvicorn moved it, the gateway serves the hook through ASGI, as any other route."""
 
 
 def find_hook(app: Any) -> Hook | None:
@@ -50,7 +63,62 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hook = find_hook(self.app)
+        self.hook = find_hook(self.app) if _UVICORN_FITS else None
+        self._idle_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- per request, before the target is known: only what every request needs ------------
+
+    def on_message_begin(self) -> None:
+        # uvicorn builds the ASGI scope here; a hook request never uses one, so it is built
+        # in on_headers_complete, for the requests that go on to ASGI.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._asgi_scope_due = True
+
+    def _begin_asgi(self) -> None:
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # the scope, as uvicorn makes it
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
+
+    # -- keep-alive: one timer per connection, not one armed and cancelled per request --------
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer (see above).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            self._idle_since = None
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None or self.transport.is_closing():
+            return  # busy again (its next response re-arms), or closed
+        due = since + self.timeout_keep_alive
+        if self.loop.time() >= due:
+            self.transport.close()
+        else:
+            self._idle_timer = self.loop.call_at(due, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def on_headers_complete(self) -> None:
         if (
@@ -59,6 +127,7 @@ class GatewayProtocol(HttpToolsProtocol):
             or self.parser.should_upgrade()
             or self._over_concurrency_limit()
         ):
+            self._begin_asgi()
             super().on_headers_complete()
             return
         parser = self.parser
@@ -72,7 +141,9 @@ class GatewayProtocol(HttpToolsProtocol):
         )
         previous, self.cycle = self.cycle, cycle  # type: ignore[assignment]
         if previous is None or previous.response_complete:
-            self._start_asgi_task(cycle, self.app)  # type: ignore[arg-type]
+            task = self.loop.create_task(cycle.run_asgi(self.app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
         else:  # a pipelined request: answered after the one before it, as uvicorn does
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]

@@ -19,6 +19,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
@@ -47,6 +50,20 @@ from quotagate.errors import (
 )
 
 
+def redis_from_url(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 5.0) -> Redis:
+    """A redis-py client as the engine wants one: str replies, bounded waits (a hung server
+    surfaces as BackendUnavailable, not a hang), and one quick retry of a command whose pooled
+    connection Redis had closed (a restart). Only then: after a timeout a write may have run.
+    The asyncio Retry: the sync one, given to an asyncio client, catches nothing."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),
+    )
+
+
 def current_period(now: datetime | None = None) -> str:
     """The renewal period (calendar month, UTC) as "YYYY-MM"."""
     return (now or datetime.now(UTC)).strftime("%Y-%m")
@@ -72,15 +89,12 @@ class CreditEngine:
         self.keys = KeySpace(prefix, config.partitions)
         self.scripts: dict[str, Script] = load_scripts()
         self.runner = ScriptRunner(redis, batching=batching)
+        self._consume = self.scripts["consume"]
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
 
     @classmethod
     def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
-        # Bounded socket waits: a hung server must surface as BackendUnavailable, not a hang.
-        redis = Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5
-        )
-        return cls(redis, config, **kwargs)
+        return cls(redis_from_url(url), config, **kwargs)
 
     async def aclose(self) -> None:
         await self.runner.aclose()
@@ -224,7 +238,9 @@ class CreditEngine:
             ids.new_id(), account_id, str(total), resource, str(units), desc, meta,
             idem or "", fp, self._idem_ttl_ms,
         ]  # fmt: skip
-        r = await self._call("consume", account_id, idem, args)
+        # The runner directly, not through _call: one coroutine less on the hottest path.
+        keys = self.keys.script_keys(account_id, idem)
+        r = unwrap(await self.runner.run(self._consume, keys, args))
         rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
         return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
 

@@ -34,6 +34,9 @@ class Pipe(Protocol):
     async def aclose(self) -> None: ...
 
 
+_TRANSPORT_METHODS = ("get_protocol", "set_protocol", "resume_reading", "write", "abort")
+
+
 class NoTransport(Exception):
     """The client's connections have no asyncio transport to take over (fakeredis)."""
 
@@ -77,7 +80,8 @@ class ReplyPipe(asyncio.Protocol):
         try:
             await conn.connect()
             transport = getattr(getattr(conn, "_writer", None), "transport", None)
-            if not isinstance(transport, asyncio.Transport):
+            # uvloop's transports do not derive from asyncio.Transport: ask for what is used.
+            if not all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS):
                 raise NoTransport(type(conn).__name__)
         except BaseException:
             await pool.release(conn)

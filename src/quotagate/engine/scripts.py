@@ -90,6 +90,8 @@ class ScriptRunner:
         self._pipe: Pipe | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._reloading: dict[str, asyncio.Future[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     @property
     def timeout(self) -> float:
@@ -110,7 +112,11 @@ class ScriptRunner:
         return reply
 
     def _queued(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
-        loop = asyncio.get_running_loop()
+        # The loop of the last call, if a task of it is running (a dict look-up), else ask:
+        # get_running_loop() costs a getpid() syscall per call on CPython 3.11.
+        loop = self._loop
+        if loop is None or asyncio.current_task(loop) is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, fut))
         if not self._scheduled:
@@ -135,11 +141,21 @@ class ScriptRunner:
         await asyncio.shield(task)
 
     async def aclose(self) -> None:
+        """Fail what waits, close the connection, and open none again: calls made after this
+        fail with BackendUnavailable."""
+        self._closed = True
+        self._fail_queue(BackendUnavailable("the credit engine is closed"))
         if self._connecting is not None:
             self._connecting.cancel()
         if self._pipe is not None:
             await self._pipe.aclose()
             self._pipe = None
+
+    def _fail_queue(self, error: BaseException) -> None:
+        queue, self._queue = self._queue, []
+        for *_, fut in queue:
+            if not fut.done():
+                fut.set_exception(error)
 
     async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
@@ -153,6 +169,9 @@ class ScriptRunner:
 
     def _dispatch(self) -> None:
         self._scheduled = False
+        if self._closed:
+            self._fail_queue(BackendUnavailable("the credit engine is closed"))
+            return
         if self._in_flight >= MAX_IN_FLIGHT:
             return  # _answered() dispatches the queue when the batch in flight comes back
         pipe = self._pipe
@@ -185,15 +204,17 @@ class ScriptRunner:
     async def _open_pipe(self) -> None:
         try:
             self._pipe = await open_pipe(self.redis, self.timeout)
-        except Exception as exc:
-            error = _wrap(exc)
-            queue, self._queue = self._queue, []
-            for *_, fut in queue:
-                if not fut.done():
-                    fut.set_exception(error)
+        except BaseException as exc:  # cancelled by aclose() too: nobody may wait forever
+            self._fail_queue(_wrap(exc) if isinstance(exc, Exception) else BackendUnavailable(
+                "the credit engine is closed"
+            ))  # fmt: skip
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._connecting = None
-        if self._queue and not self._scheduled:
+        if self._closed:
+            await self.aclose()
+        elif self._queue and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
 

@@ -156,22 +156,43 @@ class Hook:
         return answer
 
     async def _answer(self, method: str, path: str, h: Mapping[str, str]) -> Answer:
+        # One coroutine for the whole decision: each level of await costs on the hot path.
         try:
-            self.gw.keys.authorize(h.get(HOOK_KEY), "hook")
-            account_id = _identity(h)
+            account_id = self._caller(h)
+            charge = self._charge_for(method, path, h)
+            if charge is None:
+                return await self._unmatched(account_id)
+            resource, units, description = charge
             try:
-                ids.check_account_id(account_id)
-            except QuotagateError:
-                raise Forbidden(
-                    "X-Account-Id is not a valid account id", reason="unknown_account"
-                ) from None
-            return await self._decide(method, path, h, account_id)
+                # A shared Deadline, not asyncio.timeout: no timer armed per request.
+                with self.deadline.bound():
+                    result = await self.gw.engine.consume(
+                        account_id, resource, units, description=description,
+                        idempotency_key=h.get("x-request-id") or None,
+                    )  # fmt: skip
+            except (BackendError, TimeoutError) as exc:
+                return self._backend_down(account_id, exc)
+            self.gw.flush_trigger.note_write(account_id)
+            return self._allowed(account_id, result)
         except QuotagateError as exc:
             return self._refusal(exc)
 
-    async def _decide(
-        self, method: str, path: str, h: Mapping[str, str], account_id: str
-    ) -> Answer:
+    def _caller(self, h: Mapping[str, str]) -> str:
+        """The account the proxy names, once the proxy's own key is checked."""
+        self.gw.keys.authorize(h.get(HOOK_KEY), "hook")
+        account_id = _identity(h)
+        try:
+            return ids.check_account_id(account_id)
+        except QuotagateError:
+            raise Forbidden(
+                "X-Account-Id is not a valid account id", reason="unknown_account"
+            ) from None
+
+    def _charge_for(
+        self, method: str, path: str, h: Mapping[str, str]
+    ) -> tuple[str, int, str] | None:
+        """(resource, units, description) of the proxied request; None when no route of the
+        config matches it and the headers name no resource."""
         method, uri = _original(method, path, h)
         path = normalized_path(uri)
         resource = h.get("x-quota-resource")
@@ -179,20 +200,9 @@ class Hook:
         if resource is None:
             route = self.authz.route_for(method, path)
             if route is None:
-                return await self._unmatched(account_id)
+                return None
             resource, units = route.resource, route.units
-        description = f"{method} {path}"[:MAX_DESCRIPTION]
-        try:
-            # A shared Deadline, not asyncio.timeout: no timer armed per request.
-            with self.deadline.bound():
-                result = await self.gw.engine.consume(
-                    account_id, resource, units, description=description,
-                    idempotency_key=h.get("x-request-id") or None,
-                )  # fmt: skip
-        except (BackendError, TimeoutError) as exc:
-            return self._backend_down(account_id, exc)
-        self.gw.flush_trigger.note_write(account_id)
-        return self._allowed(account_id, result)
+        return resource, units, f"{method} {path}"[:MAX_DESCRIPTION]
 
     async def _unmatched(self, account_id: str) -> Answer:
         if self.authz.unmatched == "deny":
