@@ -63,9 +63,7 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
 def test_script_keys_are_the_account_keys_in_script_order() -> None:
     ks = KeySpace("qgtest", 16)
     for account, idem in (("a1", None), ("a1", "req-1"), ("a1", None), ("b:2@x", "k")):
-        assert ks.script_keys(account, idem) == ks.account(account, idem).as_list()
-    ks.script_keys("a1", "req-2")[0] = "changed"  # a copy when it carries a key
-    assert ks.script_keys("a1")[0] == ks.account("a1").account
+        assert list(ks.script_keys(account, idem)) == ks.account(account, idem).as_list()
 
 
 def _cache(*keys: ApiKey) -> KeyCache:

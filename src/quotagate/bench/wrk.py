@@ -32,18 +32,25 @@ function setup(thread)
   seeds = seeds + 1
   thread:set("seed", seeds * 7919 + os.time())
 end
+local pieces
 function init(args)
   math.randomseed(seed)
-end
-local function fill(s, id)
-  if s == nil then return nil end
-  return (string.gsub(s, "{account}", id))
+  -- The request is formatted once, with a mark as long as an account id where the id goes
+  -- (so Content-Length holds), and cut at the marks: each request is then the pieces joined
+  -- by a random id. Formatting every request in Lua cost wrk more CPU than the server.
+  local mark = string.rep("\1", #STEM + 6)
+  local function fill(s)
+    if s == nil then return nil end
+    return (string.gsub(s, "{account}", mark))
+  end
+  local h = {}
+  for k, v in pairs(HEADERS) do h[k] = fill(v) end
+  local req = wrk.format(METHOD, fill(PATH), h, fill(BODY))
+  pieces = {}
+  for piece in string.gmatch(req .. mark, "(.-)" .. mark) do pieces[#pieces + 1] = piece end
 end
 function request()
-  local id = string.format(STEM .. "%06d", math.random(0, COUNT - 1))
-  local h = {}
-  for k, v in pairs(HEADERS) do h[k] = fill(v, id) end
-  return wrk.format(METHOD, fill(PATH, id), h, fill(BODY, id))
+  return table.concat(pieces, string.format(STEM .. "%06d", math.random(0, COUNT - 1)))
 end
 """
 
