@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from types import TracebackType
+from typing import Any
 
 
 class Deadline:
@@ -20,14 +21,20 @@ class Deadline:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._waiting: deque[Bound] = deque()
+        self._waiting: deque[Bound | Watch] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bound(self) -> Bound:
         return Bound(self)
 
-    def _add(self, use: Bound, loop: asyncio.AbstractEventLoop) -> None:
+    def watch(self, fut: asyncio.Future[Any]) -> None:
+        """Cancel ``fut`` if it is not done within the deadline (for callers that answer from
+        its done-callback rather than await it in a task)."""
+        loop = fut.get_loop()
+        self._add(Watch(fut, loop.time() + self.seconds), loop)
+
+    def _add(self, use: Bound | Watch, loop: asyncio.AbstractEventLoop) -> None:
         if loop is not self._loop:  # a new event loop (tests): the old one's state is moot
             self._waiting.clear()
             self._timer, self._loop = None, loop
@@ -42,15 +49,31 @@ class Deadline:
         now = loop.time()
         while waiting and (waiting[0].done or waiting[0].deadline <= now):
             use = waiting.popleft()
-            if not use.done and use.task is not None:
-                use.expired = True
-                use.task.cancel()
+            if not use.done:
+                use.expire()
         if waiting:
             self._timer = loop.call_at(waiting[0].deadline, self._sweep)
 
 
+class Watch:
+    """A future under a :class:`Deadline`: cancelled when it expires."""
+
+    __slots__ = ("deadline", "fut")
+
+    def __init__(self, fut: asyncio.Future[Any], deadline: float) -> None:
+        self.fut = fut
+        self.deadline = deadline
+
+    @property
+    def done(self) -> bool:
+        return self.fut.done()
+
+    def expire(self) -> None:
+        self.fut.cancel()
+
+
 class Bound:
-    """One use of a :class:`Deadline`."""
+    """One use of a :class:`Deadline` by a task."""
 
     __slots__ = ("_owner", "cancelling", "deadline", "done", "expired", "task")
 
@@ -75,6 +98,11 @@ class Bound:
         self.task, self.cancelling = task, task.cancelling()
         self.deadline = loop.time() + self._owner.seconds
         self._owner._add(self, loop)
+
+    def expire(self) -> None:
+        if self.task is not None:
+            self.expired = True
+            self.task.cancel()
 
     def __exit__(
         self,

@@ -141,9 +141,7 @@ class GatewayProtocol(HttpToolsProtocol):
         )
         previous, self.cycle = self.cycle, cycle  # type: ignore[assignment]
         if previous is None or previous.response_complete:
-            task = self.loop.create_task(cycle.run_asgi(self.app))
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
+            cycle.start()
         else:  # a pipelined request: answered after the one before it, as uvicorn does
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
@@ -204,21 +202,39 @@ class HookCycle:
         self.disconnected = False
         self.response_complete = False
 
+    def start(self) -> None:
+        """Hand the request to the hook, which calls :meth:`respond` with its answer."""
+        path = httptools.parse_url(self.url).path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        self.hook.begin(self.method, path, header_map(self.headers), self.respond)
+
     async def run_asgi(self, app: object) -> None:
-        """Named as uvicorn's cycle method, which its protocol calls: no ASGI is involved."""
+        """What uvicorn's protocol calls, in a task, for a pipelined request's turn."""
+        self.start()
+
+    def respond(self, answer: Answer) -> None:
+        if self.disconnected:
+            self.release()
+        elif self.protocol.flow.write_paused:  # the client reads slowly: wait for it
+            task = asyncio.ensure_future(self._respond_when_drained(answer))
+            self.protocol.tasks.add(task)
+            task.add_done_callback(self.protocol.tasks.discard)
+        else:
+            self._write(answer)
+            self.release()
+
+    async def _respond_when_drained(self, answer: Answer) -> None:
         try:
-            path = httptools.parse_url(self.url).path.decode("ascii")
-            if "%" in path:
-                path = unquote(path)
-            answer = await self.hook.answer(self.method, path, header_map(self.headers))
-            flow = self.protocol.flow
-            if flow.write_paused and not self.disconnected:
-                await flow.drain()
+            await self.protocol.flow.drain()
             if not self.disconnected:
                 self._write(answer)
         finally:
-            # The protocol holds this cycle until its next request: no reference cycle back.
-            del self.protocol
+            self.release()
+
+    def release(self) -> None:
+        """The protocol holds this cycle until its next request: no reference cycle back."""
+        del self.protocol
 
     def _write(self, answer: Answer) -> None:
         protocol = self.protocol

@@ -14,6 +14,7 @@ then makes exactly one script call; calls made in the same loop tick share one p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -62,6 +63,12 @@ def redis_from_url(url: str, *, socket_timeout: float = 5.0, connect_timeout: fl
         socket_timeout=socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),
     )
+
+
+def _charge_result(reply: list[str]) -> ChargeResult:
+    r = unwrap(reply)
+    rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
+    return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
 
 
 def current_period(now: datetime | None = None) -> str:
@@ -228,6 +235,25 @@ class CreditEngine:
         idempotency_key: str | None = None,
     ) -> ChargeResult:
         """Charge ``units`` of ``resource``: checked, rate-limited and decremented atomically."""
+        return await self.consume_soon(
+            account_id, resource, units, description=description, metadata=metadata,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+
+    def consume_soon(
+        self,
+        account_id: str,
+        resource: str,
+        units: int = 1,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> asyncio.Future[ChargeResult]:
+        """:meth:`consume` as a future, for a caller that answers from its done-callback (the
+        reverse-proxy hook) rather than awaiting it in a task. Bad input raises here, at once;
+        cancelling the future before the call is sent keeps it from being sent. Must be called
+        with the event loop running."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
         desc = validate.description(description)
@@ -238,11 +264,8 @@ class CreditEngine:
             ids.new_id(), account_id, str(total), resource, str(units), desc, meta,
             idem or "", fp, self._idem_ttl_ms,
         ]  # fmt: skip
-        # The runner directly, not through _call: one coroutine less on the hottest path.
         keys = self.keys.script_keys(account_id, idem)
-        r = unwrap(await self.runner.run(self._consume, keys, args))
-        rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
-        return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
+        return self.runner.submit(self._consume, keys, args, _charge_result)
 
     async def credit(
         self,
