@@ -58,6 +58,20 @@ def _is_hook_target(url: bytes) -> bool:
     return url.startswith(_PREFIX) and (len(url) == len(_PREFIX) or url[len(_PREFIX)] in _NEXT)
 
 
+_default_headers: tuple[object, bytes] = (None, b"")
+
+
+def _rendered(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (the Date, replaced once a second) as bytes, made once per
+    list uvicorn makes."""
+    global _default_headers
+    made_from, rendered = _default_headers
+    if made_from is not default_headers:
+        rendered = b"".join(b"%s: %s\r\n" % (name, value) for name, value in default_headers)
+        _default_headers = (default_headers, rendered)
+    return rendered
+
+
 class GatewayProtocol(HttpToolsProtocol):
     """uvicorn's ``httptools`` protocol; answers hook requests itself (see the module doc)."""
 
@@ -240,9 +254,7 @@ class HookCycle:
         protocol = self.protocol
         transport = protocol.transport
         status, headers, body = answer
-        out = [STATUS_LINE[status]]
-        for name, value in protocol.server_state.default_headers:
-            out += (name, b": ", value, b"\r\n")
+        out = [STATUS_LINE[status], _rendered(protocol.server_state.default_headers)]
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
         out.append(b"content-length: %d\r\n" % len(body))

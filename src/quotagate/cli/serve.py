@@ -34,7 +34,7 @@ async def _preflight(settings: Settings) -> None:
     "--workers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Gateway processes [QUOTAGATE_WORKERS, 1].",
+    help="Gateway processes [QUOTAGATE_WORKERS, one per core].",
 )
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP gateway (API, reverse-proxy hook, metrics) in the foreground."""

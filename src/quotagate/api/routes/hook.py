@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import re
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -118,7 +119,7 @@ def normalized_path(uri: str) -> str:
     """The path a route is priced on: without the query, percent-decoded, with ``.``, ``..``
     and repeated slashes resolved, as the upstream will see it. Raw URIs would let
     ``/api/./premium/x`` pass for ``/api/*`` instead of ``/api/premium/*``."""
-    if uri[:1] == "/" and not any(c in uri for c in _NOT_PLAIN):
+    if uri[:1] == "/" and not _NOT_PLAIN.search(uri):
         return uri  # nothing to resolve: what the steps below would give, in a tenth of the time
     path = unquote(uri.split("?", 1)[0].split("#", 1)[0]) or "/"
     clean = "/" + posixpath.normpath("/" + path).lstrip("/")
@@ -127,11 +128,11 @@ def normalized_path(uri: str) -> str:
     return clean
 
 
-_NOT_PLAIN = ("%", "?", "#", "//", "/.")
+_NOT_PLAIN = re.compile(r"[%?#]|//|/\.")
 
 
 def _units(raw: str | None) -> int:
-    if raw is None:
+    if raw is None or raw == "1":
         return 1
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 13) or not 1 <= int(raw) <= 10**12:
         raise InvalidAmount("X-Quota-Units must be an integer from 1 to 10^12", field="units")
