@@ -265,7 +265,10 @@ class CreditEngine:
             idem or "", fp, self._idem_ttl_ms,
         ]  # fmt: skip
         keys = self.keys.script_keys(account_id, idem)
-        return self.runner.submit(self._consume, keys, args, _charge_result)
+        # Charges of one account that meet in a batch go as one script call; one with an
+        # idempotency key goes alone (its record is a key of its own).
+        combine = None if idem else account_id
+        return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
 
     async def credit(
         self,

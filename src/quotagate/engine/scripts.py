@@ -38,6 +38,10 @@ SCRIPT_NAMES = (
     "restore",
 )
 
+COMBINING = frozenset({"consume"})
+"""Scripts that take the arguments of several calls at once (the charges of one account:
+one read and one write of the account for all of them, about half the Redis time a charge)."""
+
 MAX_BATCH = 256
 """Most calls sent in one pipeline; bounds the latency a large burst adds to its first call."""
 
@@ -56,6 +60,8 @@ class Script:
     name: str
     source: str
     sha: str
+    combines: bool = False
+    """Takes several calls' arguments at once, one after the other (see COMBINING)."""
 
 
 class ScriptError(QuotagateError):
@@ -72,12 +78,18 @@ def load_scripts() -> dict[str, Script]:
     for name in SCRIPT_NAMES:
         source = (folder / f"{name}.lua").read_text()
         sha = hashlib.sha1(source.encode()).hexdigest()
-        scripts[name] = Script(name, source, sha)
+        scripts[name] = Script(name, source, sha, combines=name in COMBINING)
     return scripts
 
 
-Call = tuple[Script, Sequence[str], Sequence[str], "asyncio.Future[Any]", "asyncio.Future[Any]"]
-"""(script, keys, args, the future of its raw reply, the future whose cancellation drops it)"""
+Call = tuple[
+    Script, Sequence[str], Sequence[str], "asyncio.Future[Any]", "asyncio.Future[Any]", str | None
+]
+"""(script, keys, args, the future of its raw reply, the future whose cancellation drops it,
+the key of the calls it may go with as one script call, or None)"""
+
+MAX_COMBINED = 64
+"""Most calls sent as one script call (the script runs them in one go: a bound on its time)."""
 
 T = TypeVar("T")
 
@@ -121,17 +133,23 @@ class ScriptRunner:
         keys: Sequence[str],
         args: Sequence[str],
         parse: Callable[[Any], T],
+        *,
+        combine: str | None = None,
     ) -> asyncio.Future[T]:
         """``parse(await run(...))`` as a future, for callers that answer from its done-callback
         instead of awaiting it in a task (the hook: a task per request was a tenth of its CPU).
-        Cancelling the future before its call is sent keeps the call from being sent."""
+        Cancelling the future before its call is sent keeps the call from being sent.
+
+        Calls of a script that takes several calls at once (``Script.combines``) with the same
+        ``combine`` key that meet in one batch go as one script call: their arguments one after
+        the other, their replies an array (consume: the charges of one account)."""
         loop = self._running_loop()
         out: asyncio.Future[T] = loop.create_future()
         if not self.batching:
             task = asyncio.ensure_future(self.run(script, keys, args))
             task.add_done_callback(partial(_settle_from_task, out, parse))
             return out
-        raw = self._queued(script, keys, args, out)
+        raw = self._queued(script, keys, args, out, combine if script.combines else None)
         raw.add_done_callback(partial(self._settle, out, parse, script, keys, args))
         return out
 
@@ -180,12 +198,13 @@ class ScriptRunner:
         keys: Sequence[str],
         args: Sequence[str],
         owner: asyncio.Future[Any] | None = None,
+        combine: str | None = None,
     ) -> Any:
         """Queue a call; its future gets the raw reply. ``owner``, done before the call goes
         out, keeps it from going (a caller that gave up), as the call's own future does."""
         loop = self._running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, fut, owner or fut))
+        self._queue.append((script, keys, args, fut, owner or fut, combine))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
@@ -252,11 +271,22 @@ class ScriptRunner:
             self._send(pipe, queue[i : i + MAX_BATCH])
 
     def _send(self, pipe: Pipe, batch: list[Call]) -> None:
-        futures = [call[3] for call in batch]
+        payload: list[bytes] = []
+        futures: list[asyncio.Future[Any]] = []
+        for calls in _combined(batch):
+            script, keys = calls[0][0], calls[0][1]
+            if len(calls) == 1:
+                payload.append(_pack(script, keys, calls[0][2]))
+                futures.append(calls[0][3])
+                continue
+            payload.append(_pack(script, keys, [a for call in calls for a in call[2]]))
+            together: asyncio.Future[Any] = calls[0][3].get_loop().create_future()
+            together.add_done_callback(partial(_share, [call[3] for call in calls]))
+            futures.append(together)
         self._in_flight += 1
         # Replies come in order: the last one answered (or failed) ends the batch.
         futures[-1].add_done_callback(self._answered)
-        pipe.send(b"".join([_pack(c[0], c[1], c[2]) for c in batch]), futures)
+        pipe.send(b"".join(payload), futures)
 
     def _answered(self, _: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
@@ -284,6 +314,44 @@ class ScriptRunner:
         elif self._queue and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._dispatch)
+
+
+def _combined(batch: list[Call]) -> list[list[Call]]:
+    """The batch as script calls: calls with the same script and combine key together, at the
+    place of the first of them, in their order; the others alone."""
+    commands: list[list[Call]] = []
+    groups: dict[tuple[str, str], list[Call]] = {}
+    for call in batch:
+        key = call[5]
+        if key is None:
+            commands.append([call])
+            continue
+        group = groups.get((call[0].sha, key))
+        if group is None or len(group) >= MAX_COMBINED:
+            group = groups[(call[0].sha, key)] = []
+            commands.append(group)
+        group.append(call)
+    return commands
+
+
+def _share(futures: list[asyncio.Future[Any]], together: asyncio.Future[Any]) -> None:
+    """Hand each call its reply from a combined call's array (an error reply, or a failure,
+    goes to all: NOSCRIPT makes each run again on its own)."""
+    if together.cancelled():
+        for fut in futures:
+            fut.cancel()
+        return
+    exc = together.exception()
+    reply = together.result() if exc is None else None
+    for i, fut in enumerate(futures):
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        elif isinstance(reply, list) and len(reply) == len(futures) and isinstance(reply[0], list):
+            fut.set_result(reply[i])
+        else:
+            fut.set_result(reply)
 
 
 def _settle_from_task(
