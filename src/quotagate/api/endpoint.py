@@ -78,5 +78,10 @@ def rate_limit_headers(state: RateLimitState | None) -> dict[str, str]:
     return {
         "RateLimit-Limit": str(state.limit),
         "RateLimit-Remaining": str(state.remaining),
-        "RateLimit-Reset": str(max(0, -(-state.reset_ms // 1000))),
+        "RateLimit-Reset": str(reset_seconds(state)),
     }
+
+
+def reset_seconds(state: RateLimitState) -> int:
+    """RateLimit-Reset: whole seconds, rounded up."""
+    return max(0, -(-state.reset_ms // 1000))

@@ -179,10 +179,7 @@ class ScriptRunner:
             else:
                 out.set_exception(_wrap(redis_errors.ResponseError(str(reply)), script))
             return
-        try:
-            out.set_result(parse(reply))
-        except Exception as error:  # a script's refusal (typed), or a bug, for the caller
-            out.set_exception(error)
+        _resolve(out, parse, reply)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         # The loop of the last call, if a task of it is running (a dict look-up), else ask:
@@ -364,10 +361,14 @@ def _settle_from_task(
     elif (exc := task.exception()) is not None:
         out.set_exception(exc)
     else:
-        try:
-            out.set_result(parse(task.result()))
-        except Exception as error:
-            out.set_exception(error)
+        _resolve(out, parse, task.result())
+
+
+def _resolve(out: asyncio.Future[T], parse: Callable[[Any], T], reply: Any) -> None:
+    try:
+        out.set_result(parse(reply))
+    except Exception as error:  # a script's refusal (typed), or a bug, for the caller
+        out.set_exception(error)
 
 
 def _pack(script: Script, keys: Sequence[str], args: Sequence[str]) -> bytes:

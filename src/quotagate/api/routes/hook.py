@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from quotagate import ids, metrics
 from quotagate.api.deadline import Deadline
-from quotagate.api.endpoint import DEGRADED, endpoint, json_response
+from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
 from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response, retry_after_seconds
@@ -290,7 +290,7 @@ class Hook:
             headers += [
                 (b"ratelimit-limit", b"%d" % rl.limit),
                 (b"ratelimit-remaining", b"%d" % rl.remaining),
-                (b"ratelimit-reset", b"%d" % max(0, -(-rl.reset_ms // 1000))),
+                (b"ratelimit-reset", b"%d" % reset_seconds(rl)),
             ]
         if r.replayed:
             headers.append((b"idempotent-replayed", b"true"))
