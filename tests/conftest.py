@@ -17,10 +17,11 @@ import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from tests.support.servers import env_url
+from tests.support.servers import RedisProcess, env_url, redis_process
 
 from quotagate.config import Config, load_config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.ledger import Ledger, upgrade
 
 REDIS_URL = env_url(
     "QUOTAGATE_TEST_REDIS_URL", "QUOTAGATE_REDIS_URL", default="redis://127.0.0.1:6379/0"
@@ -105,3 +106,47 @@ def database_url() -> Iterator[str]:
     asyncio.run(run(f'CREATE DATABASE "{name}"'))
     yield _with_database(admin, name)
     asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, for tests that stop, restart or flush it."""
+    with redis_process() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ledger_url(database_url: str) -> str:
+    """The session's database, migrated to the head revision (shared by the tests)."""
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.connect(ledger_url)
+    yield ledger
+    await ledger.aclose()
+
+
+@pytest.fixture(scope="session")
+def ops_database_url() -> Iterator[str]:
+    from tests.jobs.ledger_db import new_database  # it builds on this module
+
+    with new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_ledger_url(ops_database_url: str) -> str:
+    """A migrated ledger database that only this test uses (emptied first)."""
+    from tests.jobs.ledger_db import empty
+
+    return empty(ops_database_url)
+
+
+@pytest.fixture
+async def own_ledger(own_ledger_url: str) -> AsyncIterator[Ledger]:
+    ledger = await Ledger.connect(own_ledger_url, max_connections=4)
+    yield ledger
+    await ledger.aclose()

@@ -5,7 +5,6 @@ in one sentence without a traceback. The last test runs the installed command it
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import redis
 from tests.cli.runner import invoke
 from tests.jobs.ledger_db import new_database
 from tests.jobs.processes import quotagate_env, run_quotagate
-from tests.support.servers import RedisProcess, redis_process
+from tests.support.servers import RedisProcess
 
 CONFIG = """
 partitions = 4
@@ -36,12 +35,6 @@ def env(redis_url: str, own_ledger_url: str, key_prefix: str, tmp_path: Path) ->
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
     return quotagate_env(redis_url, own_ledger_url, key_prefix, config)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    with redis_process() as server:
-        yield server
 
 
 def ok(args: list[str], env: dict[str, str]) -> str:

@@ -9,14 +9,6 @@ import pytest
 from tests.e2e.harness import Upstream
 
 from quotagate.auth.store import KeyStore
-from quotagate.ledger.migrate import upgrade
-
-
-@pytest.fixture(scope="session")
-def ledger_url(database_url: str) -> str:
-    """The session's database with the schema in place (migrations are idempotent)."""
-    upgrade(database_url)
-    return database_url
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
-from tests.support.servers import RedisProcess, redis_process
+from tests.support.servers import RedisProcess
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import IdempotencyConflict
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    with redis_process() as server:
-        yield server
 
 
 async def _check_replays(engine: CreditEngine, flush_scripts: bool) -> None:

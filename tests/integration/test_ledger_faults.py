@@ -27,19 +27,6 @@ from quotagate.ledger.outbox import TransactionEntry, read_batch
 BATCH = 500
 
 
-@pytest.fixture(scope="module")
-def ledger_url(database_url: str) -> str:
-    upgrade(database_url)
-    return database_url
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.connect(ledger_url)
-    yield ledger
-    await ledger.aclose()
-
-
 @pytest.fixture
 async def stack(ledger_url: str, tmp_path: Path) -> AsyncIterator[LedgerStack]:
     with redis_process() as server:

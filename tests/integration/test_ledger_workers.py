@@ -30,20 +30,7 @@ from tests.support.servers import redis_process
 from quotagate.engine import CreditEngine
 from quotagate.errors import InsufficientCredits
 from quotagate.jobs.flush import flush_partition
-from quotagate.ledger import Ledger, upgrade
-
-
-@pytest.fixture(scope="module")
-def ledger_url(database_url: str) -> str:
-    upgrade(database_url)
-    return database_url
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.connect(ledger_url)
-    yield ledger
-    await ledger.aclose()
+from quotagate.ledger import Ledger
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq import Queue
-from tests.jobs.ledger_db import empty, new_database
+from tests.conftest import EngineFactory
 from tests.jobs.population import RENEWAL_CONFIG, expected_after_renewal, plan, populate
 from tests.jobs.processes import QuotagateProcess, quotagate_env
-from tests.support.servers import RedisProcess, redis_process
+from tests.support.servers import RedisProcess
 
-from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
 from quotagate.jobs import queues
 from quotagate.jobs.enqueue import enqueue_renewals
@@ -34,36 +32,9 @@ PARTITIONS = 4
 CONFIG = RENEWAL_CONFIG.replace("partitions = 8", f"partitions = {PARTITIONS}")
 
 
-@pytest.fixture(scope="module")
-def module_database_url() -> Iterator[str]:
-    with new_database() as url:
-        yield url
-
-
 @pytest.fixture
-def ledger_url(module_database_url: str) -> str:
-    return empty(module_database_url)
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.connect(ledger_url, max_connections=4)
-    yield ledger
-    await ledger.aclose()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    with redis_process() as server:
-        yield server
-
-
-@pytest.fixture
-async def engine(private_redis: RedisProcess, key_prefix: str) -> AsyncIterator[CreditEngine]:
-    engine = CreditEngine.from_url(private_redis.url, parse_config(CONFIG), prefix=key_prefix)
-    await engine.initialize()
-    yield engine
-    await engine.aclose()
+async def engine(private_redis: RedisProcess, make_engine: EngineFactory) -> CreditEngine:
+    return await make_engine(CONFIG, url=private_redis.url)
 
 
 async def _renewal_entries(engine: CreditEngine) -> Counter[tuple[str, str]]:
@@ -92,17 +63,17 @@ async def _stamped(engine: CreditEngine, partition: int) -> Counter[bool]:
 async def test_renewal_killed_half_way_and_run_again_renews_each_account_once(
     engine: CreditEngine,
     private_redis: RedisProcess,
-    ledger: Ledger,
-    ledger_url: str,
+    own_ledger: Ledger,
+    own_ledger_url: str,
     key_prefix: str,
     tmp_path: Path,
 ) -> None:
     planned = plan(ACCOUNTS)
     await populate(engine, planned)
-    await flush_all(engine, ledger)
+    await flush_all(engine, own_ledger)
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
-    env = quotagate_env(private_redis.url, ledger_url, key_prefix, config)
+    env = quotagate_env(private_redis.url, own_ledger_url, key_prefix, config)
     settings = Settings.from_env(env)
 
     job_ids = enqueue_renewals(list(range(PARTITIONS)), PERIOD, settings)
@@ -158,6 +129,6 @@ async def test_renewal_killed_half_way_and_run_again_renews_each_account_once(
         assert (int(m), int(b)) == expected_after_renewal(p, tier), p
         assert (rp == PERIOD) == (not p.banned), p
 
-    await flush_all(engine, ledger)
-    report = await reconcile_async(engine, ledger)
+    await flush_all(engine, own_ledger)
+    report = await reconcile_async(engine, own_ledger)
     assert (report.accounts, report.drifts) == (ACCOUNTS, [])

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq.cron import CronScheduler
-from tests.jobs.ledger_db import empty, new_database
+from tests.conftest import EngineFactory
 from tests.jobs.processes import QuotagateProcess, quotagate_env
-from tests.support.servers import RedisProcess, redis_process
+from tests.support.servers import RedisProcess
 
-from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
 from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.schedule import EXPIRY_INTERVAL_SECONDS
@@ -37,36 +35,9 @@ SLACK_SECONDS = 2.0
 """A sweep is enqueued every interval; the worker picking it up and running it takes a bit."""
 
 
-@pytest.fixture(scope="module")
-def module_database_url() -> Iterator[str]:
-    with new_database() as url:
-        yield url
-
-
 @pytest.fixture
-def ledger_url(module_database_url: str) -> str:
-    return empty(module_database_url)
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.connect(ledger_url, max_connections=4)
-    yield ledger
-    await ledger.aclose()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    with redis_process() as server:
-        yield server
-
-
-@pytest.fixture
-async def engine(private_redis: RedisProcess, key_prefix: str) -> AsyncIterator[CreditEngine]:
-    engine = CreditEngine.from_url(private_redis.url, parse_config(CONFIG), prefix=key_prefix)
-    await engine.initialize()
-    yield engine
-    await engine.aclose()
+async def engine(private_redis: RedisProcess, make_engine: EngineFactory) -> CreditEngine:
+    return await make_engine(CONFIG, url=private_redis.url)
 
 
 async def _reserved(engine: CreditEngine, ids: list[str]) -> int:
@@ -78,15 +49,15 @@ async def _reserved(engine: CreditEngine, ids: list[str]) -> int:
 
 async def test_scheduler_and_worker_expire_holds_within_one_interval_and_flush(
     engine: CreditEngine,
-    ledger: Ledger,
-    ledger_url: str,
+    own_ledger: Ledger,
+    own_ledger_url: str,
     private_redis: RedisProcess,
     key_prefix: str,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text(CONFIG)
-    env = quotagate_env(private_redis.url, ledger_url, key_prefix, config)
+    env = quotagate_env(private_redis.url, own_ledger_url, key_prefix, config)
     ids = [f"s-{i:02d}" for i in range(24)]
     for a in ids:
         await engine.upsert_account(a)
@@ -129,4 +100,4 @@ async def test_scheduler_and_worker_expire_holds_within_one_interval_and_flush(
 
     for a in ids:
         assert (await engine.get_account(a)).available == 47
-    assert (await reconcile_async(engine, ledger)).drifts == []
+    assert (await reconcile_async(engine, own_ledger)).drifts == []

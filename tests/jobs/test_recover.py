@@ -3,12 +3,12 @@ until an account is restored, then every balance is back and charging goes on.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from tests.conftest import EngineFactory
-from tests.support.servers import RedisProcess, redis_process
+from tests.support.servers import RedisProcess
 
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine, current_period
@@ -32,12 +32,6 @@ renewal = "reset"
 """
 
 ACCOUNTS = [f"u-{i:03d}" for i in range(60)]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    with redis_process() as server:
-        yield server
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -13,21 +13,6 @@ from tests.conftest import EngineFactory
 from tests.ledger.support import config_text
 
 from quotagate.engine import CreditEngine
-from quotagate.ledger import Ledger, upgrade
-
-
-@pytest.fixture(scope="session")
-def ledger_url(database_url: str) -> str:
-    """The session's database, migrated to the head revision."""
-    upgrade(database_url)
-    return database_url
-
-
-@pytest.fixture
-async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
-    ledger = await Ledger.connect(ledger_url)
-    yield ledger
-    await ledger.aclose()
 
 
 @pytest.fixture
