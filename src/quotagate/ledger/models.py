@@ -8,6 +8,7 @@ and column names below in their SQL.
                           transaction that reached the ledger (the snapshot)
     credit_transactions   every transaction Redis accepted, exactly once (id = UUIDv7 text)
     outbox_flushes        per outbox partition: the last stream id a flush committed and when
+    ledger_quarantine     outbox entries PostgreSQL refused as they were, kept raw
     api_keys              the gateway's API keys (hashes only)
 """
 
@@ -19,14 +20,16 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TRANSACTION_TYPES = ("earn", "spend", "refund", "grant", "expire", "adjust")
@@ -63,6 +66,9 @@ class UserCredits(Base):
     last_reset_at: Mapped[datetime | None] = mapped_column(TZ)
     last_transaction_id: Mapped[str | None] = mapped_column(Text)
     """The newest transaction applied (UUIDv7 ids sort by time)."""
+    renewed_period: Mapped[str | None] = mapped_column(Text)
+    """The last period ("YYYY-MM") whose renewal ran for the account, also when it granted
+    nothing: recovery restores it, so a period is never renewed twice."""
     last_event_position: Mapped[str | None] = mapped_column(Text)
     """Outbox position (zero-padded stream id) of the account event that set tier, status and
     overdraft; an event from an older position never overwrites them. NULL until the first
@@ -94,6 +100,8 @@ class CreditTransaction(Base):
     balance_after: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZ)
     """Redis server time when the script ran (millisecond precision)."""
+    refund_of: Mapped[str | None] = mapped_column(Text)
+    """For a refund: the spend it returns (all refunds of one spend return at most its cost)."""
 
     __table_args__ = (
         CheckConstraint(
@@ -115,6 +123,12 @@ class CreditTransaction(Base):
             "created_at",
             postgresql_using="brin",
         ),
+        # The sum of a spend's refunds, read before each refund of it.
+        Index(
+            "ix_credit_transactions_refund_of",
+            "refund_of",
+            postgresql_where=text("refund_of IS NOT NULL"),
+        ),
     )
 
 
@@ -128,6 +142,27 @@ class OutboxFlush(Base):
     flushed_at: Mapped[datetime] = mapped_column(TZ)
     transactions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     """Rows the flushes of this partition inserted, in total."""
+
+
+class LedgerQuarantine(Base):
+    """An outbox entry PostgreSQL refused to store as it was (text it cannot hold, such as NUL).
+
+    The entry's money is booked without the offending text; the raw entry is kept here, as
+    bytes, with the error, for an operator to look at. One bad entry never stops a partition.
+    """
+
+    __tablename__ = "ledger_quarantine"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer)
+    stream_id: Mapped[str] = mapped_column(Text)
+    transaction_id: Mapped[str | None] = mapped_column(Text)
+    account_id: Mapped[str | None] = mapped_column(Text)
+    raw_entry: Mapped[bytes] = mapped_column(BYTEA)
+    error: Mapped[str] = mapped_column(Text)
+    quarantined_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (UniqueConstraint("partition", "stream_id"),)
 
 
 class ApiKey(Base):
