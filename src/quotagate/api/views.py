@@ -14,7 +14,7 @@ from quotagate.ledger import HistoryPage, Transaction
 log = logging.getLogger(__name__)
 
 RECENT_TRANSACTIONS = 10
-"""How many transactions an account's view carries (the product guide's dashboard)."""
+"""How many transactions an account's view carries (what a dashboard shows)."""
 
 
 def transaction_out(t: Transaction) -> TransactionOut:

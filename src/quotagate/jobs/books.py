@@ -1,6 +1,6 @@
 """Readings of the books: Redis balances, the outbox entries, the Postgres snapshot and rows.
 
-DESIGN.md invariant 5, per account::
+The books balance when, for every account::
 
     Redis balance  = snapshot + effect of the outbox entries not yet in the ledger
     snapshot       = sum of the account's ledger rows

@@ -1,4 +1,4 @@
-"""Reconciliation: measure DESIGN.md invariant 5 for every account and name every drift.
+"""Reconciliation: measure the books of every account and name every drift.
 
 Two checks per account (see :mod:`quotagate.jobs.books` for how each side is read):
 

@@ -1,4 +1,4 @@
-"""The books of DESIGN invariant 5, per account, for reconciliation and for tests.
+"""The books, per account, for reconciliation and for tests.
 
     Redis balance  = snapshot + effect of the outbox entries not yet in the ledger
     snapshot       = sum of the account's ledger rows
