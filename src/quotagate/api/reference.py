@@ -97,7 +97,8 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", []))
     lines += ["| field | type | required |", "|---|---|---|"]
     for field, spec in properties.items():
-        lines.append(f"| `{field}` | {_cell(_type(spec))} | {'yes' if field in required else 'no'} |")
+        needed = "yes" if field in required else "no"
+        lines.append(f"| `{field}` | {_cell(_type(spec))} | {needed} |")
     return [*lines, ""]
 
 
