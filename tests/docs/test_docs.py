@@ -62,7 +62,9 @@ def test_every_relative_link_leads_to_a_file_that_exists(page: Path) -> None:
 
 
 # Documents that are not in the repository, by the names they went by.
-NOT_HERE = re.compile(r"DESIGN\.md|API\.md|STYLE\.md|DESIGN invariant|[Ii]nvariant \d|product guide")
+NOT_HERE = re.compile(
+    r"DESIGN\.md|API\.md|STYLE\.md|DESIGN invariant|[Ii]nvariant \d|product guide"
+)
 
 
 def test_nothing_cites_a_document_that_is_not_in_the_repository() -> None:
