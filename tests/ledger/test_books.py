@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from quotagate.engine import CreditEngine
-from quotagate.ledger import Effect, Ledger, account_books, flush_all, pending_effects
+from quotagate.ledger import Ledger, PendingEffect, account_books, flush_all, pending_effects
 
 Acct = Callable[[str], str]
 
@@ -22,7 +22,7 @@ async def test_pending_effect_leaves_out_what_the_ledger_already_has(
     await lengine.consume(a, "premium_feature", 2)
 
     pending = await pending_effects(lengine, ledger, lengine.keys.partition_of(a))
-    assert pending[a] == Effect(credits=-17, monthly_credits=-17, transactions=2)
+    assert pending[a] == PendingEffect(credits=-17, monthly_credits=-17, transactions=2)
     [books] = await account_books(lengine, ledger, [a])
     assert (books.redis_credits, books.snapshot_credits, books.pending.credits) == (103, 120, -17)
     assert books.ledger_credits == 120

@@ -105,7 +105,7 @@ def _schema(name: str, schema: dict[str, Any]) -> list[str]:
 def _type(spec: dict[str, Any]) -> str:
     """A short human form of a JSON schema: ``integer 1..1000000000000``, ``A | null``."""
     if "$ref" in spec:
-        return spec["$ref"].rsplit("/", 1)[1]
+        return str(spec["$ref"]).rsplit("/", 1)[1]
     for combinator in ("anyOf", "oneOf"):
         if combinator in spec:
             return " | ".join(_type(s) for s in spec[combinator])

@@ -1,6 +1,6 @@
 """Reconciliation: measure the books of every account and name every drift.
 
-Two checks per account (see :mod:`quotagate.jobs.books` for how each side is read):
+Two checks per account (see :mod:`quotagate.ledger.books` for how each side is read):
 
 - ``redis``: the Redis balance against the snapshot plus the outbox entries not yet in the
   ledger. A difference means Redis changed without an outbox entry (a write behind the
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from quotagate.engine import CreditEngine
 from quotagate.errors import AccountNotLoaded
 from quotagate.jobs import runtime
-from quotagate.jobs.books import OutboxIndex, read_redis
 from quotagate.jobs.pg import postgres_errors
 from quotagate.jobs.scan import account_batches_by_scan
 from quotagate.ledger import Ledger
+from quotagate.ledger.books import AccountBooks, OutboxIndex, read_books
 
 log = logging.getLogger(__name__)
 
@@ -89,62 +89,29 @@ class Report:
         }
 
 
-@dataclass(frozen=True)
-class AccountBooks:
-    """Both sides of one account at one reading."""
-
-    redis: int | None
-    pending: int
-    snapshot: int | None
-    rows: int
-
-    @property
-    def expected_in_redis(self) -> int:
-        return (self.snapshot or 0) + self.pending
-
-
 def judge(account_id: str, partition: int, books: AccountBooks) -> list[Drift]:
     """The drifts one reading shows (none when both checks hold)."""
     drifts = []
-    if books.redis is None:
-        if books.snapshot is not None or books.pending:
+    pending = books.pending.credits
+    if books.redis_credits is None:
+        if books.snapshot is not None or pending:
             drifts.append(
                 Drift(account_id, partition, "redis", books.expected_in_redis, None,
                       CAUSES["missing_in_redis"])
             )  # fmt: skip
-    elif books.redis != books.expected_in_redis:
-        cause = "missing_in_ledger" if books.snapshot is None and not books.pending else "redis"
+    elif books.drift:
+        cause = "missing_in_ledger" if books.snapshot is None and not pending else "redis"
         drifts.append(
-            Drift(account_id, partition, "redis", books.expected_in_redis, books.redis,
+            Drift(account_id, partition, "redis", books.expected_in_redis, books.redis_credits,
                   CAUSES[cause])
         )  # fmt: skip
-    if (books.snapshot or 0) != books.rows:
+    if books.ledger_drift:
+        snapshot = books.snapshot.credits if books.snapshot else None
         drifts.append(
-            Drift(account_id, partition, "ledger", books.rows, books.snapshot, CAUSES["ledger"])
-        )
+            Drift(account_id, partition, "ledger", books.ledger_credits, snapshot,
+                  CAUSES["ledger"])
+        )  # fmt: skip
     return drifts
-
-
-async def read_books(
-    engine: CreditEngine,
-    ledger: Ledger,
-    partition: int,
-    account_ids: list[str],
-    index: OutboxIndex,
-) -> dict[str, AccountBooks]:
-    """Both sides of some accounts of one partition."""
-    reading = await read_redis(engine, partition, account_ids)
-    await index.extend_to(reading.last_entry)
-    candidates = [txn for a in account_ids for txn, _ in index.of(a)]
-    snaps, sums, flushed = await ledger.read_books(account_ids, candidates)
-    out = {}
-    for a in account_ids:
-        pending = sum(amt for txn, amt in index.of(a) if txn not in flushed)
-        snap = snaps.get(a)
-        out[a] = AccountBooks(
-            reading.balances[a], pending, snap.credits if snap else None, int(sums.get(a, 0))
-        )
-    return out
 
 
 async def confirm(

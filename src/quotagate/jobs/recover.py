@@ -26,7 +26,7 @@ from quotagate.errors import QuotagateError
 from quotagate.jobs import runtime
 from quotagate.jobs.pg import postgres_errors
 from quotagate.ledger import Ledger, outbox_lag
-from quotagate.ledger.books import Effect, pending_effects
+from quotagate.ledger.books import PendingEffect, pending_effects
 
 RESTORE_PAGE = 1000
 """Snapshot rows read and restored per batch (the restores of a batch share pipelines)."""
@@ -58,11 +58,11 @@ def renewed_period(last_reset_at: datetime | None) -> str:
 
 
 async def restore_row(
-    engine: CreditEngine, row: asyncpg.Record, pending: Effect | None = None
+    engine: CreditEngine, row: asyncpg.Record, pending: PendingEffect | None = None
 ) -> bool:
     """Write one snapshot row (plus pending effects) into Redis unless the account is there."""
     a = row["account_id"]
-    pending = pending or Effect()
+    pending = pending or PendingEffect()
     credits = int(row["credits"]) + pending.credits
     monthly = int(row["monthly_credits"]) + pending.monthly_credits
     return await engine.restore(
@@ -78,9 +78,9 @@ async def restore_row(
     )
 
 
-async def all_pending(engine: CreditEngine, ledger: Ledger) -> dict[str, Effect]:
+async def all_pending(engine: CreditEngine, ledger: Ledger) -> dict[str, PendingEffect]:
     """What the outbox entries that are not in the ledger yet add to each account."""
-    out: dict[str, Effect] = {}
+    out: dict[str, PendingEffect] = {}
     for p in range(engine.config.partitions):
         out.update(await pending_effects(engine, ledger, p))
     return out
@@ -124,7 +124,7 @@ async def recover_async(
 async def _restore_page(
     engine: CreditEngine,
     page: list[asyncpg.Record],
-    pending: dict[str, Effect],
+    pending: dict[str, PendingEffect],
     tally: RecoveryTally,
     on_batch: Callable[[int], None] | None,
 ) -> None:

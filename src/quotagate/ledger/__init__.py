@@ -10,7 +10,7 @@ Public names (see each module's docstring):
     upgrade           apply the packaged migrations (``quotagate migrate``)
 """
 
-from quotagate.ledger.books import AccountBooks, Effect, account_books, pending_effects
+from quotagate.ledger.books import AccountBooks, PendingEffect, account_books, pending_effects
 from quotagate.ledger.flush import FlushResult, flush_all, flush_partition
 from quotagate.ledger.history import HistoryPage, Transaction
 from quotagate.ledger.lag import OutboxLag, PartitionLag, outbox_lag
@@ -20,7 +20,6 @@ from quotagate.ledger.migrate import head_revision, upgrade
 
 __all__ = [
     "AccountBooks",
-    "Effect",
     "FlushLease",
     "FlushResult",
     "FlushState",
@@ -28,6 +27,7 @@ __all__ = [
     "Ledger",
     "OutboxLag",
     "PartitionLag",
+    "PendingEffect",
     "Snapshot",
     "Transaction",
     "account_books",

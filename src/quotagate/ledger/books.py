@@ -1,76 +1,138 @@
-"""The books, per account, for reconciliation and for tests.
+"""The books, per account: what reconciliation measures and the tests check.
+
+The books balance when, for every account::
 
     Redis balance  = snapshot + effect of the outbox entries not yet in the ledger
     snapshot       = sum of the account's ledger rows
 
-:func:`pending_effects` gives the second term for a partition (entries whose transaction id
-the ledger already holds are not pending: they were written through, or flushed by a worker
-that died before deleting them). :func:`account_books` reads all the terms for some
-accounts. Redis is read in one MULTI (balances and outbox together), then PostgreSQL in one
-repeatable-read snapshot, so a flush committing between the two reads moves an entry from
-"pending" to "snapshot" consistently. One race remains on a live system: an entry appended
-after the Redis read and flushed (or written through) before the PostgreSQL read shows as
-drift; hold the partition's flush lease (``FlushLease``) and check again before repairing.
+One reading of some accounts of one partition (:func:`read_books`):
+
+- Redis, atomically: the accounts' balances and the outbox's newest stream id, in one MULTI
+  (one slot, so it also runs on a cluster);
+- the outbox, up to that id, through an :class:`OutboxIndex` that reads each entry once however
+  many readings follow. An entry trimmed before it is read was committed to PostgreSQL first,
+  so it is in the snapshot and, like every entry found in ``credit_transactions``, counts as
+  flushed;
+- PostgreSQL, in one repeatable-read transaction: the snapshots, the sums of the rows, and which
+  of the outbox's transactions the ledger already holds.
+
+A flush committing between the Redis and the PostgreSQL readings can make a balanced account
+look off for a moment; :mod:`quotagate.jobs.reconcile` reads such an account again before it
+calls it drift.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
 from quotagate.engine import CreditEngine
 from quotagate.ledger.ledger import Ledger, Snapshot
-from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entries, read_all
+from quotagate.ledger.outbox import RawEntries
+
+OUTBOX_PAGE = 5000
+"""Outbox entries read per XRANGE call."""
 
 
 @dataclass(frozen=True, slots=True)
-class Effect:
-    """What some transactions add up to, for one account."""
+class PendingEffect:
+    """What some outbox transactions not yet in the ledger add up to, for one account."""
 
     credits: int = 0
     monthly_credits: int = 0
     transactions: int = 0
 
-    def __add__(self, other: Effect) -> Effect:
-        return Effect(
+    def __add__(self, other: PendingEffect) -> PendingEffect:
+        return PendingEffect(
             self.credits + other.credits,
             self.monthly_credits + other.monthly_credits,
             self.transactions + other.transactions,
         )
 
 
-def effects(entries: Iterable[TransactionEntry]) -> dict[str, Effect]:
-    """Per account: the sum of the entries' balance changes."""
-    out: dict[str, Effect] = defaultdict(Effect)
-    for e in entries:
-        out[e.account_id] += Effect(e.amount, e.monthly_delta, 1)
-    return dict(out)
+@dataclass(frozen=True, slots=True)
+class OutboxTransaction:
+    """What the books need of one outbox transaction."""
+
+    id: str
+    amount: int
+    monthly_delta: int
 
 
-def _transactions(entries: Iterable[object]) -> list[TransactionEntry]:
-    return [e for e in entries if isinstance(e, TransactionEntry)]
+@dataclass
+class OutboxIndex:
+    """The transactions of one partition's outbox, read up to a given stream id, per account."""
+
+    engine: CreditEngine
+    partition: int
+    read_to: str = ""
+    entries: dict[str, list[OutboxTransaction]] = field(default_factory=dict)
+
+    async def extend_to(self, last_entry: str) -> None:
+        stream = self.engine.keys.outbox(self.partition)
+        while last_entry and (not self.read_to or _stream_lt(self.read_to, last_entry)):
+            start = f"({self.read_to}" if self.read_to else "-"
+            page = cast(
+                RawEntries,
+                await self.engine.redis.xrange(stream, start, last_entry, count=OUTBOX_PAGE),
+            )
+            if not page:
+                self.read_to = last_entry
+                return
+            for _, f in page:
+                # Leniently: an entry the flush will quarantine still carries its money.
+                if f.get("t") != "account" and "amt" in f and "a" in f:
+                    txn = OutboxTransaction(f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)))
+                    self.entries.setdefault(f["a"], []).append(txn)
+            self.read_to = page[-1][0]
+
+    def of(self, account_id: str) -> list[OutboxTransaction]:
+        return self.entries.get(account_id, [])
 
 
-async def pending_effects(
-    engine: CreditEngine, ledger: Ledger, partition: int
-) -> dict[str, Effect]:
-    """Per account of ``partition``: the effect of its outbox transactions not in the ledger."""
-    waiting = _transactions(await read_all(engine, partition))
-    present = await ledger.present_ids([e.id for e in waiting])
-    return effects(e for e in waiting if e.id not in present)
+def _stream_lt(a: str, b: str) -> bool:
+    ams, aseq = a.split("-")
+    bms, bseq = b.split("-")
+    return (int(ams), int(aseq)) < (int(bms), int(bseq))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisReading:
+    balances: dict[str, tuple[int, int] | None]
+    """Account -> (monthly, purchased) credits; None when Redis has no such account."""
+    last_entry: str
+    """Stream id of the newest outbox entry when the balances were read ("" if none)."""
+
+
+async def read_redis(
+    engine: CreditEngine, partition: int, account_ids: Sequence[str]
+) -> RedisReading:
+    """Balances of some accounts of one partition and the outbox's newest id, atomically."""
+    async with engine.redis.pipeline(transaction=True) as pipe:
+        for account_id in account_ids:
+            pipe.hmget(engine.keys.account(account_id).account, "m", "b")
+        pipe.xrevrange(engine.keys.outbox(partition), "+", "-", count=1)
+        *rows, newest = await pipe.execute()
+    balances: dict[str, tuple[int, int] | None] = {
+        account_id: None if m is None else (int(m), int(b))
+        for account_id, (m, b) in zip(account_ids, rows, strict=True)
+    }
+    return RedisReading(balances, newest[0][0] if newest else "")
 
 
 @dataclass(frozen=True, slots=True)
 class AccountBooks:
+    """Both sides of one account at one reading."""
+
     account_id: str
     redis_credits: int | None
     """None when Redis holds no such account."""
     redis_monthly: int | None
     snapshot: Snapshot | None
     """None when the ledger holds no row for the account yet."""
-    pending: Effect
+    pending: PendingEffect
     ledger_credits: int
     """Sum of the account's rows in credit_transactions."""
 
@@ -83,9 +145,14 @@ class AccountBooks:
         return self.snapshot.monthly_credits if self.snapshot else 0
 
     @property
+    def expected_in_redis(self) -> int:
+        """What the ledger says Redis should hold: snapshot plus pending."""
+        return self.snapshot_credits + self.pending.credits
+
+    @property
     def drift(self) -> int:
         """Redis balance minus what the ledger explains (0 when the books balance)."""
-        return (self.redis_credits or 0) - (self.snapshot_credits + self.pending.credits)
+        return (self.redis_credits or 0) - self.expected_in_redis
 
     @property
     def monthly_drift(self) -> int:
@@ -101,39 +168,68 @@ class AccountBooks:
         return self.drift == 0 and self.monthly_drift == 0 and self.ledger_drift == 0
 
 
-async def _redis_side(
-    engine: CreditEngine, partition: int, account_ids: Sequence[str]
-) -> tuple[list[TransactionEntry], list[Any]]:
-    async with engine.redis.pipeline(transaction=True) as pipe:
-        pipe.xrange(engine.keys.outbox(partition), "-", "+")
-        for account_id in account_ids:
-            pipe.hmget(engine.keys.account(account_id).account, ["m", "b"])
-        replies: list[Any] = await pipe.execute()
-    waiting = _transactions(parse_entries(cast(RawEntries, replies[0])))
-    return waiting, replies[1:]
+async def read_books(
+    engine: CreditEngine,
+    ledger: Ledger,
+    partition: int,
+    account_ids: Sequence[str],
+    index: OutboxIndex,
+) -> dict[str, AccountBooks]:
+    """One reading of both sides of some accounts of one partition."""
+    reading = await read_redis(engine, partition, account_ids)
+    await index.extend_to(reading.last_entry)
+    candidates = [txn.id for a in account_ids for txn in index.of(a)]
+    snaps, sums, flushed = await ledger.read_books(account_ids, candidates)
+    out = {}
+    for account_id in account_ids:
+        pending = PendingEffect()
+        for txn in index.of(account_id):
+            if txn.id not in flushed:
+                pending += PendingEffect(txn.amount, txn.monthly_delta, 1)
+        balance = reading.balances[account_id]
+        out[account_id] = AccountBooks(
+            account_id=account_id,
+            redis_credits=None if balance is None else balance[0] + balance[1],
+            redis_monthly=None if balance is None else balance[0],
+            snapshot=snaps.get(account_id),
+            pending=pending,
+            ledger_credits=int(sums.get(account_id, 0)),
+        )
+    return out
 
 
 async def account_books(
     engine: CreditEngine, ledger: Ledger, account_ids: Sequence[str]
 ) -> list[AccountBooks]:
-    """The books of each account (reads its partition's whole outbox once per partition)."""
+    """The books of each account, in the order given (one reading per partition)."""
     by_partition: dict[int, list[str]] = defaultdict(list)
     for account_id in dict.fromkeys(account_ids):
         by_partition[engine.keys.partition_of(account_id)].append(account_id)
-    out: list[AccountBooks] = []
+    found: dict[str, AccountBooks] = {}
     for partition, accounts in sorted(by_partition.items()):
-        waiting, balances = await _redis_side(engine, partition, accounts)
-        snaps, sums, present = await ledger.read_books(accounts, [e.id for e in waiting])
-        pending = effects(e for e in waiting if e.id not in present)
-        for account_id, (m, b) in zip(accounts, balances, strict=True):
-            out.append(
-                AccountBooks(
-                    account_id=account_id,
-                    redis_credits=int(m) + int(b) if m is not None else None,
-                    redis_monthly=int(m) if m is not None else None,
-                    snapshot=snaps.get(account_id),
-                    pending=pending.get(account_id, Effect()),
-                    ledger_credits=sums.get(account_id, 0),
-                )
-            )
+        index = OutboxIndex(engine, partition)
+        found.update(await read_books(engine, ledger, partition, accounts, index))
+    return [found[a] for a in dict.fromkeys(account_ids)]
+
+
+async def pending_effects(
+    engine: CreditEngine, ledger: Ledger, partition: int
+) -> dict[str, PendingEffect]:
+    """Per account of ``partition``: the effect of its outbox transactions not in the ledger
+    (written-through entries, and entries of a flush that died before trimming, are in it)."""
+    index = OutboxIndex(engine, partition)
+    newest = cast(
+        list[tuple[str, object]],
+        await engine.redis.xrevrange(engine.keys.outbox(partition), "+", "-", count=1),
+    )
+    await index.extend_to(newest[0][0] if newest else "")
+    present = await ledger.present_ids([t.id for txns in index.entries.values() for t in txns])
+    out: dict[str, PendingEffect] = {}
+    for account_id, txns in index.entries.items():
+        effect = PendingEffect()
+        for txn in txns:
+            if txn.id not in present:
+                effect += PendingEffect(txn.amount, txn.monthly_delta, 1)
+        if effect.transactions:
+            out[account_id] = effect
     return out
