@@ -108,3 +108,12 @@ async def test_a_partition_pass_only_marks_its_own_partition(make_engine: Engine
     await renew_partition_async(engine, 3, PERIOD)
     assert 3 not in await partitions_to_renew(engine, PERIOD)
     assert len(await partitions_to_renew(engine, PERIOD)) == engine.config.partitions - 1
+
+
+def test_the_renewal_job_named_for_rq_is_the_renewal_of_a_partition() -> None:
+    from rq.utils import import_attribute
+
+    from quotagate.jobs.enqueue import RENEW_PARTITION_JOB
+    from quotagate.jobs.renew import renew_partition
+
+    assert import_attribute(RENEW_PARTITION_JOB) is renew_partition

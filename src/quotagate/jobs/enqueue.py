@@ -17,6 +17,10 @@ RETRY = Retry(max=3, interval=[10, 60, 300])
 RESULT_TTL_SECONDS = 7 * 86400
 """What a renewal or a reconciliation did stays readable for a week."""
 
+RENEW_PARTITION_JOB = "quotagate.jobs.renew.renew_partition"
+"""The renewal job, by the dotted name RQ imports it by. Named rather than imported: the
+renewal job enqueues through this module, and an import here would make a cycle."""
+
 
 def partition_count(settings: Settings | None = None) -> int:
     return (settings or Settings.from_env()).load_config().partitions
@@ -26,14 +30,12 @@ def enqueue_renewals(
     partitions: list[int], period: str, settings: Settings | None = None
 ) -> list[str]:
     """One renewal job per partition; returns their job ids."""
-    from quotagate.jobs.renew import renew_partition
-
     settings = settings or Settings.from_env()
     queue = queues.jobs_queue(settings)
     try:
         return [
             queue.enqueue(
-                renew_partition,
+                RENEW_PARTITION_JOB,
                 p,
                 period,
                 job_timeout=RENEW_TIMEOUT_SECONDS,
