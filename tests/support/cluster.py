@@ -1,0 +1,197 @@
+"""A real Redis Cluster on free loopback ports, for tests: N masters, each with R replicas.
+
+Started with the system's redis-server (``--cluster-enabled yes``) and ``redis-cli --cluster
+create``, as an operator would; every node lives in a temporary directory of its own and is
+stopped and removed afterwards. Nothing here is a fake: MOVED, ASK, failovers and resharding
+are the real server's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import redis
+from tests.support.servers import redis_server_binary
+
+START_SECONDS = 60
+"""How long a cluster may take to agree on its slots (the machine may be busy)."""
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, and below 65536:
+    the kernel's ephemeral ports (above 32768) would often put the bus out of range."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 30000)
+        if all(_bindable(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def redis_cli_binary() -> str | None:
+    return shutil.which("redis-cli") or shutil.which("valkey-cli")
+
+
+@dataclass
+class ClusterNode:
+    port: int
+    dir: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        args = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+            "--dir", self.dir,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: bool(self.client().ping()), f"node {self.address} did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class RedisCluster:
+    masters: int = 3
+    replicas: int = 1
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Seed nodes in the form quotagate reads: ``redis+cluster://host:port,host:port``."""
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes[: self.masters])
+
+    @property
+    def seed(self) -> ClusterNode:
+        return self.nodes[0]
+
+    def start(self) -> None:
+        cli = redis_cli_binary()
+        if cli is None:
+            raise RuntimeError("redis-cli is needed to create a cluster")
+        for _ in range(self.masters * (1 + self.replicas)):
+            node = ClusterNode(cluster_port(), tempfile.mkdtemp(prefix="qg-cluster-"))
+            self.nodes.append(node)
+            node.start()
+        subprocess.run(
+            [cli, "--cluster", "create", *(n.address for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_SECONDS,
+        )  # fmt: skip
+        _wait(self.healthy, "the cluster did not reach cluster_state:ok")
+
+    def healthy(self) -> bool:
+        """Every node says the cluster is ok and sees every node."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = node.client()
+            try:
+                info = client.cluster("info")
+                known = len(client.cluster("nodes"))
+            finally:
+                client.close()
+            if info.get("cluster_state") != "ok" or known < len(self.nodes):
+                return False
+        return True
+
+    def topology(self) -> list[tuple[int, str, str]]:
+        """(port, role, node id) of every node, as CLUSTER NODES says now (a failover
+        changes roles). Read raw: redis-py's parsed form does not keep a replica's role."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            client = node.client()
+            try:
+                connection = client.connection_pool.get_connection()
+                try:
+                    connection.send_command("CLUSTER", "NODES")
+                    text = connection.read_response()
+                finally:
+                    client.connection_pool.release(connection)
+            except (redis.RedisError, OSError):
+                continue
+            finally:
+                client.close()
+            out = []
+            for line in (text.decode() if isinstance(text, bytes) else str(text)).splitlines():
+                node_id, address, flags = line.split()[:3]
+                port = int(address.split("@")[0].rsplit(":", 1)[1])
+                role = "master" if "master" in flags.split(",") else "replica"
+                if "fail" not in flags:
+                    out.append((port, role, node_id))
+            return sorted(out)
+        raise RuntimeError("no node of the cluster answers")
+
+    def master_ports(self) -> list[int]:
+        """Ports of the nodes that are masters now."""
+        return [port for port, role, _ in self.topology() if role == "master"]
+
+    def flush_all(self) -> None:
+        """Empty every master (replicas follow)."""
+        for port in self.master_ports():
+            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        for node in self.nodes:
+            shutil.rmtree(node.dir, ignore_errors=True)
+        self.nodes.clear()
+
+
+def _wait(ready: Callable[[], bool], message: str) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(message)
+
+
+@contextlib.contextmanager
+def redis_cluster(masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(masters, replicas)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
