@@ -13,13 +13,12 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
-from tests.support.servers import redis_server_binary
+from tests.support.servers import RedisProcess
 
 START_SECONDS = 60
 """How long a cluster may take to agree on its slots (the machine may be busy)."""
@@ -49,38 +48,18 @@ def redis_cli_binary() -> str | None:
     return shutil.which("redis-cli") or shutil.which("valkey-cli")
 
 
-@dataclass
-class ClusterNode:
-    port: int
-    dir: str
-    proc: subprocess.Popen[bytes] | None = None
+CLUSTER_NODE_ARGS = (
+    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+    "--cluster-node-timeout", "2000",
+)  # fmt: skip
+"""A node of a test cluster; 2 s to declare a master failed keeps failover tests short."""
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+class ClusterNode(RedisProcess):
+    """One cluster-enabled redis-server on a port whose bus port is free too."""
 
-    def start(self) -> None:
-        args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
-            "--dir", self.dir,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: bool(self.client().ping()), f"node {self.address} did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def __init__(self) -> None:
+        super().__init__(port=cluster_port(), extra_args=CLUSTER_NODE_ARGS)
 
 
 @dataclass
@@ -103,7 +82,7 @@ class RedisCluster:
         if cli is None:
             raise RuntimeError("redis-cli is needed to create a cluster")
         for _ in range(self.masters * (1 + self.replicas)):
-            node = ClusterNode(cluster_port(), tempfile.mkdtemp(prefix="qg-cluster-"))
+            node = ClusterNode()
             self.nodes.append(node)
             node.start()
         subprocess.run(
@@ -114,46 +93,30 @@ class RedisCluster:
         _wait(self.healthy, "the cluster did not reach cluster_state:ok")
 
     def healthy(self) -> bool:
-        """Every node says the cluster is ok and sees every node."""
+        """Every node says the cluster is ok and sees every node in its role."""
         for node in self.nodes:
             if node.proc is None:
                 continue
             client = node.client()
             try:
                 info = client.cluster("info")
-                known = len(client.cluster("nodes"))
             finally:
                 client.close()
-            if info.get("cluster_state") != "ok" or known < len(self.nodes):
+            seen = _topology(node)
+            masters = sum(1 for _, role, _ in seen if role == "master")
+            if info.get("cluster_state") != "ok" or len(seen) < len(self.nodes):
+                return False
+            if masters != self.masters:
                 return False
         return True
 
     def topology(self) -> list[tuple[int, str, str]]:
-        """(port, role, node id) of every node, as CLUSTER NODES says now (a failover
-        changes roles). Read raw: redis-py's parsed form does not keep a replica's role."""
+        """(port, role, node id) of every node not failed, as CLUSTER NODES says now (a
+        failover changes roles)."""
         for node in self.nodes:
-            if node.proc is None:
-                continue
-            client = node.client()
-            try:
-                connection = client.connection_pool.get_connection()
-                try:
-                    connection.send_command("CLUSTER", "NODES")
-                    text = connection.read_response()
-                finally:
-                    client.connection_pool.release(connection)
-            except (redis.RedisError, OSError):
-                continue
-            finally:
-                client.close()
-            out = []
-            for line in (text.decode() if isinstance(text, bytes) else str(text)).splitlines():
-                node_id, address, flags = line.split()[:3]
-                port = int(address.split("@")[0].rsplit(":", 1)[1])
-                role = "master" if "master" in flags.split(",") else "replica"
-                if "fail" not in flags:
-                    out.append((port, role, node_id))
-            return sorted(out)
+            if node.proc is not None:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    return _topology(node)
         raise RuntimeError("no node of the cluster answers")
 
     def master_ports(self) -> list[int]:
@@ -171,10 +134,31 @@ class RedisCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            node.stop()
-        for node in self.nodes:
-            shutil.rmtree(node.dir, ignore_errors=True)
+            node.cleanup()
         self.nodes.clear()
+
+
+def _topology(node: ClusterNode) -> list[tuple[int, str, str]]:
+    """CLUSTER NODES as one node sees it, read raw: redis-py's parsed form does not keep a
+    replica's role."""
+    client = node.client()
+    try:
+        connection = client.connection_pool.get_connection()
+        try:
+            connection.send_command("CLUSTER", "NODES")
+            text = connection.read_response()
+        finally:
+            client.connection_pool.release(connection)
+    finally:
+        client.close()
+    out = []
+    for line in (text.decode() if isinstance(text, bytes) else str(text)).splitlines():
+        node_id, address, flags = line.split()[:3]
+        port = int(address.split("@")[0].rsplit(":", 1)[1])
+        role = "master" if "master" in flags.split(",") else "replica"
+        if "fail" not in flags:
+            out.append((port, role, node_id))
+    return sorted(out)
 
 
 def _wait(ready: Callable[[], bool], message: str) -> None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -34,11 +34,21 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A redis-server on a free loopback port, in its own temporary directory."""
 
-    def __init__(self, *, appendonly: bool = False) -> None:
-        self.port = free_port()
+    def __init__(
+        self, *, appendonly: bool = False, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="qg-redis-")
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     @property
     def url(self) -> str:
@@ -48,6 +58,7 @@ class RedisProcess:
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--dir", self.dir, "--appendonly", "yes" if self.appendonly else "no",
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
