@@ -48,7 +48,7 @@ class AccountUpsert(_Body):
 
 
 class CreditRequest(_Body):
-    """A refund names the spend it returns (``refund_of``); grants and earnings name none."""
+    """A refund names the spend it returns (refund_of); grants and earnings name none."""
 
     amount: Amount
     type: Literal["grant", "earn", "refund"]
