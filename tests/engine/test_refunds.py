@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from tests.conftest import EngineFactory
 from tests.ledger.support import config_text, ledger_rows
 from tests.support.servers import RedisProcess
 
 from quotagate import ids
 from quotagate.config import parse_config
-from quotagate.engine import CreditEngine
+from quotagate.engine import CreditEngine, KeySpace
 from quotagate.engine.keys import REFUND_COUNT_TTL_SECONDS
 from quotagate.engine.results import RefundCount
 from quotagate.errors import (
@@ -310,3 +311,12 @@ async def test_a_capture_behind_which_the_floor_rose_is_refused_and_the_hold_sta
     assert (view.balance, view.reserved) == (100, 150)
     captured = await lengine.capture(a, hold.hold_id, 100)
     assert (captured.balance, captured.remaining) == (0, 0)
+
+
+@pytest.mark.parametrize("account", ["alice", "org:42:key-7", "{brace", "}", "a" * 128])
+def test_a_refund_count_lives_in_its_account_slot(account: str) -> None:
+    keys = KeySpace("qg", 64)
+    spend = ids.new_id()
+    slots = {key_slot(k.encode()) for k in keys.script_keys(account, "req-1")}
+    assert slots == {key_slot(keys.refund_count(account, spend).encode())}
+    assert slots == {key_slot(keys.refund_count(account).encode())}
