@@ -15,7 +15,11 @@ Reply  {"ok", transaction id, cost, available after, balance after, replayed 0|1
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "hold_not_found"} {"err", "capture_exceeds_hold", held}
-The held credits were set aside, so a capture never fails for lack of credits.
+       {"err", "insufficient_credits", amount, available}
+The held credits were set aside, so a capture fails for lack of credits only when the balance
+fell behind the hold (a renewal expired the credits it held, a lower overdraft limit): then a
+capture that would leave available (balance - held + overdraft) below zero is refused and the
+hold stays, to be captured for less or released. A capture never lowers available.
 ]]
 local MAX_AMOUNT = 1000000000000
 
@@ -67,12 +71,18 @@ if amount == nil then amount = held end
 if amount > held then return {'err', 'capture_exceeds_hold', s(held)} end
 
 -- This hold ends now; any others past their deadline end with it.
+local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
+for _, hid in ipairs(due) do
+  local other = redis.call('HGET', KEYS[5], hid)
+  if other then r = r - tonumber(string.match(other, '^(%d+)')) end
+end
+if m + b - amount - (r - held) + od < 0 then
+  return {'err', 'insufficient_credits', s(amount), s(m + b - (r - held) + od)}
+end
 redis.call('HDEL', KEYS[5], hold_id)
 redis.call('ZREM', KEYS[6], hold_id)
 r = r - held
-for _, hid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)) do
-  local other = redis.call('HGET', KEYS[5], hid)
-  if other then r = r - tonumber(string.match(other, '^(%d+)')) end
+for _, hid in ipairs(due) do
   redis.call('HDEL', KEYS[5], hid)
   redis.call('ZREM', KEYS[6], hid)
 end

@@ -3,6 +3,7 @@
 KEYS[1] account hash        KEYS[3] partition outbox
 KEYS[2] partition cfg hash  KEYS[4] idempotency record
 KEYS[5..9]                  unused (the account scripts share one KEYS layout)
+KEYS[10] the refund count of the spend named by ARGV[11] (untouched unless a refund)
 
 ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)
@@ -11,12 +12,23 @@ ARGV[4] type: grant | earn | refund | adjust
 ARGV[5] description         ARGV[8] request fingerprint
                             ARGV[9] idempotency TTL in ms
                             ARGV[10] largest balance allowed
+ARGV[11] refund: the spend's transaction id ("" for the other types)
+ARGV[12] refund: the spend's cost, as the ledger counts it ("" when not counted)
+ARGV[13] refund: what the spend's refunds returned so far, as the ledger counts it
+ARGV[14] refund: how long the refund count lives after this refund, in ms
 
 Reply  {"ok", transaction id, balance after, available after, replayed 0|1, outbox entry id}
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "balance_limit", balance, max}
+       {"err", "refund_not_counted"}: no refund count in Redis and none given (ARGV[12] "")
+       {"err", "refund_exceeds_spend", cost, refunded so far}
+       {"err", "adjust_below_floor", available}
 Credits go to the purchased bucket (they do not expire). Banned accounts may be credited.
+A refund's count lives in KEYS[10]: when it is absent the ledger's count (ARGV[12], ARGV[13])
+starts it, when present it wins (a concurrent refund started it after the ledger was read).
+A negative adjustment may not take available (balance - reserved + overdraft) below zero:
+holds were admitted against it, and their captures would take the balance below its floor.
 ]]
 local MAX_AMOUNT = 1000000000000
 
@@ -31,6 +43,7 @@ local function s(n) return string.format('%d', n) end
 local txn, account, typ, desc, meta, idem, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idem_ttl = int_arg(ARGV[9], 1, 1e11)
 local max_balance = int_arg(ARGV[10], 1, 4e15)
+local spend_id = ARGV[11]
 local amount
 if typ == 'adjust' then
   amount = int_arg(ARGV[3], -MAX_AMOUNT, MAX_AMOUNT)
@@ -44,6 +57,20 @@ if #txn < 1 or #txn > 64 then return {'err', 'invalid_argument', 'transaction_id
 if not amount then return {'err', 'invalid_argument', 'amount'} end
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 if not max_balance then return {'err', 'invalid_argument', 'max_balance'} end
+local seed_cost, seed_refunded, count_ttl
+if typ == 'refund' then
+  if #spend_id < 1 or #spend_id > 64 then return {'err', 'invalid_argument', 'refund_of'} end
+  if ARGV[12] ~= '' then
+    seed_cost = int_arg(ARGV[12], 1, MAX_AMOUNT)
+    seed_refunded = int_arg(ARGV[13], 0, MAX_AMOUNT)
+    if not seed_cost then return {'err', 'invalid_argument', 'spend_cost'} end
+    if not seed_refunded then return {'err', 'invalid_argument', 'refunded'} end
+  end
+  count_ttl = int_arg(ARGV[14], 1, 1e11)
+  if not count_ttl then return {'err', 'invalid_argument', 'refund_count_ttl'} end
+elseif spend_id ~= '' then
+  return {'err', 'invalid_argument', 'refund_of'}
+end
 
 if idem ~= '' then
   local rec = redis.call('GET', KEYS[4])
@@ -62,18 +89,40 @@ if not a[1] then
   return {'err', 'account_not_found'}
 end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local spend_cost, refunded
+if typ == 'refund' then
+  local count = redis.call('HMGET', KEYS[10], 'cost', 'refunded')
+  spend_cost, refunded = tonumber(count[1]), tonumber(count[2])
+  if not spend_cost then spend_cost, refunded = seed_cost, seed_refunded end
+  if not spend_cost then return {'err', 'refund_not_counted'} end
+  if refunded + amount > spend_cost then
+    return {'err', 'refund_exceeds_spend', s(spend_cost), s(refunded)}
+  end
+end
 local balance = m + b + amount
 if balance > max_balance or balance < -max_balance then
   return {'err', 'balance_limit', s(m + b), s(max_balance)}
+end
+if amount < 0 and balance - r + od < 0 then
+  return {'err', 'adjust_below_floor', s(m + b - r + od)}
 end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 b = b + amount
 redis.call('HSET', KEYS[1], 'b', s(b))
-local entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
-  'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
-  'bal', s(balance), 'dm', '0', 'ik', idem)
+local entry
+if typ == 'refund' then
+  redis.call('HSET', KEYS[10], 'cost', s(spend_cost), 'refunded', s(refunded + amount))
+  redis.call('PEXPIRE', KEYS[10], count_ttl)
+  entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
+    'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
+    'bal', s(balance), 'dm', '0', 'ik', idem, 'rf', spend_id)
+else
+  entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
+    'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
+    'bal', s(balance), 'dm', '0', 'ik', idem)
+end
 
 local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
 if idem ~= '' then

@@ -15,9 +15,14 @@
     │   ├── AccountBanned              the account is banned                     (403)
     │   ├── HoldNotFound               unknown, captured, released or expired    (404)
     │   ├── CaptureExceedsHold         capture amount above the held amount      (422)
+    │   ├── SpendNotFound              refund_of names no spend of this account  (404)
+    │   ├── RefundExceedsSpend         the spend's refunds would pass its cost   (409)
+    │   ├── AdjustBelowFloor           a debit would take available below zero   (422)
     │   └── IdempotencyConflict        same key, different request               (409)
     └── BackendError                   a backend could not do its part           (503)
         ├── AccountNotLoaded           Redis lost its data; recovery pending     (503)
+        ├── RefundNotCounted           Redis holds no count of the spend's refunds (503):
+        │                              the caller counts them in the ledger and retries
         └── BackendUnavailable         Redis or Postgres did not answer          (503)
 
 Each class carries a stable ``code`` (the ``code`` of the HTTP problem document) and an
@@ -127,6 +132,42 @@ class CaptureExceedsHold(CreditError):
     http_status = 422
 
 
+class SpendNotFound(CreditError):
+    """Also for a spend of another account: the answer never tells whether one exists."""
+
+    code = "spend_not_found"
+    http_status = 404
+
+
+class RefundExceedsSpend(CreditError):
+    code = "refund_exceeds_spend"
+    http_status = 409
+
+    def __init__(self, cost: int, refunded: int) -> None:
+        super().__init__(
+            f"the spend charged {cost} and its refunds returned {refunded} already; "
+            f"at most {cost - refunded} more may be refunded",
+            cost=cost,
+            refunded=refunded,
+            refundable=cost - refunded,
+        )
+
+
+class AdjustBelowFloor(CreditError):
+    """Holds were admitted against the available credits: a debit that took them below zero
+    would let the holds' captures take the balance below its floor."""
+
+    code = "adjust_below_floor"
+    http_status = 422
+
+    def __init__(self, available: int) -> None:
+        super().__init__(
+            f"this adjustment would take available credits below zero ({available} available: "
+            "balance minus held credits plus overdraft)",
+            available=available,
+        )
+
+
 class IdempotencyConflict(CreditError):
     code = "idempotency_conflict"
     http_status = 409
@@ -139,6 +180,12 @@ class BackendError(QuotagateError):
 
 class AccountNotLoaded(BackendError):
     code = "account_not_loaded"
+
+
+class RefundNotCounted(BackendError):
+    """The credit script found no count of the spend's refunds and was given none."""
+
+    code = "refund_not_counted"
 
 
 class BackendUnavailable(BackendError):

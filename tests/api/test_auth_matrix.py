@@ -1,92 +1,201 @@
-"""Every endpoint against every kind of key: 401 without a (known) key, 403 without the scope.
+"""Every endpoint against every scope and against no key: the exact status of each.
 
-The product guide's admin check let anyone grant credits; here a service, read or hook key
-gets 403 on every admin endpoint.
+``MATRIX`` is the whole table, and ``docs/scopes.md`` shows the same table (a test below
+compares them). Each request is one the endpoint would carry out for an allowed key (a real
+hold to capture, a real spend to refund), so an allowed key gets the endpoint's own success
+status, and a refused one a 401 or 403 problem before anything is written.
 """
 
 from __future__ import annotations
 
-import uuid
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.api.helpers import assert_problem, bearer, create_account
+from tests.support.gateway import GatewayServer
 
-HOLD = str(uuid.uuid4())
-ALL = ("admin", "service", "read", "hook")
+COLUMNS = ("admin", "service", "read", "hook", "no key")
+DOC = Path(__file__).resolve().parents[2] / "docs" / "scopes.md"
 
-# method, path ({a} is the account), body, scopes allowed, key header style
-CASES: list[tuple[str, str, Any, set[str], str]] = [
-    ("PUT", "/v1/accounts/{a}", {"tier": "pro"}, {"admin"}, "bearer"),
-    ("GET", "/v1/accounts/{a}", None, {"admin", "service", "read"}, "bearer"),
-    ("POST", "/v1/accounts/{a}/credits", {"amount": 1, "type": "grant"}, {"admin"}, "bearer"),
-    ("POST", "/v1/accounts/{a}/credits", {"amount": 1, "type": "earn"}, {"admin"}, "bearer"),
-    (
-        "POST",
-        "/v1/accounts/{a}/credits",
-        {"amount": 1, "type": "refund"},
-        {"admin", "service"},
-        "bearer",
+MATRIX: dict[str, tuple[int, int, int, int, int]] = {
+    # endpoint                                     admin service read hook no key
+    "PUT /v1/accounts/{id}":                       (200, 403, 403, 403, 401),
+    "GET /v1/accounts/{id}":                       (200, 200, 200, 403, 401),
+    "POST /v1/accounts/{id}/credits (grant)":      (200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/credits (earn)":       (200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/credits (refund)":     (200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/check":                (200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/consume":              (200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds":                (201, 201, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
+    "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 401),
+    "GET /v1/resources":                           (200, 200, 200, 403, 401),
+    "GET /v1/me":                                  (200, 403, 403, 200, 401),
+    "GET /v1/authz":                               (200, 403, 403, 200, 401),
+    "POST /v1/authz/{path}":                       (200, 403, 403, 200, 401),
+    "GET /healthz":                                (200, 200, 200, 200, 200),
+    "GET /readyz":                                 (200, 200, 200, 200, 200),
+    "GET /metrics":                                (200, 200, 200, 200, 200),
+    "GET /openapi.json":                           (200, 200, 200, 200, 200),
+}  # fmt: skip
+"""Per endpoint, the status for a key of each scope and for no key."""
+
+PROXY_KEY = frozenset({"GET /v1/me", "GET /v1/authz", "POST /v1/authz/{path}"})
+"""Endpoints that take their key in X-Quotagate-Key (the client's Authorization header is
+the proxied application's, not ours)."""
+
+OPEN = frozenset({"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json"})
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    body: Any = None
+
+
+Prepare = Callable[[httpx.Client, str, str], Call]
+"""(client, admin key, account) -> a request the endpoint would carry out now."""
+
+
+def _hold(http: httpx.Client, admin: str, acct: str) -> str:
+    r = http.post(f"/v1/accounts/{acct}/holds", json={"amount": 3}, headers=bearer(admin))
+    assert r.status_code == 201, r.text
+    hold_id: str = r.json()["hold_id"]
+    return hold_id
+
+
+def _spend(http: httpx.Client, admin: str, acct: str) -> str:
+    r = http.post(
+        f"/v1/accounts/{acct}/consume", json={"resource": "api_call"}, headers=bearer(admin)
+    )
+    assert r.status_code == 200, r.text
+    spend: str = r.json()["transaction_id"]
+    return spend
+
+
+def _fixed(method: str, path: str, body: Any = None) -> Prepare:
+    return lambda http, admin, acct: Call(method, path.format(id=acct), body)
+
+
+PREPARE: dict[str, Prepare] = {
+    "PUT /v1/accounts/{id}": _fixed("PUT", "/v1/accounts/{id}", {"tier": "pro"}),
+    "GET /v1/accounts/{id}": _fixed("GET", "/v1/accounts/{id}"),
+    "POST /v1/accounts/{id}/credits (grant)": _fixed(
+        "POST", "/v1/accounts/{id}/credits", {"amount": 1, "type": "grant"}
     ),
-    ("POST", "/v1/accounts/{a}/check", {"resource": "api_call"}, {"admin", "service"}, "bearer"),
-    ("POST", "/v1/accounts/{a}/consume", {"resource": "api_call"}, {"admin", "service"}, "bearer"),
-    ("POST", "/v1/accounts/{a}/holds", {"amount": 1}, {"admin", "service"}, "bearer"),
-    ("POST", f"/v1/accounts/{{a}}/holds/{HOLD}/capture", {}, {"admin", "service"}, "bearer"),
-    ("POST", f"/v1/accounts/{{a}}/holds/{HOLD}/release", {}, {"admin", "service"}, "bearer"),
-    ("GET", "/v1/accounts/{a}/transactions", None, {"admin", "service", "read"}, "bearer"),
-    ("GET", "/v1/resources", None, {"admin", "service", "read"}, "bearer"),
-    ("GET", "/v1/me", None, {"admin", "hook"}, "proxy"),
-    ("GET", "/v1/authz", None, {"admin", "hook"}, "proxy"),
-    ("POST", "/v1/authz/api/chat/1", None, {"admin", "hook"}, "proxy"),
-]
-IDS = [f"{m} {p.replace('{a}', 'A')} {b or ''}" for m, p, b, _, _ in CASES]
+    "POST /v1/accounts/{id}/credits (earn)": _fixed(
+        "POST", "/v1/accounts/{id}/credits", {"amount": 1, "type": "earn"}
+    ),
+    "POST /v1/accounts/{id}/credits (refund)": lambda http, admin, acct: Call(
+        "POST",
+        f"/v1/accounts/{acct}/credits",
+        {"amount": 1, "type": "refund", "refund_of": _spend(http, admin, acct)},
+    ),
+    "POST /v1/accounts/{id}/check": _fixed(
+        "POST", "/v1/accounts/{id}/check", {"resource": "api_call"}
+    ),
+    "POST /v1/accounts/{id}/consume": _fixed(
+        "POST", "/v1/accounts/{id}/consume", {"resource": "api_call"}
+    ),
+    "POST /v1/accounts/{id}/holds": _fixed("POST", "/v1/accounts/{id}/holds", {"amount": 1}),
+    "POST /v1/accounts/{id}/holds/{hold}/capture": lambda http, admin, acct: Call(
+        "POST", f"/v1/accounts/{acct}/holds/{_hold(http, admin, acct)}/capture", {}
+    ),
+    "POST /v1/accounts/{id}/holds/{hold}/release": lambda http, admin, acct: Call(
+        "POST", f"/v1/accounts/{acct}/holds/{_hold(http, admin, acct)}/release", {}
+    ),
+    "GET /v1/accounts/{id}/transactions": _fixed("GET", "/v1/accounts/{id}/transactions"),
+    "GET /v1/resources": _fixed("GET", "/v1/resources"),
+    "GET /v1/me": _fixed("GET", "/v1/me"),
+    "GET /v1/authz": _fixed("GET", "/v1/authz"),
+    "POST /v1/authz/{path}": _fixed("POST", "/v1/authz/api/chat/1"),
+    "GET /healthz": _fixed("GET", "/healthz"),
+    "GET /readyz": _fixed("GET", "/readyz"),
+    "GET /metrics": _fixed("GET", "/metrics"),
+    "GET /openapi.json": _fixed("GET", "/openapi.json"),
+}
 
 
-def send(
-    http: httpx.Client,
-    case: tuple[str, str, Any, set[str], str],
-    acct: str,
-    headers: dict[str, str],
-) -> httpx.Response:
-    method, path, body, _, _ = case
+def key_headers(endpoint: str, key: str) -> dict[str, str]:
+    return {"X-Quotagate-Key": key} if endpoint in PROXY_KEY else bearer(key)
+
+
+def send(http: httpx.Client, call: Call, acct: str, headers: dict[str, str]) -> httpx.Response:
     headers = {**headers, "X-Account-Id": acct}
-    return http.request(method, path.format(a=acct), json=body, headers=headers)
+    return http.request(call.method, call.path, json=call.body, headers=headers)
 
 
-def key_headers(style: str, key: str) -> dict[str, str]:
-    return bearer(key) if style == "bearer" else {"X-Quotagate-Key": key}
+def test_every_route_of_the_app_is_in_the_matrix(gateway: GatewayServer) -> None:
+    """A new endpoint cannot ship without its row (and so its row in the docs)."""
+    assert set(PREPARE) == set(MATRIX)
+    in_matrix = {
+        label.split(" ")[1].replace("{id}", "{account_id}").replace("{hold}", "{hold_id}")
+        for label in MATRIX
+    }
+    routes = {
+        str(getattr(r, "path", "")).replace("{path:path}", "{path}") for r in gateway.app.routes
+    }
+    assert routes == in_matrix
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_matrix(http: httpx.Client, api_keys: dict[str, str], case: tuple[Any, ...]) -> None:
-    _, _, _, allowed, style = case
-    acct = create_account(http, api_keys["admin"])
-    # No key, an unknown key, a malformed one: 401.
-    for headers in (
-        {},
-        key_headers(style, "qg_0123456789abcdef_" + "x" * 43),
-        key_headers(style, api_keys["admin"][:-1] + ("A" if api_keys["admin"][-1] != "A" else "B")),
-        key_headers(style, "not-a-key"),
-        {"Authorization": f"Basic {api_keys['admin']}"},
-    ):
-        assert_problem(send(http, case, acct, headers), 401, "unauthorized")
-    # Each scope: 403 unless allowed; allowed ones get past the key check.
-    for scope in ALL:
-        r = send(http, case, acct, key_headers(style, api_keys[scope]))
-        if scope in allowed:
-            assert r.status_code not in (401, 403), (scope, r.status_code, r.text)
-        else:
+@pytest.mark.parametrize("endpoint", list(MATRIX))
+def test_matrix(http: httpx.Client, api_keys: dict[str, str], endpoint: str) -> None:
+    admin = api_keys["admin"]
+    acct = create_account(http, admin)
+    expected = dict(zip(COLUMNS, MATRIX[endpoint], strict=True))
+    for scope in COLUMNS:
+        call = PREPARE[endpoint](http, admin, acct)
+        headers = {} if scope == "no key" else key_headers(endpoint, api_keys[scope])
+        r = send(http, call, acct, headers)
+        assert r.status_code == expected[scope], (scope, r.status_code, r.text)
+        if expected[scope] == 401:
+            assert_problem(r, 401, "unauthorized")
+        elif expected[scope] == 403:
             assert_problem(r, 403, "forbidden")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[4] == "bearer"], ids=lambda c: c[1])
+@pytest.mark.parametrize("endpoint", sorted(set(MATRIX) - OPEN))
+def test_unknown_and_malformed_keys_are_401(
+    http: httpx.Client, api_keys: dict[str, str], endpoint: str
+) -> None:
+    admin = api_keys["admin"]
+    acct = create_account(http, admin)
+    call = PREPARE[endpoint](http, admin, acct)
+    near = admin[:-1] + ("A" if admin[-1] != "A" else "B")
+    for headers in (
+        key_headers(endpoint, "qg_0123456789abcdef_" + "x" * 43),
+        key_headers(endpoint, near),
+        key_headers(endpoint, "not-a-key"),
+        {"Authorization": f"Basic {admin}"},
+    ):
+        assert_problem(send(http, call, acct, headers), 401, "unauthorized")
+
+
+def test_the_documented_matrix_is_the_tested_one() -> None:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and re.fullmatch(r"\d{3}( \w+)?", cells[1]):
+            rows[cells[0]] = tuple(int(c.split(" ")[0]) for c in cells[1:])
+    assert rows == MATRIX
+
+
+@pytest.mark.parametrize("endpoint", sorted(set(MATRIX) - PROXY_KEY - OPEN))
 def test_proxy_header_is_not_a_bearer_key(
-    http: httpx.Client, api_keys: dict[str, str], case: tuple[Any, ...]
+    http: httpx.Client, api_keys: dict[str, str], endpoint: str
 ) -> None:
     acct = create_account(http, api_keys["admin"])
-    r = send(http, case, acct, {"X-Quotagate-Key": api_keys["admin"]})
-    assert_problem(r, 401, "unauthorized")
+    call = PREPARE[endpoint](http, api_keys["admin"], acct)
+    assert_problem(
+        send(http, call, acct, {"X-Quotagate-Key": api_keys["admin"]}), 401, "unauthorized"
+    )
 
 
 def test_bearer_is_not_the_proxy_key(http: httpx.Client, api_keys: dict[str, str]) -> None:
@@ -102,7 +211,8 @@ def test_401_names_the_scheme(http: httpx.Client) -> None:
 
 
 def test_non_admin_keys_cannot_grant(http: httpx.Client, api_keys: dict[str, str]) -> None:
-    """The product guide's bug, checked: no key but admin gives credits away."""
+    """No key but admin creates credits from nothing: grants and earnings need admin, a
+    refund needs a spend to return."""
     acct = create_account(http, api_keys["admin"], tier="free")
     url = f"/v1/accounts/{acct}/credits"
     for scope in ("service", "read", "hook"):
@@ -115,5 +225,9 @@ def test_non_admin_keys_cannot_grant(http: httpx.Client, api_keys: dict[str, str
             f"/v1/accounts/{acct}", json={"tier": "enterprise"}, headers=bearer(api_keys[scope])
         )
         assert_problem(r, 403, "forbidden")
+    r = http.post(
+        url, json={"amount": 10**6, "type": "refund"}, headers=bearer(api_keys["service"])
+    )
+    assert_problem(r, 422, "invalid_request")
     view = http.get(f"/v1/accounts/{acct}", headers=bearer(api_keys["admin"])).json()
     assert (view["tier"], view["balance"]) == ("free", 100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import httpx
@@ -48,19 +49,93 @@ def test_admin_grant_and_earn_are_durable(
     assert balance(http, admin, acct) == 1250
 
 
-def test_service_may_refund_but_not_grant(http: httpx.Client, api_keys: dict[str, str]) -> None:
+def consume(http: httpx.Client, service: str, acct: str, units: int) -> str:
+    r = http.post(
+        f"/v1/accounts/{acct}/consume",
+        json={"resource": "premium_feature", "units": units},
+        headers=bearer(service),
+    )
+    assert r.status_code == 200, r.text
+    transaction_id: str = r.json()["transaction_id"]
+    return transaction_id
+
+
+def refund(
+    http: httpx.Client, key: str, acct: str, amount: int, refund_of: str | None, **headers: str
+) -> httpx.Response:
+    body: dict[str, object] = {"amount": amount, "type": "refund"}
+    if refund_of is not None:
+        body["refund_of"] = refund_of
+    return http.post(f"/v1/accounts/{acct}/credits", json=body, headers={**bearer(key), **headers})
+
+
+def test_service_may_refund_a_spend_but_not_grant(
+    http: httpx.Client, api_keys: dict[str, str], migrated_database_url: str
+) -> None:
     acct = create_account(http, api_keys["admin"])
-    service = bearer(api_keys["service"])
+    service = api_keys["service"]
     url = f"/v1/accounts/{acct}/credits"
-    assert_problem(
-        http.post(url, json={"amount": 5, "type": "grant"}, headers=service), 403, "forbidden"
-    )
-    assert_problem(
-        http.post(url, json={"amount": 5, "type": "earn"}, headers=service), 403, "forbidden"
-    )
-    r = http.post(url, json={"amount": 5, "type": "refund"}, headers=service)
-    assert r.status_code == 200 and r.json()["balance"] == 1005
-    assert balance(http, api_keys["admin"], acct) == 1005
+    for kind in ("grant", "earn"):
+        r = http.post(url, json={"amount": 5, "type": kind}, headers=bearer(service))
+        assert_problem(r, 403, "forbidden")
+    spend = consume(http, service, acct, 2)  # 10 credits
+    r = refund(http, service, acct, 4, spend)
+    assert r.status_code == 200, r.text
+    assert (r.json()["balance"], r.json()["durable"]) == (994, True)
+    rows = ledger_rows(migrated_database_url, r.json()["transaction_id"])
+    assert [(x["account_id"], x["amount"], x["type"]) for x in rows] == [(acct, 4, "refund")]
+    assert balance(http, api_keys["admin"], acct) == 994
+
+
+def test_a_service_key_cannot_mint_money(http: httpx.Client, api_keys: dict[str, str]) -> None:
+    """A refund of 10^12 to any account: refused, whatever spend it names or not."""
+    admin, service = api_keys["admin"], api_keys["service"]
+    acct, other = create_account(http, admin), create_account(http, admin)
+    spend = consume(http, service, acct, 1)  # 5 credits
+    spend_of_other = consume(http, service, other, 1)
+    assert_problem(refund(http, service, acct, 10**12, None), 422, "invalid_request")
+    assert_problem(refund(http, service, acct, 10**12, spend), 409, "refund_exceeds_spend")
+    unknown = str(uuid.uuid4())
+    missing = assert_problem(refund(http, service, acct, 1, unknown), 404, "spend_not_found")
+    foreign = assert_problem(refund(http, service, acct, 1, spend_of_other), 404, "spend_not_found")
+    # The same answer for a spend of another account as for none: nothing to learn from it.
+    missing["detail"] = missing["detail"].replace(unknown, "<id>")
+    foreign["detail"] = foreign["detail"].replace(spend_of_other, "<id>")
+    assert missing == foreign
+    opening = http.get(f"/v1/accounts/{acct}/transactions", headers=bearer(admin)).json()
+    grant_id = next(t["id"] for t in opening["transactions"] if t["type"] == "grant")
+    assert_problem(refund(http, service, acct, 1, grant_id), 404, "spend_not_found")
+    assert_problem(refund(http, service, acct, 1, "not-a-uuid"), 422, "invalid_request")
+    assert (balance(http, admin, acct), balance(http, admin, other)) == (995, 995)
+
+
+def test_refunds_of_a_spend_stop_at_its_cost(http: httpx.Client, api_keys: dict[str, str]) -> None:
+    service = api_keys["service"]
+    acct = create_account(http, api_keys["admin"])
+    spend = consume(http, service, acct, 3)  # 15 credits
+    assert refund(http, service, acct, 10, spend).status_code == 200
+    over = assert_problem(refund(http, service, acct, 6, spend), 409, "refund_exceeds_spend")
+    assert (over["cost"], over["refunded"], over["refundable"]) == (15, 10, 5)
+    assert refund(http, service, acct, 5, spend).status_code == 200
+    assert_problem(refund(http, service, acct, 1, spend), 409, "refund_exceeds_spend")
+    assert balance(http, api_keys["admin"], acct) == 1000
+
+
+def test_a_refund_is_replayed_per_idempotency_key(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    service = api_keys["service"]
+    acct = create_account(http, api_keys["admin"])
+    spend = consume(http, service, acct, 1)
+    first = refund(http, service, acct, 5, spend, **{"Idempotency-Key": "rf-7"})
+    again = refund(http, service, acct, 5, spend, **{"Idempotency-Key": "rf-7"})
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["transaction_id"] == first.json()["transaction_id"]
+    other = consume(http, service, acct, 1)
+    conflict = refund(http, service, acct, 5, other, **{"Idempotency-Key": "rf-7"})
+    assert_problem(conflict, 409, "idempotency_conflict")
+    assert balance(http, api_keys["admin"], acct) == 995
 
 
 @pytest.mark.parametrize(
@@ -78,6 +153,9 @@ def test_service_may_refund_but_not_grant(http: httpx.Client, api_keys: dict[str
         ({"type": "grant"}, "invalid_request"),
         ({"amount": 5}, "invalid_request"),
         ({"amount": 5, "type": "adjust"}, "invalid_request"),
+        ({"amount": 5, "type": "refund"}, "invalid_request"),
+        ({"amount": 5, "type": "grant", "refund_of": str(uuid.uuid4())}, "invalid_request"),
+        ({"amount": 5, "type": "refund", "refund_of": 17}, "invalid_request"),
         ({"amount": 5, "type": "spend"}, "invalid_request"),
         ({"amount": 5, "type": "grant", "extra": 1}, "invalid_request"),
         ({"amount": 5, "type": "grant", "metadata": [1]}, "invalid_request"),

@@ -4,6 +4,7 @@ in one sentence without a traceback. The last test runs the installed command it
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from tests.cli.runner import invoke
 from tests.jobs.ledger_db import new_database
 from tests.jobs.processes import quotagate_env, run_quotagate
 from tests.support.servers import RedisProcess
+
+from quotagate.config import parse_config
+from quotagate.engine import CreditEngine
 
 CONFIG = """
 partitions = 4
@@ -55,6 +59,40 @@ def fails(args: list[str], env: dict[str, str], code: int) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "Traceback" not in done.stderr
     return lines[0]
+
+
+def _consume(redis_url: str, key_prefix: str, account_id: str, units: int) -> str:
+    """A spend, made as a service would (the CLI makes none)."""
+
+    async def run() -> str:
+        engine = CreditEngine.from_url(redis_url, parse_config(CONFIG), prefix=key_prefix)
+        try:
+            await engine.initialize()
+            return (await engine.consume(account_id, "unit", units)).transaction_id
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_refund_names_its_spend_and_a_debit_stops_at_the_floor(
+    env: dict[str, str], redis_url: str, key_prefix: str
+) -> None:
+    ok(["accounts", "create", "ann", "--tier", "free"], env)  # 100
+    ok(["accounts", "create", "bob", "--tier", "free"], env)
+    spend = _consume(redis_url, key_prefix, "ann", 30)
+    of_bob = _consume(redis_url, key_prefix, "bob", 30)
+    assert "refund_of" in fails(["grant", "--type", "refund", "ann", "5"], env, 2)
+    assert "no spend" in fails(
+        ["grant", "--type", "refund", "--refund-of", of_bob, "ann", "5"], env, 2
+    )
+    refunded = ok_json(["grant", "--type", "refund", "--refund-of", spend, "ann", "20"], env)
+    assert (refunded["balance"], refunded["durable"]) == (90, True)
+    refused = fails(["grant", "--type", "refund", "--refund-of", spend, "ann", "11"], env, 2)
+    assert "at most 10 more" in refused
+    assert "below zero" in fails(["grant", "--type", "adjust", "ann", "--", "-91"], env, 2)
+    debited = json.loads(ok(["grant", "--type", "adjust", "--json", "ann", "--", "-90"], env))
+    assert debited["balance"] == 0
 
 
 def test_accounts_grant_and_history(env: dict[str, str]) -> None:

@@ -41,7 +41,8 @@ def test_sync_client_round_trip(gateway: GatewayServer, api_keys: dict[str, str]
         assert service.capture(acct, hold.hold_id, 15).remaining == 125
         other = service.hold(acct, resource="api_call", units=3)
         assert service.release(acct, other.hold_id).released == 3
-        assert service.credit(acct, 5, "refund").balance == 130
+        refund = service.credit(acct, 5, "refund", refund_of=charge.transaction_id)
+        assert refund.balance == 130
         view = service.get_account(acct)
         assert (view.balance, view.reserved, view.available) == (130, 0, 130)
         page = service.transactions(acct, limit=3)

@@ -53,7 +53,7 @@ async def _one_operation(engine: CreditEngine, rng: random.Random, a: str) -> li
         if roll < 0.65:
             return [(await engine.credit(a, rng.randint(1, 50), "grant")).transaction_id]
         if roll < 0.75:
-            return [(await engine.credit(a, rng.randint(1, 20), "refund")).transaction_id]
+            return [(await engine.credit(a, rng.randint(1, 20), "adjust")).transaction_id]
         if roll < 0.80:
             return [(await engine.credit(a, rng.randint(1, 20), "earn")).transaction_id]
         hold = await engine.hold(a, amount=rng.randint(5, 40))

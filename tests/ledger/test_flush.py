@@ -13,6 +13,7 @@ from tests.ledger.support import assert_books_balance, ledger_rows
 
 from quotagate import ids
 from quotagate.engine import CreditEngine
+from quotagate.engine.results import RefundCount
 from quotagate.ledger import FlushLease, Ledger, flush_all, flush_partition
 from quotagate.ledger.batch import build_batch
 from quotagate.ledger.flush import apply_batch as apply_flush_batch
@@ -30,7 +31,10 @@ async def _traffic(engine: CreditEngine, accounts: list[str]) -> list[str]:
         for _ in range(5):
             txns.append((await engine.consume(a, "api_call", 7)).transaction_id)
         txns.append((await engine.credit(a, 40 + i, "grant", description="top-up")).transaction_id)
-        txns.append((await engine.credit(a, 3, "refund", metadata={"order": i})).transaction_id)
+        refund = await engine.credit(
+            a, 3, "refund", metadata={"order": i}, refund_of=txns[-2], counted=RefundCount(7, 0)
+        )
+        txns.append(refund.transaction_id)
         hold = await engine.hold(a, amount=30)
         txns.append((await engine.capture(a, hold.hold_id, 12)).transaction_id)
     return txns

@@ -45,7 +45,7 @@ async def test_postgres_down_gives_false_fast_and_the_outbox_keeps_the_grant(
 ) -> None:
     a = acct("down")
     await lengine.upsert_account(a)
-    grant = await lengine.credit(a, 40, "refund")
+    grant = await lengine.credit(a, 40, "earn")
     down = await Ledger.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
     try:
         started = time.monotonic()

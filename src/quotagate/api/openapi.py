@@ -184,13 +184,19 @@ def _account_paths() -> dict[str, Any]:
         },
         "/v1/accounts/{account_id}/credits": {
             "post": _op(
-                "Add credits: grant, earn (admin) or refund (service)",
+                "Add credits: grant, earn (admin) or refund a spend (service)",
                 "admin (service for refund)",
                 (200, s.CreditOut),
                 body=s.CreditRequest,
                 params=write,
                 errors=(404, 409, 413, 422, 503),
-            ),
+            )
+            | {
+                "description": "Scope: admin (service for refund). A refund names the spend "
+                "it returns (refund_of: a spend of this account, else 404 spend_not_found); "
+                "all refunds of one spend together return at most what it charged (else 409 "
+                "refund_exceeds_spend).",
+            },
         },
         "/v1/accounts/{account_id}/check": {
             "post": _op(

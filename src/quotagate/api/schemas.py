@@ -21,6 +21,13 @@ Limit = Annotated[int, Meta(ge=0, le=MAX_AMOUNT, description="A JSON integer fro
 Seconds = Annotated[int, Meta(ge=1, le=30 * 86400)]
 Description = Annotated[str, Meta(max_length=MAX_DESCRIPTION_CHARS)]
 ResourceName = Annotated[str, Meta(min_length=1, max_length=64)]
+TransactionId = Annotated[
+    str,
+    Meta(
+        pattern="^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="A transaction id (a UUID, as the answer that made it gave it).",
+    ),
+]
 Metadata = Annotated[dict[str, Any], Meta(description="A JSON object, at most 4 KiB once encoded.")]
 
 AMOUNT_FIELDS = frozenset({"amount", "units", "overdraft_limit"})
@@ -41,8 +48,11 @@ class AccountUpsert(_Body):
 
 
 class CreditRequest(_Body):
+    """A refund names the spend it returns (refund_of); grants and earnings name none."""
+
     amount: Amount
     type: Literal["grant", "earn", "refund"]
+    refund_of: TransactionId | None = None
     description: Description | None = None
     metadata: Metadata | None = None
 

@@ -20,6 +20,7 @@ from quotagate.engine.validate import CREDIT_TYPES
 from quotagate.errors import AccountNotFound, ValidationError
 from quotagate.jobs.pg import postgres_errors
 from quotagate.ledger import HistoryPage
+from quotagate.ledger.refunds import refund
 
 LIST_MAX = 1000
 
@@ -216,6 +217,7 @@ def list_accounts(
 @click.argument("amount", type=int)
 @click.option("--type", "kind", type=click.Choice(CREDIT_TYPES), default="grant",
               show_default=True, help="adjust takes a signed amount.")  # fmt: skip
+@click.option("--refund-of", help="refund: the transaction id of the spend it returns.")
 @click.option("--description", help="Shown in the history.")
 @_idem
 @json_option
@@ -223,23 +225,34 @@ def grant(
     account_id: str,
     amount: int,
     kind: str,
+    refund_of: str | None,
     description: str | None,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
     """Add credits to an account (grant, earn, refund) or correct it (adjust, signed).
 
-    Written through to the ledger before this returns; `durable: no` means PostgreSQL did
-    not take it now and the flush will. A negative adjustment goes after `--`, options
-    before it: `quotagate grant --type adjust ACCOUNT_ID -- -5`.
+    A refund names the spend it returns (`--refund-of`), and all refunds of one spend return
+    at most what it charged. A negative adjustment may not take available credits (balance
+    minus held plus overdraft) below zero. Written through to the ledger before this
+    returns; `durable: no` means PostgreSQL did not take it now and the flush will. A
+    negative adjustment goes after `--`, options before it:
+    `quotagate grant --type adjust ACCOUNT_ID -- -5`.
     """
 
     async def work(b: Backends) -> dict[str, Any]:
         assert b.ledger is not None
         engine = await ready_engine(b)
-        result = await engine.credit(
-            account_id, amount, kind, description=description, idempotency_key=idempotency_key
-        )
+        if kind == "refund":
+            result = await refund(
+                engine, b.ledger, account_id, amount, refund_of, description=description,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        else:
+            result = await engine.credit(
+                account_id, amount, kind, description=description,
+                idempotency_key=idempotency_key, refund_of=refund_of,
+            )  # fmt: skip
         durable = await b.ledger.write_through(engine, account_id, [result.outbox_entry_id])
         out = asdict(result)
         out.pop("outbox_entry_id")

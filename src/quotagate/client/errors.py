@@ -41,6 +41,10 @@ def _rate_limited(detail: str, extra: dict[str, Any]) -> errors.QuotagateError:
     return errors.RateLimited(int(extra.get("retry_after_ms", 1000)))
 
 
+def _refund_exceeds(detail: str, extra: dict[str, Any]) -> errors.QuotagateError:
+    return errors.RefundExceedsSpend(int(extra.get("cost", 0)), int(extra.get("refunded", 0)))
+
+
 _BY_CODE: dict[str, Factory] = {
     "insufficient_credits": _insufficient,
     "rate_limited": _rate_limited,
@@ -52,6 +56,8 @@ _BY_CODE: dict[str, Factory] = {
     "account_not_found": _plain(errors.AccountNotFound),
     "account_banned": _plain(errors.AccountBanned),
     "hold_not_found": _plain(errors.HoldNotFound),
+    "spend_not_found": _plain(errors.SpendNotFound),
+    "refund_exceeds_spend": _refund_exceeds,
     "idempotency_conflict": _plain(errors.IdempotencyConflict),
     "account_not_loaded": _plain(errors.AccountNotLoaded),
     "backend_unavailable": _plain(errors.BackendUnavailable),

@@ -59,10 +59,12 @@ def credit(
     description: str | None,
     metadata: dict[str, Any] | None,
     idempotency_key: str | None,
+    refund_of: str | None = None,
 ) -> Call[s.CreditOut]:
     body = _clean(
-        {"amount": amount, "type": type, "description": description, "metadata": metadata}
-    )
+        {"amount": amount, "type": type, "refund_of": refund_of, "description": description,
+         "metadata": metadata}
+    )  # fmt: skip
     path = f"{_acct(account_id)}/credits"
     return Call("POST", path, s.CreditOut, body, headers=_idem(idempotency_key))
 

@@ -86,9 +86,12 @@ class QuotagateClient:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        refund_of: str | None = None,
     ) -> s.CreditOut:
+        """Add credits. A refund (``type="refund"``, allowed to service keys) names the spend
+        it returns in ``refund_of``: all refunds of one spend return at most what it charged."""
         return self._send(
-            rq.credit(account_id, amount, type, description, metadata, idempotency_key)
+            rq.credit(account_id, amount, type, description, metadata, idempotency_key, refund_of)
         )
 
     def check(self, account_id: str, resource: str, units: int = 1) -> s.CheckOut:

@@ -15,6 +15,7 @@ then makes exactly one script call; calls made in the same loop tick share one p
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -27,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import validate
-from quotagate.engine.keys import DEFAULT_PREFIX, KeySpace
+from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
 from quotagate.engine.replies import unwrap
 from quotagate.engine.results import (
     Account,
@@ -37,6 +38,7 @@ from quotagate.engine.results import (
     Hold,
     HoldResult,
     RateLimitState,
+    RefundCount,
     ReleaseResult,
     RenewResult,
     UpsertResult,
@@ -71,6 +73,23 @@ def _charge_result(reply: list[str]) -> ChargeResult:
     return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
 
 
+def _spend_id(type: str, refund_of: str | None) -> str:
+    """The spend a credit refunds, as the canonical text of its id ("" for other types)."""
+    if type != "refund":
+        if refund_of is not None:
+            raise ValidationError("only a refund names a spend (refund_of)", field="refund_of")
+        return ""
+    if refund_of is None:
+        raise ValidationError(
+            "a refund names the spend it returns: refund_of, the spend's transaction id",
+            field="refund_of",
+        )
+    try:
+        return str(uuid.UUID(refund_of))
+    except (TypeError, ValueError, AttributeError):
+        raise ValidationError("refund_of must be a transaction id", field="refund_of") from None
+
+
 def current_period(now: datetime | None = None) -> str:
     """The renewal period (calendar month, UTC) as "YYYY-MM"."""
     return (now or datetime.now(UTC)).strftime("%Y-%m")
@@ -98,6 +117,7 @@ class CreditEngine:
         self.runner = ScriptRunner(redis, batching=batching)
         self._consume = self.scripts["consume"]
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
+        self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
 
     @classmethod
     def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
@@ -279,23 +299,41 @@ class CreditEngine:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        refund_of: str | None = None,
+        counted: RefundCount | None = None,
     ) -> CreditResult:
-        """Add credits (grant, earn, refund) or correct a balance (adjust, signed)."""
+        """Add credits (grant, earn, refund) or correct a balance (adjust, signed).
+
+        A refund names the spend it returns (``refund_of``, a transaction id of this account):
+        all refunds of one spend together return at most what it charged, or
+        RefundExceedsSpend. Redis keeps that count while a spend is being refunded; when it
+        has none, RefundNotCounted asks the caller for the ledger's (``counted``; see
+        :func:`quotagate.ledger.refunds.refund`, which does both steps). A negative
+        adjustment that would take available credits below zero raises AdjustBelowFloor.
+        """
         ids.check_account_id(account_id)
         if type not in validate.CREDIT_TYPES:
             raise ValidationError(
                 f"type must be one of {', '.join(validate.CREDIT_TYPES)}", field="type"
             )
         validate.amount(amount, signed=type == "adjust")
+        spend_id = _spend_id(type, refund_of)
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
-        fp = validate.fingerprint("credit", amount, type, desc, meta) if idem else ""
+        fp = validate.fingerprint("credit", amount, type, desc, meta, spend_id) if idem else ""
         args = [
             ids.new_id(), account_id, str(amount), type, desc, meta, idem or "", fp,
-            self._idem_ttl_ms, str(MAX_BALANCE),
+            self._idem_ttl_ms, str(MAX_BALANCE), spend_id,
+            "" if counted is None else str(counted.cost),
+            "" if counted is None else str(counted.refunded),
+            self._refund_count_ttl_ms,
         ]  # fmt: skip
-        r = await self._call("credit", account_id, idem, args)
+        keys = (
+            *self.keys.script_keys(account_id, idem),
+            self.keys.refund_count(account_id, spend_id),
+        )
+        r = unwrap(await self.runner.run(self.scripts["credit"], keys, args))
         return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1", r[4])
 
     async def hold(

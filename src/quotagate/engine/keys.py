@@ -18,6 +18,13 @@ Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry)
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
     P:{n}:i:<acct>:<key>   string idempotency record, expires after the idempotency TTL
+    P:{n}:rf:<acct>:<txn>  hash   a spend's refund count: ``cost`` (what the spend charged) and
+                                  ``refunded`` (what its refunds returned so far). Created by
+                                  the first refund of the spend from the ledger's count, kept
+                                  by each refund in the same script as its credit, so concurrent
+                                  refunds never pass the cost; expires when the spend has not
+                                  been refunded for REFUND_COUNT_TTL_SECONDS (the next refund
+                                  counts again from the ledger and the outbox)
     P:apikeys              hash   the gateway's copy of the API key hashes (PostgreSQL holds the
                                   keys; the copy lets a gateway start while PostgreSQL is down)
 
@@ -32,6 +39,11 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "qg"
 """Prefix of every key; lets several deployments (or test runs) share one Redis."""
+
+REFUND_COUNT_TTL_SECONDS = 7 * 86400
+"""How long a spend's refund count outlives its last refund. Only a cache of what the ledger
+and the outbox hold (both are read again when it is gone), so any length is correct; a week
+keeps the refunds of one order, which come in a burst, from reading PostgreSQL each time."""
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -156,6 +168,11 @@ class KeySpace:
             rate=f"{t}:rl:{account_id}",
             index=f"{t}:accounts",
         )
+
+    def refund_count(self, account_id: str, spend_id: str = "") -> str:
+        """The refund count of one spend of the account. Without a spend the name is one no
+        script touches: the credit script takes this slot for every credit."""
+        return f"{self.tag(self.partition_of(account_id))}:rf:{account_id}:{spend_id}"
 
     def account_pattern(self, partition: int) -> str:
         """SCAN pattern matching the account hashes of one partition."""

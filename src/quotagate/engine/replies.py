@@ -43,6 +43,11 @@ _ERRORS: dict[str, Callable[[Sequence[str]], errors.QuotagateError]] = {
     "capture_exceeds_hold": lambda a: errors.CaptureExceedsHold(
         f"capture amount is above the held amount ({a[0]})", held=int(a[0])
     ),
+    "refund_not_counted": lambda a: errors.RefundNotCounted(
+        "no count of this spend's refunds in Redis; count them in the ledger"
+    ),
+    "refund_exceeds_spend": lambda a: errors.RefundExceedsSpend(int(a[0]), int(a[1])),
+    "adjust_below_floor": lambda a: errors.AdjustBelowFloor(int(a[0])),
     "unknown_tier": lambda a: errors.UnknownTier(f"unknown tier {a[0]!r}", field="tier"),
 }
 

@@ -45,6 +45,15 @@ class CreditResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundCount:
+    """A spend as the ledger and the outbox count it: what it charged and what its refunds
+    returned so far (starts Redis's count of the spend's refunds)."""
+
+    cost: int
+    refunded: int
+
+
+@dataclass(frozen=True, slots=True)
 class HoldResult:
     hold_id: str
     amount: int

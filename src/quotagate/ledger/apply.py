@@ -68,6 +68,7 @@ _STAGE_COLUMNS = (
     ("created_ms", "bigint"),
     ("monthly_delta", "bigint"),
     ("resets", "boolean"),
+    ("refund_of", "text"),
 )
 
 _UNNEST_SOURCE = "unnest({}) AS b({})".format(
@@ -80,9 +81,9 @@ STAGE_TABLE = "qg_flush_stage"
 _INSERT_TRANSACTIONS = f"""
     INSERT INTO credit_transactions AS t
         (id, account_id, amount, type, resource, units, description, metadata,
-         idempotency_key, balance_after, created_at)
+         idempotency_key, balance_after, created_at, refund_of)
     SELECT id, account_id, amount, type, resource, units, description, metadata::jsonb,
-           idempotency_key, balance_after, {_ts("created_ms")}
+           idempotency_key, balance_after, {_ts("created_ms")}, refund_of
     FROM batch"""
 
 _EFFECT_COLUMNS = """account_id,
@@ -236,6 +237,7 @@ def transaction_columns(rows: Sequence[TransactionEntry]) -> list[list[Any]]:
         [r.created_ms for r in rows],
         [r.monthly_delta for r in rows],
         [r.resets_monthly for r in rows],
+        [r.refund_of for r in rows],
     ]
 
 

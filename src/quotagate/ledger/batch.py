@@ -33,7 +33,7 @@ from quotagate.ledger.outbox import (
 
 COPY_COLUMNS = (
     "id", "account_id", "amount", "type", "resource", "units", "description", "metadata",
-    "created_at", "balance_after", "idempotency_key",
+    "created_at", "balance_after", "idempotency_key", "refund_of",
 )  # fmt: skip
 """The ``credit_transactions`` columns of each COPY line, in order. The COPY reads an empty
 value as NULL, as ``parse_entry`` reads an empty field as None."""
@@ -46,6 +46,7 @@ _FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik"
 """A transaction's stream fields in the order the Lua scripts write them."""
 _LAYOUT = [name.encode() for name in _FIELDS]
 _LAYOUT_WITH_HOLD = [*_LAYOUT, b"hold"]  # a capture names its hold, which the ledger does not keep
+_LAYOUT_WITH_REFUND = [*_LAYOUT, b"rf"]  # a refund names its spend (the ledger's refund_of)
 _TYPES = frozenset(kind.encode() for kind in TRANSACTION_TYPES)
 _SPEND, _GRANT, _EXPIRE = b"spend", b"grant", b"expire"
 
@@ -141,8 +142,10 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
     stamps: dict[bytes, bytes] = {}
     events: dict[str, AccountEvent] = {}
     for j, (stream_id, fields) in enumerate(raw):
-        if fields[0::2] in (_LAYOUT, _LAYOUT_WITH_HOLD):
+        layout = fields[0::2]
+        if layout in (_LAYOUT, _LAYOUT_WITH_HOLD, _LAYOUT_WITH_REFUND):
             txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey = fields[1:24:2]
+            refund_of = fields[25] if layout == _LAYOUT_WITH_REFUND else b""
             if txn_id in seen:
                 continue
             if txn_id and account and kind in _TYPES:
@@ -167,7 +170,8 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
                         if ms < acc.first_ms:
                             acc.first_ms = ms
                     units = units if res else b""
-                    row = (txn_id, account, amt, kind, res, units, desc, meta, created, bal, ikey)
+                    row = (txn_id, account, amt, kind, res, units, desc, meta, created, bal, ikey,
+                           refund_of)  # fmt: skip
                     lines.append(_SEP.join(row))
                     sources.append(j)
                     continue
@@ -201,7 +205,7 @@ def _row(e: TransactionEntry) -> Row:
         e.metadata or "",
     )  # fmt: skip
     return (*[v.encode() for v in text], created, str(e.balance_after).encode(),
-            (e.idempotency_key or "").encode())  # fmt: skip
+            (e.idempotency_key or "").encode(), (e.refund_of or "").encode())  # fmt: skip
 
 
 def _effect(e: TransactionEntry) -> Effect:

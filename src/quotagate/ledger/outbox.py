@@ -3,7 +3,7 @@
 Each partition's stream (``engine.keys.outbox(p)``) holds, in the order Redis ran the scripts,
 two kinds of entries (fields as the Lua scripts write them):
 
-    transaction    id a amt t res u d md ts bal dm ik [hold]     t in earn|spend|refund|...
+    transaction    id a amt t res u d md ts bal dm ik [hold|rf]  t in earn|spend|refund|...
     account event  id a t=account tier st od rst ca ts          tier, status, overdraft changed
 
 An entry that does not parse raises :class:`OutboxEntryInvalid`: the flush of that partition
@@ -51,6 +51,8 @@ class TransactionEntry:
     created_ms: int
     monthly_delta: int
     """Signed change of the monthly bucket (renewal grants and expiries, spends from it)."""
+    refund_of: str | None = None
+    """For a refund: the transaction id of the spend it returns (the entry's ``rf``)."""
 
     @property
     def resets_monthly(self) -> bool:
@@ -122,6 +124,7 @@ def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
         int(f["bal"]),
         int(f["ts"]),
         int(f.get("dm") or 0),
+        f.get("rf") or None,
     )
 
 

@@ -1,5 +1,9 @@
-"""Credits: money in (grant and earn for admin keys, refund for service keys too),
-written through to Postgres before the answer."""
+"""Credits: money in, written through to Postgres before the answer.
+
+Grants and earnings create credits, so only admin keys make them. A service key may refund: a
+refund returns (part of) a spend of the account it names, and all refunds of one spend
+together return at most what it charged (:mod:`quotagate.ledger.refunds`).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,25 @@ from quotagate.api.endpoint import bearer, endpoint, idempotency_key, json_respo
 from quotagate.api.errors import Forbidden
 from quotagate.api.gateway import Gateway
 from quotagate.api.schemas import CreditOut, CreditRequest
+from quotagate.engine.results import CreditResult
+from quotagate.ledger.refunds import refund
 
 
 def routes(gw: Gateway) -> list[Route]:
     keys, engine = gw.keys, gw.engine
+
+    async def add_credits(account_id: str, body: CreditRequest, request: Request) -> CreditResult:
+        if body.type == "refund":
+            return await refund(
+                engine, gw.ledger.ledger, account_id, body.amount, body.refund_of,
+                description=body.description, metadata=body.metadata,
+                idempotency_key=idempotency_key(request),
+            )  # fmt: skip
+        return await engine.credit(
+            account_id, body.amount, body.type, description=body.description,
+            metadata=body.metadata, idempotency_key=idempotency_key(request),
+            refund_of=body.refund_of,
+        )  # fmt: skip
 
     @endpoint("credits")
     async def credits(request: Request) -> Response:
@@ -24,14 +43,7 @@ def routes(gw: Gateway) -> list[Route]:
         if body.type != "refund" and not key.allows("admin"):
             raise Forbidden(f'a "{body.type}" needs an admin key (service keys may refund)')
         account_id = request.path_params["account_id"]
-        r = await engine.credit(
-            account_id,
-            body.amount,
-            body.type,
-            description=body.description,
-            metadata=body.metadata,
-            idempotency_key=idempotency_key(request),
-        )
+        r = await add_credits(account_id, body, request)
         durable = await gw.ledger.write_through(engine, account_id, [r.outbox_entry_id])
         gw.flush_trigger.note_write(account_id)
         answer = CreditOut(transaction_id=r.transaction_id, balance=r.balance, durable=durable)
