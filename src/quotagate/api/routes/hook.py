@@ -134,10 +134,15 @@ def _checked_method(method: str) -> str:
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 
+UNITS_PATTERN = r"^([1-9][0-9]{0,11}|1000000000000)$"
+"""X-Quota-Units: an integer from 1 to 10^12 in plain decimal (no sign, no leading zero)."""
+_UNITS = re.compile(UNITS_PATTERN)
+
+
 def _units(raw: str | None) -> int:
     if raw is None or raw == "1":
         return 1
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 13) or not 1 <= int(raw) <= 10**12:
+    if not _UNITS.match(raw):
         raise InvalidAmount("X-Quota-Units must be an integer from 1 to 10^12", field="units")
     return int(raw)
 
