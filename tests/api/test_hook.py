@@ -162,7 +162,7 @@ def test_bad_resource_headers_are_422(http: httpx.Client, api_keys: dict[str, st
     acct = create_account(http, api_keys["admin"])
     r = http.get("/v1/authz", headers=hook_headers(api_keys, acct, X_Quota_Resource="gold"))
     assert_problem(r, 422, "unknown_resource")
-    for units in ("0", "-1", "1.5", "x", "1" * 14):
+    for units in ("0", "-1", "+1", "01", "1.5", "x", "1" * 14, "1000000000001"):
         r = http.get(
             "/v1/authz",
             headers=hook_headers(api_keys, acct, X_Quota_Resource="api_call", X_Quota_Units=units),
