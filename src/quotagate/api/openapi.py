@@ -126,13 +126,15 @@ def _hook_op() -> dict[str, Any]:
         "hook",
         (200, None),
         params=params,
-        errors=(402, 409, 422, 429, 503),
+        errors=(400, 402, 409, 422, 429, 503),
     )
     op["description"] = (
         "Allowed: 200 with X-Quota-Account, X-Quota-Cost, X-Quota-Remaining (and RateLimit-* "
         "for rate-limited tiers). Denied for credits: authz.deny_status (402) with X-Quota-Reason; "
         "rate limited: authz.rate_limited_status (429) with Retry-After. No identity: 401; "
-        "unknown or banned account: 403. Backend down: 503, or 200 with X-Quota-Degraded: 1."
+        "unknown or banned account: 403. A path spelled so that upstreams read it differently "
+        "(dot segments, encoded slashes, double encoding, NUL): authz.invalid_path_status (400). "
+        "Backend down: 503, or 200 with X-Quota-Degraded: 1."
     )
     return op
 
