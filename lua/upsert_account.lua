@@ -45,7 +45,6 @@ if not grant then return {'err', 'invalid_argument', 'opening_grant'} end
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 if not string.match(period, '^%d%d%d%d%-%d%d$') then return {'err', 'invalid_argument', 'period'} end
 if #event_id < 1 or #grant_txn < 1 then return {'err', 'invalid_argument', 'transaction_id'} end
-if tier ~= '' and not redis.call('HGET', KEYS[2], 't:' .. tier) then return {'err', 'unknown_tier', tier} end
 
 if idem ~= '' then
   local rec = redis.call('GET', KEYS[4])
@@ -59,6 +58,9 @@ if idem ~= '' then
 end
 
 if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
+-- The partition config names the tiers: without it (Redis lost its data) every tier would
+-- look unknown.
+if tier ~= '' and not redis.call('HGET', KEYS[2], 't:' .. tier) then return {'err', 'unknown_tier', tier} end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

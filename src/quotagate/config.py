@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,31 +58,50 @@ class Holds(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 86400
 
 
+Method = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z]{1,32})\Z")]
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One row of the authz route table: first match wins."""
+    """One row of the authz route table: first match wins.
+
+    ``path`` is a glob matched against the normalised path (see
+    :mod:`quotagate.api.priced_path`), regardless of case unless ``case_sensitive``: a request
+    must not dodge its price by spelling ``/API/Premium/x``. A ``GET`` route also prices
+    ``HEAD``, which upstreams answer with their GET handler."""
 
     path: Annotated[str, msgspec.Meta(min_length=1)]
     resource: str
-    method: str = "*"
+    method: Method = "*"
     units: PositiveInt = 1
+    case_sensitive: bool = False
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method == "*" or self.method.upper() == method.upper()) and bool(
-            _glob(self.path).match(path)
-        )
+        """Whether this route prices ``method`` (upper case) on ``path`` (normalised)."""
+        wanted = self.method.upper()
+        return (
+            wanted == "*" or wanted == method or (method == "HEAD" and wanted == "GET")
+        ) and bool(_glob(self.path, self.case_sensitive).match(path))
 
 
 class Authz(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     unmatched: Literal["allow", "deny"] = "allow"
     deny_status: Annotated[int, msgspec.Meta(ge=400, le=499)] = 402
     rate_limited_status: Annotated[int, msgspec.Meta(ge=400, le=499)] = 429
+    invalid_path_status: Annotated[int, msgspec.Meta(ge=400, le=499)] = 400
+    """The status of a path the hook refuses to price; nginx setups use 403 (see deny_status)."""
     timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 250
     failure_mode: Literal["closed", "open"] = "closed"
     routes: list[Route] = []
 
     def route_for(self, method: str, path: str) -> Route | None:
-        path = path.split("?", 1)[0]
-        return next((r for r in self.routes if r.matches(method, path)), None)
+        """The first route pricing ``method`` on the normalised ``path``, or on it without its
+        trailing slash: most upstreams serve ``/api/files/`` as ``/api/files``."""
+        method = method.upper()
+        bare = path[:-1] if path[-1:] == "/" and len(path) > 1 else None
+        for route in self.routes:
+            if route.matches(method, path) or (bare is not None and route.matches(method, bare)):
+                return route
+        return None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -99,11 +119,19 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return self.resources.get(resource)
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    return _GLOB_CACHE.setdefault(pattern, re.compile(fnmatch.translate(pattern)))
+def _glob(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
+    key = (pattern, case_sensitive)
+    compiled = _GLOB_CACHE.get(key)
+    if compiled is None:
+        # IGNORECASE folds as upstreams that ignore case do, ASCII lookalikes included
+        # (K, the Kelvin sign, is k; ı and İ are i; ſ is s).
+        flags = 0 if case_sensitive else re.IGNORECASE
+        regex = fnmatch.translate(unicodedata.normalize("NFKC", pattern))
+        compiled = _GLOB_CACHE[key] = re.compile(regex, flags)
+    return compiled
 
 
-_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+_GLOB_CACHE: dict[tuple[str, bool], re.Pattern[str]] = {}
 
 
 def _check(config: Config) -> Config:

@@ -11,7 +11,10 @@ import uuid
 
 from quotagate.errors import InvalidAccountId, ValidationError
 
-ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{0,127}[A-Za-z0-9_:@-]$")
+"""1 to 128 characters of A-Z a-z 0-9 . _ : @ -, not ending with a dot: an id is a segment of
+URL paths, where ``.`` and ``..`` are dot segments that clients resolve before sending, and
+servers that drop a segment's trailing dots (Windows) would read ``alice.`` as ``alice``."""
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 """Idempotency keys: 1-255 printable ASCII characters, no spaces (request ids, UUIDs...)."""
 
@@ -58,7 +61,8 @@ def new_id() -> str:
 def check_account_id(account_id: str) -> str:
     if not isinstance(account_id, str) or not ACCOUNT_ID_RE.fullmatch(account_id):
         raise InvalidAccountId(
-            "account id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -",
+            "account id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -, "
+            "not ending with a dot",
             field="account_id",
         )
     return account_id

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import http.client as http_client
+import json
+
 import httpx
 import pytest
 from tests.api.helpers import account, assert_problem, bearer, create_account
-from tests.support.gateway import new_account_id
+from tests.support.gateway import (
+    GatewayServer,
+    delete_prefix,
+    gateway_settings,
+    new_account_id,
+    running_gateway,
+)
+
+from quotagate import ids
+from quotagate.errors import InvalidAccountId
 
 
 def test_put_creates_201_then_updates_200(http: httpx.Client, api_keys: dict[str, str]) -> None:
@@ -126,3 +138,48 @@ def test_resources(http: httpx.Client, api_keys: dict[str, str]) -> None:
     assert r.json() == {
         "resources": {"ai_chat_message": 1, "file_upload": 2, "api_call": 1, "premium_feature": 5}
     }
+
+
+def test_a_tier_while_redis_lost_its_data_is_503_not_an_unknown_tier(
+    redis_url: str, migrated_database_url: str, key_prefix: str, api_keys: dict[str, str]
+) -> None:
+    settings = gateway_settings(redis_url, migrated_database_url, key_prefix)
+    with running_gateway(settings) as gw, httpx.Client(base_url=gw.url) as http:
+        acct = create_account(http, api_keys["admin"])
+        delete_prefix(redis_url, key_prefix)  # Redis lost its data under a running gateway
+        for account_id, body in (
+            (acct, {"tier": "pro"}),
+            (new_account_id(), {"tier": "free", "status": "banned"}),
+            (new_account_id(), {}),
+        ):
+            r = http.put(f"/v1/accounts/{account_id}", json=body, headers=bearer(api_keys["admin"]))
+            assert_problem(r, 503, "account_not_loaded")
+
+
+def test_a_405_on_an_account_allows_both_its_methods(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    r = http.post(f"/v1/accounts/{new_account_id()}", headers=bearer(api_keys["admin"]))
+    assert_problem(r, 405, "method_not_allowed")
+    assert sorted(m.strip() for m in r.headers["allow"].split(",")) == ["GET", "HEAD", "PUT"]
+
+
+@pytest.mark.parametrize("account_id", [".", "..", "...", "alice.", "a" * 128 + "."])
+def test_ids_a_url_path_would_resolve_or_strip_are_refused(
+    gateway: GatewayServer, http: httpx.Client, api_keys: dict[str, str], account_id: str
+) -> None:
+    # Sent exactly as written: httpx would resolve the dot segments itself.
+    for method in ("PUT", "GET"):
+        connection = http_client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        try:
+            connection.request(
+                method, f"/v1/accounts/{account_id}", body=b"{}", headers=bearer(api_keys["admin"])
+            )
+            response = connection.getresponse()
+            status, problem = response.status, json.loads(response.read())
+        finally:
+            connection.close()
+        assert (status, problem["code"], problem["field"]) == (422, "invalid_request", "account_id")
+    assert ids.check_account_id("a.b") == "a.b"
+    with pytest.raises(InvalidAccountId):
+        ids.check_account_id(account_id)

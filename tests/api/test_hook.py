@@ -14,7 +14,6 @@ from tests.support.gateway import (
     running_gateway,
 )
 
-from quotagate.api.routes.hook import normalized_path
 from quotagate.config import parse_config
 
 
@@ -163,7 +162,7 @@ def test_bad_resource_headers_are_422(http: httpx.Client, api_keys: dict[str, st
     acct = create_account(http, api_keys["admin"])
     r = http.get("/v1/authz", headers=hook_headers(api_keys, acct, X_Quota_Resource="gold"))
     assert_problem(r, 422, "unknown_resource")
-    for units in ("0", "-1", "1.5", "x", "1" * 14):
+    for units in ("0", "-1", "+1", "01", "1.5", "x", "1" * 14, "1000000000001"):
         r = http.get(
             "/v1/authz",
             headers=hook_headers(api_keys, acct, X_Quota_Resource="api_call", X_Quota_Units=units),
@@ -249,34 +248,3 @@ def test_configured_deny_statuses_for_nginx(
         )
         assert_problem(r, 403, "forbidden")
         assert r.headers["x-quota-reason"] == "no_route"
-
-
-@pytest.mark.parametrize(
-    ("uri", "path"),
-    [
-        ("/api/premium/x?a=1", "/api/premium/x"),
-        ("/api/./premium/x", "/api/premium/x"),
-        ("/api/chat/../premium/x", "/api/premium/x"),
-        ("//api//premium///x", "/api/premium/x"),
-        ("/api/%70remium/x", "/api/premium/x"),
-        ("/api/premium/", "/api/premium/"),
-        ("/../../etc", "/etc"),
-        ("", "/"),
-    ],
-)
-def test_routes_are_priced_on_the_normalised_path(uri: str, path: str) -> None:
-    assert normalized_path(uri) == path
-
-
-def test_dot_segments_do_not_lower_the_price(http: httpx.Client, api_keys: dict[str, str]) -> None:
-    acct = create_account(http, api_keys["admin"])
-    for uri in ("/api/./premium/x", "/api/chat/../premium/x", "/api/%70remium/x"):
-        r = http.get(
-            "/v1/authz",
-            headers={
-                **hook_headers(api_keys, acct),
-                "X-Original-Method": "GET",
-                "X-Original-URI": uri,
-            },
-        )
-        assert r.headers["x-quota-cost"] == "5", uri

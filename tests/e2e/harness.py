@@ -31,6 +31,8 @@ from tests.support.servers import free_port
 
 from quotagate.config import load_config
 from quotagate.engine import CreditEngine
+from quotagate.ledger import Ledger, flush_partition
+from quotagate.ledger.outbox import read_all
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -70,6 +72,7 @@ rate_limit = {{ requests_per_second = 0.5, burst = 1 }}
 [authz]
 deny_status = {authz.deny_status}
 rate_limited_status = {authz.rate_limited_status}
+invalid_path_status = {authz.invalid_path_status}
 
 [[authz.routes]]
 path = "/api/premium/*"
@@ -272,6 +275,23 @@ FORGED = {
 }
 
 
+UNSTORABLE = ("/api/things/%00", "/api/premium/x%00y", "/api/%ff%fe", "/api/%C0%AE")
+"""Paths that decode to NUL or to bytes that are not UTF-8, which PostgreSQL cannot store."""
+
+
+async def assert_partition_flushes(engine: CreditEngine, ledger_url: str, account: str) -> None:
+    """The account's partition flushes to the ledger, to the last entry: nothing the refused
+    requests left behind stops it."""
+    ledger = await Ledger.connect(ledger_url)
+    try:
+        partition = engine.keys.partition_of(account)
+        result = await flush_partition(engine, ledger, partition, time_budget_seconds=None)
+        assert result.drained, result
+        assert await read_all(engine, partition) == [], "entries were left in the outbox"
+    finally:
+        await ledger.aclose()
+
+
 async def run_scenario(
     base_url: str, upstream: Upstream, engine: CreditEngine, *, remaining_to_client: bool = True
 ) -> None:
@@ -325,6 +345,13 @@ async def run_scenario(
         for sneaky in ("/api/./premium/x", "/api/things/../premium/x", "//api//premium/x"):
             status = await asyncio.to_thread(raw_get, base_url, sneaky, auth("bob"))
             assert status != 200, f"{sneaky} was served at a lower price"
+        assert len(upstream.hits) == 4
+
+        # Text the ledger cannot store (NUL, bytes that are not UTF-8) is refused before the
+        # upstream and charges nothing, whoever refuses it: the proxy or the hook.
+        for unstorable in UNSTORABLE:
+            status = await asyncio.to_thread(raw_get, base_url, unstorable, auth("bob"))
+            assert status == 400, f"{unstorable} was answered {status}"
         assert len(upstream.hits) == 4
 
         stranger = await client.get("/api/things/z", auth=auth("dave"))

@@ -11,6 +11,7 @@ from tests.e2e.harness import (
     EXAMPLES,
     USERS,
     Upstream,
+    assert_partition_flushes,
     binary,
     e2e_config_text,
     gateway,
@@ -75,3 +76,4 @@ async def test_envoy_charges_until_the_credits_run_out(
         base = f"http://127.0.0.1:{listen}"
         with proxy("envoy", args, cwd=work, ready_url=f"{base}/api/credits"):
             await run_scenario(base, upstream, engine)
+            await assert_partition_flushes(engine, ledger_url, "bob")

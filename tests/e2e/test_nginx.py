@@ -16,6 +16,7 @@ from tests.e2e.harness import (
     EXAMPLES,
     USERS,
     Upstream,
+    assert_partition_flushes,
     auth,
     binary,
     e2e_config_text,
@@ -95,6 +96,7 @@ async def test_nginx_charges_until_the_credits_run_out(
         work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
     ) as base:  # fmt: skip
         await run_scenario(base, upstream, engine)
+        await assert_partition_flushes(engine, ledger_url, "bob")
 
 
 async def test_nginx_answers_503_when_redis_is_down_and_never_calls_the_app(

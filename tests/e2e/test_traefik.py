@@ -9,6 +9,7 @@ from tests.e2e.harness import (
     EXAMPLES,
     USERS,
     Upstream,
+    assert_partition_flushes,
     binary,
     e2e_config_text,
     gateway,
@@ -59,3 +60,4 @@ async def test_traefik_charges_until_the_credits_run_out(
         base = f"http://127.0.0.1:{listen}"
         with proxy("traefik", args, cwd=work, env=env, ready_url=f"{base}/api/credits"):
             await run_scenario(base, upstream, engine, remaining_to_client=False)
+            await assert_partition_flushes(engine, ledger_url, "bob")

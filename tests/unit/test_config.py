@@ -22,7 +22,7 @@ def test_shipped_default_holds_the_guides_values() -> None:
     }  # fmt: skip
     assert config.partitions >= 64
     assert config.idempotency.ttl_seconds == 86400
-    route = config.authz.route_for("POST", "/api/chat/42?stream=1")
+    route = config.authz.route_for("post", "/API/Chat/42")
     assert route is not None and route.resource == "ai_chat_message"
 
 
@@ -42,6 +42,8 @@ def test_shipped_default_holds_the_guides_values() -> None:
         (BASE + "[holds]\nmin_ttl_seconds = 10\ndefault_ttl_seconds = 5\n", "ttl"),
         (BASE + "[[authz.routes]]\npath = '/x'\nresource = 'nope'\n", "authz.routes[0].resource"),
         (BASE + "[authz]\nfailure_mode = 'maybe'\n", "failure_mode"),
+        (BASE + "[authz]\ninvalid_path_status = 500\n", "invalid_path_status"),
+        (BASE + "[[authz.routes]]\npath = '/x'\nresource = 'a'\nmethod = 'G T'\n", "method"),
         ("this is not toml", "TOML"),
     ],
 )

@@ -10,9 +10,10 @@ from typing import Any
 
 import msgspec
 
-from quotagate import __version__
+from quotagate import __version__, ids
 from quotagate.api import schemas as s
 from quotagate.api.problems import PROBLEM_JSON
+from quotagate.api.routes.hook import UNITS_PATTERN
 from quotagate.config import Config
 
 REF = "#/components/schemas/{name}"
@@ -21,7 +22,7 @@ _ACCOUNT_ID = {
     "name": "account_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:@-]{1,128}$"},
+    "schema": {"type": "string", "pattern": ids.ACCOUNT_ID_RE.pattern},
 }
 _HOLD_ID = {
     "name": "hold_id",
@@ -112,7 +113,7 @@ def _hook_op() -> dict[str, Any]:
         _header(
             "X-Quota-Units",
             "Units of the resource (default 1).",
-            {"type": "string", "pattern": "^[0-9]{1,13}$"},
+            {"type": "string", "pattern": UNITS_PATTERN},
         ),
         _header("X-Request-Id", "The idempotency key of the charge."),
         _header("X-Original-Method", "nginx: the proxied request's method."),
@@ -125,13 +126,15 @@ def _hook_op() -> dict[str, Any]:
         "hook",
         (200, None),
         params=params,
-        errors=(402, 409, 422, 429, 503),
+        errors=(400, 402, 409, 422, 429, 503),
     )
     op["description"] = (
         "Allowed: 200 with X-Quota-Account, X-Quota-Cost, X-Quota-Remaining (and RateLimit-* "
         "for rate-limited tiers). Denied for credits: authz.deny_status (402) with X-Quota-Reason; "
         "rate limited: authz.rate_limited_status (429) with Retry-After. No identity: 401; "
-        "unknown or banned account: 403. Backend down: 503, or 200 with X-Quota-Degraded: 1."
+        "unknown or banned account: 403. A path spelled so that upstreams read it differently "
+        "(dot segments, encoded slashes, double encoding, NUL): authz.invalid_path_status (400). "
+        "Backend down: 503, or 200 with X-Quota-Degraded: 1."
     )
     return op
 
@@ -333,8 +336,23 @@ def _ops_paths() -> dict[str, Any]:
     return paths
 
 
+def _name_the_configured(components: dict[str, Any], config: Config) -> None:
+    """Tiers and resources are the config's: the document lists them, so that it accepts
+    exactly the names the server does."""
+    names = {"tier": sorted(config.tiers), "resource": sorted(config.resources)}
+    for schema in components.values():
+        for field, schema_of_field in schema.get("properties", {}).items():
+            if field in names:
+                named = {"enum": names[field]}
+                optional = any(o.get("type") == "null" for o in schema_of_field.get("anyOf", []))
+                schema["properties"][field] = (
+                    {"anyOf": [named, {"type": "null"}]} if optional else named
+                )
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
+    _name_the_configured(components, config)
     paths = {**_account_paths(), **_hook_paths(), **_ops_paths()}
     return {
         "openapi": "3.1.0",

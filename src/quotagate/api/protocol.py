@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import unquote
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -218,9 +217,8 @@ class HookCycle:
 
     def start(self) -> None:
         """Hand the request to the hook, which calls :meth:`respond` with its answer."""
-        path = httptools.parse_url(self.url).path.decode("ascii")
-        if "%" in path:
-            path = unquote(path)
+        # Still percent-encoded, as the ASGI route reads it (hook.raw_path): decoded once, later.
+        path = httptools.parse_url(self.url).path.decode("latin-1")
         self.hook.begin(self.method, path, header_map(self.headers), self.respond)
 
     async def run_asgi(self, app: object) -> None:

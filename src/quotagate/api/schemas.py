@@ -191,6 +191,7 @@ class Problem(_Out):
 
 REQUESTS: tuple[type[Struct], ...] = (
     AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, HoldRequest, CaptureRequest,
+    ReleaseRequest,
 )  # fmt: skip
 ANSWERS: tuple[type[Struct], ...] = (
     AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, HoldOut, ReleaseOut,

@@ -83,9 +83,12 @@ def routes(gw: Gateway) -> list[Route]:
         keys.authorize(bearer(request), "read", "service")
         return json_response(ResourcesOut(dict(gw.config.resources)))
 
+    async def put_or_get_account(request: Request) -> Response:
+        """One route for both methods, so that a 405 lists both in Allow."""
+        return await (put_account if request.method == "PUT" else get_account)(request)
+
     return [
-        Route("/v1/accounts/{account_id}", put_account, methods=["PUT"]),
-        Route("/v1/accounts/{account_id}", get_account, methods=["GET"]),
+        Route("/v1/accounts/{account_id}", put_or_get_account, methods=["GET", "PUT"]),
         Route("/v1/accounts/{account_id}/transactions", transactions, methods=["GET"]),
         Route("/v1/resources", resources, methods=["GET"]),
     ]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
 import re
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import NamedTuple
-from urllib.parse import unquote
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +29,7 @@ from quotagate.api.deadline import Deadline
 from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
 from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.api.gateway import Gateway
+from quotagate.api.priced_path import InvalidPath, normalized_path
 from quotagate.api.problems import problem_response, retry_after_seconds
 from quotagate.api.views import account_view
 from quotagate.engine.results import ChargeResult
@@ -89,6 +89,16 @@ def header_map(raw: RawHeaders) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
 
 
+def raw_path(scope: Scope) -> str:
+    """The request's path as sent, still percent-encoded, as Latin-1 text: the hook prices
+    what the upstream gets, decoded once, so it must not see the server's decoded copy. A
+    server that gives no ``raw_path`` (it is optional in ASGI) has it encoded again."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return quote(scope["path"], safe="/!$&'()*+,;=:@-._~")
+    return bytes(raw).decode("latin-1")
+
+
 def is_hook_path(path: str) -> bool:
     return path == PREFIX or path.startswith(_SUBPATHS)
 
@@ -101,8 +111,8 @@ def _identity(h: Mapping[str, str]) -> str:
 
 
 def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
-    """The proxied request's method and path: nginx, Traefik, then Envoy's own request
-    (``method`` and the decoded ``path`` of the hook request itself)."""
+    """The proxied request's method and raw URI: nginx, Traefik, then Envoy's own request
+    (``method`` and the still percent-encoded ``path`` of the hook request itself)."""
     for method_header, uri_header in (
         ("x-original-method", "x-original-uri"),
         ("x-forwarded-method", "x-forwarded-uri"),
@@ -110,31 +120,29 @@ def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
         uri = h.get(uri_header)
         if uri:
             return h.get(method_header) or method, uri
-    # The path, escaped as request.url would, without building a URL per request.
-    path = path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
     return method, path[len(PREFIX) :] or "/"
 
 
-def normalized_path(uri: str) -> str:
-    """The path a route is priced on: without the query, percent-decoded, with ``.``, ``..``
-    and repeated slashes resolved, as the upstream will see it. Raw URIs would let
-    ``/api/./premium/x`` pass for ``/api/*`` instead of ``/api/premium/*``."""
-    if uri[:1] == "/" and not _NOT_PLAIN.search(uri):
-        return uri  # nothing to resolve: what the steps below would give, in a tenth of the time
-    path = unquote(uri.split("?", 1)[0].split("#", 1)[0]) or "/"
-    clean = "/" + posixpath.normpath("/" + path).lstrip("/")
-    if path.endswith("/") and clean != "/":
-        clean += "/"
-    return clean
+def _checked_method(method: str) -> str:
+    """The method in upper case (routes match it so); refused unless an HTTP token, since it
+    goes into the charge's description."""
+    if not (method.isascii() and method.isalpha()) and not _TOKEN.fullmatch(method):
+        raise InvalidPath("the proxied request's method is not an HTTP method")
+    return method.upper()
 
 
-_NOT_PLAIN = re.compile(r"[%?#]|//|/\.")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
+
+
+UNITS_PATTERN = r"^([1-9][0-9]{0,11}|1000000000000)$"
+"""X-Quota-Units: an integer from 1 to 10^12 in plain decimal (no sign, no leading zero)."""
+_UNITS = re.compile(UNITS_PATTERN)
 
 
 def _units(raw: str | None) -> int:
     if raw is None or raw == "1":
         return 1
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 13) or not 1 <= int(raw) <= 10**12:
+    if not _UNITS.match(raw):
         raise InvalidAmount("X-Quota-Units must be an integer from 1 to 10^12", field="units")
     return int(raw)
 
@@ -154,7 +162,7 @@ class Hook:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A plain ASGI app, so that every HTTP method (Envoy passes the client's) reaches it."""
-        answer = await self.answer(scope["method"], scope["path"], header_map(scope["headers"]))
+        answer = await self.answer(scope["method"], raw_path(scope), header_map(scope["headers"]))
         headers = [*answer.headers, (b"content-length", b"%d" % len(answer.body))]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
@@ -245,7 +253,7 @@ class Hook:
         """(resource, units, description) of the proxied request; None when no route of the
         config matches it and the headers name no resource."""
         method, uri = _original(method, path, h)
-        path = normalized_path(uri)
+        method, path = _checked_method(method), normalized_path(uri)
         resource = h.get("x-quota-resource")
         units = _units(h.get("x-quota-units"))
         if resource is None:
@@ -319,6 +327,8 @@ class Hook:
         elif isinstance(exc, RateLimited):
             status = self.authz.rate_limited_status
             headers["Retry-After"] = str(retry_after_seconds(exc.retry_after_ms))
+        elif isinstance(exc, InvalidPath):
+            status = self.authz.invalid_path_status
         elif isinstance(exc, AccountNotFound):
             status = 403  # an unknown account may not pass; 404 would read as "no such page"
         elif isinstance(exc, BackendError):
