@@ -182,7 +182,7 @@ def _check_identity(identity: Identity) -> None:
         raise ConfigError('config: identity.mode = "jwt" needs an [identity.jwt] table')
     # One family of algorithms, so that a key can never be read as the other kind: a public
     # key taken for an HMAC secret would let anyone who has it sign tokens.
-    if jwt.uses_secret != all(a in HMAC_ALGORITHMS for a in jwt.algorithms):
+    if len({a in HMAC_ALGORITHMS for a in jwt.algorithms}) > 1:
         raise ConfigError(
             "config: identity.jwt.algorithms mixes HMAC (HS*) and public-key algorithms"
         )

@@ -37,8 +37,9 @@ JWKS_REFRESH_SECONDS = 300.0
 """How often the JWKS is fetched again: a key its issuer withdrew stops working within this."""
 
 JWKS_REFETCH_COOLDOWN_SECONDS = 10.0
-"""An unknown kid fetches the JWKS at most this often: a stream of made-up kids costs the
-issuer one request per interval, not one per token."""
+"""After a fetch ends, an unknown kid fetches the JWKS again only this much later: a stream of
+made-up kids costs the issuer one request per interval, not one per token; and a request that
+waited for a fetch and still finds no key is refused rather than made to wait again."""
 
 MAX_JWKS_BYTES = 1_000_000
 """A JWKS holds a few keys of a few hundred bytes each; anything this large is not one."""
@@ -144,10 +145,12 @@ class JwksKeys:
         self.url = url
         self.timeout_seconds = timeout_ms / 1000
         self.version = 0
+        self.refetch_cooldown_seconds = JWKS_REFETCH_COOLDOWN_SECONDS
         self._keys: dict[str | None, _Jwk] = {}
         self._document: bytes | None = None
         self._fetch: asyncio.Task[None] | None = None
-        self._last_attempt = -math.inf
+        self._fetched_at = -math.inf
+        """monotonic time the last fetch ended, whether it brought keys or not."""
         self._last_error: str | None = None
         self._client = httpx.AsyncClient(follow_redirects=False)
         self._loop_task: asyncio.Task[None] | None = None
@@ -171,7 +174,7 @@ class JwksKeys:
             return jwk
         if self._fetch is not None:
             raise KeysRefreshing(self._fetch)
-        if time.monotonic() - self._last_attempt >= JWKS_REFETCH_COOLDOWN_SECONDS:
+        if time.monotonic() - self._fetched_at >= self.refetch_cooldown_seconds:
             raise KeysRefreshing(self.refresh_soon())
         if self._last_error is not None:
             raise BackendUnavailable(
@@ -193,7 +196,6 @@ class JwksKeys:
         return self._fetch
 
     async def _refresh(self) -> None:
-        self._last_attempt = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 data = await self._download()
@@ -203,9 +205,10 @@ class JwksKeys:
             log.warning("JWKS %s not fetched, keeping the keys we have: %s", self.url, exc)
             return
         finally:
-            # Cleared before the task is done, so that whoever waited on it and asks again
-            # finds no fetch under way (and the cooldown running).
+            # Set before the task is done, so that whoever waited on it and asks again finds
+            # no fetch under way and the cooldown running: refused, not sent to wait again.
             self._fetch = None
+            self._fetched_at = time.monotonic()
         self._last_error = None
         if data != self._document:
             self._keys, self._document = keys, data
