@@ -5,14 +5,16 @@ A token is accepted when its header's ``alg`` is one of the configured algorithm
 and ``aud`` are the configured ones, ``exp`` is in the future and ``nbf``/``iat`` are not
 (within ``leeway_seconds``), and its account claim is a valid account id.
 
-The hook verifies once per token, not once per request: a verified token is remembered (by
-its SHA-256, in a bounded LRU) until it expires, so a client's next request with the same
-token costs a hash and a dict lookup. A change of the signing keys forgets them all.
+The hook verifies once per token, not once per request: a verified token is remembered (in a
+bounded LRU) until it expires, so a client's next request with the same token costs a dict
+lookup. The key is the token itself, as the key cache keeps presented API keys: the dict's own
+hash of it is the cheapest one, and a digest would hide nothing from a reader of this
+process's memory, which holds the signing secret and the hook key anyway. A change of the
+signing keys forgets them all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from typing import Any
@@ -46,8 +48,8 @@ class TokenVerifier:
         self.keys = keys
         self.algorithms = frozenset(config.algorithms)
         self._options: Any = {"require": [*_REGISTERED, config.account_claim]}
-        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
-        """SHA-256 of a token -> (its account, the time.time() until which it is valid)."""
+        self._verified: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        """A verified token -> (its account, the time.time() until which it is valid)."""
         self._keys_version = keys.version
 
     def account_of(self, token: str) -> str:
@@ -55,18 +57,17 @@ class TokenVerifier:
         if self.keys.version != self._keys_version:
             self._verified.clear()  # tokens of a withdrawn key must not outlive it here
             self._keys_version = self.keys.version
-        digest = hashlib.sha256(token.encode()).digest()
         now = time.time()
-        remembered = self._verified.get(digest)
+        remembered = self._verified.get(token)
         if remembered is not None:
             account_id, valid_until = remembered
             if now < valid_until:
-                self._verified.move_to_end(digest)
+                self._verified.move_to_end(token)
                 return account_id
-            del self._verified[digest]
+            del self._verified[token]
         account_id, valid_until = self._verify(token)
         if now < valid_until:
-            self._verified[digest] = (account_id, valid_until)
+            self._verified[token] = (account_id, valid_until)
             if len(self._verified) > MAX_VERIFIED_TOKENS:
                 self._verified.popitem(last=False)
         return account_id
