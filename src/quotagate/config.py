@@ -1,4 +1,5 @@
-"""The config file: resource costs, tiers, partitions, idempotency, holds, authz routes.
+"""The config file: resource costs, tiers, partitions, idempotency, holds, authz routes, and
+where the hook takes the caller's account from.
 
 Read once at start from ``QUOTAGATE_CONFIG`` (the shipped ``default_config.toml`` otherwise),
 decoded straight into typed structs by msgspec, then checked as a whole. Any problem raises
@@ -14,6 +15,7 @@ import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -104,6 +106,50 @@ class Authz(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return None
 
 
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+"""Signed with a shared secret, which comes from the environment (QUOTAGATE_JWT_SECRET)."""
+PUBLIC_KEY_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+"""Signed with a private key, checked with a public key (a PEM file or a JWKS)."""
+Algorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+"""The algorithms a token may be signed with: "none" is not one of them."""
+Seconds = Annotated[int, msgspec.Meta(ge=0, le=300)]
+
+
+class JwtIdentity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How the account is read from the client's own token (``[identity.jwt]``)."""
+
+    issuer: Annotated[str, msgspec.Meta(min_length=1)]
+    audience: Annotated[str, msgspec.Meta(min_length=1)]
+    algorithms: Annotated[list[Algorithm], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["RS256"]
+    )
+    jwks_url: str | None = None
+    public_key_file: str | None = None
+    token_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}\Z")] = "Authorization"
+    """The header that carries the token; in ``Authorization`` it follows ``Bearer``."""
+    account_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "sub"
+    leeway_seconds: Seconds = 30
+    """Clock difference allowed between the token's issuer and this machine (exp, nbf, iat)."""
+    jwks_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+
+    @property
+    def uses_secret(self) -> bool:
+        return self.algorithms[0] in HMAC_ALGORITHMS
+
+
+class Identity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the hook and ``/v1/me`` take the caller's account from (``[identity]``):
+    ``header``, the ``X-Account-Id`` the proxy sets; ``jwt``, a verified token of the client."""
+
+    mode: Literal["header", "jwt"] = "header"
+    jwt: JwtIdentity | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     resources: dict[Name, PositiveInt]
     tiers: dict[Name, Tier]
@@ -114,6 +160,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     idempotency: Idempotency = Idempotency()
     holds: Holds = Holds()
     authz: Authz = Authz()
+    identity: Identity = Identity()
 
     def cost_of(self, resource: str) -> int | None:
         return self.resources.get(resource)
@@ -151,7 +198,46 @@ def _check(config: Config) -> Config:
             raise ConfigError(
                 f"config: authz.routes[{i}].resource {route.resource!r} is not in [resources]"
             )
+    _check_identity(config.identity)
     return config
+
+
+def _check_identity(identity: Identity) -> None:
+    jwt = identity.jwt
+    if identity.mode == "header":
+        return
+    if jwt is None:
+        raise ConfigError('config: identity.mode = "jwt" needs an [identity.jwt] table')
+    # One family of algorithms, so that a key can never be read as the other kind: a public
+    # key taken for an HMAC secret would let anyone who has it sign tokens.
+    if len({a in HMAC_ALGORITHMS for a in jwt.algorithms}) > 1:
+        raise ConfigError(
+            "config: identity.jwt.algorithms mixes HMAC (HS*) and public-key algorithms"
+        )
+    sources = [name for name in ("jwks_url", "public_key_file") if getattr(jwt, name)]
+    if jwt.uses_secret and sources:
+        raise ConfigError(
+            f"config: identity.jwt.{sources[0]} is a public key, but the algorithms are HMAC "
+            "(HS*), whose secret comes from QUOTAGATE_JWT_SECRET"
+        )
+    if not jwt.uses_secret and len(sources) != 1:
+        raise ConfigError(
+            "config: identity.jwt needs exactly one of jwks_url or public_key_file "
+            "for public-key algorithms"
+        )
+    if jwt.jwks_url is not None:
+        _check_jwks_url(jwt.jwks_url)
+
+
+def _check_jwks_url(url: str) -> None:
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    allowed = parts.scheme == "https" or (parts.scheme == "http" and loopback)
+    if not parts.hostname or not allowed:
+        raise ConfigError(
+            f"config: identity.jwt.jwks_url {url!r} must be an https:// URL "
+            "(http:// only on a loopback address): the keys decide who may spend"
+        )
 
 
 def parse_config(text: str, source: str = "config") -> Config:

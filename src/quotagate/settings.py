@@ -26,6 +26,30 @@ class Secret(str):
         return f"Secret({redact(self)!r})"
 
 
+class SecretValue(str):
+    """A secret that is not a URL (a signing secret): its repr shows none of it."""
+
+    def __repr__(self) -> str:
+        return "SecretValue('***')"
+
+
+MIN_JWT_SECRET_BYTES = 32
+"""An HMAC secret shorter than the hash it keys (256 bits for HS256) is weaker than the hash:
+RFC 7518 section 3.2 asks for at least that much."""
+
+
+def _jwt_secret(env: Mapping[str, str]) -> SecretValue | None:
+    raw = env.get("QUOTAGATE_JWT_SECRET")
+    if not raw:
+        return None
+    if len(raw.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(
+            f"QUOTAGATE_JWT_SECRET: give at least {MIN_JWT_SECRET_BYTES} bytes "
+            "(e.g. `openssl rand -base64 48`)"
+        )
+    return SecretValue(raw)
+
+
 def redact(url: str) -> str:
     """The URL with its password replaced by ***, safe to print."""
     url = str(url)  # a plain str: a Secret's repr calls this
@@ -81,6 +105,9 @@ class Settings:
     flush_trigger_entries: int = 5000
     """QUOTAGATE_FLUSH_TRIGGER_ENTRIES: outbox length past which the gateway enqueues a flush
     early, before the next scheduled one."""
+    jwt_secret: SecretValue | None = None
+    """QUOTAGATE_JWT_SECRET: the HMAC secret of clients' tokens, when ``[identity.jwt]`` uses
+    HS256/384/512 (public keys go in the config file)."""
     explicit: frozenset[str] = field(default_factory=frozenset)
     """Which of redis_url, database_url were set in the environment (``up`` embeds the rest)."""
 
@@ -129,6 +156,7 @@ class Settings:
             flush_trigger_entries=_int_env(
                 env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", 5000, 1, 10_000_000
             ),
+            jwt_secret=_jwt_secret(env),
             explicit=explicit,
         )
 

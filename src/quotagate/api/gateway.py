@@ -8,6 +8,7 @@ Start-up order, and why:
    the ledger holds no account; otherwise Redis lost its data, and charges answer
    ``account_not_loaded`` until ``quotagate recover`` has rebuilt it.
 3. The key cache: loaded before the first request, then refreshed in the background.
+4. The identity source: the signing keys of clients' tokens (a JWKS is fetched here first).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from quotagate import metrics
 from quotagate.api.flush_trigger import FlushTrigger
 from quotagate.api.ledger_link import LedgerLink, ledger_holds_accounts
 from quotagate.auth.cache import KeyCache
+from quotagate.auth.identity import identity_source
 from quotagate.auth.store import KeyStore
 from quotagate.config import Config
 from quotagate.engine import CreditEngine
@@ -55,6 +57,7 @@ class Gateway:
         self.keys = KeyCache(
             KeyStore(settings.database_url), self.engine.redis, settings.key_prefix
         )
+        self.identity = identity_source(config.identity, settings.jwt_secret)
         self.early_flush = EarlyFlush.from_settings(self.engine, settings)
         self.flush_trigger = FlushTrigger(self.engine, self.early_flush)
         self.redis_state = "unknown"
@@ -70,6 +73,7 @@ class Gateway:
                 "account_not_loaded until `quotagate recover` has run"
             )
         await self.keys.start()
+        await self.identity.start()
 
     async def _initialize_engine(self, *, allow_fresh: bool) -> str:
         deadline = time.monotonic() + REDIS_START_WAIT_SECONDS
@@ -84,6 +88,7 @@ class Gateway:
     async def stop(self) -> None:
         metrics.TALLY.flush()  # the last second's counts, into this worker's metric files
         await self.keys.aclose()
+        await self.identity.aclose()
         await self.flush_trigger.aclose()
         self.early_flush.close()
         await self.ledger.aclose()

@@ -1,5 +1,5 @@
 """The reverse-proxy hook (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz) and
-``/v1/me``, the end user's own account as the proxy names it.
+``/v1/me``, the end user's own account, as the ``[identity]`` mode names it.
 
 The hook answers within ``authz.timeout_ms`` whatever Redis does: the charge runs under a
 shared :class:`~quotagate.api.deadline.Deadline`; a Redis that is down or slow gives 503
@@ -24,14 +24,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from quotagate import ids, metrics
+from quotagate import metrics
 from quotagate.api.deadline import Deadline
 from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
-from quotagate.api.errors import Forbidden, Unauthorized
+from quotagate.api.errors import Forbidden
 from quotagate.api.gateway import Gateway
 from quotagate.api.priced_path import InvalidPath, normalized_path
 from quotagate.api.problems import problem_response, retry_after_seconds
 from quotagate.api.views import account_view
+from quotagate.auth.identity import KeysRefreshing, account_of_request
 from quotagate.engine.results import ChargeResult
 from quotagate.errors import (
     AccountBanned,
@@ -101,13 +102,6 @@ def raw_path(scope: Scope) -> str:
 
 def is_hook_path(path: str) -> bool:
     return path == PREFIX or path.startswith(_SUBPATHS)
-
-
-def _identity(h: Mapping[str, str]) -> str:
-    account_id = h.get("x-account-id")
-    if not account_id:
-        raise Unauthorized("no identity: the proxy sent no X-Account-Id", reason="no_identity")
-    return account_id
 
 
 def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
@@ -195,6 +189,9 @@ class Hook:
         except QuotagateError as exc:
             self._finish(started, reply, self._refusal(exc))
             return
+        except KeysRefreshing as refreshing:  # a token's key not fetched yet: rare
+            refreshing.fetch.add_done_callback(lambda _: self.begin(method, path, h, reply))
+            return
         except Exception:
             log.exception("unexpected error in the authz hook (%s %s)", method, path)
             self._finish(started, reply, _internal_error())
@@ -237,15 +234,10 @@ class Hook:
         reply(answer)
 
     def _caller(self, h: Mapping[str, str]) -> str:
-        """The account the proxy names, once the proxy's own key is checked."""
+        """The caller's account (see :mod:`quotagate.auth.identity`), once the proxy's own
+        key is checked."""
         self.gw.keys.authorize(h.get(HOOK_KEY), "hook")
-        account_id = _identity(h)
-        try:
-            return ids.check_account_id(account_id)
-        except QuotagateError:
-            raise Forbidden(
-                "X-Account-Id is not a valid account id", reason="unknown_account"
-            ) from None
+        return self.gw.identity.account_of(h)
 
     def _charge_for(
         self, method: str, path: str, h: Mapping[str, str]
@@ -343,7 +335,8 @@ def routes(gw: Gateway) -> list[Route]:
     @endpoint("me")
     async def me(request: Request) -> Response:
         gw.keys.authorize(request.headers.get(HOOK_KEY), "hook")
-        view, degraded = await account_view(gw, _identity(request.headers))
+        account_id = await account_of_request(gw.identity, request.headers)
+        view, degraded = await account_view(gw, account_id)
         return json_response(view, headers=DEGRADED if degraded else None)
 
     return [
