@@ -56,6 +56,12 @@ WRITE_THROUGH = Counter(
     "Money-in writes copied to Postgres by the request (ok) or left to the flush (failed).",
     ["result"],
 )
+LEDGER_QUARANTINED = Counter(
+    "quotagate_ledger_quarantined_total",
+    "Outbox entries the flush put in ledger_quarantine because PostgreSQL refused them as they "
+    "were, by whether their money was booked (booked=false: look at them now).",
+    ["booked"],
+)
 FLUSH_TRIGGERS = Counter(
     "quotagate_flush_triggers_total",
     "Early flushes enqueued because a partition's outbox passed its threshold.",

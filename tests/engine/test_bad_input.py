@@ -81,9 +81,91 @@ def _cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
         ("description long", lambda e: e.consume("acct", "unit", description="d" * 1001), errors.ValidationError),
         ("metadata list", lambda e: e.consume("acct", "unit", metadata=[1]), errors.ValidationError),  # type: ignore[arg-type]
         ("metadata big", lambda e: e.consume("acct", "unit", metadata={"x": "y" * 5000}), errors.ValidationError),
+        *_unstorable_text_cases(),
         ("insufficient", lambda e: e.consume("acct", "unit", 1000), errors.InsufficientCredits),
         ("insufficient hold", lambda e: e.hold("acct", amount=1000), errors.InsufficientCredits),
     ]  # fmt: skip
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    """A dict ``levels`` levels deep (the top one included), built without recursion."""
+    top: dict[str, Any] = {}
+    node = top
+    for _ in range(levels - 1):
+        node["a"] = {}
+        node = node["a"]
+    return top
+
+
+def _unstorable_text_cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
+    """Text PostgreSQL cannot store (NUL, lone surrogates), at every place a caller puts
+    text, and metadata too deep or not JSON: all refused before the script runs."""
+    bad_metadata: list[tuple[str, Any]] = [
+        ("NUL value", {"k": "a\x00"}),
+        ("NUL key", {"k\x00": 1}),
+        ("NUL deep", {"a": [1, {"b": ("x", "\x00")}]}),
+        ("surrogate value", {"k": "\ud800"}),
+        ("surrogate key", {"\udfff": 1}),
+        ("33 levels", _deep(33)),
+        ("7000 levels", _deep(7000)),
+        ("a list 7000 levels", {"a": _deep_list(7000)}),
+        ("wide", {str(i): i for i in range(5000)}),
+        ("int key", {1: "x"}),
+        ("set value", {"k": {1, 2}}),
+    ]
+    cases: list[tuple[str, Op, type[errors.QuotagateError]]] = []
+    for label, meta in bad_metadata:
+        cases += [
+            (
+                f"consume metadata {label}",
+                lambda e, m=meta: e.consume("acct", "unit", metadata=m),
+                errors.ValidationError,
+            ),
+            (
+                f"credit metadata {label}",
+                lambda e, m=meta: e.credit("acct", 5, metadata=m),
+                errors.ValidationError,
+            ),
+            (
+                f"capture metadata {label}",
+                lambda e, m=meta: e.capture("acct", HOLD, metadata=m),
+                errors.ValidationError,
+            ),
+        ]
+    for label, text in [("NUL", "top-up\x00"), ("surrogate", "\udc00x")]:
+        cases += [
+            (
+                f"consume description {label}",
+                lambda e, t=text: e.consume("acct", "unit", description=t),
+                errors.ValidationError,
+            ),
+            (
+                f"credit description {label}",
+                lambda e, t=text: e.credit("acct", 5, description=t),
+                errors.ValidationError,
+            ),
+            (
+                f"capture description {label}",
+                lambda e, t=text: e.capture("acct", HOLD, description=t),
+                errors.ValidationError,
+            ),
+            (
+                f"idempotency key {label}",
+                lambda e, t=text: e.credit("acct", 5, idempotency_key=t),
+                errors.ValidationError,
+            ),
+            (f"resource {label}", lambda e, t=text: e.consume("acct", t), errors.UnknownResource),
+        ]
+    return cases  # fmt: skip
+
+
+def _deep_list(levels: int) -> list[Any]:
+    top: list[Any] = []
+    node = top
+    for _ in range(levels - 1):
+        node.append([])
+        node = node[0]
+    return top
 
 
 CASES = _cases()

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from rq import Queue
 from tests.ledger.support import assert_books_balance, config_text, quotagate_command
+from tests.ledger.test_quarantine import charge_as_an_older_gateway
 from tests.support.servers import free_port, redis_process
 
 from quotagate.config import parse_config
@@ -130,3 +131,27 @@ async def test_a_partition_count_other_than_redis_holds_is_refused(
         done = run(*command, **env)
         assert done.returncode == 2, done.stderr
         assert "laid out in 64 partitions; use that number" in done.stderr
+
+
+async def test_flush_goes_past_an_entry_postgres_refuses_and_status_counts_it(
+    lengine: CreditEngine, own_ledger: Ledger, own_ledger_url: str, acct: Acct,
+    key_prefix: str, redis_url: str, config_file: str,
+) -> None:  # fmt: skip
+    a, b = acct("cli-nul"), acct("cli-fine")
+    for account_id in (a, b):
+        await lengine.upsert_account(account_id)
+    await charge_as_an_older_gateway(lengine, a, b"with a NUL \x00", b"")
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_DATABASE_URL": own_ledger_url,
+        "QUOTAGATE_KEY_PREFIX": key_prefix, "QUOTAGATE_CONFIG": config_file,
+    }  # fmt: skip
+    done = run("flush", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["inserted"], report["quarantined"], report["deleted"]) == (3, 1, 5)
+    assert "ledger_quarantine" in done.stderr  # the alert, logged at ERROR
+    status = json.loads(run("status", "--json", **env).stdout)
+    assert (status["waiting"], status["quarantined"]) == (0, 1)
+    human = run("status", **env).stdout.splitlines()
+    assert human == ["1 entries in ledger_quarantine", "0 entries waiting in 8 partitions"]
+    await assert_books_balance(lengine, own_ledger, [a, b])

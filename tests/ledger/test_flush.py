@@ -8,16 +8,14 @@ import gc
 import json
 from collections.abc import Callable
 
-import pytest
 from tests.ledger.support import assert_books_balance, ledger_rows
 
-from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.engine.results import RefundCount
 from quotagate.ledger import FlushLease, Ledger, flush_all, flush_partition
 from quotagate.ledger.batch import build_batch
 from quotagate.ledger.flush import apply_batch as apply_flush_batch
-from quotagate.ledger.outbox import OutboxEntryInvalid, StreamReader, read_all
+from quotagate.ledger.outbox import StreamReader, read_all
 
 Acct = Callable[[str], str]
 
@@ -213,20 +211,6 @@ async def test_renewal_moves_the_monthly_bucket_and_the_last_reset(
     await assert_books_balance(lengine, ledger, [a])
 
 
-async def test_a_malformed_entry_stops_the_flush_and_nothing_is_deleted(
-    lengine: CreditEngine, ledger: Ledger, acct: Acct
-) -> None:
-    a = acct("bad")
-    await lengine.upsert_account(a)
-    partition = lengine.keys.partition_of(a)
-    stream = lengine.keys.outbox(partition)
-    await lengine.redis.xadd(stream, {"id": "x", "a": a, "t": "spend", "amt": "lots"})
-    with pytest.raises(OutboxEntryInvalid):
-        await flush_partition(lengine, ledger, partition)
-    assert await lengine.redis.xlen(stream) == 3
-    assert await ledger.snapshots([a]) == {}
-
-
 async def test_one_flush_per_partition_and_a_dead_holders_lease_expires(
     lengine: CreditEngine, ledger: Ledger, acct: Acct
 ) -> None:
@@ -340,25 +324,3 @@ async def test_two_flushes_of_the_same_batch_at_once_insert_it_once(
         await other.aclose()
     await flush_all(lengine, ledger)
     await assert_books_balance(lengine, ledger, accounts)
-
-
-@pytest.mark.parametrize("field,value", [("bal", b"lots"), ("d", b"\xff\xfe")])
-async def test_a_value_postgres_refuses_stops_the_flush_and_nothing_is_deleted(
-    lengine: CreditEngine, ledger: Ledger, acct: Acct, field: str, value: bytes
-) -> None:
-    """In the usual layout PostgreSQL checks these, not Python: the batch is parsed again,
-    entry by entry, and the one at fault named."""
-    a = acct(f"refused-{field}")
-    await lengine.upsert_account(a)
-    partition = lengine.keys.partition_of(a)
-    stream = lengine.keys.outbox(partition)
-    await lengine.consume(a, "api_call", 2)
-    [(_, fields)] = await lengine.redis.xrevrange(stream, count=1)
-    bad: dict[str | bytes, str | bytes] = {**fields, "id": ids.new_id()}
-    bad[field] = value
-    await lengine.redis.xadd(stream, bad)
-    with pytest.raises(OutboxEntryInvalid):
-        await flush_partition(lengine, ledger, partition)
-    assert await lengine.redis.xlen(stream) == 4
-    assert await ledger.snapshots([a]) == {}
-    assert gc.isenabled()  # the collector is back on after a flush that failed

@@ -2,7 +2,9 @@
 
 A body above the cap is refused (413) as soon as the cap is passed, before it is all read.
 Decoding errors become the engine's own error classes, with msgspec's message, which names
-the field (``Expected `int`, got `float` - at `$.amount```).
+the field (``Expected `int`, got `float` - at `$.amount```). A body nested deeper than the
+decoder's stack allows is refused like any other malformed JSON; the engine's own checks cap
+metadata far below that.
 """
 
 from __future__ import annotations
@@ -65,3 +67,5 @@ def decode(data: bytes, into: type[T], *, empty_ok: bool = False) -> T:
         raise ValidationError(message, **({"field": field} if field else {})) from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own bound on nesting, raised before it runs out of stack
+        raise ValidationError("the body nests objects or arrays too deeply") from None

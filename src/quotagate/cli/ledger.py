@@ -19,7 +19,7 @@ import click
 from quotagate.cli.output import emit_json, table
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
-from quotagate.ledger import Ledger, flush_all, outbox_lag
+from quotagate.ledger import Ledger, flush_all, outbox_lag, quarantine
 from quotagate.ledger.migrate import head_revision, upgrade
 from quotagate.ledger.outbox import check_layout
 from quotagate.settings import Settings, redact
@@ -128,6 +128,7 @@ def flush(as_json: bool) -> None:
         "duplicates": sum(r.duplicates for r in results),
         "events": sum(r.events for r in results),
         "deleted": sum(r.deleted for r in results),
+        "quarantined": sum(r.quarantined for r in results),
         "seconds": round(time.monotonic() - started, 3),
     }
     if as_json:
@@ -139,6 +140,8 @@ def flush(as_json: bool) -> None:
         f"flushed {summary['inserted']} transactions ({summary['duplicates']} already in the "
         f"ledger) and {summary['events']} account events in {summary['seconds']} s"
     )
+    if summary["quarantined"]:
+        click.echo(f"{summary['quarantined']} entries quarantined (see ledger_quarantine)")
 
 
 @click.command()
@@ -154,8 +157,9 @@ def status(as_json: bool, show_all: bool) -> None:
         lag = await outbox_lag(engine)
         try:
             states: dict[int, Any] | None = await ledger.flush_states()
+            quarantined: int | None = await quarantine.count(ledger.pool)
         except BackendUnavailable:
-            states = None
+            states = quarantined = None
         now = datetime.now(UTC)
         parts = [
             {
@@ -174,6 +178,7 @@ def status(as_json: bool, show_all: bool) -> None:
             "waiting": lag.total,
             "oldest_age_seconds": lag.oldest_age_seconds,
             "database": "unavailable" if states is None else "ok",
+            "quarantined": quarantined,
             "partitions": parts,
         }
 
@@ -184,6 +189,8 @@ def status(as_json: bool, show_all: bool) -> None:
     shown = [p for p in report["partitions"] if show_all or p["waiting"]]
     if shown:
         click.echo(table(shown))
+    if report["quarantined"]:
+        click.echo(f"{report['quarantined']} entries in ledger_quarantine")
     oldest = report["oldest_age_seconds"]
     age = f", oldest {oldest:.1f} s old" if oldest is not None else ""
     click.echo(

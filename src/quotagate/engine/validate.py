@@ -17,6 +17,14 @@ from quotagate.errors import InvalidAmount, UnknownResource, ValidationError
 MAX_DESCRIPTION_CHARS = 1000
 MAX_METADATA_BYTES = 4096
 """Metadata travels in the outbox and the ledger; a cap keeps one request from bloating both."""
+MAX_METADATA_DEPTH = 32
+"""Deepest nesting of objects and arrays in metadata, the top object being level 1. Every
+reader of metadata (JSON decoders, msgspec, PostgreSQL's jsonb functions) walks it
+recursively; a cap far below their stack limits keeps each of them from failing on it."""
+MAX_METADATA_VALUES = MAX_METADATA_BYTES
+"""Most keys and values metadata may hold: each takes at least one byte of JSON, so more
+cannot fit in MAX_METADATA_BYTES. The walk stops there, before it has seen all of a huge
+object."""
 
 TRANSACTION_TYPES = ("earn", "spend", "refund", "grant", "expire", "adjust")
 CREDIT_TYPES = ("grant", "earn", "refund", "adjust")
@@ -54,6 +62,23 @@ def cost(config: Config, resource: Any, units: Any) -> int:
     return total
 
 
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL's text and jsonb cannot hold ``text``, or None when they can.
+
+    Outside these two, a UTF-8 database stores any Unicode text: NUL (U+0000) is refused by
+    both types (PostgreSQL strings end at NUL), and a lone surrogate (U+D800 to U+DFFF, which
+    Python strings may hold) has no UTF-8 form at all.
+    """
+    if "\x00" in text:
+        return "contains a NUL character (U+0000)"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (U+D800 to U+DFFF), which is not Unicode text"
+    return None
+
+
 def description(value: Any) -> str:
     if value is None:
         return ""
@@ -62,15 +87,20 @@ def description(value: Any) -> str:
             f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters",
             field="description",
         )
+    problem = unstorable(value)
+    if problem:
+        raise ValidationError(f"description {problem}", field="description")
     return value
 
 
 def metadata(value: Any) -> str:
-    """Metadata as JSON text ("" for none): a JSON object of at most 4 KiB."""
+    """Metadata as JSON text ("" for none): a JSON object of at most 4 KiB and 32 levels,
+    whose keys and strings PostgreSQL can store."""
     if value is None:
         return ""
     if not isinstance(value, dict):
         raise ValidationError("metadata must be a JSON object", field="metadata")
+    _check_metadata_tree(value)
     try:
         text = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError):
@@ -80,6 +110,51 @@ def metadata(value: Any) -> str:
             f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
         )
     return text.decode()
+
+
+_JSON_LEAVES = (str, int, float, bool, type(None))
+
+
+def _check_metadata_tree(top: dict[Any, Any]) -> None:
+    """Walk metadata without recursion (depth first, by an explicit stack), refusing what is
+    too deep, too large, not JSON, or not storable text, with the path to the culprit."""
+    stack: list[tuple[Any, int, str]] = [(top, 1, "metadata")]
+    seen = 0
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict):
+            items: list[tuple[str, Any]] = []
+            for key, child in node.items():
+                if not isinstance(key, str):
+                    raise _bad_metadata(f"{path} has a key that is not a string: {key!r}")
+                _check_metadata_text(key, f"{path} key {key!r}")
+                items.append((f"{path}[{key!r}]", child))
+        elif isinstance(node, list | tuple):
+            items = [(f"{path}[{i}]", child) for i, child in enumerate(node)]
+        else:
+            continue
+        if depth > MAX_METADATA_DEPTH:
+            raise _bad_metadata(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+        seen += len(items)
+        if seen > MAX_METADATA_VALUES:
+            raise _bad_metadata(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        for child_path, child in items:
+            if isinstance(child, str):
+                _check_metadata_text(child, child_path)
+            elif isinstance(child, dict | list | tuple):
+                stack.append((child, depth + 1, child_path))
+            elif not isinstance(child, _JSON_LEAVES):
+                raise _bad_metadata(f"{child_path} is not a JSON value ({type(child).__name__})")
+
+
+def _check_metadata_text(text: str, where: str) -> None:
+    problem = unstorable(text)
+    if problem:
+        raise _bad_metadata(f"{where[:200]} {problem}")
+
+
+def _bad_metadata(message: str) -> ValidationError:
+    return ValidationError(message, field="metadata")
 
 
 def fingerprint(*parts: Any) -> str:

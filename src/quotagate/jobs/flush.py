@@ -57,7 +57,8 @@ RESULT_TTL_SECONDS = 60
 """Finished flush jobs are kept this long (several run per second; they are not history)."""
 
 FAILURE_TTL_SECONDS = 86400
-"""Failed flush jobs (a malformed outbox entry, a bug) stay in RQ's failed registry a day.
+"""Failed flush jobs (a bug: an entry PostgreSQL refuses goes to the ledger's quarantine and
+fails nothing) stay in RQ's failed registry a day.
 PostgreSQL or the credit Redis being down is not a failure of the job: it backs off."""
 
 

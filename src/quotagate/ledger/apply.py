@@ -202,6 +202,8 @@ class Applied:
     """Of those, rows inserted now (the others were in the ledger already)."""
     events: int
     """Account events in the batch (applied unless a newer one is in the ledger)."""
+    quarantined: int = 0
+    """Entries put in ``ledger_quarantine`` (``quotagate.ledger.quarantine``)."""
 
     @property
     def duplicates(self) -> int:

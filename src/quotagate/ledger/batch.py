@@ -7,7 +7,8 @@ sends the batch down the checked path, see ``quotagate.ledger.flush``), and only
 snapshots need is read in Python (amount, monthly change, time), summed per account as the
 batch is built. Every other entry (account events, a transaction in another layout, one that
 does not parse) goes through :func:`quotagate.ledger.outbox.parse_entry`, so an unreadable
-entry still stops the flush with OutboxEntryInvalid before anything is written.
+entry raises OutboxEntryInvalid before anything is written (the flush then takes the checked
+path, which quarantines it).
 
 The COPY data is CSV with control characters for separator (US, 0x1f) and quote (SOH, 0x01),
 so that backslashes and quotes, which JSON metadata is full of, need no escaping; a value that
@@ -98,6 +99,8 @@ class FlushBatch:
     looks these up before the COPY and leaves out those it finds."""
     events: list[AccountEvent] = field(default_factory=list)
     """The newest account event of each account in the batch."""
+    readable: bool = True
+    """False: an entry does not parse, and the batch goes straight to the checked path."""
     _all_data: bytes | None = None
 
     @property

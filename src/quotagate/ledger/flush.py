@@ -13,9 +13,11 @@ lose entries).
 
 Each batch goes the fast way (``apply.apply_rows``: one COPY into ``credit_transactions``
 built straight from the stream reply, no per-entry Python objects) unless PostgreSQL finds
-one of its rows in the ledger already, or refuses a value: then the transaction rolls back
-and the same batch is parsed entry by entry and applied with ON CONFLICT
-(``apply.apply_entries``), the checked path, which also names an unreadable entry.
+one of its rows in the ledger already, or refuses a value, or an entry does not parse: then
+the transaction rolls back and the same batch is parsed entry by entry and applied with ON
+CONFLICT, the checked path (``quarantine.apply_checked``). There an entry PostgreSQL cannot
+store as it is, or that does not parse, is booked without its text when its money fields are
+sound, and kept raw in ``ledger_quarantine``; the partition goes on past it.
 
 One flush per partition at a time (``FlushLease``); partitions flush in parallel.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,12 +36,13 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from quotagate.engine import CreditEngine
+from quotagate.ledger import quarantine
 from quotagate.ledger.apply import Applied, apply_rows, record_flush
 from quotagate.ledger.batch import FlushBatch, build_batch
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
-from quotagate.ledger.outbox import StreamReader, parse_raw, trim_through
+from quotagate.ledger.outbox import OutboxEntryInvalid, StreamReader, trim_through
 from quotagate.ledger.postgres import in_transaction
 
 DEFAULT_BATCH_SIZE = 10_000
@@ -47,7 +51,7 @@ DEFAULT_BATCH_SIZE = 10_000
 once: larger batches share both among more rows (see the README's measurements). The batch's
 snapshot rows stay locked from its upsert to its commit, a few milliseconds."""
 
-CHECKED_PATH_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+CHECKED_PATH_ERRORS = quarantine.REFUSED_ERRORS
 """What sends a batch from the fast path to the checked one: a row already in the ledger
 (UniqueViolationError), or a value PostgreSQL refuses."""
 
@@ -100,6 +104,8 @@ class FlushResult:
     inserted: int = 0
     events: int = 0
     deleted: int = 0
+    quarantined: int = 0
+    """Entries put in ``ledger_quarantine`` (see ``quotagate.ledger.quarantine``)."""
     busy: bool = False
     """Another flush held the partition's lease: this one did nothing."""
     drained: bool = False
@@ -176,7 +182,10 @@ class _Batches:
         raw = await self.reader.read(self.partition, self.batch_size, after=after)
         if not raw:
             return None
-        batch = build_batch(raw)
+        try:
+            batch = build_batch(raw)
+        except OutboxEntryInvalid:
+            return FlushBatch(raw, raw[-1][0].decode(), readable=False)
         batch.copy_data(set())  # the usual case's COPY data, joined here rather than in the commit
         return batch
 
@@ -228,14 +237,15 @@ class _Batches:
         self.result.transactions += applied.transactions
         self.result.inserted += applied.inserted
         self.result.events += applied.events
+        self.result.quarantined += applied.quarantined
 
 
 async def apply_batch(
     ledger: Ledger, batch: FlushBatch, *, default_tier: str, partition: int
 ) -> Applied:
     """Apply one flush batch and record the partition's progress, in one transaction: the
-    fast path, or the checked one when PostgreSQL refuses the fast one (see the module
-    docstring). Raises OutboxEntryInvalid, BackendUnavailable."""
+    fast path, or the checked one when the fast one cannot take the batch (see the module
+    docstring). Raises BackendUnavailable."""
 
     async def fast(conn: asyncpg.Connection) -> Applied:
         applied = await apply_rows(conn, batch, default_tier=default_tier)
@@ -243,11 +253,22 @@ async def apply_batch(
         await pause_point("before_commit")
         return applied
 
-    try:
-        return await in_transaction(ledger.pool, fast)
-    except CHECKED_PATH_ERRORS:
-        entries = parse_raw(batch.raw)
-        return await ledger.apply_batch(entries, default_tier=default_tier, partition=partition)
+    async def checked(conn: asyncpg.Connection) -> quarantine.CheckedResult:
+        result = await quarantine.apply_checked(
+            conn, batch.raw, partition=partition, default_tier=default_tier
+        )
+        await record_flush(conn, partition, batch.last_stream_id, result.applied.inserted)
+        await pause_point("before_commit")
+        return result
+
+    if batch.readable:
+        try:
+            return await in_transaction(ledger.pool, fast)
+        except CHECKED_PATH_ERRORS:
+            pass
+    result = await in_transaction(ledger.pool, checked)
+    quarantine.report(result.quarantined)
+    return dataclasses.replace(result.applied, quarantined=len(result.quarantined))
 
 
 async def flush_all(
