@@ -28,7 +28,7 @@ from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import validate
 from quotagate.engine.keys import DEFAULT_PREFIX, KeySpace
-from quotagate.engine.replies import unwrap
+from quotagate.engine.replies import redis_failures, unwrap
 from quotagate.engine.results import (
     Account,
     ChargeResult,
@@ -441,12 +441,13 @@ class CreditEngine:
         """The account as Redis holds it now (holds past their deadline not counted)."""
         ids.check_account_id(account_id)
         k = self.keys.account(account_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.account)
-            pipe.hgetall(k.holds)
-            pipe.time()
-            pipe.hget(k.cfg, "ready")
-            a, raw_holds, (sec, usec), ready = await pipe.execute()
+        with redis_failures():  # LOADING, READONLY...: unavailable, not an internal error
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.account)
+                pipe.hgetall(k.holds)
+                pipe.time()
+                pipe.hget(k.cfg, "ready")
+                a, raw_holds, (sec, usec), ready = await pipe.execute()
         if not a:
             if ready != "1":
                 raise AccountNotLoaded(
