@@ -406,7 +406,7 @@ class CreditEngine:
         """Apply the account's tier renewal policy once for ``period`` (default: this month)."""
         ids.check_account_id(account_id)
         period = period or current_period()
-        args = [account_id, period, ids.new_id(), ids.new_id()]
+        args = [account_id, period, ids.new_id(), ids.new_id(), ids.new_id()]
         r = await self._call("renew", account_id, None, args)
         return RenewResult(account_id, r[0] == "1", int(r[1]), int(r[2]), int(r[3]), r[4])
 
