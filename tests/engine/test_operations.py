@@ -157,8 +157,9 @@ async def test_renewal_policies(plain: CreditEngine) -> None:
     await plain.credit("resetter", 5)
     renewed = await plain.renew("resetter", "2099-02")
     assert (renewed.granted, renewed.expired, renewed.balance) == (1000, 600, 1005)
-    tail = [(e["t"], e["amt"]) for e in (await _entries(plain, "resetter"))[-2:]]
-    assert tail == [("expire", "-600"), ("grant", "1000")]
+    entries = await _entries(plain, "resetter")
+    tail = [(e["t"], e.get("amt"), e.get("rp")) for e in entries[-3:]]
+    assert tail == [("expire", "-600", None), ("grant", "1000", None), ("account", None, "2099-02")]
 
     await plain.upsert_account("banned", status="banned")
     skipped = await plain.renew("banned", "2099-01")

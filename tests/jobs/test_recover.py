@@ -15,7 +15,12 @@ from quotagate.engine import CreditEngine, current_period
 from quotagate.engine.results import Account
 from quotagate.errors import AccountNotLoaded, InsufficientCredits
 from quotagate.jobs.reconcile import reconcile_async
-from quotagate.jobs.recover import RecoveryRefused, recover_async, restore_row
+from quotagate.jobs.recover import (
+    SNAPSHOT_COLUMNS,
+    RecoveryRefused,
+    recover_async,
+    restore_row,
+)
 from quotagate.ledger import Ledger, flush_all
 
 CONFIG = """
@@ -100,8 +105,7 @@ async def test_flushall_then_recover_brings_every_balance_back(
     # One account restored: it charges; the others are still refused.
     async with own_ledger.pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT account_id, tier, status, credits, monthly_credits, overdraft_limit,"
-            " last_reset_at, created_at FROM user_credits WHERE account_id = 'u-001'"
+            f"SELECT {SNAPSHOT_COLUMNS} FROM user_credits WHERE account_id = 'u-001'"
         )
     assert await restore_row(restarted, row)
     await restarted.consume("u-001", "unit")
@@ -120,8 +124,10 @@ async def test_flushall_then_recover_brings_every_balance_back(
         a: _state(s) for a, s in before.items() if a != "u-001"
     }
     assert after["u-001"].balance == before["u-001"].balance
-    # The renewed period comes back as the month of the last reset (all this month here).
-    assert {s.renewed_period for s in after.values()} == {current_period()}
+    # The renewed period comes back as it was: the one renewed (2099-05) or the opening month.
+    periods = {a: s.renewed_period for a, s in after.items()}
+    assert periods == {a: s.renewed_period for a, s in before.items()}
+    assert set(periods.values()) == {"2099-05", current_period()}
     assert await restarted.is_ready()
 
     # Charging goes on: the right balance, the floor where it was, new accounts allowed.
@@ -131,8 +137,10 @@ async def test_flushall_then_recover_brings_every_balance_back(
     with pytest.raises(InsufficientCredits):
         await restarted.consume("u-000", "unit")
     await restarted.upsert_account("newcomer")
-    # Renewal knows the period of the last reset: this month's is not given twice.
-    assert (await restarted.renew("u-003")).reason == "already_renewed"
+    # Renewal knows each account's period: none is given twice (opened this month, or
+    # renewed for 2099-05).
+    assert (await restarted.renew("u-004")).reason == "already_renewed"
+    assert (await restarted.renew("u-003", "2099-05")).reason == "already_renewed"
     await flush_all(restarted, own_ledger)
     assert (await reconcile_async(restarted, own_ledger)).drifts == []
 
@@ -161,3 +169,39 @@ async def test_recovery_refuses_while_the_outbox_holds_entries(
     assert (await engine.get_account("u-002")).balance == snapshot["u-002"].credits
     await flush_all(engine, own_ledger)
     assert (await reconcile_async(engine, own_ledger)).drifts == []
+
+
+@pytest.mark.parametrize("tier", ["free", "pro"])
+async def test_a_renewal_survives_recovery_whether_it_granted_or_not(
+    engine: CreditEngine, restarted: CreditEngine, own_ledger: Ledger, private_redis: RedisProcess,
+    tier: str,
+) -> None:  # fmt: skip
+    """free ("add") at its credit limit is renewed with 0 granted; pro ("reset") with an expiry
+    and a grant. Either way the period is done: after FLUSHALL and recovery, renewing the same
+    period again grants nothing, and the books balance."""
+    period = "2099-07"
+    account = f"renewed-{tier}"
+    made = await engine.upsert_account(account, tier=tier)
+    await own_ledger.write_through(engine, account, made.outbox_entry_ids)
+    await engine.consume(account, "unit", 7)
+    if tier == "free":
+        await engine.credit(account, 7)  # back at the limit: the renewal has room for nothing
+    first = await engine.renew(account, period)
+    assert first.renewed
+    assert (first.granted, first.expired) == ((0, 0) if tier == "free" else (1000, 993))
+    await engine.consume(account, "unit", 10)  # room that a second renewal would fill
+    await flush_all(engine, own_ledger)
+    before = await engine.get_account(account)
+
+    await _flushall(private_redis)
+    await recover_async(restarted, own_ledger)
+    again = await restarted.renew(account, period)
+    assert (again.renewed, again.granted, again.expired, again.reason) == (
+        False, 0, 0, "already_renewed",
+    )  # fmt: skip
+    after = await restarted.get_account(account)
+    assert (after.balance, after.monthly_credits, after.renewed_period) == (
+        before.balance, before.monthly_credits, period,
+    )  # fmt: skip
+    await flush_all(restarted, own_ledger)
+    assert (await reconcile_async(restarted, own_ledger)).drifts == []

@@ -8,6 +8,7 @@ quotagate.jobs.schedule and the README.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -29,13 +30,15 @@ def scheduler(logging_level: str) -> None:
     """Enqueue the recurring jobs on QUOTAGATE_QUEUE_URL: flush (1 s), hold expiry (5 s),
     renewal (daily 00:15 UTC, once a month per account), reconciliation report (03:30 UTC).
 
-    Runs until SIGINT or SIGTERM.
+    Runs until SIGINT or SIGTERM; a Redis outage of any length is waited out.
     """
     from redis import exceptions as redis_errors
     from rq.cron import CronScheduler
+    from rq.exceptions import StopRequested
 
     from quotagate.errors import BackendUnavailable
     from quotagate.jobs import queues
+    from quotagate.jobs.worker import through_outages
 
     # rq cron reads cron expressions in local time; ours are UTC.
     os.environ["TZ"] = "UTC"
@@ -50,7 +53,9 @@ def scheduler(logging_level: str) -> None:
         raise BackendUnavailable(f"the queue Redis at {url} did not answer: {exc}") from None
     cron = CronScheduler(connection=conn, logging_level=logging_level.upper())
     cron.load_config_from_file(SCHEDULE_MODULE)
-    cron.start()  # type: ignore[no-untyped-call]
+    with contextlib.suppress(StopRequested):  # SIGTERM while waiting for Redis
+        # rq cron ends its loop on any Redis error: start it again once Redis is back.
+        through_outages(conn, "scheduler", cron.start)
 
 
 def register(cli: click.Group) -> None:

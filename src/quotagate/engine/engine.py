@@ -29,7 +29,7 @@ from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import validate
 from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
-from quotagate.engine.replies import unwrap
+from quotagate.engine.replies import redis_failures, unwrap
 from quotagate.engine.results import (
     Account,
     ChargeResult,
@@ -444,7 +444,7 @@ class CreditEngine:
         """Apply the account's tier renewal policy once for ``period`` (default: this month)."""
         ids.check_account_id(account_id)
         period = period or current_period()
-        args = [account_id, period, ids.new_id(), ids.new_id()]
+        args = [account_id, period, ids.new_id(), ids.new_id(), ids.new_id()]
         r = await self._call("renew", account_id, None, args)
         return RenewResult(account_id, r[0] == "1", int(r[1]), int(r[2]), int(r[3]), r[4])
 
@@ -479,12 +479,13 @@ class CreditEngine:
         """The account as Redis holds it now (holds past their deadline not counted)."""
         ids.check_account_id(account_id)
         k = self.keys.account(account_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.account)
-            pipe.hgetall(k.holds)
-            pipe.time()
-            pipe.hget(k.cfg, "ready")
-            a, raw_holds, (sec, usec), ready = await pipe.execute()
+        with redis_failures():  # LOADING, READONLY...: unavailable, not an internal error
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.account)
+                pipe.hgetall(k.holds)
+                pipe.time()
+                pipe.hget(k.cfg, "ready")
+                a, raw_holds, (sec, usec), ready = await pipe.execute()
         if not a:
             if ready != "1":
                 raise AccountNotLoaded(

@@ -7,6 +7,8 @@ reader, and each reply resolves the future of the call it answers, in order. The
 made by redis-py (address, TLS, AUTH, SELECT: whatever the URL says) and then kept for this
 use alone.
 
+Error replies are handed on as they are (``hiredis.ReplyError``): the caller tells a script's
+failure from a Redis that cannot serve for now (LOADING, READONLY...: quotagate.engine.replies).
 A connection that fails, closes or leaves a reply unanswered past ``timeout`` seconds is
 dropped: every call still waiting on it fails with BackendUnavailable (a charge whose reply was
 lost may or may not have run, exactly as with any client), and the next call connects anew.
@@ -23,6 +25,7 @@ import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from quotagate.engine.replies import unavailable
 from quotagate.errors import BackendUnavailable
 
 
@@ -204,21 +207,27 @@ class PooledPipe:
                 for fut in futures:
                     try:
                         reply = await conn.read_response()
-                    except redis_errors.NoScriptError as exc:
-                        reply = hiredis.ReplyError(f"NOSCRIPT {exc}")
                     except redis_errors.ResponseError as exc:
-                        reply = hiredis.ReplyError(str(exc))
+                        reply = hiredis.ReplyError(_reply_text(exc))
                     if not fut.done():
                         fut.set_result(reply)
         except Exception as exc:
             await conn.disconnect(nowait=True)
-            _fail_all(futures, BackendUnavailable(f"Redis did not answer: {exc}"))
+            error = unavailable(exc) or BackendUnavailable(f"Redis did not answer: {exc}")
+            _fail_all(futures, error)
         finally:
             await pool.release(conn)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
             await task
+
+
+def _reply_text(exc: redis_errors.ResponseError) -> str:
+    """The error reply as Redis sent it: redis-py keeps the first word of the ones it knows
+    (NOSCRIPT, READONLY...) apart, in ``status_code``."""
+    code = exc.status_code
+    return f"{code} {exc}" if code else str(exc)
 
 
 def _fail_all(futures: list[asyncio.Future[Any]], error: BaseException) -> None:

@@ -1,10 +1,88 @@
-"""Turns a script's sentinel error reply into the typed exception it stands for."""
+"""Where Redis's answers become quotagate's errors: a script's sentinel reply becomes the typed
+exception it stands for, and a Redis that cannot serve for now becomes BackendUnavailable.
+
+Redis answers some commands with an error that says nothing about the command and everything
+about the server's state: it is loading its data after a restart, running a long script, a
+replica after a failover, and so on (:data:`TRANSIENT_STATES`). Those are the backend being
+unavailable (503, or the hook's failure mode), never an internal error: every path that talks
+to Redis, batched script calls, redis-py commands and the jobs, classifies through
+:func:`unavailable`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+
+from redis import exceptions as redis_errors
 
 from quotagate import errors
+
+TRANSIENT_STATES = {
+    "LOADING": "Redis is loading its data into memory (after a restart)",
+    "BUSY": "Redis is busy running a long script or function",
+    "MASTERDOWN": "this Redis is a replica that lost its master and serves no stale data",
+    "READONLY": "this Redis is a read-only replica (a failover may have demoted it)",
+    "CLUSTERDOWN": "the Redis cluster is down or does not serve this slot",
+    "TRYAGAIN": "the Redis cluster is moving this slot between nodes",
+    "MISCONF": "Redis refuses writes: it cannot save its data to disk",
+    "NOREPLICAS": "Redis refuses writes: too few replicas acknowledge them",
+    "OOM": "Redis refuses writes: it has reached its maxmemory",
+}
+"""The first word of each error reply that names a state of the server rather than a fault
+of the command, and what it means. Each passes once the server recovers, fails over back or
+is fixed; until then nothing was written (Redis refuses the command before it runs, or a
+script's first write, and the scripts write nothing before their checks pass)."""
+
+
+def transient_state(message: str) -> str | None:
+    """The TRANSIENT_STATES word an error reply starts with, or None. redis-py puts the reply
+    of a command inside a pipeline or a MULTI after words of its own: it is looked for there."""
+    word = message.split(" ", 1)[0]
+    if word in TRANSIENT_STATES:
+        return word
+    inner = _IN_PIPELINE.search(message)
+    return inner[1] if inner and inner[1] in TRANSIENT_STATES else None
+
+
+_IN_PIPELINE = re.compile(r"(?:of pipeline caused error: \(?'?|discarded because of: )([A-Z]+) ")
+
+
+def unavailable(exc: BaseException | str) -> errors.BackendUnavailable | None:
+    """BackendUnavailable for a Redis that did not answer or cannot serve for now (an error
+    reply's text, or a redis-py or socket exception), else None: a fault of the call."""
+    if isinstance(exc, errors.BackendUnavailable):
+        return exc
+    if isinstance(exc, str):
+        message, state = exc, transient_state(exc)
+    else:
+        # redis-py cuts the first word off the messages it knows and keeps it as status_code.
+        code = getattr(exc, "status_code", None)
+        message = f"{code} {exc}" if code else str(exc)
+        state = transient_state(message)
+        if state is None and isinstance(exc, _NO_ANSWER):
+            return errors.BackendUnavailable(f"Redis did not answer: {exc}")
+    if state is None:
+        return None
+    return errors.BackendUnavailable(f"{TRANSIENT_STATES[state]} ({message})", redis_state=state)
+
+
+_NO_ANSWER = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+@contextlib.contextmanager
+def redis_failures() -> Iterator[None]:
+    """Raise BackendUnavailable for what :func:`unavailable` names so; any other Redis error
+    (a bug: a wrong type, a bad command) goes on as it is."""
+    try:
+        yield
+    except redis_errors.RedisError as exc:
+        down = unavailable(exc)
+        if down is None:
+            raise
+        raise down from exc
+
 
 _AMOUNT_ARGS = {
     "cost",

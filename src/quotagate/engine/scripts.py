@@ -23,6 +23,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from quotagate.engine.pipe import Pipe, open_pipe
+from quotagate.engine.replies import unavailable
 from quotagate.errors import BackendUnavailable, QuotagateError
 
 SCRIPT_NAMES = (
@@ -124,7 +125,7 @@ class ScriptRunner:
                 await self._reload(script)
                 reply = await self._queued(script, keys, args)
             if isinstance(reply, hiredis.ReplyError):
-                raise _wrap(redis_errors.ResponseError(str(reply)), script)
+                raise _wrap(str(reply), script)
         return reply
 
     def submit(
@@ -177,7 +178,7 @@ class ScriptRunner:
                 task = asyncio.ensure_future(self.run(script, keys, args))
                 task.add_done_callback(partial(_settle_from_task, out, parse))
             else:
-                out.set_exception(_wrap(redis_errors.ResponseError(str(reply)), script))
+                out.set_exception(_wrap(str(reply), script))
             return
         _resolve(out, parse, reply)
 
@@ -378,12 +379,12 @@ def _pack(script: Script, keys: Sequence[str], args: Sequence[str]) -> bytes:
     return packed
 
 
-def _wrap(exc: BaseException, script: Script | None = None) -> QuotagateError:
+def _wrap(exc: BaseException | str, script: Script | None = None) -> QuotagateError:
+    """The error for a failed call: an exception, or an error reply's text."""
     if isinstance(exc, QuotagateError):
         return exc
-    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
-        return BackendUnavailable(f"Redis did not answer: {exc}")
-    if isinstance(exc, redis_errors.BusyLoadingError):
-        return BackendUnavailable("Redis is loading its data")
+    down = unavailable(exc)
+    if down is not None:
+        return down
     where = f"script {script.name}" if script else "Redis"
     return ScriptError(f"{where} failed: {exc}")

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 
@@ -116,7 +117,10 @@ def flush_partition(partition: int) -> dict[str, Any]:
     try:
         result = rt.run(_flush(rt, partition))
     except (BackendUnavailable, RedisConnectionError, RedisTimeoutError) as exc:
-        down = "postgres" if isinstance(exc, BackendUnavailable) else "redis"
+        from_redis = isinstance(exc.__cause__, RedisError) or not isinstance(
+            exc, BackendUnavailable
+        )
+        down = "redis" if from_redis else "postgres"
         delay = _note_failure(settings, conn, partition)
         log.warning("flush of partition %d: %s; next try in %.0f s", partition, exc, delay)
         return {"partition": partition, "status": f"{down}_unavailable", "retry_in": delay}

@@ -3,7 +3,7 @@
 While a partition's ``ready`` flag is missing, the scripts answer ``account_not_loaded`` for
 any account they cannot find: a charge is refused, never run against a zero balance. This
 pass copies each ``user_credits`` row into Redis (both buckets, tier, status, overdraft, the
-renewed period taken from ``last_reset_at``), then opens the partitions.
+renewed period its last renewal recorded), then opens the partitions.
 
 It refuses while the outboxes hold entries (the ledger would be behind Redis for those
 accounts) unless forced. Forced, it leaves every account Redis still holds as it is, and
@@ -32,7 +32,8 @@ RESTORE_PAGE = 1000
 """Snapshot rows read and restored per batch (the restores of a batch share pipelines)."""
 
 SNAPSHOT_COLUMNS = (
-    "account_id, tier, status, credits, monthly_credits, overdraft_limit, last_reset_at, created_at"
+    "account_id, tier, status, credits, monthly_credits, overdraft_limit, last_reset_at,"
+    " created_at, renewed_period"
 )
 
 
@@ -52,8 +53,12 @@ class RecoveryTally:
     partitions_opened: int = 0
 
 
-def renewed_period(last_reset_at: datetime | None) -> str:
-    """The renewal period an account was last renewed in ("" when never)."""
+def renewed_period(recorded: str | None, last_reset_at: datetime | None) -> str:
+    """The renewal period an account was last renewed in ("" when never): the one its last
+    renewal recorded, else (an account never renewed since it opened with its first grant)
+    the month of its last reset."""
+    if recorded:
+        return recorded
     return last_reset_at.astimezone(UTC).strftime("%Y-%m") if last_reset_at else ""
 
 
@@ -72,7 +77,7 @@ async def restore_row(
         overdraft_limit=int(row["overdraft_limit"]),
         monthly_credits=monthly,
         purchased_credits=credits - monthly,
-        renewed_period=renewed_period(row["last_reset_at"]),
+        renewed_period=renewed_period(row["renewed_period"], row["last_reset_at"]),
         last_reset_at=row["last_reset_at"],
         created_at=row["created_at"],
     )

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from redis import Redis
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.replies import redis_failures
 from quotagate.jobs import queues
 from quotagate.ledger import Ledger
 from quotagate.settings import Settings
@@ -43,10 +44,12 @@ class WorkerRuntime:
         self._ledger: Ledger | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` to completion on this process's loop."""
+        """Run ``coro`` to completion on this process's loop. A Redis that cannot serve for
+        now (not answering, LOADING, READONLY...) raises BackendUnavailable, for every job."""
         task = self.loop.create_task(coro)
         try:
-            return self.loop.run_until_complete(task)
+            with redis_failures():
+                return self.loop.run_until_complete(task)
         except BaseException:
             # A job timeout (RQ raises from a signal handler) must not leave the task to
             # resume inside the next job.

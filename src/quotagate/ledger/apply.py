@@ -164,12 +164,12 @@ PRESENT_SQL = "SELECT id FROM credit_transactions WHERE id = ANY($1::text[])"
 EVENTS_SQL = f"""
 INSERT INTO user_credits AS u
     (account_id, tier, status, overdraft_limit, last_reset_at, created_at,
-     last_event_position, credits, monthly_credits, updated_at)
+     last_event_position, renewed_period, credits, monthly_credits, updated_at)
 SELECT e.account_id, e.tier, e.status, e.overdraft_limit, {_ts("e.reset_ms")},
-       {_ts("e.created_ms")}, e.position, 0, 0, now()
+       {_ts("e.created_ms")}, e.position, e.renewed_period, 0, 0, now()
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-            $7::text[]) AS e(account_id, tier, status, overdraft_limit, reset_ms, created_ms,
-                             position)
+            $7::text[], $8::text[]) AS e(account_id, tier, status, overdraft_limit, reset_ms,
+                                         created_ms, position, renewed_period)
 ORDER BY e.account_id
 ON CONFLICT (account_id) DO UPDATE SET
     tier = excluded.tier,
@@ -178,6 +178,7 @@ ON CONFLICT (account_id) DO UPDATE SET
     created_at = excluded.created_at,
     last_reset_at = greatest(u.last_reset_at, excluded.last_reset_at),
     last_event_position = excluded.last_event_position,
+    renewed_period = greatest(u.renewed_period, excluded.renewed_period),
     updated_at = now()
 WHERE u.last_event_position IS NULL OR u.last_event_position < excluded.last_event_position
 """
@@ -217,7 +218,7 @@ def split(entries: Sequence[Entry]) -> tuple[list[TransactionEntry], list[Accoun
     events: dict[str, AccountEvent] = {}
     for entry in entries:
         if isinstance(entry, AccountEvent):
-            events[entry.account_id] = entry  # stream order: a later one replaces
+            events[entry.account_id] = entry.after(events.get(entry.account_id))  # stream order
         elif entry.id not in seen:
             seen.add(entry.id)
             transactions.append(entry)
@@ -287,6 +288,7 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[AccountEvent])
         [e.last_reset_ms for e in events],
         [e.created_ms for e in events],
         [e.position for e in events],
+        [e.renewed_period for e in events],
     )
 
 

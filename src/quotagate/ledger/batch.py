@@ -180,7 +180,7 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
                     continue
         entry = parse_entry(*decode_raw([stream_id, fields]))
         if isinstance(entry, AccountEvent):
-            events[entry.account_id] = entry  # stream order: a later one replaces
+            events[entry.account_id] = entry.after(events.get(entry.account_id))  # stream order
         elif (txn := entry.id.encode()) not in seen:
             seen.add(txn)
             batch.maybe_present[len(lines)] = (txn, entry.account_id.encode(), _effect(entry))

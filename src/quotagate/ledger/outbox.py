@@ -17,7 +17,7 @@ cost more than the PostgreSQL work of the batch (see ``quotagate.ledger.batch``)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -70,10 +70,22 @@ class AccountEvent:
     overdraft_limit: int
     last_reset_ms: int | None
     created_ms: int
+    renewed_period: str | None = None
+    """The period a renewal completed (its event carries it), else None."""
 
     @property
     def position(self) -> str:
         return stream_position(self.stream_id)
+
+    def after(self, earlier: AccountEvent | None) -> AccountEvent:
+        """This event in place of an earlier one of the account (a batch keeps the newest of
+        each account): its settings win, but a renewal the earlier one recorded is kept, since
+        the account is still renewed for that period."""
+        if earlier is None or not earlier.renewed_period:
+            return self
+        if self.renewed_period and self.renewed_period >= earlier.renewed_period:
+            return self
+        return replace(self, renewed_period=earlier.renewed_period)
 
 
 Entry = TransactionEntry | AccountEvent
@@ -138,6 +150,7 @@ def _account_event(stream_id: str, f: dict[str, str]) -> AccountEvent:
         overdraft_limit=int(f["od"]),
         last_reset_ms=int(f["rst"]) if f.get("rst") else None,
         created_ms=int(f["ca"]),
+        renewed_period=f.get("rp") or None,
     )
 
 

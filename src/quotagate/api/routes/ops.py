@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from redis import exceptions as redis_errors
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from quotagate.api.endpoint import endpoint, json_response
 from quotagate.api.gateway import Gateway
 from quotagate.api.openapi import openapi_document
 from quotagate.api.schemas import HealthOut, ReadyOut
+from quotagate.engine.replies import unavailable
 from quotagate.ledger import outbox_lag
 
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -28,12 +30,28 @@ PROBE_TIMEOUT_SECONDS = 1.0
 
 
 async def _redis_state(gw: Gateway) -> str:
+    """ "ok", "needs_recovery", or "down": not answering, or in a state where it cannot take
+    charges (loading, busy, a replica: quotagate.engine.replies.TRANSIENT_STATES)."""
     try:
-        await asyncio.wait_for(gw.engine.redis.ping(), PROBE_TIMEOUT_SECONDS)
-        ready = await asyncio.wait_for(gw.engine.is_ready(), PROBE_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await gw.engine.redis.ping()
+            if not await _writable(gw):
+                return "down"
+            ready = await gw.engine.is_ready()
     except Exception:
         return "down"
     return "ok" if ready else "needs_recovery"
+
+
+async def _writable(gw: Gateway) -> bool:
+    """False for a replica: it answers reads (PING, the ready flags) but refuses every charge
+    with READONLY, as a primary demoted by a failover does. A server that does not allow ROLE
+    (some managed services) is taken at its word."""
+    try:
+        role = await gw.engine.redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    except redis_errors.ResponseError as exc:
+        return unavailable(exc) is None
+    return bool(role) and str(role[0]) == "master"
 
 
 async def _lag(gw: Gateway) -> dict[str, Any] | None:

@@ -1,0 +1,136 @@
+"""`quotagate worker` and `quotagate scheduler` ride out outages: Redis stopped for a few seconds,
+then for longer than any timeout of theirs, then PostgreSQL stopped under a flush. The
+processes live, say once that they lost Redis and once that they have it again (no traceback
+per retry), and flushes enqueued afterwards run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import EngineFactory
+from tests.jobs.processes import QuotagateProcess, quotagate_env
+from tests.ledger.support import postgres_process
+from tests.support.servers import RedisProcess, redis_process
+
+from quotagate.engine import CreditEngine
+from quotagate.ledger import Ledger, outbox_lag, upgrade
+
+CONFIG = """
+partitions = 2
+[resources]
+unit = 1
+[tiers.free]
+credit_limit = 1000
+monthly_grant = 100
+"""
+
+SHORT_OUTAGE_SECONDS = 3
+LONG_OUTAGE_SECONDS = 25
+"""Longer than the clients' socket and connect timeouts (5 s) and RQ's dequeue wait."""
+
+LOST = "lost Redis"
+BACK = "Redis is back"
+
+
+async def _drained(engine: CreditEngine, procs: list[QuotagateProcess], within: float) -> None:
+    deadline = time.monotonic() + within
+    while (await outbox_lag(engine)).total:
+        for p in procs:
+            assert p.alive(), p.output()
+        assert time.monotonic() < deadline, "\n".join(p.output() for p in procs)
+        await asyncio.sleep(0.2)
+
+
+async def _charge(engine: CreditEngine, accounts: list[str]) -> None:
+    for a in accounts:
+        await engine.consume(a, "unit")
+
+
+def _outage(server: RedisProcess, seconds: float, procs: list[QuotagateProcess]) -> None:
+    server.stop()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.alive(), p.output()
+        time.sleep(0.2)
+    server.start()
+
+
+@pytest.fixture
+def redis_server() -> RedisProcess:
+    with redis_process(appendonly=True) as server:
+        yield server  # type: ignore[misc]
+
+
+async def test_worker_and_scheduler_ride_out_redis_outages(
+    redis_server: RedisProcess,
+    make_engine: EngineFactory,
+    own_ledger: Ledger,
+    own_ledger_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    engine = await make_engine(CONFIG, url=redis_server.url)
+    accounts = [f"out-{i}" for i in range(10)]
+    for a in accounts:
+        await engine.upsert_account(a)
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    env = quotagate_env(redis_server.url, own_ledger_url, key_prefix, config)
+    worker = QuotagateProcess(["worker"], env, tmp_path / "worker.log")
+    scheduler = QuotagateProcess(["scheduler"], env, tmp_path / "scheduler.log")
+    procs = [worker, scheduler]
+    try:
+        await _drained(engine, procs, 30)
+        for outages, seconds in enumerate((SHORT_OUTAGE_SECONDS, LONG_OUTAGE_SECONDS), 1):
+            await asyncio.sleep(1.1)  # appendfsync everysec: what was written is on disk
+            await asyncio.to_thread(_outage, redis_server, seconds, procs)
+            await _charge(engine, accounts)  # after the outage: flushed by the same processes
+            await _drained(engine, procs, 60)
+            for p in procs:
+                out = p.output()
+                assert (out.count(LOST), out.count(BACK)) == (outages, outages), out
+        for p in procs:
+            assert "Traceback" not in p.output(), p.output()
+    finally:
+        scheduler.stop()
+        worker.stop()
+    for a in accounts:
+        assert (await engine.get_account(a)).balance == 98
+
+
+async def test_the_worker_lives_through_postgres_down_during_flushes(
+    redis_server: RedisProcess, make_engine: EngineFactory, key_prefix: str, tmp_path: Path
+) -> None:
+    engine = await make_engine(CONFIG, url=redis_server.url)
+    accounts = [f"pg-{i}" for i in range(10)]
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    with postgres_process() as pg:
+        await asyncio.to_thread(upgrade, pg.url)
+        env = quotagate_env(redis_server.url, pg.url, key_prefix, config)
+        worker = QuotagateProcess(["worker"], env, tmp_path / "worker.log")
+        scheduler = QuotagateProcess(["scheduler"], env, tmp_path / "scheduler.log")
+        try:
+            for a in accounts:
+                await engine.upsert_account(a)
+            await _drained(engine, [worker, scheduler], 30)
+            pg.stop()
+            await _charge(engine, accounts)
+            await asyncio.sleep(8)  # flushes fail meanwhile, backing off
+            assert worker.alive() and scheduler.alive(), worker.output()
+            assert (await outbox_lag(engine)).total == len(accounts)
+            pg.start()
+            await _drained(engine, [worker, scheduler], 60)
+        finally:
+            scheduler.stop()
+            worker.stop()
+        ledger = await Ledger.connect(pg.url)
+        try:
+            snapshots = await ledger.snapshots(accounts)
+        finally:
+            await ledger.aclose()
+    assert {a: s.credits for a, s in snapshots.items()} == dict.fromkeys(accounts, 99)
