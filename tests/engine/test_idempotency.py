@@ -96,3 +96,53 @@ async def test_idempotency_records_expire(make_engine: EngineFactory) -> None:
     await engine.consume("acct", "unit", idempotency_key="k")
     ttl = await engine.redis.pttl(engine.keys.account("acct", "k").idempotency)
     assert 55_000 < ttl <= 60_000
+
+
+async def test_records_of_accounts_whose_ids_hold_colons_never_meet(
+    make_engine: EngineFactory,
+) -> None:
+    """Account ``X`` with key ``Y:K`` and account ``X:Y`` with key ``K`` are two requests:
+    neither replays the other's answer, and both are charged (or granted)."""
+    engine = await make_engine(PLAIN)
+    # Records live per partition: the two accounts must share one for their names to meet.
+    x = next(f"u{i}" for i in range(10_000) if _same_partition(engine, f"u{i}", f"u{i}:Y"))
+    xy = f"{x}:Y"
+    for account in (x, xy):
+        await engine.upsert_account(account)
+        await engine.credit(account, 10)
+
+    first = await engine.consume(xy, "unit", idempotency_key="K")
+    other = await engine.consume(x, "unit", idempotency_key="Y:K")
+    assert other.transaction_id != first.transaction_id
+    assert (other.replayed, other.balance) == (False, 9)
+    granted = await engine.credit(xy, 5, "earn", idempotency_key="G")
+    swallowed = await engine.credit(x, 5, "earn", idempotency_key="Y:G")
+    assert swallowed.transaction_id != granted.transaction_id
+    assert (swallowed.replayed, swallowed.balance) == (False, 14)
+
+    assert (await engine.get_account(x)).balance == 14
+    assert (await engine.get_account(xy)).balance == 14
+
+
+def _same_partition(engine: CreditEngine, a: str, b: str) -> bool:
+    return engine.keys.partition_of(a) == engine.keys.partition_of(b)
+
+
+async def test_account_ids_are_read_back_under_a_prefix_holding_a_colon_a_colon(
+    make_engine: EngineFactory, key_prefix: str, redis_url: str
+) -> None:
+    """A prefix such as ``tenant:a:x`` must not be mistaken for the account part of a key."""
+    from quotagate.config import parse_config
+    from quotagate.jobs.scan import account_batches_by_scan
+
+    engine = CreditEngine.from_url(redis_url, parse_config(PLAIN), prefix=f"{key_prefix}:a:x")
+    try:
+        await engine.initialize()
+        await engine.upsert_account("bob:a:c")
+        p = engine.keys.partition_of("bob:a:c")
+        found = [a async for batch in account_batches_by_scan(engine, p) for a in batch]
+        assert found == ["bob:a:c"]
+        with pytest.raises(ValueError):
+            engine.keys.account_id_from_key(f"{key_prefix}:meta")
+    finally:
+        await engine.aclose()
