@@ -7,7 +7,7 @@ from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
 from tests.support.servers import RedisProcess
 
-from quotagate.engine import CreditEngine
+from quotagate.engine import CreditEngine, idempotency
 from quotagate.errors import IdempotencyConflict
 
 
@@ -146,3 +146,70 @@ async def test_account_ids_are_read_back_under_a_prefix_holding_a_colon_a_colon(
             engine.keys.account_id_from_key(f"{key_prefix}:meta")
     finally:
         await engine.aclose()
+
+
+async def test_records_hold_the_fingerprint_and_only_what_a_replay_answers(
+    make_engine: EngineFactory,
+) -> None:
+    """A record is the 16-character fingerprint and the reply's fields, nothing else: every
+    byte of it is kept in Redis per request for the whole window."""
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 100)
+    charge = await engine.consume("acct", "unit", 3, idempotency_key="c", description="d")
+    grant = await engine.credit("acct", 7, "earn", idempotency_key="g")
+
+    record = await engine.redis.get(engine.keys.account("acct", "c").idempotency)
+    fp = idempotency.consume_fingerprint("unit", 3, "d", "")
+    assert record == f"{fp}{charge.transaction_id} 3 97 97"
+    assert record == idempotency.consume_record(fp, charge.transaction_id, 3, 97, 97)
+    record = await engine.redis.get(engine.keys.account("acct", "g").idempotency)
+    fp = idempotency.credit_fingerprint(7, "earn", "", "")
+    assert record == f"{fp}{grant.transaction_id} 104 104 {grant.outbox_entry_id}"
+    assert len(fp) == 16
+
+
+async def test_a_hook_record_takes_at_most_200_bytes(make_engine: EngineFactory) -> None:
+    """MEMORY USAGE of a hook-like record (32-hex request id, as nginx's $request_id): at most
+    200 bytes under this test's 16-character prefix (it was 248 with the JSON reply)."""
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("user-000123")
+    await engine.credit("user-000123", 1000)
+    request_id = "9f8a693cf5b54f8c87751013aa0e66e6"
+    await engine.consume("user-000123", "unit", idempotency_key=request_id)
+    key = engine.keys.account("user-000123", request_id).idempotency
+    assert await engine.redis.memory_usage(key, samples=0) <= 200
+
+
+async def test_hook_charges_keep_their_own_short_window_and_namespace(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(
+        PLAIN.replace(
+            "opening_grant = false",
+            "opening_grant = false\n[idempotency]\nttl_seconds = 3600\nhook_ttl_seconds = 120",
+        )
+    )
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 10)
+
+    hooked = await engine.consume_soon(
+        "acct", "unit", idempotency_key="r", idempotency_scope="hook"
+    )
+    again = await engine.consume_soon("acct", "unit", idempotency_key="r", idempotency_scope="hook")
+    assert (again.transaction_id, again.replayed) == (hooked.transaction_id, True)
+    hook_key = engine.keys.account("acct", "hook r").idempotency
+    assert 115_000 < await engine.redis.pttl(hook_key) <= 120_000
+
+    # The same key from the API is another request, remembered for the API's window.
+    api = await engine.consume("acct", "unit", idempotency_key="r")
+    assert (api.replayed, api.balance) == (False, 8)
+    assert (
+        3_595_000
+        < await engine.redis.pttl(engine.keys.account("acct", "r").idempotency)
+        <= 3_600_000
+    )
+
+    stream = engine.keys.outbox(engine.keys.partition_of("acct"))
+    keys = [f["ik"] for _, f in await engine.redis.xrange(stream) if f["t"] == "spend"]
+    assert keys == ["hook r", "r"]

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
-from quotagate.engine import validate
+from quotagate.engine import idempotency, validate
 from quotagate.engine.keys import DEFAULT_PREFIX, KeySpace
 from quotagate.engine.replies import unwrap
 from quotagate.engine.results import (
@@ -98,6 +98,10 @@ class CreditEngine:
         self.runner = ScriptRunner(redis, batching=batching)
         self._consume = self.scripts["consume"]
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
+        self._idem_ttl_ms_by_scope = {
+            "api": self._idem_ttl_ms,
+            "hook": str(config.idempotency.hook_ttl_seconds * 1000),
+        }
 
     @classmethod
     def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
@@ -249,20 +253,28 @@ class CreditEngine:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        idempotency_scope: idempotency.Scope = "api",
     ) -> asyncio.Future[ChargeResult]:
         """:meth:`consume` as a future, for a caller that answers from its done-callback (the
         reverse-proxy hook) rather than awaiting it in a task. Bad input raises here, at once;
         cancelling the future before the call is sent keeps it from being sent. Must be called
-        with the event loop running."""
+        with the event loop running.
+
+        ``idempotency_scope="hook"`` remembers the key for the hook's own, shorter window
+        (``hook_ttl_seconds``), apart from the API's keys (see :mod:`.idempotency`)."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
-        fp = validate.fingerprint("consume", resource, units, desc, meta) if idem else ""
+        ttl_ms = self._idem_ttl_ms_by_scope[idempotency_scope]
+        fp = ""
+        if idem:
+            fp = idempotency.consume_fingerprint(resource, units, desc, meta)
+            idem = idempotency.scoped_key(idem, idempotency_scope)
         args = [
             ids.new_id(), account_id, str(total), resource, str(units), desc, meta,
-            idem or "", fp, self._idem_ttl_ms,
+            idem or "", fp, ttl_ms,
         ]  # fmt: skip
         keys = self.keys.script_keys(account_id, idem)
         # Charges of one account that meet in a batch go as one script call; one with an
@@ -290,7 +302,7 @@ class CreditEngine:
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
-        fp = validate.fingerprint("credit", amount, type, desc, meta) if idem else ""
+        fp = idempotency.credit_fingerprint(amount, type, desc, meta) if idem else ""
         args = [
             ids.new_id(), account_id, str(amount), type, desc, meta, idem or "", fp,
             self._idem_ttl_ms, str(MAX_BALANCE),
