@@ -28,6 +28,7 @@ from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import idempotency, validate
 from quotagate.engine.keys import DEFAULT_PREFIX, KeySpace
+from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import unwrap
 from quotagate.engine.results import (
     Account,
@@ -114,12 +115,14 @@ class CreditEngine:
     # -- start-up ---------------------------------------------------------------------------
 
     async def initialize(self, *, allow_fresh: bool = True) -> str:
-        """Check the partition count, copy the tier table into every partition, load scripts.
+        """Refuse a Redis that may evict keys, check the partition count, copy the tier table
+        into every partition, load scripts.
 
         Returns "ready", "fresh" (an empty Redis, now initialised) or "needs_recovery" (an
         empty Redis while ``allow_fresh`` is False, because the ledger holds accounts: charges
         are refused with AccountNotLoaded until recovery marks the partitions ready).
         """
+        await refuse_evicting_redis(self.redis)
         meta = cast(dict[str, str], await self.redis.hgetall(self.keys.meta))
         if meta and int(meta.get("partitions", "0")) != self.config.partitions:
             raise ConfigError(

@@ -9,8 +9,17 @@ is built for that (nothing is deleted from the outbox before PostgreSQL commits)
 
 from __future__ import annotations
 
+from typing import Any
+
 from rq import SimpleWorker
+
+from quotagate.engine.memory import refuse_evicting_servers
+from quotagate.jobs import runtime
 
 
 class LedgerWorker(SimpleWorker):
     """A SimpleWorker; named for the logs and the worker listings."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        refuse_evicting_servers(runtime.current().settings)  # before the first job
+        return bool(super().work(*args, **kwargs))
