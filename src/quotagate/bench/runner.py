@@ -1,8 +1,8 @@
 """Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
 
-Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``, ``memory``). Each row is measured
-for the same fixed time at the same fixed concurrency with the same load generator, and
-compared with a baseline row of the same run.
+Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``, ``memory``). Each row
+is measured for the same fixed time at the same fixed concurrency with the same load generator,
+and compared with a baseline row of the same run. ``memory`` measures bytes kept, not rates.
 """
 
 from __future__ import annotations
