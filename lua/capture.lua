@@ -7,11 +7,13 @@ KEYS[4] idempotency record  KEYS[8..9] unused
 
 ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)
-ARGV[3] hold id             ARGV[8] request fingerprint
+ARGV[3] hold id             ARGV[8] request fingerprint (16 characters)
 ARGV[4] amount ("" = all)   ARGV[9] idempotency TTL in ms
 ARGV[5] description
 
 Reply  {"ok", transaction id, cost, available after, balance after, replayed 0|1}
+Record (KEYS[4]) the 16-character fingerprint, then the reply's txn, cost, available, balance,
+       space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "hold_not_found"} {"err", "capture_exceeds_hold", held}
@@ -42,13 +44,12 @@ if #txn < 1 or #txn > 64 then return {'err', 'invalid_argument', 'transaction_id
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 
 if idem ~= '' then
+  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[6] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
+    local first_txn, first_cost, first_available, first_balance = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
+    return {'ok', first_txn, first_cost, first_available, first_balance, '1'}
   end
 end
 
@@ -99,6 +100,6 @@ redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(-amount), 't'
 
 local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
 if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
+  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5], 'PX', idem_ttl)
 end
 return reply

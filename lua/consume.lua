@@ -9,7 +9,7 @@ KEYS[9]                     unused (the account scripts share one KEYS layout)
 ARGV[1] transaction id      ARGV[6] description
 ARGV[2] account id          ARGV[7] metadata (JSON text, "" for none)
 ARGV[3] cost (credits)      ARGV[8] idempotency key ("" for none)
-ARGV[4] resource            ARGV[9] request fingerprint
+ARGV[4] resource            ARGV[9] request fingerprint (16 characters)
 ARGV[5] units               ARGV[10] idempotency TTL in ms
 ARGV[11..] more charges of the same account, 10 arguments each as above, none with an
            idempotency key: run in order, as that many calls in a row at one instant would be
@@ -17,6 +17,9 @@ ARGV[11..] more charges of the same account, 10 arguments each as above, none wi
 Reply  {"ok", transaction id, cost, available after, balance after, replayed 0|1,
         rate limit (burst, -1 when none), rate remaining, rate reset ms}
        for several charges, an array of their replies (ok or error), in order
+Record (KEYS[4]) the 16-character fingerprint, then the reply's txn, cost, available, balance,
+       space-separated: what a replay answers (with no rate-limit state: a replay is not
+       counted against the rate)
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
@@ -61,13 +64,12 @@ local account = ARGV[2]
 
 local idem = ARGV[8]  -- only a single charge may carry one
 if idem ~= '' then
+  if #ARGV[9] ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= ARGV[9] then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[6] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= ARGV[9] then return {'err', 'idempotency_conflict'} end
+    local first_txn, first_cost, first_available, first_balance = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
+    return {'ok', first_txn, first_cost, first_available, first_balance, '1', '-1', '-1', '-1'}
   end
 end
 
@@ -147,7 +149,7 @@ for i = 1, n do
       reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(m + b), '0', s(rl_burst),
         s(rl_remaining), s(rl_reset)}
       if idem ~= '' then
-        redis.call('SET', KEYS[4], ARGV[9] .. '\n' .. cjson.encode(reply), 'PX', ttls[i])
+        redis.call('SET', KEYS[4], ARGV[9] .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5], 'PX', ttls[i])
       end
       charged = true
     end

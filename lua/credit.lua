@@ -9,7 +9,7 @@ ARGV[1] transaction id      ARGV[6] metadata (JSON text, "" for none)
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)
 ARGV[3] amount (signed; only adjust may be negative)
 ARGV[4] type: grant | earn | refund | adjust
-ARGV[5] description         ARGV[8] request fingerprint
+ARGV[5] description         ARGV[8] request fingerprint (16 characters)
                             ARGV[9] idempotency TTL in ms
                             ARGV[10] largest balance allowed
 ARGV[11] refund: the spend's transaction id ("" for the other types)
@@ -18,6 +18,8 @@ ARGV[13] refund: what the spend's refunds returned so far, as the ledger counts 
 ARGV[14] refund: how long the refund count lives after this refund, in ms
 
 Reply  {"ok", transaction id, balance after, available after, replayed 0|1, outbox entry id}
+Record (KEYS[4]) the 16-character fingerprint, then the reply's txn, balance, available, entry,
+       space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "balance_limit", balance, max}
@@ -73,13 +75,12 @@ elseif spend_id ~= '' then
 end
 
 if idem ~= '' then
+  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[5] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
+    local first_txn, first_balance, first_available, first_entry = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
+    return {'ok', first_txn, first_balance, first_available, '1', first_entry}
   end
 end
 
@@ -126,6 +127,6 @@ end
 
 local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
 if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
+  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[6], 'PX', idem_ttl)
 end
 return reply

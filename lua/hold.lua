@@ -8,11 +8,13 @@ KEYS[9]                     unused (the account scripts share one KEYS layout)
 
 ARGV[1] hold id             ARGV[6] units
 ARGV[2] account id          ARGV[7] idempotency key ("" for none)
-ARGV[3] amount (credits)    ARGV[8] request fingerprint
+ARGV[3] amount (credits)    ARGV[8] request fingerprint (16 characters)
 ARGV[4] time to live in ms  ARGV[9] idempotency TTL in ms
 ARGV[5] resource ("" when the hold names an amount)
 
 Reply  {"ok", hold id, amount, expires at (ms), available after, replayed 0|1}
+Record (KEYS[4]) the 16-character fingerprint, then the reply's hold, amount, expires, available,
+       space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
@@ -44,13 +46,12 @@ if not units then return {'err', 'invalid_argument', 'units'} end
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 
 if idem ~= '' then
+  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[6] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
+    local first_hold, first_amount, first_expires, first_available = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
+    return {'ok', first_hold, first_amount, first_expires, first_available, '1'}
   end
 end
 
@@ -111,6 +112,6 @@ if new_tat then redis.call('SET', KEYS[8], s(new_tat), 'PX', math.ceil((new_tat 
 
 local reply = {'ok', hold_id, s(amount), s(expires), s(available - amount), '0'}
 if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
+  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5], 'PX', idem_ttl)
 end
 return reply

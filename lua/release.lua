@@ -5,11 +5,13 @@ KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3] unused              KEYS[7] partition hold-expiry index
 KEYS[4] idempotency record  KEYS[8..9] unused
 
-ARGV[1] account id          ARGV[4] request fingerprint
+ARGV[1] account id          ARGV[4] request fingerprint (16 characters)
 ARGV[2] hold id             ARGV[5] idempotency TTL in ms
 ARGV[3] idempotency key ("" for none)
 
 Reply  {"ok", released amount, available after, replayed 0|1}
+Record (KEYS[4]) the 16-character fingerprint, then the reply's released, available,
+       space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "hold_not_found"}
 ]]
@@ -21,13 +23,12 @@ end
 local function s(n) return string.format('%d', n) end
 
 if idem ~= '' then
+  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[4] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
+    local first_released, first_available = string.match(rec, '^(%S+) (%S+)$', 17)
+    return {'ok', first_released, first_available, '1'}
   end
 end
 
@@ -62,6 +63,6 @@ redis.call('HSET', KEYS[1], 'r', s(r))
 
 local reply = {'ok', s(held), s(m + b - r + od), '0'}
 if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', tonumber(idem_ttl))
+  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3], 'PX', tonumber(idem_ttl))
 end
 return reply

@@ -11,11 +11,13 @@ ARGV[3] status: active | banned ("" = keep; new accounts are active)
 ARGV[4] overdraft limit ("" = keep; new accounts have 0)
 ARGV[5] event id            ARGV[8] current period, "YYYY-MM"
 ARGV[6] opening grant for a new account (monthly credits; 0 for none)
-ARGV[9] idempotency key ("" for none)   ARGV[10] request fingerprint
+ARGV[9] idempotency key ("" for none)   ARGV[10] request fingerprint (16 characters)
 ARGV[11] idempotency TTL in ms          ARGV[12] default tier
 
 Reply  {"ok", created 0|1, tier, status, overdraft limit, balance, available, replayed 0|1,
         outbox entry ids, comma-separated (the account event, then the opening grant if any)}
+Record (KEYS[4]) the 16-character fingerprint, then the reply's created, tier, status, overdraft, balance, available, entries,
+       space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "unknown_tier", tier} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"}
 Appends an "account" event to the outbox (so the ledger learns tier and status), and for a new
@@ -47,13 +49,12 @@ if not string.match(period, '^%d%d%d%d%-%d%d$') then return {'err', 'invalid_arg
 if #event_id < 1 or #grant_txn < 1 then return {'err', 'invalid_argument', 'transaction_id'} end
 
 if idem ~= '' then
+  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
   local rec = redis.call('GET', KEYS[4])
   if rec then
-    local sep = string.find(rec, '\n', 1, true)
-    if string.sub(rec, 1, sep - 1) ~= fp then return {'err', 'idempotency_conflict'} end
-    local reply = cjson.decode(string.sub(rec, sep + 1))
-    reply[8] = '1'
-    return reply
+    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
+    local first_created, first_tier, first_status, first_overdraft, first_balance, first_available, first_entries = string.match(rec, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$', 17)
+    return {'ok', first_created, first_tier, first_status, first_overdraft, first_balance, first_available, '1', first_entries}
   end
 end
 
@@ -95,6 +96,6 @@ local c = '0'
 if created then c = '1' end
 local reply = {'ok', c, a[6], a[5], a[4], s(balance), s(balance - tonumber(a[3]) + tonumber(a[4])), '0', entries}
 if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. '\n' .. cjson.encode(reply), 'PX', idem_ttl)
+  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5] .. ' ' .. reply[6] .. ' ' .. reply[7] .. ' ' .. reply[9], 'PX', idem_ttl)
 end
 return reply

@@ -50,7 +50,15 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report) == {"conditions", "results", "targets"}
+    assert set(report) == {"conditions", "results", "targets", "memory"}
+    memory = report["memory"]
+    assert set(memory) == {
+        "hook_record_bytes", "hook_request_used_memory_bytes", "api_record_bytes",
+        "api_charge_used_memory_bytes", "outbox_entry_bytes", "hook_outbox_entry_bytes",
+    }  # fmt: skip
+    # A record is a key of its own: about 200 bytes; an outbox entry about as much again.
+    assert 100 < memory["hook_record_bytes"] < 400, memory
+    assert 100 < memory["outbox_entry_bytes"] < 400, memory
     names = [r["name"] for r in report["results"]]
     assert names == [n for g in groups for n in EXPECTED_ROWS[g]]
     for row in report["results"]:

@@ -7,7 +7,7 @@ from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
 from tests.support.servers import RedisProcess
 
-from quotagate.engine import CreditEngine
+from quotagate.engine import CreditEngine, idempotency
 from quotagate.errors import IdempotencyConflict
 
 
@@ -96,3 +96,120 @@ async def test_idempotency_records_expire(make_engine: EngineFactory) -> None:
     await engine.consume("acct", "unit", idempotency_key="k")
     ttl = await engine.redis.pttl(engine.keys.account("acct", "k").idempotency)
     assert 55_000 < ttl <= 60_000
+
+
+async def test_records_of_accounts_whose_ids_hold_colons_never_meet(
+    make_engine: EngineFactory,
+) -> None:
+    """Account ``X`` with key ``Y:K`` and account ``X:Y`` with key ``K`` are two requests:
+    neither replays the other's answer, and both are charged (or granted)."""
+    engine = await make_engine(PLAIN)
+    # Records live per partition: the two accounts must share one for their names to meet.
+    x = next(f"u{i}" for i in range(10_000) if _same_partition(engine, f"u{i}", f"u{i}:Y"))
+    xy = f"{x}:Y"
+    for account in (x, xy):
+        await engine.upsert_account(account)
+        await engine.credit(account, 10)
+
+    first = await engine.consume(xy, "unit", idempotency_key="K")
+    other = await engine.consume(x, "unit", idempotency_key="Y:K")
+    assert other.transaction_id != first.transaction_id
+    assert (other.replayed, other.balance) == (False, 9)
+    granted = await engine.credit(xy, 5, "earn", idempotency_key="G")
+    swallowed = await engine.credit(x, 5, "earn", idempotency_key="Y:G")
+    assert swallowed.transaction_id != granted.transaction_id
+    assert (swallowed.replayed, swallowed.balance) == (False, 14)
+
+    assert (await engine.get_account(x)).balance == 14
+    assert (await engine.get_account(xy)).balance == 14
+
+
+def _same_partition(engine: CreditEngine, a: str, b: str) -> bool:
+    return engine.keys.partition_of(a) == engine.keys.partition_of(b)
+
+
+async def test_account_ids_are_read_back_under_a_prefix_holding_a_colon_a_colon(
+    make_engine: EngineFactory, key_prefix: str, redis_url: str
+) -> None:
+    """A prefix such as ``tenant:a:x`` must not be mistaken for the account part of a key."""
+    from quotagate.config import parse_config
+    from quotagate.jobs.scan import account_batches_by_scan
+
+    engine = CreditEngine.from_url(redis_url, parse_config(PLAIN), prefix=f"{key_prefix}:a:x")
+    try:
+        await engine.initialize()
+        await engine.upsert_account("bob:a:c")
+        p = engine.keys.partition_of("bob:a:c")
+        found = [a async for batch in account_batches_by_scan(engine, p) for a in batch]
+        assert found == ["bob:a:c"]
+        with pytest.raises(ValueError):
+            engine.keys.account_id_from_key(f"{key_prefix}:meta")
+    finally:
+        await engine.aclose()
+
+
+async def test_records_hold_the_fingerprint_and_only_what_a_replay_answers(
+    make_engine: EngineFactory,
+) -> None:
+    """A record is the 16-character fingerprint and the reply's fields, nothing else: every
+    byte of it is kept in Redis per request for the whole window."""
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 100)
+    charge = await engine.consume("acct", "unit", 3, idempotency_key="c", description="d")
+    grant = await engine.credit("acct", 7, "earn", idempotency_key="g")
+
+    record = await engine.redis.get(engine.keys.account("acct", "c").idempotency)
+    fp = idempotency.consume_fingerprint("unit", 3, "d", "")
+    assert record == f"{fp}{charge.transaction_id} 3 97 97"
+    assert record == idempotency.consume_record(fp, charge.transaction_id, 3, 97, 97)
+    record = await engine.redis.get(engine.keys.account("acct", "g").idempotency)
+    fp = idempotency.credit_fingerprint(7, "earn", "", "")
+    assert record == f"{fp}{grant.transaction_id} 104 104 {grant.outbox_entry_id}"
+    assert len(fp) == 16
+
+
+async def test_a_hook_record_takes_at_most_200_bytes(make_engine: EngineFactory) -> None:
+    """MEMORY USAGE of a hook-like record (32-hex request id, as nginx's $request_id): at most
+    200 bytes under this test's 16-character prefix (it was 248 with the JSON reply)."""
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("user-000123")
+    await engine.credit("user-000123", 1000)
+    request_id = "9f8a693cf5b54f8c87751013aa0e66e6"
+    await engine.consume("user-000123", "unit", idempotency_key=request_id)
+    key = engine.keys.account("user-000123", request_id).idempotency
+    assert await engine.redis.memory_usage(key, samples=0) <= 200
+
+
+async def test_hook_charges_keep_their_own_short_window_and_namespace(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(
+        PLAIN.replace(
+            "opening_grant = false",
+            "opening_grant = false\n[idempotency]\nttl_seconds = 3600\nhook_ttl_seconds = 120",
+        )
+    )
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 10)
+
+    hooked = await engine.consume_soon(
+        "acct", "unit", idempotency_key="r", idempotency_scope="hook"
+    )
+    again = await engine.consume_soon("acct", "unit", idempotency_key="r", idempotency_scope="hook")
+    assert (again.transaction_id, again.replayed) == (hooked.transaction_id, True)
+    hook_key = engine.keys.account("acct", "hook r").idempotency
+    assert 115_000 < await engine.redis.pttl(hook_key) <= 120_000
+
+    # The same key from the API is another request, remembered for the API's window.
+    api = await engine.consume("acct", "unit", idempotency_key="r")
+    assert (api.replayed, api.balance) == (False, 8)
+    assert (
+        3_595_000
+        < await engine.redis.pttl(engine.keys.account("acct", "r").idempotency)
+        <= 3_600_000
+    )
+
+    stream = engine.keys.outbox(engine.keys.partition_of("acct"))
+    keys = [f["ik"] for _, f in await engine.redis.xrange(stream) if f["t"] == "spend"]
+    assert keys == ["hook r", "r"]

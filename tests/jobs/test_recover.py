@@ -13,7 +13,7 @@ from tests.support.servers import RedisProcess
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine, current_period
 from quotagate.engine.results import Account
-from quotagate.errors import AccountNotLoaded, InsufficientCredits
+from quotagate.errors import AccountNotLoaded, IdempotencyConflict, InsufficientCredits
 from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.recover import (
     SNAPSHOT_COLUMNS,
@@ -205,3 +205,68 @@ async def test_a_renewal_survives_recovery_whether_it_granted_or_not(
     )  # fmt: skip
     await flush_all(restarted, own_ledger)
     assert (await reconcile_async(restarted, own_ledger)).drifts == []
+
+
+async def test_recovery_rebuilds_the_idempotency_records_still_within_their_window(
+    engine: CreditEngine,
+    restarted: CreditEngine,
+    own_ledger: Ledger,
+    private_redis: RedisProcess,
+) -> None:
+    """After the loss a retry replays its first answer, byte for byte the record the script
+    wrote, for consumes (API and hook) and credits; a capture's retry is refused, not charged."""
+    made = await engine.upsert_account("u-idem", tier="pro")
+    await own_ledger.write_through(engine, "u-idem", made.outbox_entry_ids)
+    meta = {"b": [1, 2], "a": "x"}
+    charge = await engine.consume(
+        "u-idem", "unit", 3, description="d", metadata=meta, idempotency_key="c-1"
+    )
+    hooked = await engine.consume_soon(
+        "u-idem", "unit", description="GET /x", idempotency_key="r-1", idempotency_scope="hook"
+    )
+    grant = await engine.credit("u-idem", 40, "earn", idempotency_key="g-1")
+    adjust = await engine.credit("u-idem", -5, "adjust", idempotency_key="a-1")
+    hold = await engine.hold("u-idem", resource="unit", units=2, idempotency_key="h-1")
+    capture = await engine.capture("u-idem", hold.hold_id, idempotency_key="cap-1")
+    records = {}
+    for key in ("c-1", "hook r-1", "g-1", "a-1"):
+        k = engine.keys.account("u-idem", key).idempotency
+        records[key] = (await engine.redis.get(k), await engine.redis.pttl(k))
+    await flush_all(engine, own_ledger)
+    balance = (await engine.get_account("u-idem")).balance
+    await _flushall(private_redis)
+
+    await restarted.initialize(allow_fresh=False)
+    tally = await recover_async(restarted, own_ledger)
+    assert tally.idempotency_records == 5  # four above, and the capture's as a consume's
+    for key, (record, ttl_ms) in records.items():
+        k = restarted.keys.account("u-idem", key).idempotency
+        rebuilt, left_ms = await restarted.redis.get(k), await restarted.redis.pttl(k)
+        assert rebuilt == record.replace(grant.outbox_entry_id, "0-1").replace(
+            adjust.outbox_entry_id, "0-1"
+        )
+        assert ttl_ms - 10_000 < left_ms <= ttl_ms
+
+    again = await restarted.consume(
+        "u-idem", "unit", 3, description="d", metadata=meta, idempotency_key="c-1"
+    )
+    assert (again.transaction_id, again.cost, again.remaining, again.balance, again.replayed) == (
+        charge.transaction_id, 3, charge.remaining, charge.balance, True,
+    )  # fmt: skip
+    hook_again = await restarted.consume_soon(
+        "u-idem", "unit", description="GET /x", idempotency_key="r-1", idempotency_scope="hook"
+    )
+    assert (hook_again.transaction_id, hook_again.replayed) == (hooked.transaction_id, True)
+    grant_again = await restarted.credit("u-idem", 40, "earn", idempotency_key="g-1")
+    assert (grant_again.transaction_id, grant_again.balance) == (
+        grant.transaction_id,
+        grant.balance,
+    )
+    assert grant_again.replayed
+    adjust_again = await restarted.credit("u-idem", -5, "adjust", idempotency_key="a-1")
+    assert (adjust_again.transaction_id, adjust_again.replayed) == (adjust.transaction_id, True)
+    with pytest.raises(IdempotencyConflict):
+        await restarted.capture("u-idem", hold.hold_id, idempotency_key="cap-1")
+    assert capture.cost == 2
+    assert (await restarted.get_account("u-idem")).balance == balance  # nothing charged again
+    assert await own_ledger.write_through(restarted, "u-idem", [grant_again.outbox_entry_id])

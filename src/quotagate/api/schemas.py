@@ -179,6 +179,8 @@ class ReadyOut(_Out):
     redis: Literal["ok", "down", "needs_recovery"]
     postgres: Literal["ok", "down", "schema_behind"]
     outbox_lag: dict[str, Any] | None
+    redis_memory: dict[str, Any] | None = None
+    """Redis's used_memory and maxmemory (0: no limit) in bytes, and its eviction policy."""
 
 
 class Problem(_Out):

@@ -87,6 +87,8 @@ class Report:
     targets: list[Target] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)
     """How the run was made: cores, load average, generator, concurrency, duration, servers."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """Redis bytes kept per hook request, per API charge with a key, per outbox entry."""
 
     def by_name(self) -> dict[str, Row]:
         return {r.name: r for r in self.rows}
@@ -111,7 +113,7 @@ class Report:
         rows measured minutes apart, not across rounds)."""
         if len(rounds) == 1:
             return rounds[0]
-        merged = cls(targets=[replace(t) for t in rounds[0].targets])
+        merged = cls(targets=[replace(t) for t in rounds[0].targets], memory=rounds[-1].memory)
         for name in rounds[0].by_name():
             rows = sorted((r.by_name()[name] for r in rounds), key=lambda row: row.rate)
             row = replace(rows[len(rows) // 2])
@@ -132,6 +134,7 @@ class Report:
             "conditions": self.conditions,
             "results": [asdict(r) for r in self.rows],
             "targets": [asdict(t) for t in self.targets],
+            "memory": self.memory,
         }
 
     def render(self) -> str:
@@ -139,10 +142,31 @@ class Report:
         if self.targets:
             lines.append("")
             lines.extend(t.describe() for t in self.targets)
+        if self.memory:
+            lines.append("")
+            lines.extend(_memory_lines(self.memory))
         if self.conditions:
             lines.append("")
             lines.append("conditions: " + ", ".join(f"{k}={v}" for k, v in self.conditions.items()))
         return "\n".join(lines)
+
+
+_MEMORY_LABELS = {
+    "hook_record_bytes": "hook request (X-Request-Id): idempotency record",
+    "hook_request_used_memory_bytes": "hook request: used_memory, record and outbox entry",
+    "api_record_bytes": "API charge with Idempotency-Key: idempotency record",
+    "api_charge_used_memory_bytes": "API charge: used_memory, record and outbox entry",
+    "outbox_entry_bytes": "outbox entry of an API charge",
+    "hook_outbox_entry_bytes": "outbox entry of a hook charge",
+}
+
+
+def _memory_lines(memory: dict[str, float]) -> list[str]:
+    lines = ["Redis bytes kept (MEMORY USAGE and INFO used_memory deltas):"]
+    for name, label in _MEMORY_LABELS.items():
+        if name in memory:
+            lines.append(f"  {label}: {memory[name]:.0f} B")
+    return lines
 
 
 _COLUMNS = (

@@ -1,8 +1,8 @@
 """Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
 
-Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``). Each row is measured
-for the same fixed time at the same fixed concurrency with the same load generator, and
-compared with a baseline row of the same run.
+Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``, ``memory``). Each row
+is measured for the same fixed time at the same fixed concurrency with the same load generator,
+and compared with a baseline row of the same run. ``memory`` measures bytes kept, not rates.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from quotagate.bench.servers import Server
 from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
 
-GROUPS = ("http", "postgres", "engine", "flush")
+GROUPS = ("http", "postgres", "engine", "flush", "memory")
 """Scenario groups, in the order they run."""
 
 

@@ -163,9 +163,17 @@ async def flush_group(run: Run, progress: Progress) -> None:
     await flush.measure(run, progress)
 
 
+async def memory_group(run: Run, progress: Progress) -> None:
+    """Redis bytes kept per hook request, per API charge with a key, per outbox entry."""
+    from quotagate.bench import memory
+
+    await memory.measure(run, progress)
+
+
 GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
     "http": http_group,
     "postgres": postgres_group,
     "engine": engine_group,
     "flush": flush_group,
+    "memory": memory_group,
 }

@@ -27,8 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
-from quotagate.engine import validate
+from quotagate.engine import idempotency, validate
 from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
+from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
 from quotagate.engine.results import (
     Account,
@@ -118,6 +119,10 @@ class CreditEngine:
         self._consume = self.scripts["consume"]
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
+        self._idem_ttl_ms_by_scope = {
+            "api": self._idem_ttl_ms,
+            "hook": str(config.idempotency.hook_ttl_seconds * 1000),
+        }
 
     @classmethod
     def from_url(cls, url: str, config: Config, **kwargs: Any) -> CreditEngine:
@@ -130,12 +135,14 @@ class CreditEngine:
     # -- start-up ---------------------------------------------------------------------------
 
     async def initialize(self, *, allow_fresh: bool = True) -> str:
-        """Check the partition count, copy the tier table into every partition, load scripts.
+        """Refuse a Redis that may evict keys, check the partition count, copy the tier table
+        into every partition, load scripts.
 
         Returns "ready", "fresh" (an empty Redis, now initialised) or "needs_recovery" (an
         empty Redis while ``allow_fresh`` is False, because the ledger holds accounts: charges
         are refused with AccountNotLoaded until recovery marks the partitions ready).
         """
+        await refuse_evicting_redis(self.redis)
         meta = cast(dict[str, str], await self.redis.hgetall(self.keys.meta))
         if meta and int(meta.get("partitions", "0")) != self.config.partitions:
             raise ConfigError(
@@ -269,20 +276,28 @@ class CreditEngine:
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        idempotency_scope: idempotency.Scope = "api",
     ) -> asyncio.Future[ChargeResult]:
         """:meth:`consume` as a future, for a caller that answers from its done-callback (the
         reverse-proxy hook) rather than awaiting it in a task. Bad input raises here, at once;
         cancelling the future before the call is sent keeps it from being sent. Must be called
-        with the event loop running."""
+        with the event loop running.
+
+        ``idempotency_scope="hook"`` remembers the key for the hook's own, shorter window
+        (``hook_ttl_seconds``), apart from the API's keys (see :mod:`.idempotency`)."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
-        fp = validate.fingerprint("consume", resource, units, desc, meta) if idem else ""
+        ttl_ms = self._idem_ttl_ms_by_scope[idempotency_scope]
+        fp = ""
+        if idem:
+            fp = idempotency.consume_fingerprint(resource, units, desc, meta)
+            idem = idempotency.scoped_key(idem, idempotency_scope)
         args = [
             ids.new_id(), account_id, str(total), resource, str(units), desc, meta,
-            idem or "", fp, self._idem_ttl_ms,
+            idem or "", fp, ttl_ms,
         ]  # fmt: skip
         keys = self.keys.script_keys(account_id, idem)
         # Charges of one account that meet in a batch go as one script call; one with an
@@ -321,7 +336,7 @@ class CreditEngine:
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
-        fp = validate.fingerprint("credit", amount, type, desc, meta, spend_id) if idem else ""
+        fp = idempotency.credit_fingerprint(amount, type, desc, meta, spend_id) if idem else ""
         args = [
             ids.new_id(), account_id, str(amount), type, desc, meta, idem or "", fp,
             self._idem_ttl_ms, str(MAX_BALANCE), spend_id,

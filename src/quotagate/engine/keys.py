@@ -17,7 +17,12 @@ Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..."
     P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry)
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
-    P:{n}:i:<acct>:<key>   string idempotency record, expires after the idempotency TTL
+    P:{n}:ik:<len>:<acct>:<key>
+                           string idempotency record: the request's fingerprint and what a
+                                  replay answers. ``<len>`` is the account id's length, so no
+                                  account and key pair can name another pair's record (both may
+                                  hold ``:``). Expires after the idempotency TTL (the hook's
+                                  own, shorter window for hook charges)
     P:{n}:rf:<acct>:<txn>  hash   a spend's refund count: ``cost`` (what the spend charged) and
                                   ``refunded`` (what its refunds returned so far). Created by
                                   the first refund of the spend from the ledger's count, kept
@@ -116,7 +121,8 @@ class KeySpace:
             p = zlib.crc32(account_id.encode()) % self.partitions
             t, cfg, outbox, holdexp, index = self._partition_names[p]
             keys = self._script_keys[account_id] = (
-                f"{t}:a:{account_id}", cfg, outbox, f"{t}:i:{account_id}:", f"{t}:h:{account_id}",
+                f"{t}:a:{account_id}", cfg, outbox, _idempotency_stem(t, account_id),
+                f"{t}:h:{account_id}",
                 f"{t}:hz:{account_id}", holdexp, f"{t}:rl:{account_id}", index,
             )  # fmt: skip
         if not idempotency_key:
@@ -161,7 +167,7 @@ class KeySpace:
             account=f"{t}:a:{account_id}",
             cfg=f"{t}:cfg",
             outbox=f"{t}:outbox",
-            idempotency=f"{t}:i:{account_id}:{idempotency_key or ''}",
+            idempotency=_idempotency_stem(t, account_id) + (idempotency_key or ""),
             holds=f"{t}:h:{account_id}",
             hold_expiry=f"{t}:hz:{account_id}",
             partition_hold_expiry=f"{t}:holdexp",
@@ -179,4 +185,17 @@ class KeySpace:
         return f"{self.prefix}:{{{partition}}}:a:*"
 
     def account_id_from_key(self, key: str) -> str:
-        return key.split(":a:", 1)[1]
+        """The account id in an account hash's key name. The prefix may itself hold ``:a:``,
+        but never a brace: the account id starts after the first ``}:a:``."""
+        head = f"{self.prefix}:{{"
+        tag_end = key.find("}:a:", len(head)) if key.startswith(head) else -1
+        if tag_end < 0:
+            raise ValueError(f"{key!r} is not an account key under the prefix {self.prefix!r}")
+        return key[tag_end + len("}:a:") :]
+
+
+def _idempotency_stem(tag: str, account_id: str) -> str:
+    """The idempotency record key of ``account_id`` without the idempotency key itself. The
+    account id's length comes first, so where the account id ends and the key begins is never
+    in doubt (account ids and keys may both hold ``:``)."""
+    return f"{tag}:ik:{len(account_id)}:{account_id}:"

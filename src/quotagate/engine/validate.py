@@ -6,6 +6,7 @@ the caller a precise message and saves the round trip.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any
 
@@ -112,6 +113,11 @@ def metadata(value: Any) -> str:
     return text.decode()
 
 
+FINGERPRINT_CHARS = 16
+"""Characters of a request fingerprint: 96 bits of SHA-256 in URL-safe base64. The scripts
+keep it in every idempotency record, so each character is a byte of Redis per record."""
+
+
 _JSON_LEAVES = (str, int, float, bool, type(None))
 
 
@@ -159,4 +165,5 @@ def _bad_metadata(message: str) -> ValidationError:
 
 def fingerprint(*parts: Any) -> str:
     """A digest of a request's meaning, to tell a replay from a different request."""
-    return hashlib.sha256(_encoder.encode(parts)).hexdigest()[:32]
+    digest = hashlib.sha256(_encoder.encode(parts)).digest()
+    return base64.urlsafe_b64encode(digest)[:FINGERPRINT_CHARS].decode()

@@ -10,18 +10,23 @@ accounts) unless forced. Forced, it leaves every account Redis still holds as it
 adds the effect of pending entries to the accounts it restores. Accounts are restored
 with ``force=False``, so a second run, or one racing with traffic, changes nothing that is
 there. Holds are not durable: restored accounts have none.
+
+Then it rebuilds the idempotency records of the ledger's consumes and credits still within
+their window (:func:`rebuild_idempotency`), so a retry after the loss replays its first answer
+instead of charging again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
-from quotagate.engine import CreditEngine
+from quotagate.engine import CreditEngine, idempotency, validate
 from quotagate.errors import QuotagateError
 from quotagate.jobs import runtime
 from quotagate.jobs.pg import postgres_errors
@@ -51,6 +56,7 @@ class RecoveryTally:
     already_present: int = 0
     outbox_entries: int = 0
     partitions_opened: int = 0
+    idempotency_records: int = 0
 
 
 def renewed_period(recorded: str | None, last_reset_at: datetime | None) -> str:
@@ -121,6 +127,7 @@ async def recover_async(
                     await _restore_page(engine, page, pending, tally, on_batch)
                     page = []
             await _restore_page(engine, page, pending, tally, on_batch)
+        tally.idempotency_records = await rebuild_idempotency(engine, ledger)
     await engine.mark_ready()
     tally.partitions_opened = engine.config.partitions
     return tally
@@ -143,6 +150,80 @@ async def _restore_page(
     tally.already_present += len(page) - sum(restored)
     if on_batch is not None:
         on_batch(len(page))
+
+
+IDEMPOTENT_ROWS = """
+SELECT t.account_id, t.id, t.amount, t.type, t.resource, t.units, t.description, t.refund_of,
+       t.metadata::text AS metadata, t.idempotency_key, t.balance_after,
+       extract(epoch FROM (now() - t.created_at)) * 1000 AS age_ms, u.overdraft_limit
+FROM credit_transactions t JOIN user_credits u USING (account_id)
+WHERE t.idempotency_key <> '' AND t.created_at > now() - make_interval(secs => $1)
+  AND (t.type IN ('grant', 'earn', 'refund', 'adjust') OR (t.type = 'spend' AND t.resource <> ''))
+"""
+"""Ledger rows whose idempotency record may still be within its window. A spend without a
+resource is the capture of a hold of an amount: its record names the hold, which the ledger
+does not keep. (A capture of a resource's hold cannot be told from a consume: its retry meets
+a consume's record and is refused as a conflict, never charged again.)"""
+
+
+async def rebuild_idempotency(engine: CreditEngine, ledger: Ledger) -> int:
+    """Write the record each script would have written for the ledger's consumes and credits
+    whose window has not passed, for the time left of it. Counts the records written."""
+    windows_ms = {
+        "api": engine.config.idempotency.ttl_seconds * 1000,
+        "hook": engine.config.idempotency.hook_ttl_seconds * 1000,
+    }
+    longest_seconds = max(windows_ms.values()) // 1000
+    written = 0
+    with postgres_errors():
+        async with ledger.pool.acquire() as conn, conn.transaction(readonly=True):
+            page: list[tuple[str, str, int]] = []
+            async for row in conn.cursor(IDEMPOTENT_ROWS, longest_seconds):
+                record = _rebuilt_record(engine, row, windows_ms)
+                if record is not None:
+                    page.append(record)
+                if len(page) >= RESTORE_PAGE:
+                    written += await _write_records(engine, page)
+                    page = []
+            written += await _write_records(engine, page)
+    return written
+
+
+def _rebuilt_record(
+    engine: CreditEngine, row: asyncpg.Record, windows_ms: dict[str, int]
+) -> tuple[str, str, int] | None:
+    """(key, record, milliseconds left) of one ledger row, None when its window has passed."""
+    key: str = row["idempotency_key"]
+    scope = "hook" if key.startswith(idempotency.HOOK_KEY_PREFIX) else "api"
+    left_ms = windows_ms[scope] - int(row["age_ms"])
+    if left_ms <= 0:
+        return None
+    description = row["description"] or ""
+    metadata = validate.metadata(json.loads(row["metadata"])) if row["metadata"] else ""
+    amount, balance = int(row["amount"]), int(row["balance_after"])
+    available = balance + int(row["overdraft_limit"])  # restored accounts hold nothing
+    if row["type"] == "spend":
+        units = int(row["units"])
+        fp = idempotency.consume_fingerprint(row["resource"], units, description, metadata)
+        record = idempotency.consume_record(fp, row["id"], -amount, available, balance)
+    else:
+        refund_of = row["refund_of"] or ""
+        fp = idempotency.credit_fingerprint(amount, row["type"], description, metadata, refund_of)
+        record = idempotency.credit_record(
+            fp, row["id"], balance, available, idempotency.LEDGER_ENTRY_ID
+        )
+    return engine.keys.account(row["account_id"], key).idempotency, record, left_ms
+
+
+async def _write_records(engine: CreditEngine, page: list[tuple[str, str, int]]) -> int:
+    """SET NX: a record Redis still holds (a forced recovery) is the first answer; keep it."""
+    if not page:
+        return 0
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for key, record, left_ms in page:
+            pipe.set(key, record, px=left_ms, nx=True)
+        done = await pipe.execute()
+    return sum(1 for d in done if d)
 
 
 async def ledger_account_count(ledger: Ledger) -> int:

@@ -25,7 +25,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 
+from quotagate.engine.memory import refuse_evicting_servers
 from quotagate.engine.replies import unavailable
+from quotagate.jobs import runtime
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ def through_outages(connection: Redis, who: str, step: Callable[[], T]) -> T:
 
 class LedgerWorker(SimpleWorker):
     """A SimpleWorker whose loop waits out Redis outages instead of quitting."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        refuse_evicting_servers(runtime.current().settings)  # before the first job
+        return bool(super().work(*args, **kwargs))
 
     def _ride(self, step: Callable[[], T]) -> T:
         return through_outages(self.connection, f"worker {self.name}", step)

@@ -184,7 +184,7 @@ class Hook:
             resource, units, description = charge
             fut = self.gw.engine.consume_soon(
                 account_id, resource, units, description=description,
-                idempotency_key=h.get("x-request-id") or None,
+                idempotency_key=h.get("x-request-id") or None, idempotency_scope="hook",
             )  # fmt: skip
         except QuotagateError as exc:
             self._finish(started, reply, self._refusal(exc))

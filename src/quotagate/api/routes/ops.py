@@ -22,6 +22,7 @@ from quotagate.api.endpoint import endpoint, json_response
 from quotagate.api.gateway import Gateway
 from quotagate.api.openapi import openapi_document
 from quotagate.api.schemas import HealthOut, ReadyOut
+from quotagate.engine.memory import MemoryState, read_memory_state
 from quotagate.engine.replies import unavailable
 from quotagate.ledger import outbox_lag
 
@@ -67,6 +68,19 @@ async def _lag(gw: Gateway) -> dict[str, Any] | None:
     }
 
 
+async def _memory(gw: Gateway) -> MemoryState | None:
+    try:
+        return await asyncio.wait_for(read_memory_state(gw.engine.redis), PROBE_TIMEOUT_SECONDS)
+    except Exception:
+        return None
+
+
+def _memory_answer(state: MemoryState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {"used_bytes": state.used_bytes, "max_bytes": state.max_bytes, "policy": state.policy}
+
+
 def routes(gw: Gateway) -> list[Route]:
     document = msgspec.json.encode(openapi_document(gw.config))
 
@@ -77,15 +91,18 @@ def routes(gw: Gateway) -> list[Route]:
     async def readyz(request: Request) -> Response:
         redis, postgres = await asyncio.gather(_redis_state(gw), gw.ledger.ping())
         lag = await _lag(gw) if redis != "down" else None
+        memory = await _memory(gw) if redis != "down" else None
         ready = redis == "ok" and postgres == "ok"
-        answer = ReadyOut(ready, redis, postgres, lag)  # type: ignore[arg-type]
+        answer = ReadyOut(ready, redis, postgres, lag, _memory_answer(memory))  # type: ignore[arg-type]
         return json_response(answer, 200 if ready else 503)
 
     async def metrics_text(request: Request) -> Response:
         lag = await _lag(gw)
+        memory = await _memory(gw)
 
         def sample() -> Iterable[Metric]:
             yield from _lag_metrics(lag)
+            yield from _memory_metrics(memory)
             age = gw.keys.age_seconds()
             g = GaugeMetricFamily(
                 "quotagate_api_keys_cache_age_seconds",
@@ -106,6 +123,18 @@ def routes(gw: Gateway) -> list[Route]:
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+
+
+def _memory_metrics(state: MemoryState | None) -> Iterable[Metric]:
+    if state is None:
+        return
+    for name, value, doc in (
+        ("used_memory_bytes", state.used_bytes, "Bytes Redis uses (INFO memory used_memory)."),
+        ("maxmemory_bytes", state.max_bytes, "Redis's maxmemory in bytes; 0 when unlimited."),
+    ):
+        g = GaugeMetricFamily(f"quotagate_redis_{name}", doc)
+        g.add_metric([], float(value))
+        yield g
 
 
 def _lag_metrics(lag: dict[str, Any] | None) -> Iterable[Metric]:

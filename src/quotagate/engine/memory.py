@@ -1,0 +1,99 @@
+"""Redis memory: quotagate's keys must never be evicted, and operators must see the headroom.
+
+An evicted account hash reads as a missing account; an evicted idempotency record lets a retry
+charge again; an evicted outbox entry is a transaction lost before it reached PostgreSQL. So
+the gateway, the worker and recovery refuse at start a Redis whose ``maxmemory-policy`` may
+evict (every policy but ``noeviction``: the ``volatile-*`` ones evict idempotency records and
+rate-limit states, which carry a TTL). With ``noeviction`` a full Redis refuses writes, which
+the gateway reports, instead of dropping data silently.
+
+``QUOTAGATE_ALLOW_EVICTION=1`` lets a deployment that knows what it does (a Redis shared with
+a cache, whose quotagate keys it sized for) start anyway.
+
+The policy and the figures come from ``INFO memory``, which managed Redis services answer
+even where they rename or forbid ``CONFIG GET``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.asyncio import Redis
+
+from quotagate.errors import ConfigError
+from quotagate.settings import Settings
+
+ALLOW_EVICTION_ENV = "QUOTAGATE_ALLOW_EVICTION"
+"""Set to 1 to start on a Redis whose maxmemory-policy may evict keys."""
+
+SAFE_POLICY = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    """What ``INFO memory`` says: bytes used, the limit (0: none) and the eviction policy."""
+
+    used_bytes: int
+    max_bytes: int
+    policy: str
+
+    @property
+    def used_fraction(self) -> float | None:
+        """Used memory over maxmemory; None when Redis has no limit."""
+        return self.used_bytes / self.max_bytes if self.max_bytes else None
+
+
+class EvictingRedis(ConfigError):
+    """Redis may evict quotagate's keys (its maxmemory-policy is not noeviction)."""
+
+
+def memory_state(info: Mapping[str, Any]) -> MemoryState:
+    return MemoryState(
+        int(info.get("used_memory", 0)),
+        int(info.get("maxmemory", 0)),
+        str(info.get("maxmemory_policy", SAFE_POLICY)),
+    )
+
+
+def eviction_allowed(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(ALLOW_EVICTION_ENV, "") == "1"
+
+
+def refuse_eviction(state: MemoryState, where: str, *, allowed: bool | None = None) -> None:
+    """Raise EvictingRedis when ``state``'s policy may evict, unless the override is set."""
+    if state.policy == SAFE_POLICY or (eviction_allowed() if allowed is None else allowed):
+        return
+    raise EvictingRedis(
+        f"{where} has maxmemory-policy {state.policy}, which may evict quotagate's accounts, "
+        f"idempotency records and outbox entries: set it to {SAFE_POLICY} "
+        f"(or {ALLOW_EVICTION_ENV}=1 to start anyway)"
+    )
+
+
+async def read_memory_state(client: Redis) -> MemoryState:
+    return memory_state(await client.info("memory"))
+
+
+async def refuse_evicting_redis(client: Redis, where: str = "Redis") -> MemoryState:
+    """The start-up check of the gateway and of recovery (through the engine's initialize)."""
+    state = await read_memory_state(client)
+    refuse_eviction(state, where)
+    return state
+
+
+def refuse_evicting_servers(settings: Settings) -> None:
+    """The worker's start-up check, synchronous, of both Redis it uses: the credit data and
+    the queues (an evicted job is a flush that never runs)."""
+    urls = {"QUOTAGATE_REDIS_URL": settings.redis_url, "QUOTAGATE_QUEUE_URL": settings.queue_url}
+    for where, secret in urls.items():
+        url = str(secret)
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            refuse_eviction(memory_state(client.info("memory")), where)
+        finally:
+            client.close()
