@@ -106,6 +106,8 @@ class Settings:
     """Which of redis_url, database_url were set in the environment (``up`` embeds the rest)."""
     origins: Mapping[str, str] = field(default_factory=dict)
     """Where redis_url, queue_url and database_url came from, in words (set by locate)."""
+    stack_file: Path | None = None
+    """The stack file of the running `quotagate up` these settings came from, if any."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -175,7 +177,8 @@ class Settings:
             stacked = {**record.environment(), **{k: v for k, v in env.items() if v}}
             where = f"from the stack file {path} of `quotagate up` (pid {record.pid})"
             origins = dict.fromkeys(_URL_VARIABLES, where)
-            return replace(cls.from_env(stacked), explicit=frozenset(), origins=origins)
+            settings = cls.from_env(stacked)
+            return replace(settings, explicit=frozenset(), origins=origins, stack_file=path)
         why = " and no `quotagate up` is running"
         if record is not None:
             why = f"; the stack file {path} is left from a `quotagate up` that is not running"

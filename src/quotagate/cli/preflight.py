@@ -99,8 +99,11 @@ def guard(path: str, callback: Callable[..., Any]) -> Callable[..., Any]:
 def prepare(needs: Needs) -> Settings:
     """Locate the stack, read the config, and check what ``needs`` asks for."""
     settings = Settings.locate()
-    for name, value in settings.environment().items():
-        os.environ.setdefault(name, value)  # the stack file's, for the processes we start
+    if not (needs.redis or needs.queue or needs.postgres):
+        return settings  # `up` and `env` read the environment and the stack file themselves
+    if settings.stack_file is not None:
+        for name, value in settings.environment().items():
+            os.environ.setdefault(name, value)  # for the processes the command starts
     with translated(settings):
         config = settings.load_config()
         if needs.redis == "required":
