@@ -68,6 +68,14 @@ def test_accounts_grant_and_history(env: dict[str, str]) -> None:
     adjusted = json.loads(ok(["grant", "--type", "adjust", "--json", "ann", "--", "-5"], env))
     assert adjusted["balance"] == 1020
     assert "amount" in fails(["grant", "ann", "0"], env, 2)
+    assert fails(["grant", "ann", "--", "-5"], env, 2) == (
+        "error: a grant adds credits; to take 5 away, make it an adjustment: "
+        "`quotagate grant --type adjust ann -- -5`"
+    )
+    assert fails(["grant", "ann", "-5"], env, 2) == (
+        "error: -5 reads as an option: a negative amount is an adjustment and goes after "
+        "`--`: `quotagate grant --type adjust ACCOUNT_ID -- -5` (see `quotagate grant --help`)"
+    )
     assert "no such account" in fails(["grant", "nobody", "5"], env, 2)
 
     shown = ok_json(["accounts", "show", "ann"], env)

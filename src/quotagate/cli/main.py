@@ -61,7 +61,7 @@ _register_commands()
 
 def main() -> None:
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(prog_name="quotagate", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (Exception, KeyboardInterrupt) as exc:
