@@ -34,16 +34,6 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def content(stdout: str) -> str:
-    """Human output without the lines that say which servers the command talks to."""
-    lines = stdout.splitlines(keepends=True)
-    while lines and lines[0].startswith("using "):
-        lines.pop(0)
-    if lines and not lines[0].strip():
-        lines.pop(0)
-    return "".join(lines)
-
-
 def invoke(args: list[str], env: dict[str, str]) -> Result:
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv

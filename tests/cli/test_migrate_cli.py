@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from tests.cli.runner import content, invoke
+from tests.cli.runner import invoke
 from tests.conftest import ADMIN_DATABASE_URL
 
 from quotagate.ledger.migrate import head_revision
@@ -41,7 +41,7 @@ def test_migrate_creates_a_missing_database(missing_database: str) -> None:
     env = {"QUOTAGATE_DATABASE_URL": _url(server_user, missing_database)}
     done = invoke(["migrate"], env)
     assert done.code == 0, done.stderr
-    assert content(done.stdout).splitlines() == [
+    assert done.stdout.splitlines() == [
         f"created the database {missing_database}",
         f"ledger database at revision {head_revision()} (current)",
     ]

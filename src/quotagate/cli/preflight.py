@@ -7,7 +7,8 @@
 3. Check that the backends the command needs answer: the credit Redis, whose partition
    layout must match the config's (a command on the wrong count would read and write
    accounts in the wrong partitions); the queue Redis; PostgreSQL and its database.
-4. Say, in human output, which Redis and PostgreSQL it talks to, and where that came from.
+4. Say, to a person (stderr on a terminal, as the progress bars), which Redis and
+   PostgreSQL it talks to, and where that came from.
 
 Every command is listed in :data:`NEEDS`; registering one that is not is an error, so no
 command skips these checks by being forgotten.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,8 +45,11 @@ class Needs:
     redis: Use | None = None
     queue: Use | None = None
     postgres: PostgresUse | None = None
+    layout: bool = True
+    """Check the partition layout (when the Redis is required): off for work under a key
+    prefix of its own."""
     announce: bool = True
-    """Print where it points in human output (`env` and `up` print their own)."""
+    """Say where it points, to a person (`env` and `up` print their own)."""
 
 
 _DATA_AND_LEDGER = Needs(redis="required", postgres="required")
@@ -58,7 +63,8 @@ NEEDS: Mapping[str, Needs] = {
     "accounts list": _DATA_AND_LEDGER,
     "grant": _DATA_AND_LEDGER,
     "history": _DATA_AND_LEDGER,
-    "bench": Needs(redis="required", postgres="server"),
+    # Its own key prefix and database: the servers must answer, their data is not its business.
+    "bench": Needs(redis="required", postgres="server", layout=False),
     "env": Needs(announce=False),
     "keys create": _LEDGER,
     "keys list": Needs(postgres="required"),
@@ -88,8 +94,10 @@ def guard(path: str, callback: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         settings = prepare(needs)
         shown = announcement(settings, needs)
-        if needs.announce and shown and not kwargs.get("as_json"):
-            click.echo(shown + "\n")
+        # For people, like the progress bars: stdout stays the command's data, and what a
+        # script reads on stderr stays the one line of an error.
+        if needs.announce and shown and not kwargs.get("as_json") and sys.stderr.isatty():
+            click.echo(shown, err=True)
         with translated(settings):
             return callback(*args, **kwargs)
 
@@ -106,8 +114,10 @@ def prepare(needs: Needs) -> Settings:
             os.environ.setdefault(name, value)  # for the processes the command starts
     with translated(settings):
         config = settings.load_config()
-        if needs.redis == "required":
+        if needs.redis == "required" and needs.layout:
             check_layout(settings, config.partitions)
+        elif needs.redis == "required":
+            _ping(str(settings.redis_url))
         if needs.queue == "required" and settings.queue_url != settings.redis_url:
             _ping(str(settings.queue_url))
         if needs.postgres is not None:
@@ -132,9 +142,8 @@ def check_layout(settings: Settings, partitions: int) -> None:
         client.close()
     if recorded is not None and int(recorded) != partitions:
         raise ConfigError(
-            f"the config says partitions = {partitions}, but the Redis at "
-            f"{where(settings, 'redis_url')} holds data laid out in {int(recorded)} "
-            "partitions: set partitions to that number in the config file"
+            f"config: partitions = {partitions}, but the Redis at {where(settings, 'redis_url')} "
+            f"holds data laid out in {int(recorded)} partitions; use that number"
         )
 
 
