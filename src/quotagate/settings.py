@@ -2,13 +2,18 @@
 
 Every setting is listed with its default in the README. Connection URLs that hold a password
 are wrapped in :class:`Secret`, whose repr hides it.
+
+:meth:`Settings.locate` is what the CLI reads: the environment, or, when it names no Redis and
+no PostgreSQL, the stack file of a running `quotagate up` (see quotagate.embedded.stackfile);
+each URL remembers where it came from, so a command can say what it talks to.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from quotagate.config import Config, load_config
@@ -74,6 +79,20 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+_URL_VARIABLES = {
+    "redis_url": "QUOTAGATE_REDIS_URL",
+    "queue_url": "QUOTAGATE_QUEUE_URL",
+    "database_url": "QUOTAGATE_DATABASE_URL",
+}
+
+
+def default_data_dir() -> Path:
+    """Where `quotagate up` keeps its data: ``~/.local/share/quotagate``, or root's."""
+    from quotagate.embedded.datadir import default_data_dir as platform_default
+
+    return platform_default()
+
+
 _DEFAULT_REDIS = Secret(DEFAULT_REDIS_URL)
 _DEFAULT_DATABASE = Secret(DEFAULT_DATABASE_URL)
 
@@ -108,8 +127,14 @@ class Settings:
     jwt_secret: SecretValue | None = None
     """QUOTAGATE_JWT_SECRET: the HMAC secret of clients' tokens, when ``[identity.jwt]`` uses
     HS256/384/512 (public keys go in the config file)."""
+    data_dir: Path | None = None
+    """QUOTAGATE_DATA_DIR: the data directory of `quotagate up`; the platform's when unset."""
     explicit: frozenset[str] = field(default_factory=frozenset)
     """Which of redis_url, database_url were set in the environment (``up`` embeds the rest)."""
+    origins: Mapping[str, str] = field(default_factory=dict)
+    """Where redis_url, queue_url and database_url came from, in words (set by locate)."""
+    stack_file: Path | None = None
+    """The stack file of the running `quotagate up` these settings came from, if any."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,8 +182,60 @@ class Settings:
                 env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", 5000, 1, 10_000_000
             ),
             jwt_secret=_jwt_secret(env),
+            data_dir=Path(env["QUOTAGATE_DATA_DIR"]) if env.get("QUOTAGATE_DATA_DIR") else None,
             explicit=explicit,
         )
 
+    @classmethod
+    def locate(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings a command uses: the environment's, or a running `up`'s.
+
+        The stack file stands in for the connection variables only when none of them is
+        set (half of one deployment and half of another is never what anyone meant); its
+        key prefix and config file then apply where the environment sets none.
+        """
+        from quotagate.embedded.stackfile import read_record, stack_file
+
+        env = os.environ if env is None else env
+        if any(env.get(var) for var in _URL_VARIABLES.values()):
+            return replace(cls.from_env(env), origins=_env_origins(env, ""))
+        path = stack_file(Path(env.get("QUOTAGATE_DATA_DIR") or default_data_dir()))
+        record = read_record(path)
+        if record is not None and record.running():
+            stacked = {**record.environment(), **{k: v for k, v in env.items() if v}}
+            where = f"from the stack file {path} of `quotagate up` (pid {record.pid})"
+            origins = dict.fromkeys(_URL_VARIABLES, where)
+            settings = cls.from_env(stacked)
+            return replace(settings, explicit=frozenset(), origins=origins, stack_file=path)
+        why = " and no `quotagate up` is running"
+        if record is not None:
+            why = f"; the stack file {path} is left from a `quotagate up` that is not running"
+        return replace(cls.from_env(env), origins=_env_origins(env, why))
+
+    def environment(self) -> dict[str, str]:
+        """The connection settings as variables, for processes this one starts."""
+        env = {
+            "QUOTAGATE_REDIS_URL": str(self.redis_url),
+            "QUOTAGATE_QUEUE_URL": str(self.queue_url),
+            "QUOTAGATE_DATABASE_URL": str(self.database_url),
+            "QUOTAGATE_KEY_PREFIX": self.key_prefix,
+        }
+        if self.config_path:
+            env["QUOTAGATE_CONFIG"] = self.config_path
+        return env
+
     def load_config(self) -> Config:
         return load_config(self.config_path)
+
+
+def _env_origins(env: Mapping[str, str], why_default: str) -> dict[str, str]:
+    """Where each URL came from when the environment is all there is."""
+    origins = {}
+    for name, var in _URL_VARIABLES.items():
+        if env.get(var):
+            origins[name] = f"from {var}"
+        elif name == "queue_url":
+            origins[name] = f"{origins['redis_url']}, as QUOTAGATE_QUEUE_URL is not set"
+        else:
+            origins[name] = f"the default address: {var} is not set{why_default}"
+    return origins

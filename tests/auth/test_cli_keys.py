@@ -55,5 +55,7 @@ def test_errors_are_one_sentence(migrated_database_url: str) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = cli(f"postgresql://postgres@127.0.0.1:{free_port()}/x", "list")
     assert (
-        r.returncode == 3 and "Traceback" not in r.stderr and r.stderr.startswith("error: Postgres")
+        r.returncode == 3
+        and "Traceback" not in r.stderr
+        and r.stderr.startswith("error: PostgreSQL at")
     )

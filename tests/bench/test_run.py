@@ -120,7 +120,10 @@ def test_table_output_and_a_clear_error(redis_url: str, database_url: str) -> No
     bad = _bench("redis://127.0.0.1:1/0", database_url, "--duration", "0.5", "--only", "engine")
     assert bad.returncode == 3  # a backend that does not answer, as in every command
     assert "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: the benchmark stopped")
+    assert bad.stderr.strip().splitlines() == [
+        "error: Redis at redis://127.0.0.1:1/0 (from QUOTAGATE_REDIS_URL) did not answer: "
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    ]
 
 
 def test_a_stopped_run_still_takes_its_stage_down(redis_url: str, database_url: str) -> None:

@@ -23,16 +23,15 @@ class Result:
 
 @contextlib.contextmanager
 def _environment(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
+    # The whole environment comes back afterwards: a command fills in what a stack file
+    # gives it, and that must not leak into the next test.
+    saved = dict(os.environ)
     os.environ.update(env)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Result:

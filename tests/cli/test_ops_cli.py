@@ -106,6 +106,14 @@ def test_accounts_grant_and_history(env: dict[str, str]) -> None:
     adjusted = json.loads(ok(["grant", "--type", "adjust", "--json", "ann", "--", "-5"], env))
     assert adjusted["balance"] == 1020
     assert "amount" in fails(["grant", "ann", "0"], env, 2)
+    assert fails(["grant", "ann", "--", "-5"], env, 2) == (
+        "error: a grant adds credits; to take 5 away, make it an adjustment: "
+        "`quotagate grant --type adjust ann -- -5`"
+    )
+    assert fails(["grant", "ann", "-5"], env, 2) == (
+        "error: -5 reads as an option: a negative amount is an adjustment and goes after "
+        "`--`: `quotagate grant --type adjust ACCOUNT_ID -- -5` (see `quotagate grant --help`)"
+    )
     assert "no such account" in fails(["grant", "nobody", "5"], env, 2)
 
     shown = ok_json(["accounts", "show", "ann"], env)
@@ -261,5 +269,7 @@ def test_the_installed_command(env: dict[str, str], redis_url: str, key_prefix: 
         "ann", "redis", "100", "96", "-4",
     ], drift  # fmt: skip
     down = run_quotagate(["reconcile"], {**env, "QUOTAGATE_REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert down.returncode == 3 and down.stderr.startswith("error: Redis did not answer")
+    assert down.returncode == 3 and down.stderr.startswith(
+        "error: Redis at redis://127.0.0.1:1/0 (from QUOTAGATE_REDIS_URL) did not answer"
+    )
     assert len(down.stderr.strip().splitlines()) == 1, down.stderr

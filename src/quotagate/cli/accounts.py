@@ -239,6 +239,11 @@ def grant(
     negative adjustment goes after `--`, options before it:
     `quotagate grant --type adjust ACCOUNT_ID -- -5`.
     """
+    if amount < 0 and kind != "adjust":
+        raise ValidationError(
+            f"a {kind} adds credits; to take {-amount} away, make it an adjustment: "
+            f"`quotagate grant --type adjust {account_id} -- {amount}`"
+        )
 
     async def work(b: Backends) -> dict[str, Any]:
         assert b.ledger is not None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from quotagate.cli.output import emit_json, table
+from quotagate.cli.pgserver import database_name, ensure_database
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import Ledger, flush_all, outbox_lag, quarantine
@@ -52,18 +53,14 @@ def _with_backends(settings: Settings, work: Callable[[CreditEngine, Ledger], Aw
 
 @click.command()
 def migrate() -> None:
-    """Apply the ledger's migrations to QUOTAGATE_DATABASE_URL (safe to run again)."""
-    settings = Settings.from_env()
-    url = str(settings.database_url)
-    try:
-        upgrade(url)
-    except (OSError, TimeoutError) as exc:
-        raise BackendUnavailable(f"PostgreSQL at {redact(url)} did not answer: {exc}") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
-            cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise BackendUnavailable(f"migrating {redact(url)} failed: {cause}") from None
-        raise
+    """Apply the ledger's migrations to QUOTAGATE_DATABASE_URL (safe to run again).
+
+    Creates the database first when it does not exist and the role may create databases.
+    """
+    settings = Settings.locate()
+    if ensure_database(settings):
+        click.echo(f"created the database {database_name(str(settings.database_url))}")
+    upgrade(str(settings.database_url))
     click.echo(f"ledger database at revision {head_revision()} (current)")
 
 

@@ -43,10 +43,13 @@ def up(port: int, data_dir: Path | None, as_json: bool) -> None:
     """Run gateway, worker and scheduler (and Redis and PostgreSQL when none is configured).
 
     Uses QUOTAGATE_REDIS_URL and QUOTAGATE_DATABASE_URL when set; otherwise starts embedded
-    servers whose data survives restarts. Creates an admin key and a hook key for this run
-    (revoked when it stops). Ctrl-C or SIGTERM stops everything.
+    servers whose data survives restarts. Creates an admin, a service and a hook key for this
+    run (revoked when it stops, or by the next start if it was killed) and writes
+    <data-dir>/stack.json, which the other commands read when no URL is set. Ctrl-C or
+    SIGTERM stops everything.
     """
-    stack = LocalStack(Settings.from_env(), port, data_dir or default_data_dir())
+    settings = Settings.from_env()
+    stack = LocalStack(settings, port, data_dir or settings.data_dir or default_data_dir())
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _request_stop)
     failure: StackError | None = None
@@ -82,6 +85,7 @@ def _announce(info: StackInfo, as_json: bool) -> None:
             {
                 "url": info.url,
                 "admin_key": info.admin_key,
+                "service_key": info.service_key,
                 "hook_key": info.hook_key,
                 "redis_url": info.redis_url,
                 "database_url": info.database_url,
@@ -92,11 +96,13 @@ def _announce(info: StackInfo, as_json: bool) -> None:
     redis_note = "embedded" if "redis" in info.embedded else "from QUOTAGATE_REDIS_URL"
     pg_note = "embedded" if "postgres" in info.embedded else "from QUOTAGATE_DATABASE_URL"
     auth = f"-H 'Authorization: Bearer {info.admin_key}'"
+    service = f"-H 'Authorization: Bearer {info.service_key}'"
     body = "-H 'Content-Type: application/json' -d"
     lines = [
         f"quotagate is running at {info.url}",
         "",
         f"  admin key    {info.admin_key}",
+        f"  service key  {info.service_key}   (for your services: consume, holds, reads)",
         f"  hook key     {info.hook_key}   (for a reverse proxy, in X-Quotagate-Key)",
         f"  Redis        {redact(info.redis_url)}   ({redis_note})",
         f"  PostgreSQL   {redact(info.database_url)}   ({pg_note})",
@@ -104,13 +110,17 @@ def _announce(info: StackInfo, as_json: bool) -> None:
     lines.append(f"  data, logs   {info.data_dir}")
     lines += [
         "",
+        'Point a shell at this stack (the CLI finds it by itself): eval "$(quotagate env)"',
+    ]
+    lines += [
+        "",
         "Try it:",
         f'  curl -s -X PUT {auth} {body} \'{{"tier": "free"}}\' {info.url}/v1/accounts/alice',
-        f'  curl -s -X POST {auth} {body} \'{{"resource": "api_call"}}\' '
+        f'  curl -s -X POST {service} {body} \'{{"resource": "api_call"}}\' '
         f"{info.url}/v1/accounts/alice/consume",
         f"  curl -s {auth} {info.url}/v1/accounts/alice",
         "",
-        "Ctrl-C stops everything; the two keys above are revoked then.",
+        "Ctrl-C stops everything; the three keys above are revoked then.",
     ]
     click.echo("\n".join(lines))
     sys.stdout.flush()

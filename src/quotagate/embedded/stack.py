@@ -5,6 +5,11 @@ otherwise embedded servers with their data in one directory. Every other part is
 subcommand run as a child process with the stack's environment, so `up` runs exactly what an
 operator would run by hand. :meth:`LocalStack.stop` takes everything down in reverse order:
 gateway and jobs first (they stop taking work), then the data stores (which flush to disk).
+
+Nothing is written before what the stack needs is known to be there: the configured stores
+answer, the embedded servers are installed. The stack file (quotagate.embedded.stackfile)
+tells the commands run beside the stack where it is; the keys it lists are revoked when
+the stack stops, or by the next start if this one was killed.
 """
 
 from __future__ import annotations
@@ -24,9 +29,16 @@ from typing import IO
 import httpx
 
 from quotagate.embedded.datadir import DataDir
-from quotagate.embedded.postgres import EmbeddedPostgres
+from quotagate.embedded.postgres import EmbeddedPostgres, bundled_install
 from quotagate.embedded.process import Child, spawn, stop_all, wait_until
-from quotagate.embedded.valkey import EmbeddedValkey
+from quotagate.embedded.stackfile import (
+    StackRecord,
+    read_record,
+    remove_record,
+    stack_file,
+    write_record,
+)
+from quotagate.embedded.valkey import EmbeddedValkey, valkey_binary
 from quotagate.errors import ConfigError, QuotagateError
 from quotagate.settings import Settings
 
@@ -50,6 +62,7 @@ class StackInfo:
 
     url: str
     admin_key: str
+    service_key: str
     hook_key: str
     redis_url: str
     database_url: str
@@ -69,6 +82,7 @@ class LocalStack:
     apps: list[Child] = field(default_factory=list)
     key_ids: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    wrote_stack_file: bool = False
     _exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     # -- start -------------------------------------------------------------------------------
@@ -76,14 +90,20 @@ class LocalStack:
     def start(self) -> StackInfo:
         """Bring everything up. Call :meth:`stop` afterwards whatever happens, failures too."""
         _check_port_free(self.port)
+        self._check_configured_stores()
+        self._check_embedded_installed()
         directory = DataDir(self.data_dir)
         directory.create()
+        self._exit.enter_context(directory.locked())
+        self._say(f"data directory {directory.path}")
         redis_url, database_url, embedded = self._stores(directory)
         self.env = _child_env(redis_url, database_url)
         self._say("running migrations")
         self._run(["migrate"])
-        admin_key, hook_key = self._create_keys("admin", "hook")
+        self._revoke_stale_keys()
+        admin_key, service_key, hook_key = self._create_keys("admin", "service", "hook")
         url = f"http://127.0.0.1:{self.port}"
+        self._write_stack_file(url, admin_key, service_key, hook_key)
         self._say(f"starting the gateway on {url}, a worker and the scheduler")
         gateway = self._spawn_app(
             "gateway", ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -101,6 +121,7 @@ class LocalStack:
         return StackInfo(
             url=url,
             admin_key=admin_key,
+            service_key=service_key,
             hook_key=hook_key,
             redis_url=redis_url,
             database_url=database_url,
@@ -112,11 +133,7 @@ class LocalStack:
         redis_url = str(self.settings.redis_url)
         database_url = str(self.settings.database_url)
         embedded: list[str] = []
-        wanted = {"redis_url", "database_url"} - self.settings.explicit
-        if not wanted:
-            return redis_url, database_url, embedded
-        self._exit.enter_context(directory.locked())
-        self._say(f"data directory {directory.path}")
+        wanted = self._embedded()
         if "redis_url" in wanted:
             valkey = EmbeddedValkey(directory)
             self.servers.append(valkey.start())
@@ -130,6 +147,58 @@ class LocalStack:
             embedded.append("postgres")
             self._say(f"embedded PostgreSQL on 127.0.0.1:{postgres.port}")
         return redis_url, database_url, embedded
+
+    def _embedded(self) -> set[str]:
+        return {"redis_url", "database_url"} - self.settings.explicit
+
+    def _check_configured_stores(self) -> None:
+        """The stores named in the environment answer, or nothing starts (exit 3)."""
+        from quotagate.cli import pgserver
+        from quotagate.cli.failures import translated
+        from quotagate.cli.preflight import check_layout
+
+        with translated(self.settings):
+            if "redis_url" in self.settings.explicit:
+                check_layout(self.settings, self.settings.load_config().partitions)
+            if "database_url" in self.settings.explicit:
+                pgserver.check(self.settings, "server")
+
+    def _check_embedded_installed(self) -> None:
+        """Before the data directory is made: a failed start leaves no secrets behind."""
+        wanted = self._embedded()
+        if "redis_url" in wanted:
+            valkey_binary()
+        if "database_url" in wanted:
+            bundled_install()
+
+    def _stack_file(self) -> Path:
+        return stack_file(self.data_dir)
+
+    def _revoke_stale_keys(self) -> None:
+        """Revoke the keys of an `up` of this data directory that was killed."""
+        stale = read_record(self._stack_file())
+        if stale is None or stale.running() or not stale.key_ids:
+            return
+        self._say(f"revoking the {len(stale.key_ids)} keys of the `up` that was stopped")
+        self._run(*(["keys", "revoke", key_id] for key_id in stale.key_ids))
+        remove_record(self._stack_file())
+
+    def _write_stack_file(self, url: str, admin_key: str, service_key: str, hook_key: str) -> None:
+        record = StackRecord(
+            pid=os.getpid(),
+            url=url,
+            redis_url=self.env["QUOTAGATE_REDIS_URL"],
+            queue_url=self.env["QUOTAGATE_QUEUE_URL"],
+            database_url=self.env["QUOTAGATE_DATABASE_URL"],
+            key_prefix=self.settings.key_prefix,
+            config_path=self.settings.config_path,
+            admin_key=admin_key,
+            service_key=service_key,
+            hook_key=hook_key,
+            key_ids=list(self.key_ids),
+        )
+        write_record(self._stack_file(), record)
+        self.wrote_stack_file = True
 
     def _create_keys(self, *scopes: str) -> list[str]:
         """One new key per scope, named for this run; their ids are kept to revoke them."""
@@ -212,6 +281,11 @@ class LocalStack:
         if self.key_ids and all(c.running() for c in self.servers):
             with contextlib.suppress(StackError):
                 self._run(*(["keys", "revoke", key_id] for key_id in self.key_ids))
+                self.key_ids.clear()
+        if self.wrote_stack_file and not self.key_ids:
+            remove_record(self._stack_file())
+            self.wrote_stack_file = False
+        # Keys not revoked stay listed in the stack file, for the next start to revoke.
         self.key_ids.clear()
         for child in reversed(self.servers):
             child.stop()
