@@ -88,12 +88,12 @@ class Gateways:
         replayed = response.headers.get("Idempotent-Replayed") == "true"
         return Answer(response.status_code, parsed, replayed)
 
-    async def settle(
-        self, gateway: int, path: str, *, scope: str, body: Any, key: str
-    ) -> Answer:
+    async def settle(self, gateway: int, path: str, *, scope: str, body: Any, key: str) -> Answer:
         """Send a write again and again with its idempotency key until it has an answer."""
         for attempt in range(SETTLE_ATTEMPTS):
-            answer = await self.call(gateway + attempt, "POST", path, scope=scope, body=body, key=key)
+            answer = await self.call(
+                gateway + attempt, "POST", path, scope=scope, body=body, key=key
+            )
             if answer is not None:
                 return answer
             await asyncio.sleep(SETTLE_PAUSE_SECONDS)

@@ -18,7 +18,6 @@ import asyncio
 from collections import Counter
 
 import asyncpg
-
 from tests.simulation.world import World
 
 from quotagate.errors import AccountNotFound
@@ -62,7 +61,9 @@ async def checkpoint(world: World) -> None:
     await check_accounts(world, list(world.model.accounts))
     conn = await asyncpg.connect(world.cluster.database_url)
     try:
-        rows = await conn.fetch("SELECT id, account_id, amount, type, description FROM credit_transactions")
+        rows = await conn.fetch(
+            "SELECT id, account_id, amount, type, description FROM credit_transactions"
+        )
         snapshots = {
             r["account_id"]: r["credits"]
             for r in await conn.fetch("SELECT account_id, credits FROM user_credits")
@@ -93,13 +94,18 @@ def check_ledger_ids(world: World, rows: list[asyncpg.Record]) -> None:
     world.expect(not twice, f"transactions in the ledger more than once: {twice[:5]}")
     acknowledged = set(world.model.acknowledged) - set(world.model.lost)
     missing = acknowledged - set(counts)
-    world.expect(not missing, f"acknowledged transactions missing from the ledger: {sorted(missing)[:5]}")
+    world.expect(
+        not missing, f"acknowledged transactions missing from the ledger: {sorted(missing)[:5]}"
+    )
     unexpected = [
         (r["id"], r["account_id"], r["type"], r["amount"])
         for r in rows
         if r["id"] not in world.model.acknowledged
         and r["type"] not in ("expire", "adjust")
-        and not (r["type"] == "grant" and (r["description"] or "").startswith(UNACKNOWLEDGED_GRANT_PREFIX))
+        and not (
+            r["type"] == "grant"
+            and (r["description"] or "").startswith(UNACKNOWLEDGED_GRANT_PREFIX)
+        )
     ]
     world.expect(not unexpected, f"ledger rows no answer acknowledged: {unexpected[:5]}")
     adjusted = [r["id"] for r in rows if r["type"] == "adjust"]

@@ -23,7 +23,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-
 from tests.simulation.model import NOT_DURABLE
 from tests.simulation.world import World
 

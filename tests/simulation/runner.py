@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 import httpx
-
 from tests.simulation.calls import Gateways
 from tests.simulation.checks import check_accounts, checkpoint
 from tests.simulation.cluster import PREFIX, Cluster
@@ -128,7 +127,11 @@ async def run_seed(options: Options) -> Outcome:
         )
         await drive(world)
         stats = ", ".join(f"{k} {v}" for k, v in sorted(world.stats.items()))
-        lost = f"; {len(world.model.lost)} acknowledged spends lost by design" if world.model.lost else ""
+        lost = (
+            f"; {len(world.model.lost)} acknowledged spends lost by design"
+            if world.model.lost
+            else ""
+        )
         summary = f"seed {options.seed}: passed {options.steps} steps ({stats}){lost}"
         return Outcome(options.seed, True, time.monotonic() - started, summary)
     except AssertionError as failure:
@@ -149,7 +152,7 @@ async def run_seed(options: Options) -> Outcome:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"7", "1-20" or "1,4,9"."""
+    """ "7", "1-20" or "1,4,9"."""
     seeds: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")
