@@ -16,6 +16,7 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import httpx
@@ -40,6 +41,7 @@ class Outcome:
     passed: bool
     seconds: float
     summary: str
+    stats: Counter[str]
 
 
 def replay_command(options: Options) -> str:
@@ -133,7 +135,7 @@ async def run_seed(options: Options) -> Outcome:
             else ""
         )
         summary = f"seed {options.seed}: passed {options.steps} steps ({stats}){lost}"
-        return Outcome(options.seed, True, time.monotonic() - started, summary)
+        return Outcome(options.seed, True, time.monotonic() - started, summary, world.stats)
     except AssertionError as failure:
         step = world.step if world else 0
         last = "\n  ".join(world.history) if world else ""
@@ -142,7 +144,8 @@ async def run_seed(options: Options) -> Outcome:
             f"last steps:\n  {last}\nlogs in {cluster.dir} are removed; replay with:\n"
             f"  {replay_command(options)}"
         )
-        return Outcome(options.seed, False, time.monotonic() - started, summary)
+        stats = world.stats if world else Counter()
+        return Outcome(options.seed, False, time.monotonic() - started, summary, stats)
     finally:
         if gateways is not None:
             await gateways.aclose()
