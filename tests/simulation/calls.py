@@ -88,7 +88,9 @@ class Gateways:
         replayed = response.headers.get("Idempotent-Replayed") == "true"
         return Answer(response.status_code, parsed, replayed)
 
-    async def settle(self, gateway: int, path: str, *, scope: str, body: Any, key: str) -> Answer:
+    async def settle(
+        self, gateway: int, path: str, *, scope: str, body: Any, key: str, method: str = "POST"
+    ) -> Answer:
         """Send a write again and again with its idempotency key until it has an answer."""
         for attempt in range(SETTLE_ATTEMPTS):
             answer = await self.call(
@@ -97,7 +99,7 @@ class Gateways:
             if answer is not None:
                 return answer
             await asyncio.sleep(SETTLE_PAUSE_SECONDS)
-        raise Unsettled(f"POST {path} with Idempotency-Key {key} never got an answer")
+        raise Unsettled(f"{method} {path} with Idempotency-Key {key} never got an answer")
 
     async def send_and_hang_up(
         self, gateway: int, path: str, *, scope: str, body: Any, key: str

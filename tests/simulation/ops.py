@@ -63,12 +63,11 @@ async def open_account(world: World) -> list[str]:
     tier = world.rng.choice(sorted(TIERS))
     overdraft = world.rng.choice([0, 0, 0, 10, 50])
     body = {"tier": tier, "overdraft_limit": overdraft}
-    answer = await world.gateways.call(
-        world.gateway(), "PUT", f"/v1/accounts/{account_id}", scope="admin", body=body,
-        key=world.new_key(),
+    answer = await world.gateways.settle(
+        world.gateway(), f"/v1/accounts/{account_id}", scope="admin", body=body,
+        key=world.new_key(), method="PUT",
     )  # fmt: skip
-    world.expect(answer is not None and answer.status == 201, f"opening {account_id}", answer)
-    assert answer is not None
+    world.expect(answer.status == 201, f"opening {account_id}", answer)
     account = AccountModel(account_id, tier, overdraft, monthly=TIERS[tier][0])
     world.expect(answer.body["balance"] == account.balance, "the opening grant", answer)
     world.model.accounts[account_id] = account
@@ -79,11 +78,11 @@ async def open_account(world: World) -> list[str]:
 async def set_status(world: World) -> list[str]:
     account = pick_any(world)
     status = "banned" if account.status == "active" else "active"
-    answer = await world.gateways.call(
-        world.gateway(), "PUT", f"/v1/accounts/{account.account_id}", scope="admin",
-        body={"status": status}, key=world.new_key(),
+    answer = await world.gateways.settle(
+        world.gateway(), f"/v1/accounts/{account.account_id}", scope="admin",
+        body={"status": status}, key=world.new_key(), method="PUT",
     )  # fmt: skip
-    world.expect(answer is not None and answer.status == 200, "a status change", answer)
+    world.expect(answer.status == 200, "a status change", answer)
     account.status = status
     world.note(f"{account.account_id} is now {status}")
     return [account.account_id]
