@@ -94,7 +94,7 @@ class Gateways:
         """Send a write again and again with its idempotency key until it has an answer."""
         for attempt in range(SETTLE_ATTEMPTS):
             answer = await self.call(
-                gateway + attempt, "POST", path, scope=scope, body=body, key=key
+                gateway + attempt, method, path, scope=scope, body=body, key=key
             )
             if answer is not None:
                 return answer
