@@ -4,6 +4,9 @@ proof that its checks see a balance changed behind the model's back."""
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -45,6 +48,9 @@ def test_a_balance_changed_behind_the_model_fails_the_run_with_its_replay_comman
     monkeypatch.setitem(ops.OPERATIONS, "consume", consume_then_tamper)
     options = Options(seed=5, steps=40, fault_rate=0.0, checkpoint_every=1000, workers=1)
     outcome = asyncio.run(run_seed(options))
+    kept = re.search(r"process logs kept in (\S+);", outcome.summary)
+    assert kept is not None and Path(kept[1], "redis.log").is_file()
+    shutil.rmtree(kept[1])
     assert not outcome.passed
     assert f"FAILED at step {tampered_steps[0]}:" in outcome.summary
     assert "Redis has, model expects: {'balance'" in outcome.summary

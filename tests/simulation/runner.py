@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from tests.simulation.calls import Gateways
@@ -141,7 +144,7 @@ async def run_seed(options: Options) -> Outcome:
         last = "\n  ".join(world.history) if world else ""
         summary = (
             f"seed {options.seed} FAILED at step {step}: {failure}\n"
-            f"last steps:\n  {last}\nlogs in {cluster.dir} are removed; replay with:\n"
+            f"last steps:\n  {last}\nprocess logs kept in {keep_logs(cluster)}; replay with:\n"
             f"  {replay_command(options)}"
         )
         stats = world.stats if world else Counter()
@@ -152,6 +155,15 @@ async def run_seed(options: Options) -> Outcome:
         if engine is not None:
             await engine.aclose()
         await asyncio.to_thread(cluster.close)
+
+
+def keep_logs(cluster: Cluster) -> str:
+    """Copy the gateways', workers' and Redis's logs out of the run's directory (removed
+    next) into one that stays, for reading after a failure."""
+    kept = Path(tempfile.mkdtemp(prefix="qg-sim-failed-"))
+    for log in cluster.dir.rglob("*.log"):
+        shutil.copy(log, kept / log.name)
+    return str(kept)
 
 
 def parse_seeds(text: str) -> list[int]:
