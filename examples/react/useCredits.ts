@@ -3,7 +3,7 @@
 //
 // The proxy maps GET /api/credits to quotagate's GET /v1/me, adding the hook key and the
 // account id of whoever it authenticated: the browser never holds a quotagate key and cannot
-// ask for anyone else's account. Unlike the product guide's version, this one checks the
+// ask for anyone else's account. Unlike a naive version, this one checks the
 // HTTP status, reports errors instead of showing an empty balance, never sets state after
 // unmount, and never shows a cached balance.
 //

@@ -22,7 +22,7 @@ import msgspec
 from quotagate.errors import ConfigError
 
 MAX_AMOUNT = 10**12
-"""Largest amount or units in one request (API.md)."""
+"""Largest amount or units in one request (the HTTP API's bound)."""
 
 MAX_BALANCE = 10**15
 """Largest balance a bucket may reach. Lua numbers are doubles, exact to 2^53 (about 9e15);

@@ -1,4 +1,4 @@
-"""The books of invariant 5, and the pending effect reconciliation builds on."""
+"""The books (Redis = snapshot + pending, snapshot = sum of rows), and the pending effect reconciliation builds on."""
 
 from __future__ import annotations
 

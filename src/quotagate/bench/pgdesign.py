@@ -1,4 +1,4 @@
-"""The alternative a team would build without quotagate: the product guide's design in Postgres.
+"""The alternative a team would build without quotagate: a Postgres transaction per charge.
 
 Each charge is one Postgres transaction over asyncpg: the guarded decrement
 ``UPDATE user_credits SET credits = credits - n WHERE account_id = $1 AND credits >= n`` (the

@@ -5,7 +5,7 @@ Rows (``name``: what it measures, compared with):
   http/bare         a one-route Starlette app served the same way: the server's ceiling (floor)
   hook/hot|spread   ``GET /v1/authz`` charging 1 credit, one account or 100k accounts (floor)
   consume/hot|spread ``POST /v1/accounts/{id}/consume`` with a JSON body (floor)
-  postgres/hot|spread the product guide's design: a Postgres transaction per charge, over the
+  postgres/hot|spread the design without quotagate: a Postgres transaction per charge, over the
                     same HTTP server settings, answering the hook's request
   engine/in-process ``CreditEngine.consume`` from concurrent tasks, no HTTP (redis-benchmark)
   engine/unbatched  the same with the engine's pipeline batching off (redis-benchmark)
@@ -101,7 +101,7 @@ async def http_group(run: Run, progress: Progress) -> None:
 
 
 async def postgres_group(run: Run, progress: Progress) -> None:
-    """The product guide's design in Postgres, served the same way, hot and spread."""
+    """The design without quotagate (a Postgres transaction per charge), hot and spread."""
     spread = spread_accounts(run.options.spread_accounts)
     progress(f"loading {spread.count + 1} accounts into Postgres")
     conn = await asyncpg.connect(asyncpg_url(run.stage.database_url))
