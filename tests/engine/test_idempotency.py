@@ -164,7 +164,7 @@ async def test_records_hold_the_fingerprint_and_only_what_a_replay_answers(
     assert record == f"{fp}{charge.transaction_id} 3 97 97"
     assert record == idempotency.consume_record(fp, charge.transaction_id, 3, 97, 97)
     record = await engine.redis.get(engine.keys.account("acct", "g").idempotency)
-    fp = idempotency.credit_fingerprint(7, "earn", "", "")
+    fp = idempotency.credit_fingerprint(7, "earn", "", "", "")
     assert record == f"{fp}{grant.transaction_id} 104 104 {grant.outbox_entry_id}"
     assert len(fp) == 16
 

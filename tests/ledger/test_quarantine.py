@@ -197,8 +197,12 @@ async def test_a_written_through_grant_with_a_nul_is_not_durable_then_flushed(
     the flush books it without its text, once."""
     a = acct("wt-nul")
     await lengine.upsert_account(a)
-    args = [ids.new_id(), a, "25", "grant", "gift\x00", "", "", "", "86400000", str(10**15)]
-    keys = lengine.keys.script_keys(a, None)
+    # credit.lua's ARGV as the engine builds it (no refund: spend id and counts empty).
+    args = [
+        ids.new_id(), a, "25", "grant", "gift\x00", "", "", "", "86400000", str(10**15),
+        "", "", "", "604800000",
+    ]  # fmt: skip
+    keys = (*lengine.keys.script_keys(a, None), lengine.keys.refund_count(a, ""))
     reply = unwrap(await lengine.runner.run(lengine.scripts["credit"], keys, args))
     txn_id, entry_id = reply[0], reply[4]
     assert not await ledger.write_through(lengine, a, [entry_id])

@@ -44,7 +44,7 @@ def consume_fingerprint(resource: str, units: int, description: str, metadata: s
 
 
 def credit_fingerprint(
-    amount: int, type: str, description: str, metadata: str, refund_of: str | None = None
+    amount: int, type: str, description: str, metadata: str, refund_of: str = ""
 ) -> str:
     """A credit's fingerprint (grant, earn, refund, adjust; a refund names its spend)."""
     return validate.fingerprint("credit", amount, type, description, metadata, refund_of)
