@@ -24,6 +24,8 @@
         ├── RefundNotCounted           Redis holds no count of the spend's refunds (503):
         │                              the caller counts them in the ledger and retries
         └── BackendUnavailable         Redis or Postgres did not answer          (503)
+            └── LedgerUnavailable      the answer needs Postgres, which did not answer;
+                                       nothing was done                          (503)
 
 Each class carries a stable ``code`` (the ``code`` of the HTTP problem document) and an
 ``http_status``; the HTTP layer maps them in one place and nothing else needs to know.
@@ -190,3 +192,10 @@ class RefundNotCounted(BackendError):
 
 class BackendUnavailable(BackendError):
     code = "backend_unavailable"
+
+
+class LedgerUnavailable(BackendUnavailable):
+    """The answer needs PostgreSQL, which did not answer, and nothing was done: the request may
+    be sent again (with the same idempotency key or another) once the ledger is back."""
+
+    code = "ledger_unavailable"

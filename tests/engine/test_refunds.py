@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from tests.conftest import EngineFactory
 from tests.ledger.support import config_text, ledger_rows
-from tests.support.servers import RedisProcess
+from tests.support.servers import RedisProcess, free_port
 
 from quotagate import ids
 from quotagate.config import parse_config
@@ -25,6 +25,7 @@ from quotagate.errors import (
     AdjustBelowFloor,
     IdempotencyConflict,
     InsufficientCredits,
+    LedgerUnavailable,
     RefundExceedsSpend,
     RefundNotCounted,
     SpendNotFound,
@@ -124,6 +125,41 @@ async def test_a_spend_still_in_the_outbox_is_found(
     assert (await refund(lengine, ledger, a, 6, spend)).balance == 1000
     with pytest.raises(RefundExceedsSpend):
         await refund(lengine, ledger, a, 1, spend)
+
+
+async def test_a_spend_still_in_the_outbox_is_counted_without_the_ledger(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    """While the spend waits in the outbox so do all its refunds: PostgreSQL is not needed."""
+    a = acct("no-ledger")
+    spend = await _spend(lengine, ledger, a, 8)
+    assert (await refund(lengine, None, a, 5, spend)).balance == 997
+    await lengine.redis.delete(lengine.keys.refund_count(a, spend))  # as when the count expires
+    with pytest.raises(RefundExceedsSpend) as refused:
+        await refund(lengine, None, a, 4, spend)
+    assert (refused.value.extra["cost"], refused.value.extra["refunded"]) == (8, 5)
+    assert (await refund(lengine, None, a, 3, spend)).balance == 1000
+
+
+async def test_a_flushed_spend_is_not_refunded_while_the_ledger_is_down(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    """Counting a spend that left the outbox needs PostgreSQL: without it, a clear 503 and
+    nothing done, and the same refund goes through once the ledger is back."""
+    a = acct("ledger-down")
+    spend = await _spend(lengine, ledger, a, 8)
+    await flush_all(lengine, ledger)
+    down = await Ledger.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    try:
+        before = await _outbox_len(lengine, a)
+        for unreachable in (None, down):
+            with pytest.raises(LedgerUnavailable, match="nothing was done"):
+                await refund(lengine, unreachable, a, 5, spend, idempotency_key="rf-down")
+        assert (await lengine.get_account(a)).balance == 992
+        assert await _outbox_len(lengine, a) == before
+    finally:
+        await down.aclose()
+    assert (await refund(lengine, ledger, a, 5, spend, idempotency_key="rf-down")).balance == 997
 
 
 async def test_only_a_spend_of_this_account_may_be_refunded(

@@ -134,3 +134,39 @@ async def test_the_worker_lives_through_postgres_down_during_flushes(
         finally:
             await ledger.aclose()
     assert {a: s.credits for a, s in snapshots.items()} == dict.fromkeys(accounts, 99)
+
+
+async def test_a_worker_started_while_postgres_is_down_waits_for_it(
+    redis_server: RedisProcess, make_engine: EngineFactory, key_prefix: str, tmp_path: Path
+) -> None:
+    """A worker (re)started during an outage, as a supervisor would, does not exit: it says
+    once that it waits, and flushes once PostgreSQL is back."""
+    engine = await make_engine(CONFIG, url=redis_server.url)
+    accounts = [f"late-{i}" for i in range(5)]
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    with postgres_process() as pg:
+        await asyncio.to_thread(upgrade, pg.url)
+        pg.stop()
+        env = quotagate_env(redis_server.url, pg.url, key_prefix, config)
+        worker = QuotagateProcess(["worker"], env, tmp_path / "worker.log")
+        scheduler = QuotagateProcess(["scheduler"], env, tmp_path / "scheduler.log")
+        try:
+            for a in accounts:
+                await engine.upsert_account(a)
+            await _charge(engine, accounts)
+            await asyncio.sleep(5)
+            assert worker.alive(), worker.output()
+            assert worker.output().count("waiting for PostgreSQL") == 1, worker.output()
+            pg.start()
+            await _drained(engine, [worker, scheduler], 60)
+            assert "PostgreSQL answers after" in worker.output()
+        finally:
+            scheduler.stop()
+            worker.stop()
+        ledger = await Ledger.connect(pg.url)
+        try:
+            snapshots = await ledger.snapshots(accounts)
+        finally:
+            await ledger.aclose()
+    assert {a: s.credits for a, s in snapshots.items()} == dict.fromkeys(accounts, 99)

@@ -16,11 +16,6 @@ from tests.simulation.runner import replay_command, run_seed
 from tests.simulation.world import FAULT_MIX, Options, World
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug the simulation found: a credit retried while PostgreSQL is down can go "
-    "unanswered (replay: scripts/simulate --seed 12 --steps 150)",
-)
 def test_a_short_seeded_run_keeps_every_acknowledged_answer() -> None:
     options = Options(seed=12, steps=150, fault_rate=0.08, checkpoint_every=75, workers=1)
     options.fault_mix = dict.fromkeys(FAULT_MIX, 1)  # each fault as likely as the others

@@ -21,6 +21,10 @@ import httpx
 UNKNOWN_STATUSES = frozenset({502, 503, 504})
 """Statuses after which a write may or may not have run."""
 
+DEFINITE_CODES = frozenset({"account_not_loaded", "ledger_unavailable"})
+"""503s that say nothing was done: the account awaits recovery, or the answer needs the
+ledger, which is down."""
+
 SETTLE_ATTEMPTS = 60
 SETTLE_PAUSE_SECONDS = 0.25
 
@@ -83,7 +87,7 @@ class Gateways:
         except httpx.TransportError:
             return None
         parsed = response.json() if response.content else {}
-        if response.status_code in UNKNOWN_STATUSES and parsed.get("code") != "account_not_loaded":
+        if response.status_code in UNKNOWN_STATUSES and parsed.get("code") not in DEFINITE_CODES:
             return None
         replayed = response.headers.get("Idempotent-Replayed") == "true"
         return Answer(response.status_code, parsed, replayed)

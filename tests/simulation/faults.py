@@ -49,6 +49,8 @@ async def restart_redis(world: World) -> list[str]:
 
 
 async def flushall_after_flush(world: World) -> list[str]:
+    if world.postgres_down:
+        return []  # the flush (and recovery after it) needs PostgreSQL
     await asyncio.to_thread(world.cluster.cli, "flush")
     return await flushall_and_recover(world, lossy=False)
 

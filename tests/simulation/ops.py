@@ -190,7 +190,9 @@ def acknowledge_credit(world: World, answer: Answer, kind: str) -> None:
 async def refund(world: World) -> list[str]:
     account = pick_any(world)
     if not world.named_refunds:
-        return await credit_refund(world, account, {"amount": world.rng.randint(1, 30)}, True)
+        fields = {"amount": world.rng.randint(1, 30)}
+        touched, _ = await credit_refund(world, account, fields, True)
+        return touched
     spends = [(t, s) for t, s in world.model.spends.items() if s.account_id == account.account_id]
     if not spends:
         return []
@@ -198,27 +200,37 @@ async def refund(world: World) -> list[str]:
     left = spend.charged - spend.refunded
     over = world.rng.random() < 0.2 or left == 0
     amount = left + world.rng.randint(1, 5) if over else world.rng.randint(1, left)
-    answer = await credit_refund(world, account, {"amount": amount, "refund_of": txn}, not over)
-    if not over:
+    fields = {"amount": amount, "refund_of": txn}
+    touched, applied = await credit_refund(world, account, fields, not over)
+    if applied:
         spend.refunded += amount
-    return answer
+    return touched
 
 
 async def credit_refund(
     world: World, account: AccountModel, fields: dict[str, Any], allowed: bool
-) -> list[str]:
+) -> tuple[list[str], bool]:
+    """The refund, checked against the model; whether it was applied."""
     body = {**fields, "type": "refund"}
     answer, key = await write(world, account.account_id, "/credits", body)
     world.note(f"refund {fields} to {account.account_id} -> {answer.status}")
+    if answer.code == "ledger_unavailable":
+        # A spend that left the outbox is counted in the ledger: refused while it is down.
+        world.expect(
+            world.postgres_down, "ledger_unavailable only while PostgreSQL is down", answer
+        )
+        world.expect(answer.status == 503, "ledger_unavailable is a 503", answer)
+        world.stats["refunds_refused_ledger_down"] += 1
+        return [account.account_id], False
     if not allowed:
         world.expect(400 <= answer.status < 500, "a refund above what its spend charged", answer)
-        return [account.account_id]
+        return [account.account_id], False
     world.expect(answer.status == 200, f"a refund of {fields}", answer)
     world.expect(answer.body["balance"] == account.balance + body["amount"], "balance", answer)
     account.purchased += body["amount"]
     acknowledge_credit(world, answer, "refund")
     remember(world, account.account_id, "/credits", body, key, answer)
-    return [account.account_id]
+    return [account.account_id], True
 
 
 # -- holds ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ _TITLES = {
     "rate_limited": "Rate limited",
     "payload_too_large": "Request body too large",
     "backend_unavailable": "Backend unavailable",
+    "ledger_unavailable": "Ledger unavailable; nothing was done",
     "account_not_loaded": "Account not loaded; recovery pending",
     "internal_error": "Internal error",
 }

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 import click
 
 from quotagate.cli.output import emit_json, table
@@ -71,15 +72,17 @@ def migrate() -> None:
 def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
     """Run an RQ worker on the flush queue, then the jobs queue.
 
-    Refuses to start on a ledger database that is behind. Jobs run in this process
-    (no fork per job), reusing one event loop, Redis client and PostgreSQL pool.
+    Refuses to start on a ledger database that is behind. Started while PostgreSQL is down,
+    it waits for it (as it rides out an outage later); with --burst it stops with exit 3.
+    Jobs run in this process (no fork per job), reusing one event loop, Redis client and
+    PostgreSQL pool.
     """
     from quotagate.jobs import queues, runtime
     from quotagate.jobs.worker import LedgerWorker
 
     settings = Settings.from_env()
     rt = runtime.install(settings)
-    rt.run(_check_ready(rt))
+    rt.run(_check_ready(rt) if burst else _wait_until_ready(rt))
     conn = queues.connection(settings)
     w = LedgerWorker(queues.worker_queues(settings, conn), connection=conn, name=name)
     w.work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
@@ -88,6 +91,33 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
 async def _check_ready(rt: WorkerRuntime) -> None:
     ledger = await rt.ledger()
     await ledger.ensure_current()
+
+
+POSTGRES_WAIT_FIRST_SECONDS = 0.5
+POSTGRES_WAIT_MAX_SECONDS = 5.0
+"""Waits between attempts to reach PostgreSQL at start: doubling from the first to the max."""
+
+
+async def _wait_until_ready(rt: WorkerRuntime) -> None:
+    """:func:`_check_ready`, tried until PostgreSQL answers: one line when it does not, one
+    when it does (a database that is missing or behind still stops the worker)."""
+    delay, started = POSTGRES_WAIT_FIRST_SECONDS, time.monotonic()
+    waited = False
+    while True:
+        try:
+            await _check_ready(rt)
+        except BackendUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
+                raise  # the server answers: waiting will not make the database
+            if not waited:
+                click.echo(f"waiting for PostgreSQL to answer ({exc}); retrying", err=True)
+                waited = True
+            await asyncio.sleep(delay)
+            delay = min(POSTGRES_WAIT_MAX_SECONDS, delay * 2)
+            continue
+        if waited:
+            click.echo(f"PostgreSQL answers after {time.monotonic() - started:.0f} s", err=True)
+        return
     engine = await rt.engine()
     try:
         await engine.redis.ping()

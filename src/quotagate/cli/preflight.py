@@ -70,7 +70,8 @@ NEEDS: Mapping[str, Needs] = {
     "keys list": Needs(postgres="required"),
     "keys revoke": _LEDGER,
     "migrate": Needs(postgres="server"),
-    "worker": Needs(redis="required", queue="required", postgres="required"),
+    # A worker waits for a PostgreSQL that is down (`--burst` stops on it, in the command).
+    "worker": Needs(redis="required", queue="required", postgres="optional"),
     "flush": _DATA_AND_LEDGER,
     "status": Needs(redis="required", postgres="optional"),
     "renew": Needs(redis="required", queue="optional"),

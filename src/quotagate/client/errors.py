@@ -61,6 +61,7 @@ _BY_CODE: dict[str, Factory] = {
     "idempotency_conflict": _plain(errors.IdempotencyConflict),
     "account_not_loaded": _plain(errors.AccountNotLoaded),
     "backend_unavailable": _plain(errors.BackendUnavailable),
+    "ledger_unavailable": _plain(errors.LedgerUnavailable),
     "unauthorized": _plain(http_errors.Unauthorized),
     "forbidden": _plain(http_errors.Forbidden),
     "not_found": _plain(http_errors.NotFound),

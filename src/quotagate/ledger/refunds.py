@@ -8,15 +8,19 @@ and was recovered) the script answers RefundNotCounted, and :func:`refund` count
 here, from the outbox and the ledger, and runs the script again with that count. A count made
 meanwhile by a concurrent refund is in Redis by then, and the script keeps it over ours.
 
-Counting reads the outbox first and then the ledger, in one snapshot, and takes each
-transaction id once: a refund flushed between the two reads is found in the ledger, one
-written through is in both. Every refund is in the outbox before it reaches the ledger, so
-none is missed.
+Counting reads the outbox first. The flush trims a partition's outbox only from its oldest end,
+and a spend's refunds come after the spend in its account's partition: while the spend itself
+still waits in the outbox, so does every refund of it, and the outbox alone is the whole count
+(no PostgreSQL needed, so such refunds go on during a ledger outage). Otherwise the count reads
+the ledger too, in one snapshot, and takes each transaction id once: a refund flushed between
+the two reads is found in the ledger, one written through is in both. Every refund is in the
+outbox before it reaches the ledger, so none is missed.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,7 +28,12 @@ import asyncpg
 
 from quotagate.engine import CreditEngine
 from quotagate.engine.results import CreditResult, RefundCount
-from quotagate.errors import BackendUnavailable, RefundNotCounted, SpendNotFound
+from quotagate.errors import (
+    BackendUnavailable,
+    LedgerUnavailable,
+    RefundNotCounted,
+    SpendNotFound,
+)
 from quotagate.ledger.ledger import Ledger
 from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entry
 from quotagate.ledger.postgres import in_transaction
@@ -65,8 +74,8 @@ async def refund(
 
     Raises ValidationError (bad input; ``refund_of`` missing), SpendNotFound (no such spend
     on this account: unknown, another account's, or not a spend), RefundExceedsSpend, and
-    BackendUnavailable when the spend must be counted and the ledger (``None``: not
-    connected) cannot answer.
+    LedgerUnavailable when the spend must be counted in the ledger and the ledger (``None``:
+    not connected) cannot answer (nothing was done), and BackendUnavailable when Redis cannot.
     """
 
     async def credit(counted: RefundCount | None) -> CreditResult:
@@ -79,25 +88,50 @@ async def refund(
         return await credit(None)
     except RefundNotCounted:
         pass
-    if ledger is None:
-        raise BackendUnavailable(
-            "this spend's refunds are counted in the ledger (PostgreSQL), which is unavailable"
-        )
     assert refund_of is not None, "the engine refuses a refund without refund_of"
     spend_id = str(uuid.UUID(refund_of))  # as the engine named its count: the canonical form
     return await credit(await count_refunds(engine, ledger, account_id, spend_id))
 
 
 async def count_refunds(
-    engine: CreditEngine, ledger: Ledger, account_id: str, spend_id: str
+    engine: CreditEngine, ledger: Ledger | None, account_id: str, spend_id: str
 ) -> RefundCount:
-    """The spend's cost and what its refunds returned so far, from the outbox and the ledger.
+    """The spend's cost and what its refunds returned so far, from the outbox and, unless the
+    spend is still in the outbox, the ledger.
 
     ``spend_id`` in canonical form (the engine's check makes it so).
     """
     pending = {t.id: t for t in await _outbox_transactions(engine, account_id, spend_id)}
+    spend = pending.get(spend_id)
+    if spend is not None:
+        return _count(spend, pending.values(), account_id, spend_id)
+    if ledger is None:
+        raise LedgerUnavailable(_LEDGER_NEEDED + "it is not connected")
+    try:
+        spend, refunds = await in_transaction(
+            ledger.pool, _ledger_reader(account_id, spend_id), isolation="repeatable_read",
+            readonly=True,
+        )  # fmt: skip
+    except BackendUnavailable as exc:
+        raise LedgerUnavailable(_LEDGER_NEEDED + str(exc)) from exc
+    by_id = {t.id: t for t in pending.values()}
+    by_id.update((t.id, t) for t in refunds)
+    return _count(spend, by_id.values(), account_id, spend_id)
 
-    async def read(conn: asyncpg.Connection) -> tuple[_Txn | None, list[_Txn]]:
+
+_LEDGER_NEEDED = (
+    "this spend left the outbox, so its refunds are counted in the ledger (PostgreSQL), "
+    "and nothing was done: "
+)
+
+
+_LedgerRead = tuple[_Txn | None, list[_Txn]]
+
+
+def _ledger_reader(
+    account_id: str, spend_id: str
+) -> Callable[[asyncpg.Connection], Awaitable[_LedgerRead]]:
+    async def read(conn: asyncpg.Connection) -> _LedgerRead:
         row = await conn.fetchrow(SPEND_SQL, spend_id)
         spend = (
             None if row is None else _Txn(spend_id, row["account_id"], row["type"], row["amount"])
@@ -105,10 +139,13 @@ async def count_refunds(
         rows = await conn.fetch(REFUNDS_SQL, spend_id, account_id)
         return spend, [_Txn(r["id"], account_id, "refund", r["amount"]) for r in rows]
 
-    spend, refunds = await in_transaction(
-        ledger.pool, read, isolation="repeatable_read", readonly=True
-    )
-    spend = spend or pending.get(spend_id)
+    return read
+
+
+def _count(
+    spend: _Txn | None, transactions: Iterable[_Txn], account_id: str, spend_id: str
+) -> RefundCount:
+    """The count from the spend and the transactions seen (each id once), or SpendNotFound."""
     if (
         spend is None
         or spend.account_id != account_id
@@ -116,9 +153,8 @@ async def count_refunds(
         or spend.amount >= 0
     ):
         raise SpendNotFound(f"no spend {spend_id} on this account", field="refund_of")
-    by_id = {t.id: t for t in pending.values() if t.type == "refund"}
-    by_id.update((t.id, t) for t in refunds)
-    return RefundCount(cost=-spend.amount, refunded=sum(t.amount for t in by_id.values()))
+    refunded = sum(t.amount for t in transactions if t.type == "refund" and t.id != spend_id)
+    return RefundCount(cost=-spend.amount, refunded=refunded)
 
 
 async def _outbox_transactions(engine: CreditEngine, account_id: str, spend_id: str) -> list[_Txn]:
