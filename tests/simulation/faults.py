@@ -75,7 +75,14 @@ async def flushall_and_recover(world: World, *, lossy: bool) -> list[str]:
         restored = await world.engine.get_account(event.account_id)
         world.model.accounts[event.account_id].status = restored.status
     world.model.forget_holds()
-    if not world.options.idempotency_after_recovery:
+    if world.options.idempotency_after_recovery:
+        # Recovery rebuilds the records of the ledger's consumes, credits and captures; holds
+        # and releases are not in the ledger, and neither are their records.
+        world.model.remembered = [r for r in world.model.remembered if r.path.endswith(
+            ("/consume", "/credits", "/capture"))]  # fmt: skip
+        for remembered in world.model.remembered:
+            remembered.rebuilt = True
+    else:
         world.model.remembered.clear()
         for account in world.model.accounts.values():
             account.renewed_period = None

@@ -79,6 +79,13 @@ class Remembered:
     key: str
     scope: str
     answer: dict[str, Any]
+    rebuilt: bool = False
+    """Redis lost the record and recovery rebuilt it from the ledger row: the answer replays,
+    but its available credits count no holds (the holds were lost with Redis)."""
+
+    @property
+    def capture(self) -> bool:
+        return self.path.endswith("/capture")
 
 
 @dataclass

@@ -54,8 +54,8 @@ def replay_command(options: Options) -> str:
         f"--gateways {options.gateways}", f"--workers {options.workers}",
         f"--refunds {options.refunds}",
     ]  # fmt: skip
-    if options.idempotency_after_recovery:
-        parts.append("--idempotency-after-recovery")
+    if not options.idempotency_after_recovery:
+        parts.append("--no-idempotency-after-recovery")
     return " ".join(parts)
 
 
@@ -187,8 +187,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, choices=(1, 2, 3))
     parser.add_argument("--refunds", choices=("auto", "named", "plain"), default="auto")
     parser.add_argument(
-        "--idempotency-after-recovery", action="store_true",
-        help="retry keys from before a FLUSHALL and recovery, and expect their first answers",
+        "--idempotency-after-recovery", action=argparse.BooleanOptionalAction, default=True,
+        help="retry keys from before a FLUSHALL and recovery, and expect their first answers "
+        "(on by default)",
     )  # fmt: skip
     return parser.parse_args(argv)
 

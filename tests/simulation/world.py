@@ -43,8 +43,8 @@ class Options:
     refunds: str = "auto"
     """"named" sends refund_of and expects the cap, "plain" does not, "auto" asks the
     gateway's OpenAPI document whether refunds take refund_of."""
-    idempotency_after_recovery: bool = False
-    """Retry keys from before a FLUSHALL and recovery, and expect their first answers."""
+    idempotency_after_recovery: bool = True
+    """Retry keys from before a FLUSHALL and recovery, and expect what recovery rebuilt."""
     op_mix: dict[str, int] = field(default_factory=lambda: dict(OP_MIX))
     fault_mix: dict[str, int] = field(default_factory=lambda: dict(FAULT_MIX))
 
