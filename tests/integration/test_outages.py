@@ -155,7 +155,12 @@ async def test_a_worker_started_while_postgres_is_down_waits_for_it(
             for a in accounts:
                 await engine.upsert_account(a)
             await _charge(engine, accounts)
-            await asyncio.sleep(5)
+            deadline = time.monotonic() + 60  # a loaded machine starts Python slowly
+            while "waiting for PostgreSQL" not in worker.output():
+                assert worker.alive(), worker.output()
+                assert time.monotonic() < deadline, worker.output()
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(3)  # more attempts meanwhile, and still one line
             assert worker.alive(), worker.output()
             assert worker.output().count("waiting for PostgreSQL") == 1, worker.output()
             pg.start()

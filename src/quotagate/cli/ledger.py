@@ -89,8 +89,24 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
 
 
 async def _check_ready(rt: WorkerRuntime) -> None:
+    await _check_ledger(rt)
+    await _check_redis(rt)
+
+
+async def _check_ledger(rt: WorkerRuntime) -> None:
     ledger = await rt.ledger()
     await ledger.ensure_current()
+
+
+async def _check_redis(rt: WorkerRuntime) -> None:
+    engine = await rt.engine()
+    try:
+        await engine.redis.ping()
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"Redis at {redact(str(rt.settings.redis_url))} did not answer: {exc}"
+        ) from None
+    await check_layout(engine)
 
 
 POSTGRES_WAIT_FIRST_SECONDS = 0.5
@@ -99,13 +115,14 @@ POSTGRES_WAIT_MAX_SECONDS = 5.0
 
 
 async def _wait_until_ready(rt: WorkerRuntime) -> None:
-    """:func:`_check_ready`, tried until PostgreSQL answers: one line when it does not, one
-    when it does (a database that is missing or behind still stops the worker)."""
+    """:func:`_check_ready`, with the ledger's part tried until PostgreSQL answers: one line
+    when it does not, one when it does (a database that is missing or behind still stops
+    the worker)."""
     delay, started = POSTGRES_WAIT_FIRST_SECONDS, time.monotonic()
     waited = False
     while True:
         try:
-            await _check_ready(rt)
+            await _check_ledger(rt)
         except BackendUnavailable as exc:
             if isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
                 raise  # the server answers: waiting will not make the database
@@ -117,15 +134,8 @@ async def _wait_until_ready(rt: WorkerRuntime) -> None:
             continue
         if waited:
             click.echo(f"PostgreSQL answers after {time.monotonic() - started:.0f} s", err=True)
+        await _check_redis(rt)
         return
-    engine = await rt.engine()
-    try:
-        await engine.redis.ping()
-    except Exception as exc:
-        raise BackendUnavailable(
-            f"Redis at {redact(str(rt.settings.redis_url))} did not answer: {exc}"
-        ) from None
-    await check_layout(engine)
 
 
 @click.command()
