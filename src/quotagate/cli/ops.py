@@ -24,10 +24,10 @@ from quotagate.cli.ops_support import (
 )
 from quotagate.cli.output import emit_json, table
 from quotagate.engine import current_period
-from quotagate.errors import ValidationError
+from quotagate.errors import RecoveryRefused, ValidationError
 from quotagate.jobs.expire import expire_all_async
 from quotagate.jobs.reconcile import Drift, Report, reconcile_async
-from quotagate.jobs.recover import RecoveryRefused, ledger_account_count, recover_async
+from quotagate.jobs.recover import ledger_account_count, recover_async
 from quotagate.jobs.renew import RenewTally, check_period, renew_all_async
 from quotagate.jobs.repair import Repair, repair_account
 from quotagate.settings import Settings
