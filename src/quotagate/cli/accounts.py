@@ -24,6 +24,9 @@ from quotagate.ledger.refunds import refund
 
 LIST_MAX = 1000
 
+_CREDIT_NAMES = {"grant": "a grant", "earn": "an earning", "refund": "a refund"}
+"""The credits that add, as a sentence names them."""
+
 
 @click.group()
 def accounts() -> None:
@@ -241,7 +244,7 @@ def grant(
     """
     if amount < 0 and kind != "adjust":
         raise ValidationError(
-            f"a {kind} adds credits; to take {-amount} away, make it an adjustment: "
+            f"{_CREDIT_NAMES[kind]} adds credits; to take {-amount} away, make it an adjustment: "
             f"`quotagate grant --type adjust {account_id} -- {amount}`"
         )
 
