@@ -31,20 +31,31 @@
     │   ├── ScriptError                a Lua script failed in Redis: a bug       (500)
     │   ├── RecoveryRefused            the outboxes hold entries the ledger lacks (409)
     │   ├── StackError                 a part of `quotagate up` failed or stopped
-    │   └── ApiError                   the client got a problem code it does not know
+    │   ├── ApiError                   the client got a problem code it does not know
+    │   └── HttpError                  a request the gateway refuses before the engine sees it
+    │       ├── Unauthorized           no API key, or one we do not know         (401)
+    │       ├── Forbidden              the key lacks the scope                   (403)
+    │       ├── NotFound               no such endpoint                          (404)
+    │       ├── MethodNotAllowed       the endpoint exists, the method does not  (405)
+    │       ├── PayloadTooLarge        the body is above the cap                 (413)
+    │       └── InvalidPath            a proxied path the hook will not price    (400)
     ├── OutboxEntryInvalid             an outbox entry the ledger cannot read
     ├── KeysRefreshing                 a token's signing key is being fetched: ask again
     └── NoRedisTransport               the Redis client has no socket to take over
     BaseException
-    └── StopRequested                  a signal asked `quotagate up` to stop
+    └── StackStopRequested             a signal asked `quotagate up` to stop
+
+``HttpError`` and its subclasses are the one part defined elsewhere, in
+:mod:`quotagate.api.errors` (``InvalidPath`` in :mod:`quotagate.api.priced_path`), beside the
+HTTP layer that raises them.
 
 Each :class:`QuotagateError` carries a stable ``code`` (the ``code`` of the HTTP problem
 document) and an ``http_status``; the HTTP layer maps them in one place and nothing else needs
-to know. The classes outside it are signals between two parts of quotagate, caught by the part
-that waits for them and never shown to a caller as an answer: an invalid outbox entry is
-quarantined by the flush, a key fetch is awaited by the token check, a missing socket makes the
-script batcher use the connection pool, and a stop request unwinds `quotagate up` from a signal
-handler (a BaseException, so that no ``except Exception`` on the way swallows it).
+to know. The classes outside QuotagateError are signals between two parts of quotagate, caught
+by the part that waits for them and never shown to a caller as an answer: an invalid outbox
+entry is quarantined by the flush, a key fetch is awaited by the token check, a missing socket
+makes the script batcher use the connection pool, and a stop request unwinds `quotagate up`
+from a signal handler (a BaseException, so that no ``except Exception`` on the way swallows it).
 """
 
 from __future__ import annotations
@@ -270,5 +281,5 @@ class NoRedisTransport(Exception):
     """The Redis client's connections have no asyncio transport to take over (fakeredis)."""
 
 
-class StopRequested(BaseException):
+class StackStopRequested(BaseException):
     """Raised from a signal handler: leave whatever we are doing and take the stack down."""

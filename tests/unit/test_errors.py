@@ -16,10 +16,11 @@ from quotagate import errors
 PACKAGE = Path(quotagate.__file__).parent
 
 ELSEWHERE: dict[str, str] = {
-    "quotagate.api.errors": "the HTTP layer's refusals, whose mapping is being reworked",
-    "quotagate.api.priced_path": "InvalidPath derives from quotagate.api.errors.HttpError",
+    "quotagate.api.errors": "HttpError and its subclasses, beside the HTTP layer",
+    "quotagate.api.priced_path": "InvalidPath, an HttpError",
 }
-"""Modules still allowed to define exception classes, and why."""
+"""The modules besides quotagate.errors that define exception classes (its docstring says so,
+and draws theirs too)."""
 
 
 def _module_name(path: Path) -> str:
@@ -88,12 +89,15 @@ def _drawn_parents(doc: str) -> dict[str, str | None]:
 
 
 def _public_exceptions() -> dict[str, type[BaseException]]:
+    """The exception classes of quotagate.errors and of the modules in ELSEWHERE, by name."""
+    modules = [errors, *(importlib.import_module(name) for name in ELSEWHERE)]
     return {
         name: value
-        for name, value in vars(errors).items()
+        for module in modules
+        for name, value in vars(module).items()
         if inspect.isclass(value)
         and issubclass(value, BaseException)
-        and value.__module__ == errors.__name__
+        and value.__module__ == module.__name__
     }
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from quotagate.cli.ops_support import Backends, fields, iso, json_option, ready_engine, run
+from quotagate.cli.backends import Backends, ready_engine, run
+from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
 from quotagate.engine.results import Account
 from quotagate.engine.validate import CREDIT_TYPES
@@ -127,7 +128,7 @@ def update(
     async def exists(b: Backends) -> None:
         await b.engine.get_account(account_id)  # AccountNotFound: exit 2, nothing written
 
-    run(exists, database=False)
+    run(exists, ledger=None)
     out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=False)
     _print_upsert(out, as_json)
 
@@ -151,7 +152,7 @@ def show(account_id: str, as_json: bool) -> None:
     async def work(b: Backends) -> Account:
         return await b.engine.get_account(account_id)
 
-    account = run(work, database=False)
+    account = run(work, ledger=None)
     if as_json:
         emit_json(_account_dict(account))
         return

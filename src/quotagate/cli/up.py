@@ -13,7 +13,7 @@ import click
 from quotagate.cli.output import emit_json
 from quotagate.embedded.datadir import default_data_dir
 from quotagate.embedded.stack import LocalStack, StackInfo
-from quotagate.errors import StackError, StopRequested
+from quotagate.errors import StackError, StackStopRequested
 from quotagate.settings import Settings, redact
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -21,7 +21,7 @@ _WATCH_INTERVAL_SECONDS = 0.25
 
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:
-    raise StopRequested(signum)
+    raise StackStopRequested(signum)
 
 
 @click.command("up")
@@ -59,7 +59,7 @@ def up(port: int, data_dir: Path | None, as_json: bool) -> None:
             if gone is not None:
                 code = gone.proc.returncode
                 raise StackError(f"the {gone.name} stopped on its own (status {code})")
-    except StopRequested:
+    except StackStopRequested:
         pass
     except StackError as exc:
         failure = exc
