@@ -1,39 +1,69 @@
-"""Every error quotagate raises on purpose, in one tree.
+"""Every exception class quotagate defines, in one tree.
 
-    QuotagateError
-    ├── ConfigError                    the config file or an environment setting is wrong
-    ├── ValidationError                bad input: nothing was written            (422)
-    │   ├── InvalidAmount              amount/units not an integer in 1..10^12  (422)
-    │   ├── InvalidAccountId           id outside 1-128 chars of A-Za-z0-9._:@- (422)
-    │   ├── UnknownResource            resource not in the config               (422)
-    │   ├── UnknownTier                tier not in the config                    (422)
-    │   └── BalanceLimitExceeded       the change would pass MAX_BALANCE         (422)
-    ├── CreditError                    a well-formed request the books refuse
-    │   ├── InsufficientCredits        available < required                      (402)
-    │   ├── RateLimited                the tier's request rate is exceeded       (429)
-    │   ├── AccountNotFound            no such account                           (404)
-    │   ├── AccountBanned              the account is banned                     (403)
-    │   ├── HoldNotFound               unknown, captured, released or expired    (404)
-    │   ├── CaptureExceedsHold         capture amount above the held amount      (422)
-    │   ├── SpendNotFound              refund_of names no spend of this account  (404)
-    │   ├── RefundExceedsSpend         the spend's refunds would pass its cost   (409)
-    │   ├── AdjustBelowFloor           a debit would take available below zero   (422)
-    │   └── IdempotencyConflict        same key, different request               (409)
-    └── BackendError                   a backend could not do its part           (503)
-        ├── AccountNotLoaded           Redis lost its data; recovery pending     (503)
-        ├── RefundNotCounted           Redis holds no count of the spend's refunds (503):
-        │                              the caller counts them in the ledger and retries
-        └── BackendUnavailable         Redis or Postgres did not answer          (503)
-            └── LedgerUnavailable      the answer needs Postgres, which did not answer;
-                                       nothing was done                          (503)
+    Exception
+    ├── QuotagateError                 an error raised on purpose, with a code and a status
+    │   ├── ConfigError                the config file or an environment setting is wrong
+    │   │   └── EvictingRedis          Redis may evict quotagate's keys (maxmemory-policy)
+    │   ├── ValidationError            bad input: nothing was written            (422)
+    │   │   ├── InvalidAmount          amount/units not an integer in 1..10^12  (422)
+    │   │   ├── InvalidAccountId       id outside 1-128 chars of A-Za-z0-9._:@- (422)
+    │   │   ├── UnknownResource        resource not in the config               (422)
+    │   │   ├── UnknownTier            tier not in the config                    (422)
+    │   │   └── BalanceLimitExceeded   the change would pass MAX_BALANCE         (422)
+    │   ├── CreditError                a well-formed request the books refuse
+    │   │   ├── InsufficientCredits    available < required                      (402)
+    │   │   ├── RateLimited            the tier's request rate is exceeded       (429)
+    │   │   ├── AccountNotFound        no such account                           (404)
+    │   │   ├── AccountBanned          the account is banned                     (403)
+    │   │   ├── HoldNotFound           unknown, captured, released or expired    (404)
+    │   │   ├── CaptureExceedsHold     capture amount above the held amount      (422)
+    │   │   ├── SpendNotFound          refund_of names no spend of this account  (404)
+    │   │   ├── RefundExceedsSpend     the spend's refunds would pass its cost   (409)
+    │   │   ├── AdjustBelowFloor       a debit would take available below zero   (422)
+    │   │   └── IdempotencyConflict    same key, different request               (409)
+    │   ├── BackendError               a backend could not do its part           (503)
+    │   │   ├── AccountNotLoaded       Redis lost its data; recovery pending     (503)
+    │   │   ├── RefundNotCounted       Redis holds no count of the spend's refunds (503):
+    │   │   │                          the caller counts them in the ledger and retries
+    │   │   └── BackendUnavailable     Redis or Postgres did not answer          (503)
+    │   │       └── LedgerUnavailable  the answer needs Postgres, which did not answer;
+    │   │                              nothing was done                          (503)
+    │   ├── ScriptError                a Lua script failed in Redis: a bug       (500)
+    │   ├── RecoveryRefused            the outboxes hold entries the ledger lacks (409)
+    │   ├── StackError                 a part of `quotagate up` failed or stopped
+    │   ├── ApiError                   the client got a problem code it does not know
+    │   └── HttpError                  a request the gateway refuses before the engine sees it
+    │       ├── Unauthorized           no API key, or one we do not know         (401)
+    │       ├── Forbidden              the key lacks the scope                   (403)
+    │       ├── NotFound               no such endpoint                          (404)
+    │       ├── MethodNotAllowed       the endpoint exists, the method does not  (405)
+    │       ├── PayloadTooLarge        the body is above the cap                 (413)
+    │       └── InvalidPath            a proxied path the hook will not price    (400)
+    ├── OutboxEntryInvalid             an outbox entry the ledger cannot read
+    ├── KeysRefreshing                 a token's signing key is being fetched: ask again
+    └── NoRedisTransport               the Redis client has no socket to take over
+    BaseException
+    └── StackStopRequested             a signal asked `quotagate up` to stop
 
-Each class carries a stable ``code`` (the ``code`` of the HTTP problem document) and an
-``http_status``; the HTTP layer maps them in one place and nothing else needs to know.
+``HttpError`` and its subclasses are the one part defined elsewhere, in
+:mod:`quotagate.api.errors` (``InvalidPath`` in :mod:`quotagate.api.priced_path`), beside the
+HTTP layer that raises them.
+
+Each :class:`QuotagateError` carries a stable ``code`` (the ``code`` of the HTTP problem
+document) and an ``http_status``; the HTTP layer maps them in one place and nothing else needs
+to know. The classes outside QuotagateError are signals between two parts of quotagate, caught
+by the part that waits for them and never shown to a caller as an answer: an invalid outbox
+entry is quarantined by the flush, a key fetch is awaited by the token check, a missing socket
+makes the script batcher use the connection pool, and a stop request unwinds `quotagate up`
+from a signal handler (a BaseException, so that no ``except Exception`` on the way swallows it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class QuotagateError(Exception):
@@ -52,6 +82,10 @@ class ConfigError(QuotagateError):
     """The config file or an environment setting is invalid; the message names it."""
 
     code = "config_error"
+
+
+class EvictingRedis(ConfigError):
+    """Redis may evict quotagate's keys (its maxmemory-policy is not noeviction)."""
 
 
 class ValidationError(QuotagateError):
@@ -199,3 +233,53 @@ class LedgerUnavailable(BackendUnavailable):
     be sent again (with the same idempotency key or another) once the ledger is back."""
 
     code = "ledger_unavailable"
+
+
+class ScriptError(QuotagateError):
+    """A script failed in Redis: a bug, never bad input (scripts reply to bad input)."""
+
+    code = "internal_error"
+    http_status = 500
+
+
+class RecoveryRefused(QuotagateError):
+    """The outboxes hold entries the ledger does not have yet; recovering now would lose them."""
+
+    code = "recovery_refused"
+    http_status = 409
+
+
+class StackError(QuotagateError):
+    """A part of the local stack failed to start or stopped on its own."""
+
+    code = "stack_error"
+
+
+class ApiError(QuotagateError):
+    """A problem whose code this client does not map to a class (see ``code``, ``http_status``)."""
+
+    def __init__(self, detail: str, code: str, http_status: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.code = code
+        self.http_status = http_status
+
+
+class OutboxEntryInvalid(Exception):
+    """An outbox entry the ledger cannot read; it is left in the stream."""
+
+
+class KeysRefreshing(Exception):
+    """The token's kid is unknown and the JWKS is being fetched; ask again once ``fetch`` is
+    done. Not a refusal: nothing is answered until then."""
+
+    def __init__(self, fetch: asyncio.Future[None]) -> None:
+        super().__init__("the JWKS is being fetched")
+        self.fetch = fetch
+
+
+class NoRedisTransport(Exception):
+    """The Redis client's connections have no asyncio transport to take over (fakeredis)."""
+
+
+class StackStopRequested(BaseException):
+    """Raised from a signal handler: leave whatever we are doing and take the stack down."""

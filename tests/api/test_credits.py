@@ -175,6 +175,74 @@ def test_bad_credit_writes_nothing(
     assert balance(http, admin, acct) == 1000
 
 
+def _refused_without_a_write(
+    http: httpx.Client, admin: str, body: dict[str, object], code: str
+) -> dict[str, object]:
+    acct = create_account(http, admin)
+    r = http.post(f"/v1/accounts/{acct}/credits", json=body, headers=bearer(admin))
+    problem = assert_problem(r, 422, code)
+    history = http.get(f"/v1/accounts/{acct}/transactions", headers=bearer(admin)).json()
+    assert [t["type"] for t in history["transactions"]] == ["grant"]  # the opening grant only
+    assert balance(http, admin, acct) == 1000
+    return problem
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": -5, "type": "grant"},
+        {"type": "earn", "amount": -5},
+        {"type": "refund", "amount": -1, "refund_of": str(uuid.uuid4())},
+        {"amount": -(10**12)},
+    ],
+)
+def test_a_negative_amount_is_told_it_needs_an_adjustment(
+    http: httpx.Client, api_keys: dict[str, str], body: dict[str, object]
+) -> None:
+    problem = _refused_without_a_write(http, api_keys["admin"], body, "invalid_amount")
+    assert problem["field"] == "amount"
+    assert problem["detail"] == (
+        'a negative amount needs "type": "adjust", and adjustments are made by operators with '
+        "the CLI: `quotagate grant --type adjust ACCOUNT_ID -- -5`; a grant, earn or refund "
+        "takes 1 to 10^12"
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": -5, "type": "adjust"},
+        {"type": "adjust", "amount": -5},
+        {"amount": 5, "type": "adjust"},
+    ],
+)
+def test_an_adjustment_is_refused_for_its_type(
+    http: httpx.Client, api_keys: dict[str, str], body: dict[str, object]
+) -> None:
+    problem = _refused_without_a_write(http, api_keys["admin"], body, "invalid_request")
+    assert problem["field"] == "type"
+    assert problem["detail"] == (
+        '"type": "adjust" is not taken over HTTP: adjustments, the only credits with a '
+        "negative amount, are made by operators with the CLI: "
+        "`quotagate grant --type adjust ACCOUNT_ID -- -5`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"amount": 0, "type": "grant"}, "Expected `int` >= 1 - at `$.amount`"),
+        ({"type": "spend", "amount": 5}, "Invalid enum value 'spend' - at `$.type`"),
+        ({"amount": -5.5, "type": "grant"}, "Expected `int`, got `float` - at `$.amount`"),
+    ],
+)
+def test_other_bad_amounts_and_types_keep_the_decoders_sentence(
+    http: httpx.Client, api_keys: dict[str, str], body: dict[str, object], detail: str
+) -> None:
+    code = "invalid_request" if "type" in detail else "invalid_amount"
+    assert _refused_without_a_write(http, api_keys["admin"], body, code)["detail"] == detail
+
+
 def test_credit_above_the_balance_cap_is_422(http: httpx.Client, api_keys: dict[str, str]) -> None:
     admin = api_keys["admin"]
     acct = create_account(http, admin)

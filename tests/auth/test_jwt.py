@@ -30,7 +30,7 @@ from quotagate.auth import signing_keys
 from quotagate.auth.identity import TokenIdentity, account_of_request, identity_source
 from quotagate.auth.tokens import TokenVerifier
 from quotagate.config import default_config_text, parse_config
-from quotagate.errors import BackendUnavailable, ConfigError, QuotagateError
+from quotagate.errors import BackendUnavailable, ConfigError, KeysRefreshing, QuotagateError
 from quotagate.settings import Settings
 
 SECRET = "s" * 40
@@ -189,7 +189,7 @@ async def test_a_rotated_key_is_fetched_once_on_its_first_token(
     assert identity.account_of(bearer(old)) == "alice"
     issuer.rotate("k2")
     new = issuer.token("alice")
-    with pytest.raises(signing_keys.KeysRefreshing):
+    with pytest.raises(KeysRefreshing):
         identity.account_of(bearer(new))  # the hook's path: waits for the fetch, asks again
     assert await account_of_request(identity, bearer(new)) == "alice"
     assert await account_of_request(identity, bearer(issuer.token("bob"))) == "bob"

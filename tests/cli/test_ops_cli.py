@@ -95,6 +95,22 @@ def test_a_refund_names_its_spend_and_a_debit_stops_at_the_floor(
     assert debited["balance"] == 0
 
 
+@pytest.mark.parametrize(
+    ("kind", "named"), [("grant", "a grant"), ("earn", "an earning"), ("refund", "a refund")]
+)
+def test_a_negative_credit_points_to_type_adjust(
+    env: dict[str, str], kind: str, named: str
+) -> None:
+    ok(["accounts", "create", "ann", "--tier", "free"], env)
+    assert fails(["grant", "--type", kind, "ann", "--", "-5"], env, 2) == (
+        f"error: {named} adds credits; to take 5 away, make it an adjustment: "
+        "`quotagate grant --type adjust ann -- -5`"
+    )
+    assert ok_json(["accounts", "show", "ann"], env)["balance"] == 100
+    history = ok_json(["history", "ann"], env)["transactions"]
+    assert [t["type"] for t in history] == ["grant"]  # the opening grant only
+
+
 def test_accounts_grant_and_history(env: dict[str, str]) -> None:
     out = ok(["accounts", "create", "ann", "--tier", "pro"], env)
     assert "created account ann" in out and "1000" in out

@@ -16,7 +16,8 @@ from tests.support.gateway import (  # noqa: F401 - fixtures
 )
 from tests.support.servers import RedisProcess
 
-from quotagate.engine.memory import ALLOW_EVICTION_ENV, EvictingRedis, refuse_evicting_servers
+from quotagate.engine.memory import ALLOW_EVICTION_ENV, refuse_evicting_servers
+from quotagate.errors import EvictingRedis
 from quotagate.settings import Secret, Settings
 
 

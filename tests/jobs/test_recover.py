@@ -13,11 +13,15 @@ from tests.support.servers import RedisProcess
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine, current_period
 from quotagate.engine.results import Account
-from quotagate.errors import AccountNotLoaded, IdempotencyConflict, InsufficientCredits
+from quotagate.errors import (
+    AccountNotLoaded,
+    IdempotencyConflict,
+    InsufficientCredits,
+    RecoveryRefused,
+)
 from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.recover import (
     SNAPSHOT_COLUMNS,
-    RecoveryRefused,
     recover_async,
     restore_row,
 )

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from quotagate.errors import OutboxEntryInvalid
 from quotagate.ledger.batch import COPY_COLUMNS, build_batch
-from quotagate.ledger.outbox import OutboxEntryInvalid
 
 TS = 1_700_000_000_123
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from quotagate.errors import OutboxEntryInvalid
 from quotagate.ledger.outbox import (
     AccountEvent,
-    OutboxEntryInvalid,
     TransactionEntry,
     parse_entry,
     stream_position,

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from quotagate import ids
 from quotagate.api.errors import Forbidden, Unauthorized
-from quotagate.auth.signing_keys import KeysRefreshing, SigningKeys, signing_keys
+from quotagate.auth.signing_keys import SigningKeys, signing_keys
 from quotagate.auth.tokens import TokenVerifier
 from quotagate.config import Identity
-from quotagate.errors import QuotagateError
+from quotagate.errors import KeysRefreshing, QuotagateError
 
 __all__ = ["HeaderIdentity", "IdentitySource", "KeysRefreshing", "TokenIdentity"]
 

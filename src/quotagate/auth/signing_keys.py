@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from quotagate.api.errors import Unauthorized
 from quotagate.config import JwtIdentity
-from quotagate.errors import BackendUnavailable, ConfigError
+from quotagate.errors import BackendUnavailable, ConfigError, KeysRefreshing
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ waited for a fetch and still finds no key is refused rather than made to wait ag
 
 MAX_JWKS_BYTES = 1_000_000
 """A JWKS holds a few keys of a few hundred bytes each; anything this large is not one."""
-
-
-class KeysRefreshing(Exception):
-    """The token's kid is unknown and the JWKS is being fetched; ask again once ``fetch`` is
-    done. Not a refusal: nothing is answered until then."""
-
-    def __init__(self, fetch: asyncio.Future[None]) -> None:
-        super().__init__("the JWKS is being fetched")
-        self.fetch = fetch
 
 
 class SigningKeys(Protocol):

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from quotagate.cli.ops_support import Backends, fields, iso, json_option, ready_engine, run
+from quotagate.cli.backends import Backends, ready_engine, run
+from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
 from quotagate.engine.results import Account
 from quotagate.engine.validate import CREDIT_TYPES
@@ -23,6 +24,9 @@ from quotagate.ledger import HistoryPage
 from quotagate.ledger.refunds import refund
 
 LIST_MAX = 1000
+
+_CREDIT_NAMES = {"grant": "a grant", "earn": "an earning", "refund": "a refund"}
+"""The credits that add, as a sentence names them."""
 
 
 @click.group()
@@ -124,7 +128,7 @@ def update(
     async def exists(b: Backends) -> None:
         await b.engine.get_account(account_id)  # AccountNotFound: exit 2, nothing written
 
-    run(exists, database=False)
+    run(exists, ledger=None)
     out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=False)
     _print_upsert(out, as_json)
 
@@ -148,7 +152,7 @@ def show(account_id: str, as_json: bool) -> None:
     async def work(b: Backends) -> Account:
         return await b.engine.get_account(account_id)
 
-    account = run(work, database=False)
+    account = run(work, ledger=None)
     if as_json:
         emit_json(_account_dict(account))
         return
@@ -241,7 +245,7 @@ def grant(
     """
     if amount < 0 and kind != "adjust":
         raise ValidationError(
-            f"a {kind} adds credits; to take {-amount} away, make it an adjustment: "
+            f"{_CREDIT_NAMES[kind]} adds credits; to take {-amount} away, make it an adjustment: "
             f"`quotagate grant --type adjust {account_id} -- {amount}`"
         )
 

@@ -12,35 +12,31 @@ import click
 from quotagate.auth.cache import publish_snapshot
 from quotagate.auth.keys import SCOPES, ApiKey
 from quotagate.auth.store import KeyStore
+from quotagate.cli.backends import Backends, run
 from quotagate.cli.output import emit_json, table
 from quotagate.errors import ValidationError
-from quotagate.settings import Settings
 
 T = TypeVar("T")
 
 
-def _run(work: Callable[[KeyStore, Settings], Awaitable[T]]) -> T:
-    settings = Settings.from_env()
-
-    async def main() -> T:
-        store = KeyStore(settings.database_url)
-        try:
-            return await work(store, settings)
-        finally:
-            await store.aclose()
-
-    return asyncio.run(main())
+PUBLISH_TIMEOUT_SECONDS = 2.0
+"""How long a command waits for Redis to take the key hashes' copy before going on without."""
 
 
-async def _publish(store: KeyStore, settings: Settings) -> None:
+def _run(work: Callable[[KeyStore, Backends], Awaitable[T]]) -> T:
+    async def with_store(b: Backends) -> T:
+        assert b.keys is not None
+        return await work(b.keys, b)
+
+    return run(with_store, ledger=None, keys=True)
+
+
+async def _publish(store: KeyStore, b: Backends) -> None:
     """Refresh the copy of the key hashes in Redis (what a gateway started while Postgres is
     down falls back to). Best effort: running gateways refresh it within seconds anyway."""
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     with contextlib.suppress(Exception):
-        await publish_snapshot(redis, settings.key_prefix, await store.active())
-    await redis.aclose()
+        snapshot = publish_snapshot(b.engine.redis, b.settings.key_prefix, await store.active())
+        await asyncio.wait_for(snapshot, PUBLISH_TIMEOUT_SECONDS)
 
 
 def _row(key: ApiKey) -> dict[str, Any]:
@@ -72,9 +68,9 @@ def keys() -> None:
 def create(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create a key. Its text is printed once and never stored."""
 
-    async def work(store: KeyStore, settings: Settings) -> tuple[ApiKey, str]:
+    async def work(store: KeyStore, b: Backends) -> tuple[ApiKey, str]:
         made = await store.create(name, list(scopes))
-        await _publish(store, settings)
+        await _publish(store, b)
         return made
 
     key, text = _run(work)
@@ -91,7 +87,7 @@ def create(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
 def list_keys(as_json: bool) -> None:
     """List keys (never their text), revoked ones included."""
 
-    async def work(store: KeyStore, settings: Settings) -> list[ApiKey]:
+    async def work(store: KeyStore, b: Backends) -> list[ApiKey]:
         return await store.all()
 
     rows = [_row(k) for k in _run(work)]
@@ -108,10 +104,10 @@ def list_keys(as_json: bool) -> None:
 def revoke(key_id: str) -> None:
     """Revoke a key: every gateway refuses it within a few seconds."""
 
-    async def work(store: KeyStore, settings: Settings) -> ApiKey | None:
+    async def work(store: KeyStore, b: Backends) -> ApiKey | None:
         key = await store.revoke(key_id)
         if key is not None:
-            await _publish(store, settings)
+            await _publish(store, b)
         return key
 
     key = _run(work)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import click
 
+from quotagate.cli.backends import Backends, run
 from quotagate.cli.output import emit_json, table
 from quotagate.cli.pgserver import database_name, ensure_database
-from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
-from quotagate.ledger import Ledger, flush_all, outbox_lag, quarantine
+from quotagate.ledger import flush_all, outbox_lag, quarantine
 from quotagate.ledger.migrate import head_revision, upgrade
 from quotagate.ledger.outbox import check_layout
 from quotagate.settings import Settings, redact
@@ -29,27 +28,10 @@ from quotagate.settings import Settings, redact
 if TYPE_CHECKING:
     from quotagate.jobs.runtime import WorkerRuntime
 
-T = TypeVar("T")
-
 
 def register(cli: click.Group) -> None:
     for command in (migrate, worker, flush, status):
         cli.add_command(command)
-
-
-def _with_backends(settings: Settings, work: Callable[[CreditEngine, Ledger], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine = CreditEngine.from_url(
-            str(settings.redis_url), settings.load_config(), prefix=settings.key_prefix
-        )
-        ledger = await Ledger.connect(str(settings.database_url), max_connections=4)
-        try:
-            return await work(engine, ledger)
-        finally:
-            await ledger.aclose()
-            await engine.aclose()
-
-    return asyncio.run(main())
 
 
 @click.command()
@@ -142,18 +124,17 @@ async def _wait_until_ready(rt: WorkerRuntime) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def flush(as_json: bool) -> None:
     """Flush every partition's outbox into the ledger now, and wait until done."""
-    settings = Settings.from_env()
     started = time.monotonic()
 
-    async def work(engine: CreditEngine, ledger: Ledger) -> list[Any]:
-        await ledger.ensure_current()
-        await check_layout(engine)
+    async def work(b: Backends) -> list[Any]:
+        assert b.ledger is not None
+        await check_layout(b.engine)
         return await flush_all(
-            engine, ledger, batch_size=settings.flush_batch_size,
-            lease_seconds=settings.flush_lease_seconds,
+            b.engine, b.ledger, batch_size=b.settings.flush_batch_size,
+            lease_seconds=b.settings.flush_lease_seconds,
         )  # fmt: skip
 
-    results = _with_backends(settings, work)
+    results = run(work)
     rows = [
         {"partition": r.partition, "batches": r.batches, "inserted": r.inserted,
          "duplicates": r.duplicates, "events": r.events, "deleted": r.deleted}
@@ -188,13 +169,13 @@ def flush(as_json: bool) -> None:
 )
 def status(as_json: bool, show_all: bool) -> None:
     """Entries waiting in each outbox, the oldest's age, and each partition's last flush."""
-    settings = Settings.from_env()
 
-    async def work(engine: CreditEngine, ledger: Ledger) -> dict[str, Any]:
-        lag = await outbox_lag(engine)
+    async def work(b: Backends) -> dict[str, Any]:
+        assert b.ledger is not None
+        lag = await outbox_lag(b.engine)
         try:
-            states: dict[int, Any] | None = await ledger.flush_states()
-            quarantined: int | None = await quarantine.count(ledger.pool)
+            states: dict[int, Any] | None = await b.ledger.flush_states()
+            quarantined: int | None = await quarantine.count(b.ledger.pool)
         except BackendUnavailable:
             states = quarantined = None
         now = datetime.now(UTC)
@@ -219,7 +200,7 @@ def status(as_json: bool, show_all: bool) -> None:
             "partitions": parts,
         }
 
-    report = _with_backends(settings, work)
+    report = run(work, ledger="unchecked")  # without PostgreSQL it still shows the outboxes
     if as_json:
         emit_json(report)
         return

@@ -13,21 +13,14 @@ from typing import Any
 
 import click
 
-from quotagate.cli.ops_support import (
-    EXIT_DRIFT,
-    EXIT_REFUSED,
-    Backends,
-    fail,
-    json_option,
-    progress,
-    run,
-)
+from quotagate.cli.backends import Backends, run
+from quotagate.cli.ops_support import EXIT_DRIFT, EXIT_REFUSED, fail, json_option, progress
 from quotagate.cli.output import emit_json, table
 from quotagate.engine import current_period
-from quotagate.errors import ValidationError
+from quotagate.errors import RecoveryRefused, ValidationError
 from quotagate.jobs.expire import expire_all_async
 from quotagate.jobs.reconcile import Drift, Report, reconcile_async
-from quotagate.jobs.recover import RecoveryRefused, ledger_account_count, recover_async
+from quotagate.jobs.recover import ledger_account_count, recover_async
 from quotagate.jobs.renew import RenewTally, check_period, renew_all_async
 from quotagate.jobs.repair import Repair, repair_account
 from quotagate.settings import Settings
@@ -58,7 +51,7 @@ def renew(period: str | None, enqueue: bool, as_json: bool) -> None:
         with progress(engine.config.partitions, f"renewing {period}", hidden=as_json) as bar:
             return await renew_all_async(engine, period, on_partition=lambda _p, _t: bar.advance())
 
-    tally = run(work, database=False)
+    tally = run(work, ledger=None)
     if as_json:
         emit_json({"period": period, **asdict(tally)})
         return
@@ -216,7 +209,7 @@ def expire_holds(as_json: bool) -> None:
         tally = await expire_all_async(b.engine)
         return asdict(tally)
 
-    result = run(work, database=False)
+    result = run(work, ledger=None)
     if as_json:
         emit_json(result)
     else:

@@ -1,4 +1,5 @@
-"""What the operators' commands share: opening the backends, progress, exit codes, printing.
+"""What the operators' commands share: progress, exit codes, printing (their connections come
+from quotagate.cli.backends).
 
 Exit codes (every operations command):
 
@@ -11,80 +12,18 @@ Exit codes (every operations command):
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from redis import exceptions as redis_errors
-
-from quotagate.engine import CreditEngine
-from quotagate.errors import BackendUnavailable
-from quotagate.jobs.backends import open_engine
-from quotagate.jobs.pg import open_ledger, postgres_errors
-from quotagate.ledger import Ledger
-from quotagate.settings import Settings
-
-T = TypeVar("T")
 
 EXIT_DRIFT = 1
 EXIT_REFUSED = 4
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-
-
-@dataclass
-class Backends:
-    settings: Settings
-    engine: CreditEngine
-    ledger: Ledger | None
-
-
-@asynccontextmanager
-async def backends(*, database: bool = True) -> AsyncIterator[Backends]:
-    """The engine (no start-up: see quotagate.jobs.backends) and, if asked, the ledger on a
-    schema that is current."""
-    settings = Settings.from_env()
-    settings.load_config()  # a bad config file fails here, in one sentence
-    async with open_engine(settings) as engine:
-        if not database:
-            yield Backends(settings, engine, None)
-            return
-        async with open_ledger(settings.database_url) as ledger:
-            yield Backends(settings, engine, ledger)
-
-
-def run(work: Callable[[Backends], Awaitable[T]], *, database: bool = True) -> T:
-    """Run a command's async body; Redis failing outside the engine's scripts (SCAN, reads)
-    is reported like the engine reports it: BackendUnavailable, one sentence, exit 3."""
-
-    async def main() -> T:
-        async with backends(database=database) as b:
-            return await work(b)
-
-    try:
-        return asyncio.run(main())
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-        raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
-
-
-async def ready_engine(b: Backends) -> CreditEngine:
-    """The engine with its tier tables and scripts in Redis, for commands that write.
-
-    A Redis found empty is opened as new only when the ledger has no accounts: otherwise it
-    lost its data, and charges stay refused until `quotagate recover`.
-    """
-    fresh_ok = True
-    if b.ledger is not None:
-        with postgres_errors():
-            async with b.ledger.pool.acquire() as conn:
-                fresh_ok = not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM user_credits)")
-    await b.engine.initialize(allow_fresh=fresh_ok)
-    return b.engine
 
 
 class Progress:

@@ -12,19 +12,16 @@ import click
 
 from quotagate.cli.output import emit_json
 from quotagate.embedded.datadir import default_data_dir
-from quotagate.embedded.stack import LocalStack, StackError, StackInfo
+from quotagate.embedded.stack import LocalStack, StackInfo
+from quotagate.errors import StackError, StackStopRequested
 from quotagate.settings import Settings, redact
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _WATCH_INTERVAL_SECONDS = 0.25
 
 
-class _StopRequested(BaseException):
-    """Raised from a signal handler: leave whatever we are doing and take the stack down."""
-
-
 def _request_stop(signum: int, frame: FrameType | None) -> None:
-    raise _StopRequested(signum)
+    raise StackStopRequested(signum)
 
 
 @click.command("up")
@@ -62,7 +59,7 @@ def up(port: int, data_dir: Path | None, as_json: bool) -> None:
             if gone is not None:
                 code = gone.proc.returncode
                 raise StackError(f"the {gone.name} stopped on its own (status {code})")
-    except _StopRequested:
+    except StackStopRequested:
         pass
     except StackError as exc:
         failure = exc

@@ -15,16 +15,7 @@ import msgspec
 
 from quotagate import errors
 from quotagate.api import errors as http_errors
-
-
-class ApiError(errors.QuotagateError):
-    """A problem whose code this client does not map to a class (see ``code``, ``http_status``)."""
-
-    def __init__(self, detail: str, code: str, http_status: int, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.code = code
-        self.http_status = http_status
-
+from quotagate.errors import ApiError
 
 Factory = Callable[[str, dict[str, Any]], errors.QuotagateError]
 

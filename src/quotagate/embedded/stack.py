@@ -39,7 +39,7 @@ from quotagate.embedded.stackfile import (
     write_record,
 )
 from quotagate.embedded.valkey import EmbeddedValkey, valkey_binary
-from quotagate.errors import ConfigError, QuotagateError
+from quotagate.errors import ConfigError, StackError
 from quotagate.settings import Settings
 
 GATEWAY_START_TIMEOUT_SECONDS = 60.0
@@ -48,12 +48,6 @@ COMMAND_TIMEOUT_SECONDS = 180.0
 
 APP_STOP_TIMEOUT_SECONDS = 20.0
 """Long enough for uvicorn to finish requests in flight and for a worker to end its job."""
-
-
-class StackError(QuotagateError):
-    """A part of the local stack failed to start or stopped on its own."""
-
-    code = "stack_error"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from redis.asyncio import Redis
 
-from quotagate.errors import ConfigError
+from quotagate.errors import EvictingRedis
 from quotagate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ class MemoryState:
     def used_fraction(self) -> float | None:
         """Used memory over maxmemory; None when Redis has no limit."""
         return self.used_bytes / self.max_bytes if self.max_bytes else None
-
-
-class EvictingRedis(ConfigError):
-    """Redis may evict quotagate's keys (its maxmemory-policy is not noeviction)."""
 
 
 def memory_state(info: Mapping[str, Any]) -> MemoryState:

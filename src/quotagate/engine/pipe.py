@@ -26,7 +26,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from quotagate.engine.replies import unavailable
-from quotagate.errors import BackendUnavailable
+from quotagate.errors import BackendUnavailable, NoRedisTransport
 
 
 class Pipe(Protocol):
@@ -40,15 +40,11 @@ class Pipe(Protocol):
 _TRANSPORT_METHODS = ("get_protocol", "set_protocol", "resume_reading", "write", "abort")
 
 
-class NoTransport(Exception):
-    """The client's connections have no asyncio transport to take over (fakeredis)."""
-
-
 async def open_pipe(redis: Redis, timeout: float) -> Pipe:  # noqa: ASYNC109 - a reply bound
     """A :class:`ReplyPipe`, or a :class:`PooledPipe` for a client without sockets."""
     try:
         return await ReplyPipe.open(redis, timeout)
-    except NoTransport:
+    except NoRedisTransport:
         return PooledPipe(redis, timeout)
 
 
@@ -85,7 +81,7 @@ class ReplyPipe(asyncio.Protocol):
             transport = getattr(getattr(conn, "_writer", None), "transport", None)
             # uvloop's transports do not derive from asyncio.Transport: ask for what is used.
             if not all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS):
-                raise NoTransport(type(conn).__name__)
+                raise NoRedisTransport(type(conn).__name__)
         except BaseException:
             await pool.release(conn)
             raise

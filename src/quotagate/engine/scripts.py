@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from quotagate.engine.pipe import Pipe, open_pipe
 from quotagate.engine.replies import unavailable
-from quotagate.errors import BackendUnavailable, QuotagateError
+from quotagate.errors import BackendUnavailable, QuotagateError, ScriptError
 
 SCRIPT_NAMES = (
     "consume",
@@ -63,13 +63,6 @@ class Script:
     sha: str
     combines: bool = False
     """Takes several calls' arguments at once, one after the other (see COMBINING)."""
-
-
-class ScriptError(QuotagateError):
-    """A script failed in Redis: a bug, never bad input (scripts reply to bad input)."""
-
-    code = "internal_error"
-    http_status = 500
 
 
 def load_scripts() -> dict[str, Script]:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from quotagate.engine import CreditEngine, idempotency, validate
-from quotagate.errors import QuotagateError
+from quotagate.errors import RecoveryRefused
 from quotagate.jobs import runtime
 from quotagate.jobs.pg import postgres_errors
 from quotagate.ledger import Ledger, outbox_lag
@@ -40,13 +40,6 @@ SNAPSHOT_COLUMNS = (
     "account_id, tier, status, credits, monthly_credits, overdraft_limit, last_reset_at,"
     " created_at, renewed_period"
 )
-
-
-class RecoveryRefused(QuotagateError):
-    """The outboxes hold entries the ledger does not have yet; recovering now would lose them."""
-
-    code = "recovery_refused"
-    http_status = 409
 
 
 @dataclass

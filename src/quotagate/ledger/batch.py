@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from quotagate.errors import OutboxEntryInvalid
 from quotagate.ledger.models import TRANSACTION_TYPES
 from quotagate.ledger.outbox import (
     AccountEvent,
-    OutboxEntryInvalid,
     RawEntry,
     TransactionEntry,
     decode_raw,

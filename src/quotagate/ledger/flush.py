@@ -36,13 +36,14 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from quotagate.engine import CreditEngine
+from quotagate.errors import OutboxEntryInvalid
 from quotagate.ledger import quarantine
 from quotagate.ledger.apply import Applied, apply_rows, record_flush
 from quotagate.ledger.batch import FlushBatch, build_batch
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
-from quotagate.ledger.outbox import OutboxEntryInvalid, StreamReader, trim_through
+from quotagate.ledger.outbox import StreamReader, trim_through
 from quotagate.ledger.postgres import in_transaction
 
 DEFAULT_BATCH_SIZE = 10_000

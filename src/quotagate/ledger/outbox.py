@@ -24,14 +24,10 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 
 from quotagate.engine import CreditEngine
-from quotagate.errors import ConfigError
+from quotagate.errors import ConfigError, OutboxEntryInvalid
 from quotagate.ledger.models import TRANSACTION_TYPES
 
 _TYPES = frozenset(TRANSACTION_TYPES)
-
-
-class OutboxEntryInvalid(Exception):
-    """An outbox entry the ledger cannot read; it is left in the stream."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,11 @@ import asyncpg.exceptions._base as asyncpg_base
 
 from quotagate import metrics
 from quotagate.engine import validate
-from quotagate.errors import ValidationError
+from quotagate.errors import OutboxEntryInvalid, ValidationError
 from quotagate.ledger.apply import Applied, Staging, apply_entries
 from quotagate.ledger.outbox import (
     AccountEvent,
     Entry,
-    OutboxEntryInvalid,
     RawEntry,
     parse_entry,
 )
