@@ -122,7 +122,16 @@ async def _drop(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-def _run(case: Case, env: dict[str, str], tmp: Path) -> tuple[int | str, str]:
+RUNS_CHECK_SECONDS = 6
+"""How long a command expected to keep running must stay up."""
+
+EXIT_WAIT_SECONDS = 60
+"""How long a command expected to stop may take (Python starts slowly on a loaded machine)."""
+
+
+def _run(
+    case: Case, env: dict[str, str], tmp: Path, expected: int | str | None = None
+) -> tuple[int | str, str]:
     args = [a.format(port=free_port(), tmp=tmp / "updata") for a in case.args]
     if not case.process:
         done = invoke(args, env)
@@ -133,7 +142,8 @@ def _run(case: Case, env: dict[str, str], tmp: Path) -> tuple[int | str, str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        _, err = proc.communicate(timeout=6)
+        wait = RUNS_CHECK_SECONDS if expected in (RUNS, None) else EXIT_WAIT_SECONDS
+        _, err = proc.communicate(timeout=wait)
         return proc.returncode, err
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -157,7 +167,7 @@ def _check(path: str, expected: int | str, code: int | str, stderr: str) -> None
 def test_with_redis_down(path: str, base_env: dict[str, str], tmp_path: Path) -> None:
     down = f"redis://127.0.0.1:{_closed_port()}/0"
     env = {**base_env, "QUOTAGATE_REDIS_URL": down, "QUOTAGATE_QUEUE_URL": down}
-    code, stderr = _run(CASES[path], env, tmp_path)
+    code, stderr = _run(CASES[path], env, tmp_path, CASES[path].redis_down)
     _check(path, CASES[path].redis_down, code, stderr)
     if code == 3:
         assert down.rsplit(":", 1)[1].split("/")[0] in stderr  # the port it tried
@@ -169,7 +179,7 @@ def test_with_redis_down(path: str, base_env: dict[str, str], tmp_path: Path) ->
 def test_with_postgres_down(path: str, base_env: dict[str, str], tmp_path: Path) -> None:
     down = f"postgresql://postgres@127.0.0.1:{_closed_port()}/quotagate"
     env = {**base_env, "QUOTAGATE_DATABASE_URL": down}
-    code, stderr = _run(CASES[path], env, tmp_path)
+    code, stderr = _run(CASES[path], env, tmp_path, CASES[path].postgres_down)
     _check(path, CASES[path].postgres_down, code, stderr)
     if code == 3:
         assert down.rsplit(":", 1)[1].split("/")[0] in stderr  # the port it tried
@@ -184,7 +194,7 @@ def test_with_postgres_down(path: str, base_env: dict[str, str], tmp_path: Path)
 def test_with_the_database_missing(path: str, base_env: dict[str, str], tmp_path: Path) -> None:
     env, name = _database_missing(base_env)
     try:
-        code, stderr = _run(CASES[path], env, tmp_path)
+        code, stderr = _run(CASES[path], env, tmp_path, CASES[path].database_missing)
     finally:
         asyncio.run(_drop(base_env["QUOTAGATE_DATABASE_URL"], name))
     _check(path, CASES[path].database_missing or 0, code, stderr)
