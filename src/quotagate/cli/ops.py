@@ -157,7 +157,8 @@ def reconcile(do_repair: bool, partitions: tuple[int, ...], as_json: bool) -> No
 
 def _print_reconciliation(report: Report, repairs: list[Repair], after: Report | None) -> None:
     if report.balanced:
-        click.echo(f"the books balance: {report.accounts} accounts checked, no drift")
+        accounts = "1 account" if report.accounts == 1 else f"{report.accounts} accounts"
+        click.echo(f"the books balance: {accounts} checked, no drift")
         return
     click.echo(table(_drift_rows(report.drifts)))
     click.echo(f"\n{len(report.drifts)} drifts over {report.accounts} accounts")
