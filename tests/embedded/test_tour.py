@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.embedded.test_up import _clean_env, running_up
 from tests.support.servers import free_port
 
@@ -125,12 +124,16 @@ def test_the_parser_reads_commands_expectations_and_continuations() -> None:
         "# a comment line, not output\n"
         "curl a \\\n"
         "  -d b\n"
-        "#  {\"ok\":...}\n"
+        '#  {"ok":...}\n'
         "#  second\n"
         "quotagate status\n"
     )
     steps = parse_steps(block)
-    assert [s.command for s in steps] == ["eval x    # a note", "curl a \\\n  -d b", "quotagate status"]
+    assert [s.command for s in steps] == [
+        "eval x    # a note",
+        "curl a \\\n  -d b",
+        "quotagate status",
+    ]
     assert [s.expected for s in steps] == [[], ['{"ok":...}', "second"], []]
 
 

@@ -2,7 +2,7 @@
 
 Each is also an RQ job (quotagate.jobs.*) that the scheduler enqueues; these commands run the
 same code here and now, with a progress bar for people and ``--json`` for scripts. Exit
-codes are listed in quotagate.cli.ops_support.
+statuses are those of quotagate.cli.failures.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
+from quotagate.cli.failures import EXIT_REFUSED
 from quotagate.cli.ops_support import (
     EXIT_DRIFT,
-    EXIT_REFUSED,
     Backends,
     fail,
     json_option,

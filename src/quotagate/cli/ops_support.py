@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import click
 from redis import exceptions as redis_errors
 
+from quotagate.cli.failures import EXIT_FAILED
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.jobs.backends import open_engine
@@ -31,8 +32,8 @@ from quotagate.settings import Settings
 
 T = TypeVar("T")
 
-EXIT_DRIFT = 1
-EXIT_REFUSED = 4
+# Reconciliation that found drift is work that ran and found a problem.
+EXIT_DRIFT = EXIT_FAILED
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 
