@@ -25,6 +25,15 @@ from quotagate.errors import ConfigError
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/quotagate"
 
+DEFAULT_FLUSH_BATCH_SIZE = 10_000
+"""Outbox entries per flush batch: one COPY, one snapshot upsert, one commit. Each batch updates
+one snapshot row per account in it and commits once: larger batches share both among more rows
+(docs/ledger.md has the measurements)."""
+
+DEFAULT_FLUSH_LEASE_SECONDS = 15
+"""How long a flush may hold its partition without renewing (it renews every batch). After a
+worker dies, its partition waits at most this long for another flush."""
+
 
 class Secret(str):
     """A string whose repr masks any password (URLs) or the whole value."""
@@ -126,9 +135,9 @@ class Settings:
     """QUOTAGATE_PORT: the port `quotagate serve` listens on."""
     workers: int = field(default_factory=default_workers)
     """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers)."""
-    flush_batch_size: int = 10_000
+    flush_batch_size: int = DEFAULT_FLUSH_BATCH_SIZE
     """QUOTAGATE_FLUSH_BATCH: outbox entries per flush batch (one COPY, one commit)."""
-    flush_lease_seconds: int = 15
+    flush_lease_seconds: int = DEFAULT_FLUSH_LEASE_SECONDS
     """QUOTAGATE_FLUSH_LEASE_SECONDS: a partition's flush lease; after a worker dies its
     partition waits at most this long for another flush."""
     flush_trigger_entries: int = 5000
