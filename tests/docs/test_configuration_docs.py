@@ -189,3 +189,8 @@ def test_the_shipped_resources_are_the_listed_ones() -> None:
 def test_values_are_spelled_as_in_toml(value: Any, spelled: str) -> None:
     assert _toml(value) == spelled
     assert tomllib.loads(f"x = {spelled}")["x"] == value
+
+
+def test_an_empty_environment_gives_the_field_defaults() -> None:
+    """``from_env`` takes its defaults from the fields: nothing set, nothing differs."""
+    assert Settings.from_env({}) == Settings()
