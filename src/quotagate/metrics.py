@@ -79,9 +79,9 @@ class Tally:
     """Counts and latencies kept as plain numbers per request, added to the metrics in bulk.
 
     A prometheus-client counter in multiprocess mode checks the process id and writes a
-    memory-mapped file on every ``inc()``: over 4 ``getpid()`` calls and about 9% of a hook
-    worker's time at 15k requests/s. Here a request adds to a dict; a timer, armed by the first
-    count after a flush, moves the sums to the metrics once a second.
+    memory-mapped file on every ``inc()``, several ``getpid()`` calls each: a share of a hook
+    worker's time under load (docs/benchmark.md). Here a request adds to a dict; a timer, armed
+    by the first count after a flush, moves the sums to the metrics once a second.
     """
 
     def __init__(self) -> None:

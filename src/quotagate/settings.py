@@ -1,7 +1,9 @@
 """Settings from the environment, read once, checked, with secrets kept out of logs.
 
-Every setting is listed with its default in the README. Connection URLs that hold a password
-are wrapped in :class:`Secret`, whose repr hides it.
+Each setting's default is written once, on its field of :class:`Settings`; ``from_env`` takes
+what the environment does not set from there. docs/configuration.md lists every setting with
+its default (a test holds the two together). Connection URLs that hold a password are wrapped
+in :class:`Secret`, whose repr hides it.
 
 :meth:`Settings.locate` is what the CLI reads: the environment, or, when it names no Redis and
 no PostgreSQL, the stack file of a running `quotagate up` (see quotagate.embedded.stackfile);
@@ -22,6 +24,15 @@ from quotagate.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/quotagate"
+
+DEFAULT_FLUSH_BATCH_SIZE = 10_000
+"""Outbox entries per flush batch: one COPY, one snapshot upsert, one commit. Each batch updates
+one snapshot row per account in it and commits once: larger batches share both among more rows
+(docs/ledger.md has the measurements)."""
+
+DEFAULT_FLUSH_LEASE_SECONDS = 15
+"""How long a flush may hold its partition without renewing (it renews every batch). After a
+worker dies, its partition waits at most this long for another flush."""
 
 
 class Secret(str):
@@ -79,6 +90,15 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+MAX_WORKERS = 64
+"""Most gateway processes one `quotagate serve` runs."""
+
+
+def default_workers() -> int:
+    """One gateway process per core this process may use (the gateway is CPU-bound)."""
+    return min(_cores(), MAX_WORKERS)
+
+
 _URL_VARIABLES = {
     "redis_url": "QUOTAGATE_REDIS_URL",
     "queue_url": "QUOTAGATE_QUEUE_URL",
@@ -113,12 +133,11 @@ class Settings:
     """QUOTAGATE_HOST: the address `quotagate serve` listens on."""
     port: int = 8080
     """QUOTAGATE_PORT: the port `quotagate serve` listens on."""
-    workers: int = 1
-    """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers); from the
-    environment, one per core this process may use when unset (the gateway is CPU-bound)."""
-    flush_batch_size: int = 10_000
+    workers: int = field(default_factory=default_workers)
+    """QUOTAGATE_WORKERS: gateway processes `quotagate serve` runs (uvicorn workers)."""
+    flush_batch_size: int = DEFAULT_FLUSH_BATCH_SIZE
     """QUOTAGATE_FLUSH_BATCH: outbox entries per flush batch (one COPY, one commit)."""
-    flush_lease_seconds: int = 15
+    flush_lease_seconds: int = DEFAULT_FLUSH_LEASE_SECONDS
     """QUOTAGATE_FLUSH_LEASE_SECONDS: a partition's flush lease; after a worker dies its
     partition waits at most this long for another flush."""
     flush_trigger_entries: int = 5000
@@ -139,8 +158,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        redis_url = env.get("QUOTAGATE_REDIS_URL") or DEFAULT_REDIS_URL
-        database_url = env.get("QUOTAGATE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        default = cls()
+        redis_url = env.get("QUOTAGATE_REDIS_URL") or default.redis_url
+        database_url = env.get("QUOTAGATE_DATABASE_URL") or default.database_url
         for name, url, schemes in (
             ("QUOTAGATE_REDIS_URL", redis_url, ("redis", "rediss", "unix")),
             (
@@ -172,14 +192,18 @@ class Settings:
             queue_url=Secret(env.get("QUOTAGATE_QUEUE_URL") or redis_url),
             database_url=Secret(database_url),
             config_path=env.get("QUOTAGATE_CONFIG") or None,
-            key_prefix=env.get("QUOTAGATE_KEY_PREFIX") or DEFAULT_PREFIX,
-            host=env.get("QUOTAGATE_HOST") or "127.0.0.1",
-            port=_int_env(env, "QUOTAGATE_PORT", 8080, 1, 65535),
-            workers=_int_env(env, "QUOTAGATE_WORKERS", min(_cores(), 64), 1, 64),
-            flush_batch_size=_int_env(env, "QUOTAGATE_FLUSH_BATCH", 10_000, 1, 50_000),
-            flush_lease_seconds=_int_env(env, "QUOTAGATE_FLUSH_LEASE_SECONDS", 15, 1, 3600),
+            key_prefix=env.get("QUOTAGATE_KEY_PREFIX") or default.key_prefix,
+            host=env.get("QUOTAGATE_HOST") or default.host,
+            port=_int_env(env, "QUOTAGATE_PORT", default.port, 1, 65535),
+            workers=_int_env(env, "QUOTAGATE_WORKERS", default.workers, 1, MAX_WORKERS),
+            flush_batch_size=_int_env(
+                env, "QUOTAGATE_FLUSH_BATCH", default.flush_batch_size, 1, 50_000
+            ),
+            flush_lease_seconds=_int_env(
+                env, "QUOTAGATE_FLUSH_LEASE_SECONDS", default.flush_lease_seconds, 1, 3600
+            ),
             flush_trigger_entries=_int_env(
-                env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", 5000, 1, 10_000_000
+                env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", default.flush_trigger_entries, 1, 10**7
             ),
             jwt_secret=_jwt_secret(env),
             data_dir=Path(env["QUOTAGATE_DATA_DIR"]) if env.get("QUOTAGATE_DATA_DIR") else None,

@@ -52,5 +52,5 @@ def test_early_flush_checks_every_n_writes(
             )
             metrics = http.get("/metrics").text
             assert "quotagate_flush_triggers_total 1.0" in metrics
-            queue.empty()
+            queue.empty()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
         client.close()

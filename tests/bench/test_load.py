@@ -38,7 +38,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder() -> Iterator[tuple[str, list[tuple[str, str, str | None, bytes]]]]:
-    seen: ClassVar[list[tuple[str, str, str | None, bytes]]] = []
+    seen: list[tuple[str, str, str | None, bytes]] = []
     handler = type("Handler", (_Recorder,), {"seen": seen})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -42,9 +42,9 @@ def test_ratios_and_targets() -> None:
 
 def test_rounds_report_their_median() -> None:
     rounds = []
-    for floor, hook in ((1000, 500), (1200, 900), (900, 600)):
+    for floor_rate, hook_rate in ((1000, 500), (1200, 900), (900, 600)):
         report = Report(
-            rows=[_row("floor", floor), _row("hook", hook, baseline="floor")],
+            rows=[_row("floor", floor_rate), _row("hook", hook_rate, baseline="floor")],
             targets=[Target("rate", "hook", "floor", "rate", 0.6)],
         )
         report.finish()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -47,8 +48,9 @@ def ok(args: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def ok_json(args: list[str], env: dict[str, str]) -> dict:  # type: ignore[type-arg]
-    return json.loads(ok([*args, "--json"], env))
+def ok_json(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(ok([*args, "--json"], env))
+    return document
 
 
 def fails(args: list[str], env: dict[str, str], code: int) -> str:

@@ -18,6 +18,7 @@ from quotagate.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
+    RateLimited,
     UnknownResource,
     ValidationError,
 )
@@ -109,6 +110,7 @@ async def test_async_client(gateway: GatewayServer, api_keys: dict[str, str]) ->
 
 def test_problem_mapping() -> None:
     err = error_from_problem(429, b'{"code": "rate_limited", "status": 429}', {"retry-after": "3"})
+    assert isinstance(err, RateLimited)
     assert err.code == "rate_limited" and err.retry_after_ms == 3000
     unknown = error_from_problem(418, b'{"code": "teapot", "detail": "short and stout", "x": 1}')
     assert isinstance(unknown, ApiError)

@@ -42,7 +42,8 @@ class Up:
         return self.stderr_path.read_text(errors="replace")[-4000:]
 
     def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.proc.pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(self.proc.pid).children(recursive=True)
+        return children
 
     def signal(self, signum: int) -> int:
         """Signal the whole process group, as a terminal's Ctrl-C does; the exit status."""

@@ -15,6 +15,12 @@ from quotagate.engine import CreditEngine
 
 Op = Callable[[CreditEngine], Awaitable[Any]]
 
+
+def bound(call: Callable[[CreditEngine, Any], Awaitable[Any]], value: Any) -> Op:
+    """The operation ``call(engine, value)``, with ``value`` fixed now (not at call time)."""
+    return lambda engine: call(engine, value)
+
+
 BAD_ACCOUNT_IDS = [
     "",
     "a" * 129,
@@ -32,25 +38,26 @@ HOLD = "01a20f3c-0000-7000-8000-000000000000"
 
 def _cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
     cases: list[tuple[str, Op, type[errors.QuotagateError]]] = []
+    # fmt: off
     for bad in BAD_ACCOUNT_IDS:
         cases += [
-            (f"consume id {bad!r}", lambda e, b=bad: e.consume(b, "unit"), errors.InvalidAccountId),
-            (f"credit id {bad!r}", lambda e, b=bad: e.credit(b, 5), errors.InvalidAccountId),
-            (f"upsert id {bad!r}", lambda e, b=bad: e.upsert_account(b), errors.InvalidAccountId),
+            (f"consume id {bad!r}", bound(lambda e, b: e.consume(b, "unit"), bad), errors.InvalidAccountId),
+            (f"credit id {bad!r}", bound(lambda e, b: e.credit(b, 5), bad), errors.InvalidAccountId),
+            (f"upsert id {bad!r}", bound(lambda e, b: e.upsert_account(b), bad), errors.InvalidAccountId),
         ]
     for bad in BAD_AMOUNTS:
         cases += [
-            (f"units {bad!r}", lambda e, b=bad: e.consume("acct", "unit", b), errors.InvalidAmount),
-            (f"credit {bad!r}", lambda e, b=bad: e.credit("acct", b), errors.InvalidAmount),
+            (f"units {bad!r}", bound(lambda e, b: e.consume("acct", "unit", b), bad), errors.InvalidAmount),
+            (f"credit {bad!r}", bound(lambda e, b: e.credit("acct", b), bad), errors.InvalidAmount),
             (
                 f"hold {bad!r}",
-                lambda e, b=bad: e.hold("acct", amount=b),
+                bound(lambda e, b: e.hold("acct", amount=b), bad),
                 errors.InvalidAmount if bad is not None else errors.ValidationError,
             ),
-            (f"check {bad!r}", lambda e, b=bad: e.check("acct", "unit", b), errors.InvalidAmount),
+            (f"check {bad!r}", bound(lambda e, b: e.check("acct", "unit", b), bad), errors.InvalidAmount),
             (
                 f"capture {bad!r}",
-                lambda e, b=bad: e.capture("acct", HOLD, b),
+                bound(lambda e, b: e.capture("acct", HOLD, b), bad),
                 errors.InvalidAmount if bad is not None else errors.HoldNotFound,
             ),
         ]
@@ -84,7 +91,8 @@ def _cases() -> list[tuple[str, Op, type[errors.QuotagateError]]]:
         *_unstorable_text_cases(),
         ("insufficient", lambda e: e.consume("acct", "unit", 1000), errors.InsufficientCredits),
         ("insufficient hold", lambda e: e.hold("acct", amount=1000), errors.InsufficientCredits),
-    ]  # fmt: skip
+    ]
+    # fmt: on
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -118,17 +126,17 @@ def _unstorable_text_cases() -> list[tuple[str, Op, type[errors.QuotagateError]]
         cases += [
             (
                 f"consume metadata {label}",
-                lambda e, m=meta: e.consume("acct", "unit", metadata=m),
+                bound(lambda e, m: e.consume("acct", "unit", metadata=m), meta),
                 errors.ValidationError,
             ),
             (
                 f"credit metadata {label}",
-                lambda e, m=meta: e.credit("acct", 5, metadata=m),
+                bound(lambda e, m: e.credit("acct", 5, metadata=m), meta),
                 errors.ValidationError,
             ),
             (
                 f"capture metadata {label}",
-                lambda e, m=meta: e.capture("acct", HOLD, metadata=m),
+                bound(lambda e, m: e.capture("acct", HOLD, metadata=m), meta),
                 errors.ValidationError,
             ),
         ]
@@ -136,25 +144,29 @@ def _unstorable_text_cases() -> list[tuple[str, Op, type[errors.QuotagateError]]
         cases += [
             (
                 f"consume description {label}",
-                lambda e, t=text: e.consume("acct", "unit", description=t),
+                bound(lambda e, t: e.consume("acct", "unit", description=t), text),
                 errors.ValidationError,
             ),
             (
                 f"credit description {label}",
-                lambda e, t=text: e.credit("acct", 5, description=t),
+                bound(lambda e, t: e.credit("acct", 5, description=t), text),
                 errors.ValidationError,
             ),
             (
                 f"capture description {label}",
-                lambda e, t=text: e.capture("acct", HOLD, description=t),
+                bound(lambda e, t: e.capture("acct", HOLD, description=t), text),
                 errors.ValidationError,
             ),
             (
                 f"idempotency key {label}",
-                lambda e, t=text: e.credit("acct", 5, idempotency_key=t),
+                bound(lambda e, t: e.credit("acct", 5, idempotency_key=t), text),
                 errors.ValidationError,
             ),
-            (f"resource {label}", lambda e, t=text: e.consume("acct", t), errors.UnknownResource),
+            (
+                f"resource {label}",
+                bound(lambda e, t: e.consume("acct", t), text),
+                errors.UnknownResource,
+            ),
         ]
     return cases  # fmt: skip
 

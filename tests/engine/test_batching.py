@@ -49,7 +49,8 @@ async def test_a_caller_that_gave_up_while_waiting_is_not_charged(
         await engine.upsert_account("acct")
         await engine.credit("acct", 100)
         admin = engine.redis
-        await admin.execute_command("CLIENT", "PAUSE", "400", "WRITE")
+        # redis-py leaves execute_command unannotated.
+        await admin.execute_command("CLIENT", "PAUSE", "400", "WRITE")  # type: ignore[no-untyped-call]
         first = asyncio.create_task(engine.consume("acct", "unit"))  # held by the pause
         await asyncio.sleep(0.1)
         waiting = asyncio.create_task(engine.consume("acct", "unit"))  # queued behind it

@@ -53,9 +53,11 @@ class ClusterNode(RedisProcess):
             assert time.monotonic() < deadline, "the cluster node did not come up"
             try:
                 if not slots_added:
-                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                    # redis-py leaves execute_command unannotated.
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
                     slots_added = True
-                if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
+                info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+                if b"cluster_state:ok" in info:
                     break
             except (redis.ConnectionError, redis.TimeoutError):
                 pass

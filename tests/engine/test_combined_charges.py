@@ -4,7 +4,7 @@ one after the other: same replies, same balances, same outbox entries."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from tests.conftest import EngineFactory
@@ -14,6 +14,7 @@ from tests.engine.snapshot import keyspace
 from quotagate import errors, ids
 from quotagate.engine import CreditEngine
 from quotagate.engine.scripts import _combined
+from quotagate.ledger.outbox import RawEntries
 
 
 def _args(account: str, cost: int, idem: str = "") -> list[str]:
@@ -25,7 +26,7 @@ async def _raw(engine: CreditEngine, account: str, args: list[str]) -> Any:
     return await engine.runner.run(engine.scripts["consume"], keys, args)
 
 
-def _outbox(engine: CreditEngine, entries: list[tuple[str, dict[str, str]]]) -> list[tuple]:
+def _outbox(engine: CreditEngine, entries: RawEntries) -> list[tuple[tuple[str, str], ...]]:
     # Everything but the stream id and the timestamp, which differ between two runs.
     return [
         tuple(sorted((k, v) for k, v in f.items() if k not in ("ts", "id"))) for _, f in entries
@@ -34,7 +35,8 @@ def _outbox(engine: CreditEngine, entries: list[tuple[str, dict[str, str]]]) -> 
 
 async def _state(engine: CreditEngine, account: str) -> tuple[Any, ...]:
     acct = await engine.get_account(account)
-    outbox = await engine.redis.xrange(engine.keys.outbox(engine.keys.partition_of(account)))
+    stream = engine.keys.outbox(engine.keys.partition_of(account))
+    outbox = cast(RawEntries, await engine.redis.xrange(stream))
     mine = [e for e in outbox if e[1]["a"] == account and e[1]["t"] == "spend"]
     return acct.balance, acct.monthly_credits, acct.purchased_credits, _outbox(engine, mine)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
@@ -9,6 +11,7 @@ from tests.support.servers import RedisProcess
 
 from quotagate.engine import CreditEngine, idempotency
 from quotagate.errors import IdempotencyConflict
+from quotagate.ledger.outbox import RawEntries
 
 
 async def _check_replays(engine: CreditEngine, flush_scripts: bool) -> None:
@@ -33,7 +36,8 @@ async def _check_replays(engine: CreditEngine, flush_scripts: bool) -> None:
     assert state.balance == 100 - 3 + 7
     assert state.reserved == 10
     stream = engine.keys.outbox(engine.keys.partition_of("acct"))
-    ids = [f["id"] for _, f in await engine.redis.xrange(stream) if f["t"] != "account"]
+    entries = cast(RawEntries, await engine.redis.xrange(stream))
+    ids = [f["id"] for _, f in entries if f["t"] != "account"]
     assert ids.count(first.transaction_id) == 1
     assert ids.count(grant.transaction_id) == 1
 
@@ -178,7 +182,8 @@ async def test_a_hook_record_takes_at_most_200_bytes(make_engine: EngineFactory)
     request_id = "9f8a693cf5b54f8c87751013aa0e66e6"
     await engine.consume("user-000123", "unit", idempotency_key=request_id)
     key = engine.keys.account("user-000123", request_id).idempotency
-    assert await engine.redis.memory_usage(key, samples=0) <= 200
+    usage = await engine.redis.memory_usage(key, samples=0)
+    assert usage is not None and usage <= 200
 
 
 async def test_hook_charges_keep_their_own_short_window_and_namespace(
@@ -211,5 +216,6 @@ async def test_hook_charges_keep_their_own_short_window_and_namespace(
     )
 
     stream = engine.keys.outbox(engine.keys.partition_of("acct"))
-    keys = [f["ik"] for _, f in await engine.redis.xrange(stream) if f["t"] == "spend"]
+    entries = cast(RawEntries, await engine.redis.xrange(stream))
+    keys = [f["ik"] for _, f in entries if f["t"] == "spend"]
     assert keys == ["hook r", "r"]

@@ -72,7 +72,9 @@ def test_readiness_and_metrics_report_used_memory_against_maxmemory(
     redis_url: str,
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    limit = int(client.config_get("maxmemory")["maxmemory"])
+    maxmemory = client.config_get("maxmemory")["maxmemory"]
+    assert maxmemory is not None
+    limit = int(maxmemory)
     client.close()
     body = http.get("/readyz").json()
     memory = body["redis_memory"]

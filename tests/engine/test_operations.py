@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import fakeredis
 import pytest
@@ -22,6 +23,7 @@ from quotagate.errors import (
     InsufficientCredits,
     UnknownTier,
 )
+from quotagate.ledger.outbox import RawEntries
 
 
 @pytest.fixture(params=["redis", "fakeredis"])
@@ -42,7 +44,7 @@ async def plain(
 
 async def _entries(engine: CreditEngine, account: str) -> list[dict[str, str]]:
     stream = engine.keys.outbox(engine.keys.partition_of(account))
-    return [f for _, f in await engine.redis.xrange(stream) if f["a"] == account]
+    return [f for _, f in cast(RawEntries, await engine.redis.xrange(stream)) if f["a"] == account]
 
 
 async def test_new_account_opens_with_its_tiers_monthly_grant(make_engine: EngineFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import redis.asyncio as aioredis
 from tests.conftest import EngineFactory
@@ -10,11 +11,12 @@ from tests.engine.configs import PLAIN
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import InsufficientCredits, RateLimited
+from quotagate.ledger.outbox import RawEntries
 
 
 async def _outbox_spends(engine: CreditEngine, account_id: str) -> list[int]:
     stream = engine.keys.outbox(engine.keys.partition_of(account_id))
-    entries = await engine.redis.xrange(stream)
+    entries = cast(RawEntries, await engine.redis.xrange(stream))
     return [int(f["amt"]) for _, f in entries if f["a"] == account_id and f["t"] == "spend"]
 
 
@@ -38,6 +40,7 @@ async def test_10000_consumes_from_200_tasks_charge_exactly_the_balance(
         lowest = 5000
         while not done.is_set():
             m, b = await client.hmget(account_key, "m", "b")
+            assert m is not None and b is not None
             lowest = min(lowest, int(m) + int(b))
             await asyncio.sleep(0)
         lowest_seen.append(lowest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis import Redis
@@ -22,6 +23,7 @@ from quotagate.jobs.enqueue import enqueue_renewals
 from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.renew import partitions_to_renew
 from quotagate.ledger import Ledger, flush_all
+from quotagate.ledger.outbox import RawEntries
 from quotagate.settings import Settings
 
 PERIOD = "2099-02"
@@ -42,7 +44,10 @@ async def _renewal_entries(engine: CreditEngine) -> Counter[tuple[str, str]]:
     for p in range(PARTITIONS):
         start = "-"
         while True:
-            page = await engine.redis.xrange(engine.keys.outbox(p), start, "+", count=5000)
+            page = cast(
+                RawEntries,
+                await engine.redis.xrange(engine.keys.outbox(p), start, "+", count=5000),
+            )
             for _, f in page:
                 if f["t"] in ("grant", "expire") and PERIOD in f["d"]:
                     seen[(f["a"], f["t"])] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,9 @@ def _outage(server: RedisProcess, seconds: float, procs: list[QuotagateProcess])
 
 
 @pytest.fixture
-def redis_server() -> RedisProcess:
+def redis_server() -> Iterator[RedisProcess]:
     with redis_process(appendonly=True) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 async def test_worker_and_scheduler_ride_out_redis_outages(

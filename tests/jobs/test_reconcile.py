@@ -184,12 +184,12 @@ async def test_no_false_drift_while_charges_and_flushes_run(
             await flush_all(engine, own_ledger)
             await asyncio.sleep(0.01)
 
-    tasks = [asyncio.create_task(charge()), asyncio.create_task(flush())]
+    charging, flushing = asyncio.create_task(charge()), asyncio.create_task(flush())
     try:
         reports = [await reconcile_async(engine, own_ledger) for _ in range(4)]
     finally:
         stop.set()
-        charged = (await asyncio.gather(*tasks))[0]
+        charged, _ = await asyncio.gather(charging, flushing)
     assert charged > 0
     assert [r.drifts for r in reports] == [[]] * 4
 

@@ -232,7 +232,7 @@ async def test_recovery_rebuilds_the_idempotency_records_still_within_their_wind
     adjust = await engine.credit("u-idem", -5, "adjust", idempotency_key="a-1")
     hold = await engine.hold("u-idem", resource="unit", units=2, idempotency_key="h-1")
     capture = await engine.capture("u-idem", hold.hold_id, idempotency_key="cap-1")
-    records = {}
+    records: dict[str, tuple[bytes | str | None, int]] = {}
     for key in ("c-1", "hook r-1", "g-1", "a-1"):
         k = engine.keys.account("u-idem", key).idempotency
         records[key] = (await engine.redis.get(k), await engine.redis.pttl(k))
@@ -246,6 +246,7 @@ async def test_recovery_rebuilds_the_idempotency_records_still_within_their_wind
     for key, (record, ttl_ms) in records.items():
         k = restarted.keys.account("u-idem", key).idempotency
         rebuilt, left_ms = await restarted.redis.get(k), await restarted.redis.pttl(k)
+        assert isinstance(record, str)
         assert rebuilt == record.replace(grant.outbox_entry_id, "0-1").replace(
             adjust.outbox_entry_id, "0-1"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import cast
 
 from tests.conftest import EngineFactory
 from tests.jobs.population import RENEWAL_CONFIG, expected_after_renewal, plan, populate
@@ -15,6 +16,7 @@ from quotagate.jobs.renew import (
     renew_all_async,
     renew_partition_async,
 )
+from quotagate.ledger.outbox import RawEntries
 
 PERIOD = "2099-01"
 
@@ -31,7 +33,7 @@ async def _renewal_entries(engine: CreditEngine) -> Counter[tuple[str, str]]:
     """(account, type) of every renewal transaction in the outboxes."""
     seen: Counter[tuple[str, str]] = Counter()
     for p in range(engine.config.partitions):
-        for _, f in await engine.redis.xrange(engine.keys.outbox(p)):
+        for _, f in cast(RawEntries, await engine.redis.xrange(engine.keys.outbox(p))):
             if f["t"] in ("grant", "expire") and PERIOD in f["d"]:
                 seen[(f["a"], f["t"])] += 1
     return seen
@@ -96,7 +98,7 @@ async def test_a_spend_racing_with_the_renewal_is_never_lost(make_engine: Engine
         stream = engine.keys.outbox(engine.keys.partition_of(p.account_id))
         changes = [
             int(f["dm"])
-            for _, f in await engine.redis.xrange(stream)
+            for _, f in cast(RawEntries, await engine.redis.xrange(stream))
             if f["a"] == p.account_id and "dm" in f
         ]
         assert sum(changes) == buckets[p.account_id][0], p

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 from collections.abc import Callable
+from typing import cast
 
 from tests.ledger.support import assert_books_balance, ledger_rows
 
@@ -15,7 +16,7 @@ from quotagate.engine.results import RefundCount
 from quotagate.ledger import FlushLease, Ledger, flush_all, flush_partition
 from quotagate.ledger.batch import build_batch
 from quotagate.ledger.flush import apply_batch as apply_flush_batch
-from quotagate.ledger.outbox import StreamReader, read_all
+from quotagate.ledger.outbox import RawEntries, StreamReader, read_all
 
 Acct = Callable[[str], str]
 
@@ -88,7 +89,7 @@ async def test_rows_carry_what_the_script_wrote(
     )
     assert s["balance_after"] == spend.balance
     spend_entry = next(e for e in entries if getattr(e, "id", "") == spend.transaction_id)
-    assert int(s["created_at"].timestamp() * 1000) == spend_entry.created_ms  # type: ignore[union-attr]
+    assert int(s["created_at"].timestamp() * 1000) == spend_entry.created_ms
     assert (g["amount"], g["type"], g["resource"], g["units"], g["metadata"]) == (
         25, "earn", None, None, None,
     )  # fmt: skip
@@ -293,8 +294,8 @@ async def test_the_same_entry_twice_in_the_stream_is_one_row(
     partition = lengine.keys.partition_of(a)
     stream = lengine.keys.outbox(partition)
     await lengine.consume(a, "api_call", 6)
-    [(_, fields)] = await lengine.redis.xrevrange(stream, count=1)
-    await lengine.redis.xadd(stream, fields)
+    [(_, fields)] = cast(RawEntries, await lengine.redis.xrevrange(stream, count=1))
+    await lengine.redis.xadd(stream, fields)  # type: ignore[arg-type]  # redis-py wants an invariant Dict of its own unions
     result = await flush_partition(lengine, ledger, partition)
     assert (result.transactions, result.inserted) == (2, 2)  # the opening grant, the spend
     snap = (await ledger.snapshots([a]))[a]

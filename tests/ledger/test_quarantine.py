@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
+from redis.typing import EncodableT, FieldT
 from tests.ledger.support import assert_books_balance, ledger_rows
 
 from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.engine.replies import unwrap
 from quotagate.ledger import Ledger, flush_partition
-from quotagate.ledger.outbox import StreamReader
+from quotagate.ledger.outbox import RawEntries, StreamReader
 from quotagate.ledger.quarantine import decode_raw_entry, screen
 
 Acct = Callable[[str], str]
@@ -123,10 +124,10 @@ async def test_a_re_run_of_a_committed_batch_quarantines_nothing_twice(
     partition = lengine.keys.partition_of(a)
     stream = lengine.keys.outbox(partition)
     await charge_as_an_older_gateway(lengine, a, b"\x00", b"")
-    kept = await lengine.redis.xrange(stream)
+    kept = cast(RawEntries, await lengine.redis.xrange(stream))
     await flush_partition(lengine, ledger, partition)
     for _, fields in kept:  # the same entries, as if never trimmed (new stream ids)
-        await lengine.redis.xadd(stream, fields)
+        await lengine.redis.xadd(stream, fields)  # type: ignore[arg-type]  # redis-py wants an invariant Dict of its own unions
     counted = quarantined_count("true")
     again = await flush_partition(lengine, ledger, partition)
     assert (again.inserted, again.duplicates) == (0, 2)
@@ -157,14 +158,15 @@ async def test_an_entry_that_does_not_parse_is_quarantined_unbooked_and_the_flus
     partition = lengine.keys.partition_of(a)
     stream = lengine.keys.outbox(partition)
     await lengine.consume(a, "api_call", 2)
-    [(_, fields)] = await lengine.redis.xrevrange(stream, count=1)
-    bad: dict[str | bytes, str | bytes] = {**fields, "id": ids.new_id()}
+    [(_, fields)] = cast(RawEntries, await lengine.redis.xrevrange(stream, count=1))
+    bad: dict[FieldT, EncodableT] = {**dict(fields.items()), "id": ids.new_id()}
     for field, value in change.items():
         if value is None:
             del bad[field]
         else:
             bad[field] = value
     bad_stream_id = await lengine.redis.xadd(stream, bad)
+    assert isinstance(bad_stream_id, str)
     after = await lengine.consume(a, "api_call", 5)
     counted = quarantined_count("false")
 

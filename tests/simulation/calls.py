@@ -41,7 +41,10 @@ class Answer:
 
     def same_as(self, other: Answer) -> bool:
         """The same first answer, ``durable`` aside (it says what PostgreSQL did just now)."""
-        strip = lambda body: {k: v for k, v in body.items() if k != "durable"}  # noqa: E731
+
+        def strip(body: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in body.items() if k != "durable"}
+
         return self.status == other.status and strip(self.body) == strip(other.body)
 
 

@@ -190,8 +190,8 @@ def acknowledge_credit(world: World, answer: Answer, kind: str) -> None:
 async def refund(world: World) -> list[str]:
     account = pick_any(world)
     if not world.named_refunds:
-        fields = {"amount": world.rng.randint(1, 30)}
-        touched, _ = await credit_refund(world, account, fields, True)
+        plain: dict[str, Any] = {"amount": world.rng.randint(1, 30)}
+        touched, _ = await credit_refund(world, account, plain, True)
         return touched
     spends = [(t, s) for t, s in world.model.spends.items() if s.account_id == account.account_id]
     if not spends:
@@ -200,7 +200,7 @@ async def refund(world: World) -> list[str]:
     left = spend.charged - spend.refunded
     over = world.rng.random() < 0.2 or left == 0
     amount = left + world.rng.randint(1, 5) if over else world.rng.randint(1, left)
-    fields = {"amount": amount, "refund_of": txn}
+    fields: dict[str, Any] = {"amount": amount, "refund_of": txn}
     touched, applied = await credit_refund(world, account, fields, not over)
     if applied:
         spend.refunded += amount

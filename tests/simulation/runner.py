@@ -147,8 +147,8 @@ async def run_seed(options: Options) -> Outcome:
             f"last steps:\n  {last}\nprocess logs kept in {keep_logs(cluster)}; replay with:\n"
             f"  {replay_command(options)}"
         )
-        stats = world.stats if world else Counter()
-        return Outcome(options.seed, False, time.monotonic() - started, summary, stats)
+        counts = world.stats if world else Counter[str]()
+        return Outcome(options.seed, False, time.monotonic() - started, summary, counts)
     finally:
         if gateways is not None:
             await gateways.aclose()

@@ -145,7 +145,8 @@ def _topology(node: ClusterNode) -> list[tuple[int, str, str]]:
     try:
         connection = client.connection_pool.get_connection()
         try:
-            connection.send_command("CLUSTER", "NODES")
+            # redis-py leaves send_command unannotated.
+            connection.send_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
             text = connection.read_response()
         finally:
             client.connection_pool.release(connection)

@@ -89,8 +89,8 @@ class RedisProcess:
 
 
 @contextlib.contextmanager
-def redis_process(**kwargs: bool) -> Iterator[RedisProcess]:
-    server = RedisProcess(**kwargs)
+def redis_process(*, appendonly: bool = False) -> Iterator[RedisProcess]:
+    server = RedisProcess(appendonly=appendonly)
     server.start()
     try:
         yield server

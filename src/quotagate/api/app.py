@@ -61,8 +61,9 @@ class _Gateway(Starlette):
     """Starlette, with the authz hook answered before the middleware stack and the router.
 
     The hook is one call per proxied request, and that stack (error middleware, exception
-    middleware, router) was about 8 of its ~40 us of in-process CPU. Its errors are answered
-    by the hook itself; an unexpected one is logged and answered as the app's handler would.
+    middleware, router) would cost a good part of its CPU (docs/benchmark.md). Its errors are
+    answered by the hook itself; an unexpected one is logged and answered as the app's handler
+    would.
     """
 
     authz_hook: ASGIApp | None = None
@@ -101,10 +102,9 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         except BaseException:
             await gw.stop()
             raise
-        # Everything alive now (modules, the app, the clients: ~100k objects) lives as long as
-        # the process: move it out of the collector's sight. Otherwise each full collection
-        # walks it all, a pause of 20-80 ms every second or so under load, which was the whole
-        # of the hook's p99 (69 ms against 7 ms with the freeze, same run).
+        # Everything alive now (modules, the app, the clients) lives as long as the process:
+        # move it out of the collector's sight. Otherwise each full collection walks it all, a
+        # pause of tens of milliseconds that sets the hook's p99 (docs/benchmark.md).
         gc.freeze()
         try:
             yield

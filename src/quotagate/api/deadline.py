@@ -1,8 +1,8 @@
 """A bound on how long a request may wait, for many requests that share one bound.
 
-``asyncio.timeout`` arms and cancels a loop timer per use, and is an async context manager:
-about 6-8 us a request on uvloop, near a tenth of the hook's own cost. Here a use is a plain
-``with`` that appends to a queue, and one timer, armed for the oldest use still waiting,
+``asyncio.timeout`` arms and cancels a loop timer per use, and is an async context manager,
+which on the hook costs a noticeable part of a request (docs/benchmark.md). Here a use is
+a plain ``with`` that appends to a queue, and one timer, armed for the oldest use still waiting,
 cancels whatever is past its deadline. All uses share one length, so they expire in the order
 they began and the queue stays sorted without a heap. On expiry the block raises
 TimeoutError, as with ``asyncio.timeout`` (whose cancel/uncancel protocol this follows).

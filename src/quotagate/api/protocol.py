@@ -3,9 +3,9 @@ answered in it, before ASGI.
 
 The hook is one call per proxied request, and in front of every request its cost is the
 product. Through ASGI each call builds a scope, a request/response cycle with its event, a
-Starlette request and response, and two ``send`` messages that uvicorn checks header by header;
-that was about a third of the hook's CPU. Here the parser's callbacks lead straight to
-:meth:`~quotagate.api.routes.hook.Hook.answer`, and the answer is written in one piece.
+Starlette request and response, and two ``send`` messages that uvicorn checks header by header,
+a large share of the hook's CPU (docs/benchmark.md). Here the parser's callbacks lead
+straight to :meth:`~quotagate.api.routes.hook.Hook.answer`, and the answer is written in one piece.
 
 Everything else about the connection stays uvicorn's: keep-alive and its timeout, pipelined
 requests (answered in order), flow control, ``--limit-concurrency``, graceful shutdown, the

@@ -58,7 +58,9 @@ VALUES ($1, $2, $3, 'spend', $4)
 """
 
 POOL_ENV = "QUOTAGATE_BENCH_PG_POOL"
-"""Connections per worker process (default 10), a usual asyncpg pool size."""
+"""Connections per worker process, to override DEFAULT_POOL_SIZE."""
+DEFAULT_POOL_SIZE = 10
+"""Connections per worker process when POOL_ENV is unset: a usual asyncpg pool size."""
 URL_ENV = "QUOTAGATE_BENCH_PG_URL"
 
 
@@ -77,7 +79,7 @@ async def prepare(conn: asyncpg.Connection, accounts: list[str], credits: int) -
 def create_app() -> Starlette:
     """The app factory uvicorn serves (``--factory``); the database from QUOTAGATE_BENCH_PG_URL."""
     url = os.environ[URL_ENV]
-    size = int(os.environ.get(POOL_ENV, "10"))
+    size = int(os.environ.get(POOL_ENV) or DEFAULT_POOL_SIZE)
     state: dict[str, asyncpg.Pool] = {}
 
     @asynccontextmanager

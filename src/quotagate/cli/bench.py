@@ -1,4 +1,4 @@
-"""`quotagate bench`: the benchmark (see the README's Benchmark section)."""
+"""`quotagate bench`: the benchmark (its method and results: docs/benchmark.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each is also an RQ job (quotagate.jobs.*) that the scheduler enqueues; these commands run the
 same code here and now, with a progress bar for people and ``--json`` for scripts. Exit
-codes are listed in quotagate.cli.ops_support.
+statuses are those of quotagate.cli.failures.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from quotagate.cli.backends import Backends, run
-from quotagate.cli.ops_support import EXIT_DRIFT, EXIT_REFUSED, fail, json_option, progress
+from quotagate.cli.failures import EXIT_REFUSED
+from quotagate.cli.ops_support import EXIT_DRIFT, fail, json_option, progress
 from quotagate.cli.output import emit_json, table
 from quotagate.engine import current_period
 from quotagate.errors import RecoveryRefused, ValidationError
@@ -150,7 +151,8 @@ def reconcile(do_repair: bool, partitions: tuple[int, ...], as_json: bool) -> No
 
 def _print_reconciliation(report: Report, repairs: list[Repair], after: Report | None) -> None:
     if report.balanced:
-        click.echo(f"the books balance: {report.accounts} accounts checked, no drift")
+        accounts = "1 account" if report.accounts == 1 else f"{report.accounts} accounts"
+        click.echo(f"the books balance: {accounts} checked, no drift")
         return
     click.echo(table(_drift_rows(report.drifts)))
     click.echo(f"\n{len(report.drifts)} drifts over {report.accounts} accounts")

@@ -20,8 +20,10 @@ from typing import Any
 
 import click
 
-EXIT_DRIFT = 1
-EXIT_REFUSED = 4
+from quotagate.cli.failures import EXIT_FAILED
+
+# Reconciliation that found drift is work that ran and found a problem.
+EXIT_DRIFT = EXIT_FAILED
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 

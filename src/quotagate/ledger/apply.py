@@ -24,9 +24,9 @@ Two ways to do step 2:
   are added to the snapshots by one upsert. A row in the ledger all the same (another flush,
   a write-through committed in between, a batch re-read after a crash) makes the COPY fail
   on the primary key, and the whole transaction with it: the caller then applies the batch
-  with :func:`apply_entries`. COPY writes rows the way the bare COPY it is measured against
-  does; ON CONFLICT checks every row against the index first, and the temporary table and
-  the join back to the inserted ids cost as much again (see the README).
+  with :func:`apply_entries`. COPY writes rows in bulk; ON CONFLICT checks every row against
+  the index first, and the temporary table and the join back to the inserted ids add to that
+  (docs/ledger.md compares the two).
 """
 
 from __future__ import annotations

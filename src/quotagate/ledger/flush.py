@@ -45,20 +45,20 @@ from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
 from quotagate.ledger.outbox import StreamReader, trim_through
 from quotagate.ledger.postgres import in_transaction
+from quotagate.settings import DEFAULT_FLUSH_BATCH_SIZE, DEFAULT_FLUSH_LEASE_SECONDS
 
-DEFAULT_BATCH_SIZE = 10_000
-"""Entries per batch: one COPY, one snapshot upsert, one commit, one XTRIM (read in XRANGEs of
-``outbox.READ_CHUNK``). Each batch updates one snapshot row per account in it, and commits
-once: larger batches share both among more rows (see the README's measurements). The batch's
-snapshot rows stay locked from its upsert to its commit, a few milliseconds."""
+DEFAULT_BATCH_SIZE = DEFAULT_FLUSH_BATCH_SIZE
+"""Entries per batch, QUOTAGATE_FLUSH_BATCH's default: one COPY, one snapshot upsert, one
+commit, one XTRIM (read in XRANGEs of ``outbox.READ_CHUNK``). The batch's snapshot rows stay
+locked from its upsert to its commit."""
 
 CHECKED_PATH_ERRORS = quarantine.REFUSED_ERRORS
 """What sends a batch from the fast path to the checked one: a row already in the ledger
 (UniqueViolationError), or a value PostgreSQL refuses."""
 
-DEFAULT_LEASE_SECONDS = 15.0
-"""How long a flush may hold its partition without renewing (it renews every batch). After a
-worker dies, its partition waits at most this long for another flush."""
+DEFAULT_LEASE_SECONDS: float = DEFAULT_FLUSH_LEASE_SECONDS
+"""How long a flush may hold its partition without renewing: QUOTAGATE_FLUSH_LEASE_SECONDS's
+default."""
 
 DEFAULT_TIME_BUDGET_SECONDS = 20.0
 """A queued flush job stops after this long and lets the next job go on, so one busy
@@ -73,7 +73,7 @@ class _CollectorPause:
 
     A batch is tens of thousands of lists (the stream reply) that live until it commits.
     Each time enough of them have outlived two young collections, the collector walks every
-    object of the process: in the benchmark that was a third of the flush's Python time.
+    object of the process, a large share of the flush's Python time (docs/ledger.md).
     A flush makes no garbage that reference counting does not free, and the collector is
     back on when the last flush ends.
     """

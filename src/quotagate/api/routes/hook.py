@@ -169,9 +169,9 @@ class Hook:
 
     def begin(self, method: str, path: str, h: Mapping[str, str], reply: Reply) -> None:
         """Start answering one hook request; ``reply(answer)`` is called once, now or from the
-        event loop (the charge's done-callback). No task per request: on the hook, creating
-        and stepping one was about a tenth of the CPU. The charge is bounded by the shared
-        Deadline, which cancels it on expiry (an answer by the failure policy)."""
+        event loop (the charge's done-callback). No task per request: creating and stepping
+        one is a measurable part of the hook's CPU (docs/benchmark.md). The charge is bounded
+        by the shared Deadline, which cancels it on expiry (an answer by the failure policy)."""
         started = time.perf_counter()
         try:
             account_id = self._caller(h)
