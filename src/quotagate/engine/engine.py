@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import idempotency, validate
+from quotagate.engine.charge_list import Charge, rounds
 from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
 from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
@@ -49,9 +50,13 @@ from quotagate.errors import (
     AccountNotFound,
     AccountNotLoaded,
     ConfigError,
+    QuotagateError,
     UnknownTier,
     ValidationError,
 )
+
+ChargeOutcome = ChargeResult | QuotagateError
+"""What one charge of a list came to: charged (or replayed), or the error it raised."""
 
 
 def redis_from_url(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 5.0) -> Redis:
@@ -304,6 +309,34 @@ class CreditEngine:
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
         return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+
+    async def consume_many(self, charges: Sequence[Charge]) -> list[ChargeOutcome]:
+        """Charge each of ``charges`` (any accounts), as :meth:`consume` would one after the
+        other: one outcome per charge, in order, the error it would raise alone in place of
+        its result. Charges of one account run in their order, several as one script call;
+        different accounts' charges go in one pipeline (see :mod:`.charge_list`). Not
+        all-or-nothing: each charge stands or falls alone."""
+        outcomes: list[ChargeOutcome | None] = [None] * len(charges)
+        for indexes in rounds(charges):
+            sent: dict[int, asyncio.Future[ChargeResult]] = {}
+            for index in indexes:
+                charge = charges[index]
+                try:
+                    sent[index] = self.consume_soon(
+                        charge.account_id, charge.resource, charge.units,
+                        description=charge.description, metadata=charge.metadata,
+                        idempotency_key=charge.idempotency_key,
+                    )  # fmt: skip
+                except QuotagateError as exc:  # bad input: refused here, nothing sent
+                    outcomes[index] = exc
+            replies = await asyncio.gather(*sent.values(), return_exceptions=True)
+            for index, reply in zip(sent, replies, strict=True):
+                if not isinstance(reply, ChargeResult | QuotagateError):
+                    raise reply  # a bug or a cancellation, not an answer
+                outcomes[index] = reply
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(charges)  # every charge is in exactly one round
+        return done
 
     async def credit(
         self,
