@@ -93,7 +93,9 @@ def test_every_answer_is_what_a_single_consume_answers(
     banned1, banned2 = _twins(http, admin, tier="free", status="banned")
     missing = new_account_id()
     batch = _batch(http, service, _script(a1, b1, banned1, missing))
-    alone = [_as_single_answer(_single(http, service, i)) for i in _script(a2, b2, banned2, missing)]
+    alone = [
+        _as_single_answer(_single(http, service, i)) for i in _script(a2, b2, banned2, missing)
+    ]
 
     assert [_without_txn(r) for r in batch] == alone
     statuses = [r["status"] for r in batch]

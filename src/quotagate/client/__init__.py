@@ -9,5 +9,6 @@ or of :mod:`quotagate.api.errors` (``Unauthorized``, ``Forbidden``...), by their
 from quotagate.client.aio import AsyncQuotagateClient
 from quotagate.client.errors import ApiError, error_from_problem
 from quotagate.client.sync import QuotagateClient
+from quotagate.engine.charge_list import Charge
 
-__all__ = ["ApiError", "AsyncQuotagateClient", "QuotagateClient", "error_from_problem"]
+__all__ = ["ApiError", "AsyncQuotagateClient", "Charge", "QuotagateClient", "error_from_problem"]
