@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import idempotency, validate
-from quotagate.engine.charge_list import Charge, rounds
+from quotagate.engine.charge_list import Charge, InFlight, rounds
 from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
 from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
@@ -122,6 +122,7 @@ class CreditEngine:
         self.scripts: dict[str, Script] = load_scripts()
         self.runner = ScriptRunner(redis, batching=batching)
         self._consume = self.scripts["consume"]
+        self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
         self._idem_ttl_ms_by_scope = {
@@ -318,25 +319,32 @@ class CreditEngine:
         all-or-nothing: each charge stands or falls alone."""
         outcomes: list[ChargeOutcome | None] = [None] * len(charges)
         for indexes in rounds(charges):
-            sent: dict[int, asyncio.Future[ChargeResult]] = {}
-            for index in indexes:
-                charge = charges[index]
-                try:
-                    sent[index] = self.consume_soon(
-                        charge.account_id, charge.resource, charge.units,
-                        description=charge.description, metadata=charge.metadata,
-                        idempotency_key=charge.idempotency_key,
-                    )  # fmt: skip
-                except QuotagateError as exc:  # bad input: refused here, nothing sent
-                    outcomes[index] = exc
-            replies = await asyncio.gather(*sent.values(), return_exceptions=True)
-            for index, reply in zip(sent, replies, strict=True):
-                if not isinstance(reply, ChargeResult | QuotagateError):
-                    raise reply  # a bug or a cancellation, not an answer
-                outcomes[index] = reply
+            async with self._lists_in_flight.room_for(len(indexes)):
+                await self._charge_round(charges, indexes, outcomes)
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(charges)  # every charge is in exactly one round
         return done
+
+    async def _charge_round(
+        self, charges: Sequence[Charge], indexes: list[int], outcomes: list[ChargeOutcome | None]
+    ) -> None:
+        """Send the round's charges in one tick; put each one's outcome in its place."""
+        sent: dict[int, asyncio.Future[ChargeResult]] = {}
+        for index in indexes:
+            charge = charges[index]
+            try:
+                sent[index] = self.consume_soon(
+                    charge.account_id, charge.resource, charge.units,
+                    description=charge.description, metadata=charge.metadata,
+                    idempotency_key=charge.idempotency_key,
+                )  # fmt: skip
+            except QuotagateError as exc:  # bad input: refused here, nothing sent
+                outcomes[index] = exc
+        replies = await asyncio.gather(*sent.values(), return_exceptions=True)
+        for index, reply in zip(sent, replies, strict=True):
+            if not isinstance(reply, ChargeResult | QuotagateError):
+                raise reply  # a bug or a cancellation, not an answer
+            outcomes[index] = reply
 
     async def credit(
         self,
