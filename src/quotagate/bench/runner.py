@@ -1,8 +1,9 @@
 """Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
 
-Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``, ``memory``). Each row
-is measured for the same fixed time at the same fixed concurrency with the same load generator,
-and compared with a baseline row of the same run. ``memory`` measures bytes kept, not rates.
+Scenarios come in groups (``http``, ``postgres``, ``engine``, ``batch``, ``flush``,
+``memory``). Each row is measured for the same fixed time at the same fixed concurrency with the
+same load generator, and compared with a baseline row of the same run. ``memory`` measures
+bytes kept, not rates.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from quotagate.bench.servers import Server
 from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
 
-GROUPS = ("http", "postgres", "engine", "flush", "memory")
+GROUPS = ("http", "postgres", "engine", "batch", "flush", "memory")
 """Scenario groups, in the order they run."""
 
 
@@ -138,6 +139,7 @@ TARGETS = (
     Target("hook vs Postgres design (spread)", "hook/spread", "postgres/spread", "rate", 5.0),
     Target("hook vs Postgres design (hot)", "hook/hot", "postgres/hot", "rate", 20.0),
     Target("engine vs redis-benchmark", "engine/in-process", "redis-benchmark", "rate", 0.6),
+    Target("batch vs pipelined script", "batch/spread", "redis-benchmark/pipelined", "rate", 0.6),
     Target("flush vs bare COPY", "flush/worker", "flush/copy", "rate", 0.5),
 )
 
