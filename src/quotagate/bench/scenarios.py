@@ -12,6 +12,8 @@ Rows (``name``: what it measures, compared with):
   redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
   batch/spread      POST /v1/charges, charges/s over 100k accounts (redis-benchmark/pipelined)
   redis-benchmark/pipelined the same EVALSHA pipelined 16 deep over 100k accounts
+  nginx/alone       wrk through nginx (the example site) to a trivial upstream
+  nginx/hook        the same with auth_request calling the hook first (nginx/alone)
   flush/worker      the ledger flush, rows/s (flush/copy)
   flush/copy        a bare COPY of the same rows into the same table
 """
@@ -166,6 +168,14 @@ async def batch_group(run: Run, progress: Progress) -> None:
     await batch.measure(run, progress)
 
 
+async def nginx_group(run: Run, progress: Progress) -> None:
+    """wrk through real nginx, with the hook in auth_request and without (when installed)."""
+    from quotagate.bench import nginx
+
+    await _accounts_in_redis(run, progress)
+    await nginx.measure(run, progress)
+
+
 async def flush_group(run: Run, progress: Progress) -> None:
     """The ledger flush against a bare COPY of the same rows."""
     from quotagate.bench import flush
@@ -185,6 +195,7 @@ GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
     "postgres": postgres_group,
     "engine": engine_group,
     "batch": batch_group,
+    "nginx": nginx_group,
     "flush": flush_group,
     "memory": memory_group,
 }
