@@ -10,6 +10,7 @@ Python service may embed it directly::
 
 Every method checks its input first (a bad one raises a ValidationError and writes nothing),
 then makes exactly one script call; calls made in the same loop tick share one pipeline.
+``consume_many`` is many consumes at once: one outcome per charge, each as ``consume`` alone.
 """
 
 from __future__ import annotations
