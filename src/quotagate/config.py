@@ -68,6 +68,17 @@ class Holds(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)] = 86400
 
 
+class Batch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Batch charges (``POST /v1/charges``)."""
+
+    max_charges: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Most charges one request may carry: bounds the time one request holds the gateway's
+    event loop and the size of its answer."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+    """Largest body of a batch request. 1,000 charges with a few hundred bytes of metadata
+    each fit several times over; a single charge's body stays capped at 16 KiB."""
+
+
 Method = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z]{1,32})\Z")]
 
 
@@ -167,6 +178,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A new account starts with its tier's monthly grant (as a "grant" transaction)."""
     idempotency: Idempotency = Idempotency()
     holds: Holds = Holds()
+    batch: Batch = Batch()
     authz: Authz = Authz()
     identity: Identity = Identity()
 

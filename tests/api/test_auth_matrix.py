@@ -31,6 +31,7 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "POST /v1/accounts/{id}/credits (refund)":     (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/check":                (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/consume":              (200, 200, 403, 403, 401),
+    "POST /v1/charges":                            (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/holds":                (201, 201, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
@@ -103,6 +104,9 @@ PREPARE: dict[str, Prepare] = {
     ),
     "POST /v1/accounts/{id}/consume": _fixed(
         "POST", "/v1/accounts/{id}/consume", {"resource": "api_call"}
+    ),
+    "POST /v1/charges": lambda http, admin, acct: Call(
+        "POST", "/v1/charges", {"charges": [{"account_id": acct, "resource": "api_call"}]}
     ),
     "POST /v1/accounts/{id}/holds": _fixed("POST", "/v1/accounts/{id}/holds", {"amount": 1}),
     "POST /v1/accounts/{id}/holds/{hold}/capture": lambda http, admin, acct: Call(

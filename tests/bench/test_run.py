@@ -12,9 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import asyncpg
 import redis
+
+from quotagate.bench.nginx import nginx_binary
 
 EXPECTED_ROWS = {
     "http": [
@@ -23,8 +26,13 @@ EXPECTED_ROWS = {
     "postgres": ["postgres/hot", "postgres/spread"],
     "engine": ["engine/in-process", "engine/unbatched"]
     + (["redis-benchmark"] if shutil.which("redis-benchmark") else []),
+    "batch": (["redis-benchmark/pipelined"] if shutil.which("redis-benchmark") else [])
+    + ["batch/spread"],
+    "nginx": ["nginx/alone", "nginx/hook"] if nginx_binary() else [],
     "flush": ["flush/worker", "flush/copy"],
 }  # fmt: skip
+CHARGE_ROWS = {"batch/spread", "redis-benchmark/pipelined"}
+"""Rows counting charges, not requests."""
 LATENCY_FREE = {"flush/worker", "flush/copy"}
 """Rows that count rows moved by one batch job: a rate, no latency."""
 
@@ -70,6 +78,9 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
             continue
         assert row["p50_ms"] is not None and 0 < row["p50_ms"] <= row["p99_ms"], row
         assert row["concurrency"] == 8
+        assert row["unit"] == ("charges/s" if row["name"] in CHARGE_ROWS else "req/s"), row
+        if row["name"] in CHARGE_ROWS or row["name"] == "nginx/hook":
+            continue  # their notes say how they ran (checked below)
         # A note on an HTTP or engine row says that fewer credits were charged than answered.
         assert row["note"] in ("", "same EVALSHA of consume.lua"), row
     by_name = {r["name"]: r for r in report["results"]}
@@ -86,6 +97,7 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
         target = {t["name"]: t for t in report["targets"]}["engine vs redis-benchmark"]
         assert target["value"] == engine["ratio"]
         assert target["met"] is (engine["ratio"] >= 0.6)
+    _check_batch_and_nginx_rows(by_name, {t["name"]: t for t in report["targets"]})
     conditions = report["conditions"]
     assert conditions["concurrency"] == 8
     assert conditions["generator"] in ("wrk", "pyload")
@@ -102,6 +114,27 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
     finally:
         await conn.close()
     assert left == 0
+
+
+def _check_batch_and_nginx_rows(by_name: dict[str, Any], targets: dict[str, Any]) -> None:
+    batch = by_name["batch/spread"]
+    assert batch["note"] == "1000 charges a request, 8 in flight"
+    assert batch["server_cpu_us"] > 0
+    assert batch["baseline"] == "redis-benchmark/pipelined"
+    if "redis-benchmark/pipelined" in by_name:
+        pipelined = by_name["redis-benchmark/pipelined"]
+        assert pipelined["note"] == "-P 16 -r 500, same EVALSHA of consume.lua", pipelined
+        assert batch["ratio"] == batch["rate"] / pipelined["rate"]
+        assert targets["batch vs pipelined script"]["value"] == batch["ratio"]
+    if "nginx/hook" in by_name:
+        hook, alone = by_name["nginx/hook"], by_name["nginx/alone"]
+        assert hook["baseline"] == "nginx/alone"
+        assert re.fullmatch(r"CPU per request: nginx \d+ us, gateway \d+ us", hook["note"])
+        assert hook["server_cpu_us"] > alone["server_cpu_us"] > 0
+        assert targets["nginx with the hook vs nginx alone"]["value"] == hook["ratio"]
+        assert targets["nginx p99 with the hook vs alone"]["value"] == (
+            hook["p99_ms"] / alone["p99_ms"]
+        )
 
 
 def test_table_output_and_a_clear_error(redis_url: str, database_url: str) -> None:

@@ -9,7 +9,14 @@ from tests.support.gateway import GatewayServer, new_account_id
 from tests.support.servers import free_port
 
 from quotagate.api import errors as http_errors
-from quotagate.client import ApiError, AsyncQuotagateClient, QuotagateClient, error_from_problem
+from quotagate.api.schemas import ChargeOut
+from quotagate.client import (
+    ApiError,
+    AsyncQuotagateClient,
+    Charge,
+    QuotagateClient,
+    error_from_problem,
+)
 from quotagate.errors import (
     AccountBanned,
     AccountNotFound,
@@ -119,3 +126,44 @@ def test_problem_mapping() -> None:
     )  # fmt: skip
     html = error_from_problem(502, b"<html>bad gateway</html>")
     assert isinstance(html, ApiError) and html.http_status == 502
+
+
+def test_sync_consume_many(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct, other = new_account_id(), new_account_id()
+    with (
+        QuotagateClient(gateway.url, api_keys["admin"]) as admin,
+        QuotagateClient(gateway.url, api_keys["service"]) as service,
+    ):
+        admin.upsert_account(acct, tier="free")
+        admin.upsert_account(other, tier="free")
+        charges = [
+            Charge(acct, "premium_feature", 15, idempotency_key="m-1"),
+            Charge(other, "api_call", 2, description="two", metadata={"job": 1}),
+            Charge(acct, "premium_feature", 10),
+            Charge(acct, "gold"),
+            Charge(new_account_id(), "api_call"),
+            Charge(acct, "api_call", 25),
+        ]
+        first = service.consume_many(charges)
+        again = service.consume_many(charges[:1])
+        with pytest.raises(ValidationError):
+            service.consume_many([])
+        assert service.consume_many([Charge("bad id!", "api_call", 0)])[0].code == "invalid_amount"
+    assert [type(o) for o in first] == [ChargeOut, ChargeOut, InsufficientCredits,
+                                        UnknownResource, AccountNotFound, ChargeOut]  # fmt: skip
+    assert [(o.cost, o.remaining) for o in first if isinstance(o, ChargeOut)] == [
+        (75, 25), (2, 98), (25, 0),
+    ]  # fmt: skip
+    refused = first[2]
+    assert isinstance(refused, InsufficientCredits)
+    assert (refused.required, refused.available) == (50, 25)
+    assert again == first[:1]
+
+
+async def test_async_consume_many(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    async with AsyncQuotagateClient(gateway.url, api_keys["admin"]) as admin:
+        await admin.upsert_account(acct, tier="free")
+        outcomes = await admin.consume_many([Charge(acct, "api_call", 60)] * 2)
+    assert isinstance(outcomes[0], ChargeOut) and outcomes[0].remaining == 40
+    assert isinstance(outcomes[1], InsufficientCredits) and outcomes[1].available == 40

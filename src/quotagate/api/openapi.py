@@ -271,6 +271,33 @@ def _account_paths() -> dict[str, Any]:
     return paths
 
 
+def _batch_paths(config: Config) -> dict[str, Any]:
+    op = _op(
+        "Charge many resources, for any accounts",
+        "service",
+        (200, s.ChargesOut),
+        body=s.ChargesRequest,
+        errors=(413, 422, 503),
+    )
+    op["description"] = (
+        f"Scope: service. Up to {config.batch.max_charges} charges (batch.max_charges), each "
+        "a BatchCharge with its own account, resource, units and optional idempotency_key. "
+        "The answer carries one result per charge, in order: its status and what a single "
+        "consume would have answered (the charge, or its problem document, 402, 404, 409, "
+        "422, 429, 503...). A malformed request (not a JSON object, no charges array, too many "
+        "charges, an Idempotency-Key header) is a 422 and charges nothing; a malformed charge "
+        "is a 422 result of its own. Charges of one account run in their order; not "
+        "all-or-nothing. An item's idempotency_key is the Idempotency-Key of a consume of its "
+        "account: either replays the other."
+    )
+    return {"/v1/charges": {"post": op}}
+
+
+def _limit_batches(components: dict[str, Any], config: Config) -> None:
+    """The batch size is the config's: the document says it, as the server enforces it."""
+    components["ChargesRequest"]["properties"]["charges"]["maxItems"] = config.batch.max_charges
+
+
 def _hook_paths() -> dict[str, Any]:
     hook = _hook_op()
     any_method = {m: hook for m in ("get", "head", "post", "put", "patch", "delete", "options")}
@@ -353,7 +380,8 @@ def _name_the_configured(components: dict[str, Any], config: Config) -> None:
 def openapi_document(config: Config) -> dict[str, Any]:
     _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
     _name_the_configured(components, config)
-    paths = {**_account_paths(), **_hook_paths(), **_ops_paths()}
+    _limit_batches(components, config)
+    paths = {**_account_paths(), **_batch_paths(config), **_hook_paths(), **_ops_paths()}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -69,6 +69,38 @@ class ConsumeRequest(_Body):
     metadata: Metadata | None = None
 
 
+class BatchCharge(_Body):
+    """One charge of a batch: a consume's body, with the account and the idempotency key the
+    single consume carries in its path and its Idempotency-Key header (both checked as
+    there, by the engine, so a bad one gets the answer it would get there)."""
+
+    account_id: Annotated[str, Meta(description="The account (as in a consume's path).")]
+    resource: ResourceName
+    units: Amount = 1
+    description: Description | None = None
+    metadata: Metadata | None = None
+    idempotency_key: (
+        Annotated[
+            str,
+            Meta(
+                description="The charge's Idempotency-Key: the same record as a consume of "
+                "this account with this key."
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ChargesRequest(_Body):
+    """A batch of charges. Each item is decoded on its own: an item that is not a valid
+    BatchCharge gets a 422 answer of its own, and the rest of the batch goes on."""
+
+    charges: Annotated[
+        list[msgspec.Raw],
+        Meta(min_length=1, description="The charges (BatchCharge objects), in order."),
+    ]
+
+
 class HoldRequest(_Body):
     """Either ``resource`` (with ``units``) or ``amount``."""
 
@@ -149,6 +181,24 @@ class ChargeOut(_Out):
     remaining: int
 
 
+class ChargeItemOut(_Out, omit_defaults=True):
+    """What one charge of a batch came to: ``status`` is the status a single consume would
+    have answered; a charge carries the consume's answer (``replayed`` when its idempotency
+    key had charged already), a refusal the problem document a consume would answer."""
+
+    status: int
+    transaction_id: str | None = None
+    cost: int | None = None
+    remaining: int | None = None
+    replayed: bool = False
+    problem: dict[str, Any] | None = None
+
+
+class ChargesOut(_Out):
+    results: list[ChargeItemOut]
+    """One per charge, in the request's order."""
+
+
 class HoldOut(_Out):
     hold_id: str
     amount: int
@@ -192,11 +242,12 @@ class Problem(_Out):
 
 
 REQUESTS: tuple[type[Struct], ...] = (
-    AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, HoldRequest, CaptureRequest,
-    ReleaseRequest,
+    AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, BatchCharge, ChargesRequest,
+    HoldRequest, CaptureRequest, ReleaseRequest,
 )  # fmt: skip
 ANSWERS: tuple[type[Struct], ...] = (
-    AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, HoldOut, ReleaseOut,
+    AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, ChargeItemOut, ChargesOut,
+    HoldOut, ReleaseOut,
     TransactionsOut, ResourcesOut, HealthOut, ReadyOut, Problem,
 )  # fmt: skip
 

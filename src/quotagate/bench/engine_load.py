@@ -88,20 +88,37 @@ def consume_command(engine: CreditEngine, account: str) -> list[str]:
 
 
 def redis_benchmark(
-    redis_url: str, command: list[str], *, duration_s: float, concurrency: int
+    redis_url: str,
+    command: list[str],
+    *,
+    duration_s: float,
+    concurrency: int,
+    pipeline: int = 1,
+    keyspace: int | None = None,
 ) -> LoadResult:
-    """Run ``command`` through redis-benchmark for about ``duration_s`` seconds.
+    """Run ``command`` through redis-benchmark for about ``duration_s`` seconds, ``pipeline``
+    calls deep per connection (-P); with ``keyspace``, each ``__rand_int__`` of the command
+    becomes a random 12-digit number below it (-r).
 
     redis-benchmark counts requests, not time: a short calibration run sets the count.
     """
-    calibration = _run(redis_url, command, concurrency, requests=max(2000, concurrency * 200))
+    extra = ["-P", str(pipeline)] + (["-r", str(keyspace)] if keyspace else [])
+    first = max(2000, concurrency * 200 * pipeline)
+    calibration = _run(redis_url, command, concurrency, requests=first, extra=extra)
     requests = max(1000, int(calibration.rate * duration_s))
-    return _run(redis_url, command, concurrency, requests=requests)
+    return _run(redis_url, command, concurrency, requests=requests, extra=extra)
 
 
-def _run(redis_url: str, command: list[str], concurrency: int, *, requests: int) -> LoadResult:
+def _run(
+    redis_url: str,
+    command: list[str],
+    concurrency: int,
+    *,
+    requests: int,
+    extra: list[str] | None = None,
+) -> LoadResult:
     args = ["redis-benchmark", "-u", redis_url, "-c", str(concurrency), "-n", str(requests)]
-    args += ["--csv", "--precision", "3", *command]
+    args += [*(extra or []), "--csv", "--precision", "3", *command]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     if proc.returncode != 0 or not rows:

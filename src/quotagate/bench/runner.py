@@ -1,8 +1,9 @@
 """Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
 
-Scenarios come in groups (``http``, ``postgres``, ``engine``, ``flush``, ``memory``). Each row
-is measured for the same fixed time at the same fixed concurrency with the same load generator,
-and compared with a baseline row of the same run. ``memory`` measures bytes kept, not rates.
+Scenarios come in groups (``http``, ``postgres``, ``engine``, ``batch``, ``nginx``,
+``flush``, ``memory``). Each row is measured for the same fixed time at the same fixed
+concurrency with the same load generator, and compared with a baseline row of the same run.
+``memory`` measures bytes kept, not rates.
 """
 
 from __future__ import annotations
@@ -15,17 +16,26 @@ import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from quotagate.bench import scenarios
 from quotagate.bench.load import HttpLoad, LoadResult, available_generator
 from quotagate.bench.pyload import run_pyload
 from quotagate.bench.report import Report, Row, Target
-from quotagate.bench.servers import Server
 from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
 
-GROUPS = ("http", "postgres", "engine", "flush", "memory")
+GROUPS = ("http", "postgres", "engine", "batch", "nginx", "flush", "memory")
 """Scenario groups, in the order they run."""
+
+
+class Served(Protocol):
+    """What an HTTP row is measured against: a server, or a chain of them (nginx in front)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    def cpu_seconds(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Run:
     redis_accounts_ready: bool = False
     """The hot and spread accounts are open in Redis (the http and engine groups share them)."""
 
-    def http(self, name: str, load: HttpLoad, server: Server, baseline: str | None) -> Row:
+    def http(self, name: str, load: HttpLoad, server: Served, baseline: str | None) -> Row:
         """Warm up, then measure ``load`` against ``server``, with its CPU time per request."""
         o = self.options
         if o.warmup_s > 0:
@@ -138,6 +148,9 @@ TARGETS = (
     Target("hook vs Postgres design (spread)", "hook/spread", "postgres/spread", "rate", 5.0),
     Target("hook vs Postgres design (hot)", "hook/hot", "postgres/hot", "rate", 20.0),
     Target("engine vs redis-benchmark", "engine/in-process", "redis-benchmark", "rate", 0.6),
+    Target("batch vs pipelined script", "batch/spread", "redis-benchmark/pipelined", "rate", 0.6),
+    Target("nginx with the hook vs nginx alone", "nginx/hook", "nginx/alone", "rate", 0.4),
+    Target("nginx p99 with the hook vs alone", "nginx/hook", "nginx/alone", "p99", 3.0),
     Target("flush vs bare COPY", "flush/worker", "flush/copy", "rate", 0.5),
 )
 

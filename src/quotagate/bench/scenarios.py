@@ -10,6 +10,10 @@ Rows (``name``: what it measures, compared with):
   engine/in-process ``CreditEngine.consume`` from concurrent tasks, no HTTP (redis-benchmark)
   engine/unbatched  the same with the engine's pipeline batching off (redis-benchmark)
   redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
+  batch/spread      POST /v1/charges, charges/s over 100k accounts (redis-benchmark/pipelined)
+  redis-benchmark/pipelined the same EVALSHA pipelined 16 deep over 100k accounts
+  nginx/alone       wrk through nginx (the example site) to a trivial upstream
+  nginx/hook        the same with auth_request calling the hook first (nginx/alone)
   flush/worker      the ledger flush, rows/s (flush/copy)
   flush/copy        a bare COPY of the same rows into the same table
 """
@@ -156,6 +160,22 @@ async def engine_group(run: Run, progress: Progress) -> None:
     await run.stage.clear_outboxes()
 
 
+async def batch_group(run: Run, progress: Progress) -> None:
+    """Batch charges through the gateway against redis-benchmark pipelined 16 deep."""
+    from quotagate.bench import batch
+
+    await _accounts_in_redis(run, progress)
+    await batch.measure(run, progress)
+
+
+async def nginx_group(run: Run, progress: Progress) -> None:
+    """wrk through real nginx, with the hook in auth_request and without (when installed)."""
+    from quotagate.bench import nginx
+
+    await _accounts_in_redis(run, progress)
+    await nginx.measure(run, progress)
+
+
 async def flush_group(run: Run, progress: Progress) -> None:
     """The ledger flush against a bare COPY of the same rows."""
     from quotagate.bench import flush
@@ -174,6 +194,8 @@ GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
     "http": http_group,
     "postgres": postgres_group,
     "engine": engine_group,
+    "batch": batch_group,
+    "nginx": nginx_group,
     "flush": flush_group,
     "memory": memory_group,
 }

@@ -92,12 +92,7 @@ class Server:
         Linux only (from /proc); None elsewhere. A figure per request that the noise of a shared
         machine moves far less than throughput does.
         """
-        if self.proc is None:
-            return None
-        try:
-            return sum(_cpu_seconds(pid) for pid in _process_tree(self.proc.pid))
-        except OSError:
-            return None
+        return None if self.proc is None else cpu_seconds_of_tree(self.proc.pid)
 
     def last_log_line(self) -> str:
         self.log.seek(0)
@@ -127,6 +122,15 @@ class Server:
 
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds_of_tree(pid: int) -> float | None:
+    """CPU time (user + system) used so far by ``pid`` and its descendants; None when /proc
+    cannot tell (not Linux, or the process is gone)."""
+    try:
+        return sum(_cpu_seconds(p) for p in _process_tree(pid))
+    except OSError:
+        return None
 
 
 def _process_tree(pid: int) -> list[int]:

@@ -9,6 +9,7 @@ or of :mod:`quotagate.api.errors` (``Unauthorized``, ``Forbidden``...), by their
 from quotagate.client.aio import AsyncQuotagateClient
 from quotagate.client.errors import error_from_problem
 from quotagate.client.sync import QuotagateClient
+from quotagate.engine.charge_list import Charge
 from quotagate.errors import ApiError
 
-__all__ = ["ApiError", "AsyncQuotagateClient", "QuotagateClient", "error_from_problem"]
+__all__ = ["ApiError", "AsyncQuotagateClient", "Charge", "QuotagateClient", "error_from_problem"]

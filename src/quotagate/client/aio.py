@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,6 +17,8 @@ from quotagate.client.base import (
     result,
     unreachable,
 )
+from quotagate.engine.charge_list import Charge
+from quotagate.errors import QuotagateError
 
 R = TypeVar("R")
 
@@ -111,6 +114,15 @@ class AsyncQuotagateClient:
         return await self._send(
             rq.consume(account_id, resource, units, description, metadata, idempotency_key)
         )
+
+    async def consume_many(self, charges: Sequence[Charge]) -> list[s.ChargeOut | QuotagateError]:
+        """Charge many resources, for any accounts, in one request (``POST /v1/charges``).
+
+        One outcome per charge, in order: what :meth:`consume` would return, or the error it
+        would raise, as a value. Charges of one account run in their order; each stands or
+        falls alone. A request the gateway refuses as a whole (too many charges, a body too
+        large) raises, and charged nothing."""
+        return rq.outcomes(await self._send(rq.consume_many(charges)))
 
     async def hold(
         self,

@@ -74,7 +74,14 @@ def error_from_problem(
     if not isinstance(problem, dict) or not isinstance(problem.get("code"), str):
         text = body[:200].decode(errors="replace")
         return ApiError(f"HTTP {status}: {text}", f"http_{status}", status)
-    code = problem["code"]
+    return error_from_document(status, problem, headers)
+
+
+def error_from_document(
+    status: int, problem: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> errors.QuotagateError:
+    """The typed error for a decoded problem document (an answer's, or a batch result's)."""
+    code = str(problem.get("code") or f"http_{status}")
     detail = str(problem.get("detail") or problem.get("title") or code)
     extra = {k: v for k, v in problem.items() if k not in _STANDARD}
     if code == "rate_limited" and "retry_after_ms" not in extra and headers is not None:

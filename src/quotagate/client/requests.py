@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -9,6 +10,9 @@ from urllib.parse import quote
 import msgspec
 
 from quotagate.api import schemas as s
+from quotagate.client.errors import error_from_document
+from quotagate.engine.charge_list import Charge
+from quotagate.errors import QuotagateError
 
 R = TypeVar("R")
 
@@ -87,6 +91,30 @@ def consume(
     )
     path = f"{_acct(account_id)}/consume"
     return Call("POST", path, s.ChargeOut, body, headers=_idem(idempotency_key))
+
+
+def consume_many(charges: Sequence[Charge]) -> Call[s.ChargesOut]:
+    items = [_charge_item(c) for c in charges]
+    return Call("POST", "/v1/charges", s.ChargesOut, {"charges": items})
+
+
+def _charge_item(c: Charge) -> dict[str, Any]:
+    return _clean(
+        {"account_id": c.account_id, "resource": c.resource, "units": c.units,
+         "description": c.description, "metadata": c.metadata,
+         "idempotency_key": c.idempotency_key}
+    )  # fmt: skip
+
+
+def outcomes(answer: s.ChargesOut) -> list[s.ChargeOut | QuotagateError]:
+    """Each result of a batch as consume() would give it: the charge, or its typed error."""
+    return [_outcome(result) for result in answer.results]
+
+
+def _outcome(r: s.ChargeItemOut) -> s.ChargeOut | QuotagateError:
+    if r.problem is None and r.transaction_id and r.cost is not None and r.remaining is not None:
+        return s.ChargeOut(r.transaction_id, r.cost, r.remaining)
+    return error_from_document(r.status, r.problem or {})
 
 
 def hold(

@@ -10,6 +10,7 @@ Python service may embed it directly::
 
 Every method checks its input first (a bad one raises a ValidationError and writes nothing),
 then makes exactly one script call; calls made in the same loop tick share one pipeline.
+``consume_many`` is many consumes at once: one outcome per charge, each as ``consume`` alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import idempotency, validate
+from quotagate.engine.charge_list import Charge, InFlight, rounds
 from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
 from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
@@ -49,9 +51,13 @@ from quotagate.errors import (
     AccountNotFound,
     AccountNotLoaded,
     ConfigError,
+    QuotagateError,
     UnknownTier,
     ValidationError,
 )
+
+ChargeOutcome = ChargeResult | QuotagateError
+"""What one charge of a list came to: charged (or replayed), or the error it raised."""
 
 
 def redis_from_url(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 5.0) -> Redis:
@@ -117,6 +123,7 @@ class CreditEngine:
         self.scripts: dict[str, Script] = load_scripts()
         self.runner = ScriptRunner(redis, batching=batching)
         self._consume = self.scripts["consume"]
+        self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
         self._idem_ttl_ms_by_scope = {
@@ -304,6 +311,41 @@ class CreditEngine:
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
         return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+
+    async def consume_many(self, charges: Sequence[Charge]) -> list[ChargeOutcome]:
+        """Charge each of ``charges`` (any accounts), as :meth:`consume` would one after the
+        other: one outcome per charge, in order, the error it would raise alone in place of
+        its result. Charges of one account run in their order, several as one script call;
+        different accounts' charges go in one pipeline (see :mod:`.charge_list`). Not
+        all-or-nothing: each charge stands or falls alone."""
+        outcomes: list[ChargeOutcome | None] = [None] * len(charges)
+        for indexes in rounds(charges):
+            async with self._lists_in_flight.room_for(len(indexes)):
+                await self._charge_round(charges, indexes, outcomes)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(charges)  # every charge is in exactly one round
+        return done
+
+    async def _charge_round(
+        self, charges: Sequence[Charge], indexes: list[int], outcomes: list[ChargeOutcome | None]
+    ) -> None:
+        """Send the round's charges in one tick; put each one's outcome in its place."""
+        sent: dict[int, asyncio.Future[ChargeResult]] = {}
+        for index in indexes:
+            charge = charges[index]
+            try:
+                sent[index] = self.consume_soon(
+                    charge.account_id, charge.resource, charge.units,
+                    description=charge.description, metadata=charge.metadata,
+                    idempotency_key=charge.idempotency_key,
+                )  # fmt: skip
+            except QuotagateError as exc:  # bad input: refused here, nothing sent
+                outcomes[index] = exc
+        replies = await asyncio.gather(*sent.values(), return_exceptions=True)
+        for index, reply in zip(sent, replies, strict=True):
+            if not isinstance(reply, ChargeResult | QuotagateError):
+                raise reply  # a bug or a cancellation, not an answer
+            outcomes[index] = reply
 
     async def credit(
         self,
