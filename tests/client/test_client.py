@@ -25,6 +25,7 @@ from quotagate.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
+    QuotagateError,
     RateLimited,
     UnknownResource,
     ValidationError,
@@ -148,7 +149,8 @@ def test_sync_consume_many(gateway: GatewayServer, api_keys: dict[str, str]) -> 
         again = service.consume_many(charges[:1])
         with pytest.raises(ValidationError):
             service.consume_many([])
-        assert service.consume_many([Charge("bad id!", "api_call", 0)])[0].code == "invalid_amount"
+        (malformed,) = service.consume_many([Charge("bad id!", "api_call", 0)])
+        assert isinstance(malformed, QuotagateError) and malformed.code == "invalid_amount"
     assert [type(o) for o in first] == [ChargeOut, ChargeOut, InsufficientCredits,
                                         UnknownResource, AccountNotFound, ChargeOut]  # fmt: skip
     assert [(o.cost, o.remaining) for o in first if isinstance(o, ChargeOut)] == [
