@@ -10,7 +10,7 @@ from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
 from tests.support.servers import redis_process
 
-from quotagate.engine.scripts import MAX_BATCH
+from quotagate.engine.batching import MAX_BATCH
 
 
 async def test_calls_made_while_a_batch_is_out_go_together(make_engine: EngineFactory) -> None:

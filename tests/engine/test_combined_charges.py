@@ -13,7 +13,7 @@ from tests.engine.snapshot import keyspace
 
 from quotagate import errors, ids
 from quotagate.engine import CreditEngine
-from quotagate.engine.scripts import _combined
+from quotagate.engine.batching import _combined
 
 
 def _args(account: str, cost: int, idem: str = "") -> list[str]:
