@@ -148,4 +148,4 @@ def node_client(cluster: RedisCluster, address: str) -> Redis:
     host, _, port = address.rpartition(":")
     connection_class = kwargs.get("connection_class") or Connection
     pool = ConnectionPool(connection_class=connection_class, host=host, port=int(port), **options)
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # closing the client closes its pool

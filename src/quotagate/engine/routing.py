@@ -106,6 +106,13 @@ class ClusterScriptRunner:
     def master_of(self, slot: int) -> str | None:
         return self._owners[slot]
 
+    def runner_for(self, key: str) -> ScriptRunner:
+        """The runner of the master that serves ``key``'s slot (the map must be read)."""
+        address = self._owners[key_slot(key.encode())]
+        if address is None:
+            raise BackendUnavailable(f"no master of the Redis cluster is known for {key!r}")
+        return self._runner(address)
+
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         return await self.submit(script, keys, args, _raw)
 
