@@ -35,9 +35,9 @@ def _run(work: Callable[[KeyStore, Settings], Awaitable[T]]) -> T:
 async def _publish(store: KeyStore, settings: Settings) -> None:
     """Refresh the copy of the key hashes in Redis (what a gateway started while Postgres is
     down falls back to). Best effort: running gateways refresh it within seconds anyway."""
-    from redis.asyncio import Redis
+    from quotagate.engine.connection import redis_from_url
 
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    redis = redis_from_url(str(settings.redis_url), socket_timeout=2, connect_timeout=2)
     with contextlib.suppress(Exception):
         await publish_snapshot(redis, settings.key_prefix, await store.active())
     await redis.aclose()

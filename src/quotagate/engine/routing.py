@@ -11,9 +11,11 @@ start and again whenever the cluster says it changed:
 - MOVED: the slot has a new master (a resharding finished, or a failover). The script did
   not run. The slot is pointed at the new master at once, the whole map is read again in the
   background, and the call is sent again: it is neither charged nor failed.
-- ASK: the slot is moving and this key is already on the target. The script did not run.
-  The call is sent to the target once, preceded by ASKING, as the protocol requires; the map
-  is not changed (the source still owns the slot).
+- ASK: the slot is moving and this call's keys are no longer on the source. The script did
+  not run. The call is sent to the target once, preceded by ASKING, as the protocol requires;
+  the map is not changed (the source still owns the slot). The target runs it only if every
+  key it names is there: a script that names a key not yet created (a rate-limit state, an
+  idempotency record) gets TRYAGAIN, as below, until the slot's move is complete.
 - TRYAGAIN: the keys of one script are split between the two nodes of a migration in
   progress. Nothing ran; the call is sent again after a short backoff, while its deadline
   (the client's socket timeout) allows, then fails as BackendUnavailable.
@@ -46,9 +48,10 @@ from quotagate.errors import BackendUnavailable
 T = TypeVar("T")
 
 MAX_REDIRECTS = 5
-"""MOVED or ASK replies one call may meet before it fails. One is a map out of date, two a
-slot moving while the call was on its way; more means the cluster's view changes faster than
-a client can follow, and the call fails as BackendUnavailable."""
+"""MOVED replies one call may meet before it fails. One is a map out of date, two a slot
+moving while the call was on its way; more means the cluster's view changes faster than a
+client can follow, and the call fails as BackendUnavailable. ASK is not counted: the node it
+names answers or says TRYAGAIN, whose retries the call's deadline bounds."""
 
 TRYAGAIN_FIRST_WAIT_SECONDS = 0.005
 """The wait before the first retry of a call that met TRYAGAIN; it doubles each time."""
@@ -175,8 +178,8 @@ class ClusterScriptRunner:
         error = sent.exception()
         if error is None:
             out.set_result(sent.result())
-        elif isinstance(error, Redirected) and call.redirects < MAX_REDIRECTS:
-            call.redirects += 1
+        elif isinstance(error, Redirected) and (error.ask or call.redirects < MAX_REDIRECTS):
+            call.redirects += not error.ask  # an ASK is followed by a reply, or a TRYAGAIN
             self._follow(out, call, error)
         elif _is_tryagain(error) and self._retry_later(out, call):
             pass
