@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,34 @@ async def test_status_and_flush_report_exact_counts(
     human = run("status", **env)
     assert human.stdout.strip().endswith("0 entries waiting in 8 partitions")
     await assert_books_balance(lengine, ledger, accounts)
+
+
+async def test_status_counts_partitions_and_entries_per_master(
+    lengine: CreditEngine, acct: Acct, ledger_url: str, key_prefix: str, redis_url: str,
+    queue_url: str, config_file: str, redis_backend: str,
+) -> None:  # fmt: skip
+    for i in range(9):
+        await lengine.upsert_account(acct(f"m{i}"))
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_QUEUE_URL": queue_url,
+        "QUOTAGATE_DATABASE_URL": ledger_url, "QUOTAGATE_KEY_PREFIX": key_prefix,
+        "QUOTAGATE_CONFIG": config_file,
+    }  # fmt: skip
+    status = json.loads(run("status", "--json", **env).stdout)
+    human = run("status", **env)
+    if redis_backend == "standalone":
+        assert status["masters"] is None
+        assert "warning" not in human.stderr
+        return
+    owners = await lengine.partition_masters()
+    assert owners is not None
+    expected = Counter(owners.values())
+    masters = status["masters"]
+    assert {m["master"]: m["partitions"] for m in masters} == expected
+    assert sum(m["waiting"] for m in masters) == 18
+    assert human.stderr.strip().startswith(
+        f"warning: 8 partitions over {len(expected)} masters is fewer than 8 per master"
+    )
 
 
 async def test_a_burst_worker_runs_the_queued_flushes(

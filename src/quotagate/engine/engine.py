@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
@@ -555,6 +556,19 @@ class CreditEngine:
                 yield [str(a) for a in batch]
             if cursor == 0:
                 return
+
+    async def partition_masters(self) -> dict[int, str] | None:
+        """Each partition's master (``host:port``) as the cluster's slot map says now; None
+        on a single Redis."""
+        runner = self.runner
+        if not isinstance(runner, ClusterScriptRunner):
+            return None
+        await runner.refresh()
+        masters = {}
+        for p in range(self.config.partitions):
+            address = runner.master_of(key_slot(self.keys.cfg(p).encode()))
+            masters[p] = address or "none"
+        return masters
 
     async def _server_time_ms(self) -> int:
         sec, usec = await self.redis.time()

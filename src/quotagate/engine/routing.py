@@ -59,6 +59,11 @@ TRYAGAIN_FIRST_WAIT_SECONDS = 0.005
 TRYAGAIN_MAX_WAIT_SECONDS = 0.2
 """The longest wait between two retries of a call that meets TRYAGAIN again and again."""
 
+MIN_PARTITIONS_PER_MASTER = 8
+"""Fewest partitions per master for load to spread evenly: a partition is one slot, so its
+charges all go to one master, and with few partitions each master's share is uneven (with 8
+each, one master holding one partition more carries an eighth more)."""
+
 REFRESH_INTERVAL_SECONDS = 0.1
 """Least time between two reads of the slot map: a failover fails many calls at once, and one
 read serves them all."""
