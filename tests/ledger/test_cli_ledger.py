@@ -182,6 +182,6 @@ async def test_flush_goes_past_an_entry_postgres_refuses_and_status_counts_it(
     assert "ledger_quarantine" in done.stderr  # the alert, logged at ERROR
     status = json.loads(run("status", "--json", **env).stdout)
     assert (status["waiting"], status["quarantined"]) == (0, 1)
-    human = run("status", **env).stdout.splitlines()
-    assert human == ["1 entries in ledger_quarantine", "0 entries waiting in 8 partitions"]
+    human = run("status", **env).stdout.splitlines()  # after the masters of a cluster
+    assert human[-2:] == ["1 entries in ledger_quarantine", "0 entries waiting in 8 partitions"]
     await assert_books_balance(lengine, own_ledger, [a, b])

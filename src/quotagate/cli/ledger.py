@@ -185,12 +185,12 @@ def status(as_json: bool, show_all: bool) -> None:
     if as_json:
         emit_json(report)
         return
+    _show_masters(report["masters"], len(report["partitions"]))
     shown = [p for p in report["partitions"] if show_all or p["waiting"]]
     if shown:
         click.echo(table(shown))
     if report["quarantined"]:
         click.echo(f"{report['quarantined']} entries in ledger_quarantine")
-    _show_masters(report["masters"], len(report["partitions"]))
     oldest = report["oldest_age_seconds"]
     age = f", oldest {oldest:.1f} s old" if oldest is not None else ""
     click.echo(
