@@ -4,23 +4,32 @@ Where the servers are comes from the environment (QUOTAGATE_TEST_REDIS_URL or
 QUOTAGATE_REDIS_URL; QUOTAGATE_TEST_DATABASE_URL or QUOTAGATE_DATABASE_URL naming a server
 where we may create databases), falling back to the usual local ports. Each test gets its own
 Redis key prefix (deleted afterwards); each test session gets its own database (dropped at the end).
+
+The engine, ledger and jobs suites run twice: against that Redis and against a real 3-master
+Redis Cluster (one replica each) started once per test run on free loopback ports
+(tests/support/cluster.py). ``redis_url`` is then the cluster's ``redis+cluster://`` URL and
+``queue_url`` the standalone Redis, as a deployment on a cluster has it. Set
+QUOTAGATE_TEST_CLUSTER=0 to run them against the standalone Redis only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import redis
 import redis.asyncio as aioredis
+from tests.support.cluster import RedisCluster, redis_cli_binary, redis_cluster
 from tests.support.servers import RedisProcess, env_url, redis_process
 
 from quotagate.config import Config, load_config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import redis_from_url, sync_redis_from_url
 from quotagate.ledger import Ledger, upgrade
 
 REDIS_URL = env_url(
@@ -33,17 +42,58 @@ ADMIN_DATABASE_URL = env_url(
 )
 
 
+ON_BOTH_BACKENDS = ("engine", "ledger", "jobs")
+"""The suites (folders under tests/) whose tests that use Redis run on standalone and cluster."""
+
+BACKENDS = ("standalone", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_backend" not in metafunc.fixturenames or not _cluster_wanted():
+        return
+    suite = Path(str(metafunc.definition.path)).relative_to(Path(__file__).parent).parts[0]
+    if suite in ON_BOTH_BACKENDS:
+        metafunc.parametrize("redis_backend", BACKENDS, indirect=True, scope="session")
+
+
+def _cluster_wanted() -> bool:
+    return os.environ.get("QUOTAGATE_TEST_CLUSTER", "1") != "0" and redis_cli_binary() is not None
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """ "standalone" or "cluster": which Redis this test runs on (see the module docstring)."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture(scope="session")
+def test_cluster() -> Iterator[RedisCluster]:
+    """The test run's Redis Cluster: 3 masters, one replica each, started on first use."""
+    with redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    if redis_backend == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("test_cluster")
+        return cluster.url
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def queue_url() -> str:
+    """The standalone Redis for RQ's queues (RQ does not run on a cluster)."""
     return REDIS_URL
 
 
 @pytest.fixture
 def key_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
+    """A key prefix of this test's own; its keys are deleted afterwards (on every master of
+    a cluster: a key of it may be on any)."""
     prefix = f"test{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis_from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
@@ -52,7 +102,8 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    """A client of the test's Redis, str replies (a cluster's client on the cluster)."""
+    client = redis_from_url(redis_url)
     yield client
     await client.aclose()
 

@@ -242,6 +242,21 @@ class ScriptError(QuotagateError):
     http_status = 500
 
 
+class Redirected(ScriptError):
+    """A cluster node answered MOVED or ASK: the script did not run, another node serves its
+    slot. The cluster router retries the call there; a client for one server (a standalone
+    URL naming one node of a cluster) cannot, and the call fails as a configuration fault."""
+
+    def __init__(self, kind: str, slot: int, address: str) -> None:
+        super().__init__(
+            f"Redis answered {kind} {slot} {address}: this server is one node of a Redis "
+            "Cluster; name the cluster with a redis+cluster:// URL"
+        )
+        self.ask = kind == "ASK"
+        self.slot = slot
+        self.address = address
+
+
 class RecoveryRefused(QuotagateError):
     """The outboxes hold entries the ledger does not have yet; recovering now would lose them."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from quotagate.config import Config, load_config
+from quotagate.engine.connection import is_cluster_url
 from quotagate.engine.keys import DEFAULT_PREFIX
 from quotagate.errors import ConfigError
 
@@ -161,8 +162,17 @@ class Settings:
         default = cls()
         redis_url = env.get("QUOTAGATE_REDIS_URL") or default.redis_url
         database_url = env.get("QUOTAGATE_DATABASE_URL") or default.database_url
+        if is_cluster_url(redis_url) and not env.get("QUOTAGATE_QUEUE_URL"):
+            raise ConfigError(
+                "QUOTAGATE_QUEUE_URL must name a standalone Redis for the job queues when "
+                "QUOTAGATE_REDIS_URL is a Redis Cluster (RQ does not run on a cluster)"
+            )
         for name, url, schemes in (
-            ("QUOTAGATE_REDIS_URL", redis_url, ("redis", "rediss", "unix")),
+            (
+                "QUOTAGATE_REDIS_URL",
+                redis_url,
+                ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"),
+            ),
             (
                 "QUOTAGATE_QUEUE_URL",
                 env.get("QUOTAGATE_QUEUE_URL") or redis_url,

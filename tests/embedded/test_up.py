@@ -21,10 +21,12 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from redis.cluster import RedisCluster
 from tests.support.gateway import open_redis
 from tests.support.servers import free_port
 
 from quotagate.embedded import DataDir
+from quotagate.engine.connection import sync_redis_from_url
 from quotagate.settings import Settings, redact
 
 START_TIMEOUT_SECONDS = 90.0
@@ -381,3 +383,39 @@ def _quotagate(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
         [sys.executable, "-m", "quotagate.cli.main", *args],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
+
+
+def test_up_with_a_cluster_charges_on_every_master_and_keeps_data_across_restarts(
+    work: Path,
+) -> None:
+    data = work / "data"
+    port = free_port()
+    accounts = [f"user-{i}" for i in range(12)]
+    with running_up(work, "--cluster", "3", "--port", str(port), "--data-dir", str(data)) as up:
+        assert up.info["redis_url"].startswith("redis+cluster://")
+        admin = {"Authorization": f"Bearer {up.info['admin_key']}"}
+        with httpx.Client(base_url=up.info["url"], headers=admin, timeout=10) as http:
+            for account in accounts:
+                assert http.put(f"/v1/accounts/{account}", json={}).status_code == 201
+                spend = http.post(f"/v1/accounts/{account}/consume", json={"resource": "api_call"})
+                assert spend.status_code == 200, spend.text
+        client = sync_redis_from_url(up.info["redis_url"])
+        try:
+            assert isinstance(client, RedisCluster), client
+            masters = client.get_primaries()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            assert len(masters) == 3
+            holding = [client.dbsize(target_nodes=m) for m in masters]
+            assert all(keys > 0 for keys in holding), holding  # the data is on every master
+        finally:
+            client.close()
+        names = " ".join(" ".join(p.cmdline()) for p in up.descendants())
+        assert names.count("valkey-server") == 4  # three masters and the queue server
+        assert up.signal(signal.SIGTERM) == 0, up.stderr()
+    assert _using(data) == []
+
+    with running_up(work, "--cluster", "3", "--port", str(port), "--data-dir", str(data)) as again:
+        admin = {"Authorization": f"Bearer {again.info['admin_key']}"}
+        with httpx.Client(base_url=again.info["url"], headers=admin, timeout=10) as http:
+            for account in accounts:
+                assert http.get(f"/v1/accounts/{account}").json()["balance"] == 99
+        assert again.signal(signal.SIGTERM) == 0, again.stderr()

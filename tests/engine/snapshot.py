@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import redis
+from quotagate.engine.connection import sync_redis_from_url
 
 
 def keyspace(redis_url: str, prefix: str) -> dict[bytes, bytes]:
     """Every key under ``prefix`` with its DUMP (type, value and encoding, byte for byte)."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis_from_url(redis_url)
     try:
         out = {}
         for key in sorted(client.scan_iter(match=f"{prefix}:*", count=1000)):

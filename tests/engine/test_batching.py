@@ -7,10 +7,11 @@ import asyncio
 from typing import Any
 
 from tests.conftest import EngineFactory
+from tests.engine.batchers import batcher_of
 from tests.engine.configs import PLAIN
 from tests.support.servers import redis_process
 
-from quotagate.engine.scripts import MAX_BATCH
+from quotagate.engine.batching import MAX_BATCH
 
 
 async def test_calls_made_while_a_batch_is_out_go_together(make_engine: EngineFactory) -> None:
@@ -18,13 +19,14 @@ async def test_calls_made_while_a_batch_is_out_go_together(make_engine: EngineFa
     await engine.upsert_account("acct")
     await engine.credit("acct", 10_000)
     sizes: list[int] = []
-    send = engine.runner._send
+    runner = batcher_of(engine, "acct")
+    send = runner._send
 
     def counted(pipe: Any, batch: list[Any]) -> None:
         sizes.append(len(batch))
         send(pipe, batch)
 
-    engine.runner._send = counted  # type: ignore[method-assign]  # counts, then sends as before
+    runner._send = counted  # type: ignore[method-assign]  # counts, then sends as before
     await engine.consume("acct", "unit")
     assert sizes == [1]  # alone: sent at once, by itself
 

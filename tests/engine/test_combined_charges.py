@@ -8,12 +8,13 @@ from typing import Any, cast
 
 import pytest
 from tests.conftest import EngineFactory
+from tests.engine.batchers import batcher_of
 from tests.engine.configs import PLAIN
 from tests.engine.snapshot import keyspace
 
 from quotagate import errors, ids
 from quotagate.engine import CreditEngine
-from quotagate.engine.scripts import _combined
+from quotagate.engine.batching import _combined
 from quotagate.ledger.outbox import RawEntries
 
 
@@ -111,13 +112,14 @@ async def test_concurrent_charges_of_one_account_share_a_script_call(
     await engine.upsert_account("acct")
     await engine.credit("acct", 30)
     commands: list[int] = []
-    send = engine.runner._send
+    runner = batcher_of(engine, "acct")
+    send = runner._send
 
     def counted(pipe: Any, batch: list[Any]) -> None:
         commands.extend(len(group) for group in _combined(batch))
         send(pipe, batch)
 
-    engine.runner._send = counted  # type: ignore[method-assign]
+    runner._send = counted  # type: ignore[method-assign]
     results = await asyncio.gather(
         *(engine.consume("acct", "unit") for _ in range(40)), return_exceptions=True
     )
@@ -135,13 +137,14 @@ async def test_charges_with_an_idempotency_key_go_alone(make_engine: EngineFacto
     await engine.upsert_account("acct")
     await engine.credit("acct", 30)
     commands: list[int] = []
-    send = engine.runner._send
+    runner = batcher_of(engine, "acct")
+    send = runner._send
 
     def counted(pipe: Any, batch: list[Any]) -> None:
         commands.extend(len(group) for group in _combined(batch))
         send(pipe, batch)
 
-    engine.runner._send = counted  # type: ignore[method-assign]
+    runner._send = counted  # type: ignore[method-assign]
     first = await asyncio.gather(
         *(engine.consume("acct", "unit", idempotency_key=f"k{i % 5}") for i in range(10))
     )

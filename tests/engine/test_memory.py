@@ -16,6 +16,7 @@ from tests.support.gateway import (  # noqa: F401 - fixtures
 )
 from tests.support.servers import RedisProcess
 
+from quotagate.engine.connection import sync_redis_from_url
 from quotagate.engine.memory import ALLOW_EVICTION_ENV, refuse_evicting_servers
 from quotagate.errors import EvictingRedis
 from quotagate.settings import Secret, Settings
@@ -71,7 +72,7 @@ def test_readiness_and_metrics_report_used_memory_against_maxmemory(
     http: httpx.Client,  # noqa: F811
     redis_url: str,
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis_from_url(redis_url)
     maxmemory = client.config_get("maxmemory")["maxmemory"]
     assert maxmemory is not None
     limit = int(maxmemory)

@@ -24,6 +24,7 @@ from tests.support.servers import RedisProcess, redis_process
 from quotagate.api.gateway import redis_client
 from quotagate.config import load_config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.batching import ScriptRunner
 from quotagate.engine.pipe import ReplyPipe
 from quotagate.errors import BackendUnavailable
 
@@ -90,6 +91,7 @@ def frozen(server: RedisProcess) -> Iterator[None]:
 
 
 def pipe_of(engine: CreditEngine) -> ReplyPipe:
+    assert isinstance(engine.runner, ScriptRunner), "a standalone engine"
     pipe = engine.runner._pipe
     assert isinstance(pipe, ReplyPipe), pipe  # a real socket: never the pooled fallback here
     return pipe
@@ -291,6 +293,7 @@ async def test_aclose_while_connecting_fails_the_calls_waiting_for_the_connectio
         with frozen(server):  # and it cannot get one: the server answers no handshake
             calls = [asyncio.create_task(engine.upsert_account("acct")) for _ in range(3)]
             deadline = time.monotonic() + 2
+            assert isinstance(engine.runner, ScriptRunner), "a standalone engine"
             while engine.runner._connecting is None:
                 assert time.monotonic() < deadline, "the runner did not start connecting"
                 await asyncio.sleep(0.01)

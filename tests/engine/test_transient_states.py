@@ -232,7 +232,10 @@ STATES: dict[str, tuple[State, list[str]]] = {
 def state(request: pytest.FixtureRequest) -> Iterator[tuple[str, State, Server]]:
     name = request.param
     enter, args = STATES[name]
-    server = Server([*args, "--cluster-config-file", "nodes.conf"] if args else [])
+    # A cluster node's bus port defaults to its port + 10000: past 65535 for half the ports
+    # free_port() hands out, so it gets a free port of its own.
+    cluster_args = ["--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port())]
+    server = Server([*args, *cluster_args] if args else [])
     server.start()
     if args:
         with server.client() as c:

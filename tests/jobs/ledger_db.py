@@ -42,7 +42,13 @@ def new_database(*, migrated: bool = True) -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-TABLES = ("credit_transactions", "user_credits", "outbox_flushes", "api_keys")
+TABLES = (
+    "credit_transactions",
+    "user_credits",
+    "outbox_flushes",
+    "api_keys",
+    "ledger_quarantine",
+)
 
 
 def empty(url: str) -> str:

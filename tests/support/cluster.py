@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from tests.support.servers import RedisProcess
@@ -180,3 +181,79 @@ def redis_cluster(masters: int = 3, replicas: int = 1) -> Iterator[RedisCluster]
         yield cluster
     finally:
         cluster.stop()
+
+
+def node_client(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+
+def node_id(port: int) -> str:
+    client = node_client(port)
+    try:
+        return str(client.execute_command("CLUSTER", "MYID").decode())  # type: ignore[no-untyped-call]  # redis-py leaves execute_command unannotated
+    finally:
+        client.close()
+
+
+def slot_owner(cluster: RedisCluster, slot: int) -> int:
+    """The port of the master that serves ``slot`` now."""
+    client = node_client(cluster.master_ports()[0])
+    try:
+        slots = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]  # redis-py leaves execute_command unannotated
+        for start, end, primary, *_ in slots:
+            if int(start) <= slot <= int(end):
+                return int(primary[1])
+    finally:
+        client.close()
+    raise RuntimeError(f"no master serves slot {slot}")
+
+
+@dataclass
+class SlotMove:
+    """One slot moving from one master to another, step by step, as ``redis-cli --cluster
+    reshard`` moves it: IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys,
+    then the slot given to the target on every master."""
+
+    slot: int
+    source: int
+    target: int
+
+    def begin(self) -> None:
+        source_id = node_id(self.source)
+        target_id = node_id(self.target)
+        _node_command(self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", source_id)
+        _node_command(self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", target_id)
+
+    def migrate(self, keys: list[bytes] | None = None, batch: int = 100) -> int:
+        """MIGRATE ``keys`` (default: every key left in the slot) to the target."""
+        moved = 0
+        while True:
+            chunk = keys if keys is not None else _node_command(
+                self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, batch
+            )  # fmt: skip
+            if not chunk:
+                return moved
+            _node_command(
+                self.source, "MIGRATE", "127.0.0.1", self.target, "", 0, 10_000, "KEYS", *chunk
+            )
+            moved += len(chunk)
+            if keys is not None:
+                return moved
+
+    def finish(self, masters: list[int]) -> None:
+        target_id = node_id(self.target)
+        for port in [self.target, self.source, *masters]:
+            _node_command(port, "CLUSTER", "SETSLOT", self.slot, "NODE", target_id)
+
+    def run(self, masters: list[int]) -> None:
+        self.begin()
+        self.migrate()
+        self.finish(masters)
+
+
+def _node_command(port: int, *args: object) -> Any:
+    client = node_client(port)
+    try:
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]  # redis-py leaves execute_command unannotated
+    finally:
+        client.close()

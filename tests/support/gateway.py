@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 import uvicorn
 from tests.support.servers import free_port
 
@@ -29,6 +28,7 @@ from quotagate.auth.keys import SCOPES
 from quotagate.auth.store import KeyStore
 from quotagate.config import Config
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import sync_redis_from_url
 from quotagate.ledger import upgrade
 from quotagate.settings import Secret, Settings
 
@@ -94,10 +94,14 @@ def running_gateway(
         server.stop()
 
 
-def gateway_settings(redis_url: str, database_url: str, key_prefix: str) -> Settings:
+def gateway_settings(
+    redis_url: str, database_url: str, key_prefix: str, queue_url: str | None = None
+) -> Settings:
+    """A gateway's settings; the queues on ``queue_url`` (a standalone Redis, needed when
+    ``redis_url`` is a cluster), else on ``redis_url``."""
     return Settings(
         redis_url=Secret(redis_url),
-        queue_url=Secret(redis_url),
+        queue_url=Secret(queue_url or redis_url),
         database_url=Secret(database_url),
         key_prefix=key_prefix,
     )
@@ -117,7 +121,7 @@ def make_keys(database_url: str) -> dict[str, str]:
 
 
 def delete_prefix(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis_from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
@@ -148,11 +152,15 @@ def gateway_prefix(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    redis_url: str, migrated_database_url: str, gateway_prefix: str, api_keys: dict[str, str]
+    redis_url: str,
+    queue_url: str,
+    migrated_database_url: str,
+    gateway_prefix: str,
+    api_keys: dict[str, str],
 ) -> Iterator[GatewayServer]:
     """One gateway for the module, with the shipped config, on its own key prefix. The keys
     are made first: a key made after the start is seen only at the next refresh (~2 s)."""
-    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix)
+    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix, queue_url)
     with running_gateway(settings) as server:
         yield server
 

@@ -132,8 +132,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _redis_where(settings: Settings, cause: BaseException) -> str:
     """Which Redis failed: the one whose address redis-py names, or both if it names none."""
-    from urllib.parse import urlsplit
-
     data, queue = where(settings, "redis_url"), where(settings, "queue_url")
     if settings.queue_url == settings.redis_url:
         return f"Redis at {data}"
@@ -141,10 +139,21 @@ def _redis_where(settings: Settings, cause: BaseException) -> str:
         ("Redis", "redis_url", data),
         ("The queue Redis", "queue_url", queue),
     ):
-        parts = urlsplit(str(getattr(settings, name)))
-        if f"{parts.hostname}:{parts.port or 6379}" in str(cause):
+        if any(address in str(cause) for address in _addresses(str(getattr(settings, name)))):
             return f"{label} at {text}"
     return f"Redis at {data} or the queue Redis at {queue}"
+
+
+def _addresses(url: str) -> list[str]:
+    """The ``host:port`` a Redis URL names (every seed node of a cluster's)."""
+    from urllib.parse import urlsplit
+
+    from quotagate.engine.connection import is_cluster_url, seed_nodes
+
+    if is_cluster_url(url):
+        return [f"{host}:{port}" for host, port in seed_nodes(url)]
+    parts = urlsplit(url)
+    return [f"{parts.hostname}:{parts.port or 6379}"]
 
 
 def _database(settings: Settings) -> str:

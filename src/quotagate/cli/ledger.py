@@ -19,6 +19,7 @@ import click
 from quotagate.cli.backends import Backends, run
 from quotagate.cli.output import emit_json, table
 from quotagate.cli.pgserver import database_name, ensure_database
+from quotagate.engine.routing import MIN_PARTITIONS_PER_MASTER
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import flush_all, outbox_lag, quarantine
 from quotagate.ledger.migrate import head_revision, upgrade
@@ -198,12 +199,14 @@ def status(as_json: bool, show_all: bool) -> None:
             "database": "unavailable" if states is None else "ok",
             "quarantined": quarantined,
             "partitions": parts,
+            "masters": _per_master(await b.engine.partition_masters(), parts),
         }
 
     report = run(work, ledger="unchecked")  # without PostgreSQL it still shows the outboxes
     if as_json:
         emit_json(report)
         return
+    _show_masters(report["masters"], len(report["partitions"]))
     shown = [p for p in report["partitions"] if show_all or p["waiting"]]
     if shown:
         click.echo(table(shown))
@@ -216,3 +219,30 @@ def status(as_json: bool, show_all: bool) -> None:
     )
     if report["database"] != "ok":
         click.echo("PostgreSQL did not answer: last flush times unknown", err=True)
+
+
+def _per_master(masters: dict[int, str] | None, parts: list[dict[str, Any]]) -> list[Any] | None:
+    """Partitions and entries waiting on each master of a cluster (None on a single Redis)."""
+    if masters is None:
+        return None
+    rows: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        address = masters[part["partition"]]
+        row = rows.setdefault(address, {"master": address, "partitions": 0, "waiting": 0})
+        row["partitions"] += 1
+        row["waiting"] += part["waiting"]
+    return sorted(rows.values(), key=lambda row: str(row["master"]))
+
+
+def _show_masters(masters: list[dict[str, Any]] | None, partitions: int) -> None:
+    if masters is None:
+        return
+    click.echo(table(masters))
+    if partitions < MIN_PARTITIONS_PER_MASTER * len(masters):
+        click.echo(
+            f"warning: {partitions} partitions over {len(masters)} masters is fewer than "
+            f"{MIN_PARTITIONS_PER_MASTER} per master: load spreads unevenly; set partitions "
+            f"to at least {MIN_PARTITIONS_PER_MASTER * len(masters)} (a new deployment: the "
+            "count is fixed once data is written)",
+            err=True,
+        )

@@ -128,14 +128,11 @@ def prepare(needs: Needs) -> Settings:
 
 def check_layout(settings: Settings, partitions: int) -> None:
     """ConfigError unless the credit Redis is empty or laid out in ``partitions``."""
-    import redis
-
+    from quotagate.engine.connection import sync_redis_from_url
     from quotagate.engine.keys import KeySpace
 
-    client = redis.Redis.from_url(
-        str(settings.redis_url),
-        socket_connect_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
+    client = sync_redis_from_url(
+        str(settings.redis_url), timeout_seconds=REDIS_CHECK_TIMEOUT_SECONDS
     )
     try:
         recorded = client.hget(KeySpace(settings.key_prefix, partitions).meta, "partitions")
@@ -149,13 +146,9 @@ def check_layout(settings: Settings, partitions: int) -> None:
 
 
 def _ping(url: str) -> None:
-    import redis
+    from quotagate.engine.connection import sync_redis_from_url
 
-    client = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
-    )
+    client = sync_redis_from_url(url, timeout_seconds=REDIS_CHECK_TIMEOUT_SECONDS)
     try:
         client.ping()
     finally:

@@ -36,7 +36,10 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 )
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (url, keys, URLs) as stdout's first line.")  # fmt: skip
-def up(port: int, data_dir: Path | None, as_json: bool) -> None:
+@click.option("--cluster", "cluster_masters", type=click.IntRange(min=3), default=None,
+              metavar="N", help="Embed a Redis Cluster of N masters (N >= 3) and a "
+              "standalone Valkey for the queues, instead of one Valkey.")  # fmt: skip
+def up(port: int, data_dir: Path | None, as_json: bool, cluster_masters: int | None) -> None:
     """Run gateway, worker and scheduler (and Redis and PostgreSQL when none is configured).
 
     Uses QUOTAGATE_REDIS_URL and QUOTAGATE_DATABASE_URL when set; otherwise starts embedded
@@ -46,7 +49,12 @@ def up(port: int, data_dir: Path | None, as_json: bool) -> None:
     SIGTERM stops everything.
     """
     settings = Settings.from_env()
-    stack = LocalStack(settings, port, data_dir or settings.data_dir or default_data_dir())
+    stack = LocalStack(
+        settings,
+        port,
+        data_dir or settings.data_dir or default_data_dir(),
+        cluster_masters=cluster_masters or 0,
+    )
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _request_stop)
     failure: StackError | None = None

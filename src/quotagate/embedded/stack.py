@@ -28,6 +28,7 @@ from typing import IO
 
 import httpx
 
+from quotagate.embedded.cluster import EmbeddedCluster
 from quotagate.embedded.datadir import DataDir
 from quotagate.embedded.postgres import EmbeddedPostgres, bundled_install
 from quotagate.embedded.process import Child, spawn, stop_all, wait_until
@@ -72,11 +73,15 @@ class LocalStack:
     log: IO[str] = field(default_factory=lambda: sys.stderr)
     """Where the children's output and our progress lines go (never stdout: --json owns it)."""
 
+    cluster_masters: int = 0
+    """Masters of an embedded Redis Cluster to start instead of one Valkey (0: none)."""
+
     servers: list[Child] = field(default_factory=list)
     apps: list[Child] = field(default_factory=list)
     key_ids: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     wrote_stack_file: bool = False
+    _queue_url: str = ""
     _exit: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     # -- start -------------------------------------------------------------------------------
@@ -92,6 +97,8 @@ class LocalStack:
         self._say(f"data directory {directory.path}")
         redis_url, database_url, embedded = self._stores(directory)
         self.env = _child_env(redis_url, database_url)
+        if self._queue_url:
+            self.env["QUOTAGATE_QUEUE_URL"] = self._queue_url
         self._say("running migrations")
         self._run(["migrate"])
         self._revoke_stale_keys()
@@ -128,7 +135,15 @@ class LocalStack:
         database_url = str(self.settings.database_url)
         embedded: list[str] = []
         wanted = self._embedded()
-        if "redis_url" in wanted:
+        if "redis_url" in wanted and self.cluster_masters:
+            cluster = EmbeddedCluster(directory, self.cluster_masters)
+            self.servers.extend(cluster.start())
+            redis_url, self._queue_url = cluster.url, cluster.queue_url
+            embedded.append("redis")
+            ports = ", ".join(str(node.port) for node in cluster.nodes)
+            self._say(f"embedded Redis Cluster of {self.cluster_masters} masters on ports {ports}")
+            self._say(f"embedded Valkey for the queues on 127.0.0.1:{cluster.queue.port}")
+        elif "redis_url" in wanted:
             valkey = EmbeddedValkey(directory)
             self.servers.append(valkey.start())
             redis_url = valkey.url

@@ -22,6 +22,13 @@ from quotagate.embedded.datadir import DataDir
 from quotagate.embedded.process import Child, free_port, last_lines, spawn, wait_until
 from quotagate.errors import BackendUnavailable, ConfigError
 
+CLUSTER_SETTINGS = {
+    "cluster-enabled": "yes",
+    "cluster-config-file": "nodes.conf",
+    "cluster-node-timeout": "5000",
+}
+"""A node of the embedded cluster (its slots and peers in ``nodes.conf``, kept across starts)."""
+
 START_TIMEOUT_SECONDS = 30.0
 """Replaying a large append-only file takes time; an empty one starts in milliseconds."""
 
@@ -44,32 +51,46 @@ def valkey_binary() -> Path:
 class EmbeddedValkey:
     """Start and stop the data directory's Valkey."""
 
-    def __init__(self, data_dir: DataDir) -> None:
+    def __init__(self, data_dir: DataDir, *, name: str = "", cluster: bool = False) -> None:
+        """``name``: a server of its own beside the others (its data in ``valkey/<name>``);
+        ``cluster``: a node of a Redis Cluster, keeping its port across restarts (the other
+        nodes know it by its address)."""
         self.data_dir = data_dir
         self.password = data_dir.secret("valkey_password")
         self.port = 0
+        self.bus_port = 0
+        """A cluster node's port for the other nodes (the cluster bus)."""
         self.child: Child | None = None
-        self.log = data_dir.logs / "valkey.log"
+        self.name = name
+        self.cluster = cluster
+        self.dir = data_dir.valkey / name if name else data_dir.valkey
+        self.log = data_dir.logs / (f"valkey-{name}.log" if name else "valkey.log")
 
     @property
     def url(self) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> Child:
-        self.port = free_port()
+        self.dir.mkdir(exist_ok=True, mode=0o700)
+        self.port = self._port()
         # The password goes in a private file, not on the command line where `ps` shows it.
         settings = {
             "bind": "127.0.0.1",
             "port": str(self.port),
             "requirepass": self.password,
-            "dir": str(self.data_dir.valkey),
+            "dir": str(self.dir),
             "appendonly": "yes",
             "appendfsync": "everysec",
             "save": "",
             "daemonize": "no",
             "logfile": str(self.log),
         }
-        conf = self.data_dir.valkey / "valkey.conf"
+        if self.cluster:
+            settings.update(CLUSTER_SETTINGS)
+            settings["masterauth"] = self.password
+            self.bus_port = self._port("bus_port")
+            settings["cluster-port"] = str(self.bus_port)
+        conf = self.dir / "valkey.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             for name, value in settings.items():
@@ -88,6 +109,17 @@ class EmbeddedValkey:
         finally:
             client.close()
         return self.child
+
+    def _port(self, name: str = "port") -> int:
+        """A free port; a cluster node's is kept in its directory and taken again."""
+        if not self.cluster:
+            return free_port()
+        kept = self.dir / name
+        if kept.exists():
+            return int(kept.read_text())
+        port = free_port()
+        kept.write_text(str(port))
+        return port
 
     @staticmethod
     def _pings(client: redis.Redis) -> Callable[[], bool]:

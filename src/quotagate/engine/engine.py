@@ -21,16 +21,22 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 
 from quotagate import ids
 from quotagate.config import MAX_BALANCE, Config
 from quotagate.engine import idempotency, validate
+from quotagate.engine.batching import ScriptRunner
 from quotagate.engine.charge_list import Charge, InFlight, rounds
-from quotagate.engine.keys import DEFAULT_PREFIX, REFUND_COUNT_TTL_SECONDS, KeySpace
+from quotagate.engine.connection import is_cluster
+from quotagate.engine.connection import redis_from_url as redis_from_url
+from quotagate.engine.keys import (
+    DEFAULT_PREFIX,
+    REFUND_COUNT_TTL_SECONDS,
+    AccountKeys,
+    KeySpace,
+)
 from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
 from quotagate.engine.results import (
@@ -46,7 +52,8 @@ from quotagate.engine.results import (
     RenewResult,
     UpsertResult,
 )
-from quotagate.engine.scripts import Script, ScriptRunner, load_scripts
+from quotagate.engine.routing import ClusterScriptRunner
+from quotagate.engine.scripts import Script, load_scripts
 from quotagate.errors import (
     AccountNotFound,
     AccountNotLoaded,
@@ -58,20 +65,6 @@ from quotagate.errors import (
 
 ChargeOutcome = ChargeResult | QuotagateError
 """What one charge of a list came to: charged (or replayed), or the error it raised."""
-
-
-def redis_from_url(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 5.0) -> Redis:
-    """A redis-py client as the engine wants one: str replies, bounded waits (a hung server
-    surfaces as BackendUnavailable, not a hang), and one quick retry of a command whose pooled
-    connection Redis had closed (a restart). Only then: after a timeout a write may have run.
-    The asyncio Retry: the sync one, given to an asyncio client, catches nothing."""
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1, (RedisConnectionError,)),
-    )
 
 
 def _charge_result(reply: list[str]) -> ChargeResult:
@@ -107,7 +100,8 @@ def _ms_to_dt(ms: str | int) -> datetime:
 
 
 class CreditEngine:
-    """Atomic credit operations over one Redis (or Redis Cluster: the keys are ready for it)."""
+    """Atomic credit operations over one Redis or a Redis Cluster (``redis`` is then redis-py's
+    ``RedisCluster``: script calls go to each partition's master, see quotagate.engine.routing)."""
 
     def __init__(
         self,
@@ -121,7 +115,11 @@ class CreditEngine:
         self.config = config
         self.keys = KeySpace(prefix, config.partitions)
         self.scripts: dict[str, Script] = load_scripts()
-        self.runner = ScriptRunner(redis, batching=batching)
+        self.runner: ScriptRunner | ClusterScriptRunner = (
+            ClusterScriptRunner(cast(RedisCluster, redis), batching=batching)
+            if is_cluster(redis)
+            else ScriptRunner(redis, batching=batching)
+        )
         self._consume = self.scripts["consume"]
         self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
@@ -537,12 +535,7 @@ class CreditEngine:
         ids.check_account_id(account_id)
         k = self.keys.account(account_id)
         with redis_failures():  # LOADING, READONLY...: unavailable, not an internal error
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(k.account)
-                pipe.hgetall(k.holds)
-                pipe.time()
-                pipe.hget(k.cfg, "ready")
-                a, raw_holds, (sec, usec), ready = await pipe.execute()
+            a, raw_holds, (sec, usec), ready = await self._read_account(k)
         if not a:
             if ready != "1":
                 raise AccountNotLoaded(
@@ -569,6 +562,27 @@ class CreditEngine:
             holds=holds,
         )
 
+    async def _read_account(self, k: AccountKeys) -> list[Any]:
+        """The account, its holds, the server's time and the partition's ready flag, read
+        together. On a cluster TIME names no key, which a MULTI on one slot cannot hold: it is
+        read first, from the account's master, and so is at most a round trip older."""
+        if is_cluster(self.redis):
+            cluster = cast(RedisCluster, self.redis)
+            node = cluster.get_node_from_key(k.account)
+            now = await cluster.time(target_nodes=node)
+            async with cluster.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.account)
+                pipe.hgetall(k.holds)
+                pipe.hget(k.cfg, "ready")
+                a, raw_holds, ready = await pipe.execute()
+            return [a, raw_holds, now, ready]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.account)
+            pipe.hgetall(k.holds)
+            pipe.time()
+            pipe.hget(k.cfg, "ready")
+            return await pipe.execute()
+
     async def account_ids(self, partition: int, *, count: int = 1000) -> AsyncIterator[list[str]]:
         """The account ids of one partition, a batch at a time (SSCAN of its account index).
 
@@ -584,6 +598,19 @@ class CreditEngine:
                 yield [str(a) for a in batch]
             if cursor == 0:
                 return
+
+    async def partition_masters(self) -> dict[int, str] | None:
+        """Each partition's master (``host:port``) as the cluster's slot map says now; None
+        on a single Redis."""
+        runner = self.runner
+        if not isinstance(runner, ClusterScriptRunner):
+            return None
+        await runner.refresh()
+        masters = {}
+        for p in range(self.config.partitions):
+            address = runner.master_of(key_slot(self.keys.cfg(p).encode()))
+            masters[p] = address or "none"
+        return masters
 
     async def _server_time_ms(self) -> int:
         sec, usec = await self.redis.time()

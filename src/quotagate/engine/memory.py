@@ -20,11 +20,12 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
+from quotagate.engine.connection import is_cluster, sync_redis_from_url
 from quotagate.errors import EvictingRedis
 from quotagate.settings import Settings
 
@@ -75,7 +76,24 @@ def refuse_eviction(state: MemoryState, where: str, *, allowed: bool | None = No
 
 
 async def read_memory_state(client: Redis) -> MemoryState:
-    return memory_state(await client.info("memory"))
+    """``INFO memory`` of the server, or of every master of a cluster taken together."""
+    if not is_cluster(client):
+        return memory_state(await client.info("memory"))
+    cluster = cast(RedisCluster, client)
+    replies = await cluster.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    return cluster_memory_state(replies)
+
+
+def cluster_memory_state(replies: Mapping[str, Mapping[str, Any]]) -> MemoryState:
+    """The masters' memory as one: bytes and limits summed, and the policy of the first
+    master that may evict (any one that does loses its partitions' keys)."""
+    states = [memory_state(info) for info in replies.values()]
+    risky = [s.policy for s in states if s.policy != SAFE_POLICY]
+    return MemoryState(
+        sum(s.used_bytes for s in states),
+        sum(s.max_bytes for s in states),
+        risky[0] if risky else SAFE_POLICY,
+    )
 
 
 async def refuse_evicting_redis(client: Redis, where: str = "Redis") -> MemoryState | None:
@@ -97,8 +115,12 @@ def refuse_evicting_servers(settings: Settings) -> None:
     urls = {"QUOTAGATE_REDIS_URL": settings.redis_url, "QUOTAGATE_QUEUE_URL": settings.queue_url}
     for where, secret in urls.items():
         url = str(secret)
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        client = sync_redis_from_url(url)
         try:
-            refuse_eviction(memory_state(client.info("memory")), where)
+            if isinstance(client, redis.RedisCluster):
+                replies = client.info("memory", target_nodes=redis.RedisCluster.PRIMARIES)
+                refuse_eviction(cluster_memory_state(replies), where)
+            else:
+                refuse_eviction(memory_state(client.info("memory")), where)
         finally:
             client.close()

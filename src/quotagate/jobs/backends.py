@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import cluster_from_url, is_cluster, is_cluster_url
 from quotagate.settings import Settings
 
 MAX_REDIS_CONNECTIONS = 16
@@ -24,7 +26,21 @@ POOL_WAIT_SECONDS = 30
 
 
 def engine_from(settings: Settings) -> CreditEngine:
-    """An engine on the settings' Redis, prefix and config, with a bounded connection pool."""
+    """An engine on the settings' Redis, prefix and config, with a bounded connection pool.
+    On a cluster, redis-py's cluster client keeps a pool per node (and fails, rather than
+    waits, past its bound: left at its default); script calls go over the engine's own
+    connection to each master, not through a pool."""
+    url = str(settings.redis_url)
+    if is_cluster_url(url):
+        cluster = cluster_from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=5,
+        )
+        return CreditEngine(
+            cast(Redis, cluster), settings.load_config(), prefix=settings.key_prefix
+        )
     pool = BlockingConnectionPool.from_url(
         str(settings.redis_url),
         max_connections=MAX_REDIS_CONNECTIONS,
@@ -44,4 +60,5 @@ async def open_engine(settings: Settings) -> AsyncIterator[CreditEngine]:
         yield engine
     finally:
         await engine.aclose()
-        await engine.redis.connection_pool.disconnect()
+        if not is_cluster(engine.redis):  # a cluster client closes its pools itself
+            await engine.redis.connection_pool.disconnect()

@@ -14,8 +14,12 @@ deduplicate what they report (reconciliation):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from redis.asyncio import RedisCluster
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import is_cluster
 
 SCAN_COUNT = 2000
 """Keys (or ids) Redis visits per call: few round trips, each well under a millisecond."""
@@ -36,8 +40,24 @@ async def account_batches_by_scan(
     pattern = engine.keys.account_pattern(partition)
     cursor: int = 0
     while True:
-        cursor, keys = await engine.redis.scan(cursor, match=pattern, count=count)
+        cursor, keys = await _scan(engine, partition, cursor, pattern, count)
         if keys:
             yield [engine.keys.account_id_from_key(str(k)) for k in keys]
         if cursor == 0:
             return
+
+
+async def _scan(
+    engine: CreditEngine, partition: int, cursor: int, pattern: str, count: int
+) -> tuple[int, list[Any]]:
+    """One SCAN call; on a cluster, of the master that holds the partition's slot (the only
+    one whose keys can match), whose cursor redis-py hands back by node name."""
+    if not is_cluster(engine.redis):
+        return cast(
+            tuple[int, list[Any]], await engine.redis.scan(cursor, match=pattern, count=count)
+        )
+    cluster = cast(RedisCluster, engine.redis)
+    node = cluster.get_node_from_key(engine.keys.cfg(partition))
+    reply = await cluster.scan(cursor, match=pattern, count=count, target_nodes=node)
+    cursors = cast(dict[str, int], reply[0])
+    return int(next(iter(cursors.values()))), reply[1]

@@ -32,21 +32,21 @@ class OutboxLag:
 
 
 async def outbox_lag(engine: CreditEngine) -> OutboxLag:
-    """The lag of every partition, in one round trip."""
+    """The lag of every partition: the server's time, then one pipeline (on a cluster, one
+    per master; TIME names no key, so it cannot go inside a cluster's pipeline)."""
     n = engine.config.partitions
+    sec, usec = await engine.redis.time()
     async with engine.redis.pipeline(transaction=False) as pipe:
-        pipe.time()
         for p in range(n):
             key = engine.keys.outbox(p)
             pipe.xlen(key)
             pipe.xrange(key, "-", "+", count=1)
         replies: list[Any] = await pipe.execute()
-    sec, usec = replies[0]
     now_ms = int(sec) * 1000 + int(usec) // 1000
     parts = []
     for p in range(n):
-        length = int(replies[1 + 2 * p])
-        first = cast(list[tuple[str, dict[str, str]]], replies[2 + 2 * p])
+        length = int(replies[2 * p])
+        first = cast(list[tuple[str, dict[str, str]]], replies[1 + 2 * p])
         age = max(0.0, (now_ms - stream_ms(first[0][0])) / 1000) if first else None
         parts.append(PartitionLag(p, length, age))
     ages = [lag.oldest_age_seconds for lag in parts if lag.oldest_age_seconds is not None]

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import is_cluster
 from quotagate.errors import ConfigError, OutboxEntryInvalid
 from quotagate.ledger.models import TRANSACTION_TYPES
 
@@ -191,6 +192,13 @@ class StreamReader:
 
     def __init__(self, engine: CreditEngine) -> None:
         self._keys = engine.keys
+        self._command = "XRANGE"
+        if is_cluster(engine.redis):
+            # A cluster client has no pool to share. It picks a reply's parser by the
+            # command's name as sent: the same command, named in lower case, has none.
+            self._redis = engine.redis
+            self._command = "xrange"
+            return
         # A client object of our own only for its reply parsing; connections are shared.
         self._redis = Redis(connection_pool=engine.redis.connection_pool)
         self._redis.set_response_callback("XRANGE", _as_sent)
@@ -204,7 +212,7 @@ class StreamReader:
         while len(entries) < count:
             want = min(READ_CHUNK, count - len(entries))
             reply = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                "XRANGE", key, start, "+", "COUNT", want, **{NEVER_DECODE: True}
+                self._command, key, start, "+", "COUNT", want, **{NEVER_DECODE: True}
             )
             entries.extend(reply)
             if len(reply) < want:
