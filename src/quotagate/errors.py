@@ -29,6 +29,8 @@
     │   │       └── LedgerUnavailable  the answer needs Postgres, which did not answer;
     │   │                              nothing was done                          (503)
     │   ├── ScriptError                a Lua script failed in Redis: a bug       (500)
+    │   │   └── Redirected             MOVED/ASK: the script did not run; another
+    │   │                              cluster node serves its slot
     │   ├── RecoveryRefused            the outboxes hold entries the ledger lacks (409)
     │   ├── StackError                 a part of `quotagate up` failed or stopped
     │   ├── ApiError                   the client got a problem code it does not know
