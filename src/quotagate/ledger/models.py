@@ -9,6 +9,8 @@ and column names below in their SQL.
     credit_transactions   every transaction Redis accepted, exactly once (id = UUIDv7 text)
     outbox_flushes        per outbox partition: the last stream id a flush committed and when
     ledger_quarantine     outbox entries PostgreSQL refused as they were, kept raw
+    usage_hourly          credit_transactions summed per account, hour, resource and type
+                          (kept by a trigger in the transaction of every insert)
     api_keys              the gateway's API keys (hashes only)
 """
 
@@ -176,6 +178,36 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class UsageHourly(Base):
+    """The ledger's transactions summed per account, UTC hour, resource and type.
+
+    Usage queries read this rather than the ledger: a month of one account is at most
+    720 hours times its resources and types, whatever its number of transactions. A
+    statement-level trigger on ``credit_transactions`` (migration 0003) adds
+    the rows each INSERT or COPY actually inserted, in the same transaction: the flush's
+    fast and checked paths and the write-through alike, and a row skipped by ON CONFLICT
+    or rolled back is never counted.
+    """
+
+    __tablename__ = "usage_hourly"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    """The start of the UTC hour the transactions were made in."""
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The resource charged; '' for transactions without one (grants, refunds...)."""
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Signed sum of the transactions' amounts (spends and expiries are negative)."""
+    units: Mapped[int] = mapped_column(BigInteger)
+    transactions: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The all-accounts form reads a time range across every account.
+        Index("ix_usage_hourly_hour", "hour"),
+    )
 
 
 metadata = Base.metadata
