@@ -35,6 +35,8 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
     "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 401),
+    "GET /v1/accounts/{id}/usage":                 (200, 200, 200, 403, 401),
+    "GET /v1/usage":                               (200, 403, 403, 403, 401),
     "GET /v1/resources":                           (200, 200, 200, 403, 401),
     "GET /v1/me":                                  (200, 403, 403, 200, 401),
     "GET /v1/authz":                               (200, 403, 403, 200, 401),
@@ -112,6 +114,8 @@ PREPARE: dict[str, Prepare] = {
         "POST", f"/v1/accounts/{acct}/holds/{_hold(http, admin, acct)}/release", {}
     ),
     "GET /v1/accounts/{id}/transactions": _fixed("GET", "/v1/accounts/{id}/transactions"),
+    "GET /v1/accounts/{id}/usage": _fixed("GET", "/v1/accounts/{id}/usage"),
+    "GET /v1/usage": _fixed("GET", "/v1/usage"),
     "GET /v1/resources": _fixed("GET", "/v1/resources"),
     "GET /v1/me": _fixed("GET", "/v1/me"),
     "GET /v1/authz": _fixed("GET", "/v1/authz"),
