@@ -56,6 +56,7 @@ CASES: dict[str, Case] = {
     "accounts list": Case(("accounts", "list"), 3, 3, 2),
     "grant": Case(("grant", "t0", "5"), 3, 3, 2),
     "history": Case(("history", "t0"), 3, 3, 2),
+    "usage": Case(("usage", "t0"), 3, 3, 2),
     # bench makes a database of its own, so a missing one is no failure (and takes minutes).
     "bench": Case(("bench", "--quick", "--only", "engine"), 3, 3, None),
     "env": Case(("env",), 2, 2, 2),  # reads only the stack file, and there is none

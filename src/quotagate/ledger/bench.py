@@ -108,6 +108,8 @@ async def _delete_rows(conn: asyncpg.Connection, accounts: list[str]) -> None:
         "DELETE FROM credit_transactions WHERE account_id = ANY($1::text[])", accounts
     )
     await conn.execute("DELETE FROM user_credits WHERE account_id = ANY($1::text[])", accounts)
+    # The ledger's rows only ever arrive: the rollup of their usage is removed alongside.
+    await conn.execute("DELETE FROM usage_hourly WHERE account_id = ANY($1::text[])", accounts)
     await conn.execute("VACUUM (ANALYZE) credit_transactions")
     await conn.execute("VACUUM (ANALYZE) user_credits")
 

@@ -233,20 +233,15 @@ GROUP BY 1, 2, 3
 """
 
 _TOP_SPENDERS_SQL = """
-SELECT account_id, -sum(amount)::bigint AS spent
+SELECT account_id, -coalesce(sum(amount) FILTER (WHERE type = 'spend'), 0)::bigint AS spent
 FROM usage_hourly
-WHERE hour >= $1 AND hour < $2 AND type = 'spend'
+WHERE hour >= $1 AND hour < $2
 GROUP BY account_id
 ORDER BY spent DESC, account_id
 LIMIT $3
 """
-
-_SPENT_OF_SQL = """
-SELECT account_id, -sum(amount)::bigint AS spent
-FROM usage_hourly
-WHERE hour >= $1 AND hour < $2 AND type = 'spend' AND account_id = ANY($3::text[])
-GROUP BY account_id
-"""
+# Every account active in the range takes part (one that spent nothing, last), so that the
+# answer lists up to ``limit`` of them, as it does per resource.
 
 _ACCOUNTS_HOURS_SQL = """
 SELECT date_trunc($3, hour, 'UTC') AS window_start, account_id, type,
