@@ -42,7 +42,17 @@ def new_database(*, migrated: bool = True) -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-TABLES = ("credit_transactions", "usage_hourly", "user_credits", "outbox_flushes", "api_keys")
+TABLES = (
+    "credit_transactions",
+    "usage_hourly",
+    "alerts",
+    "alert_arms",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "user_credits",
+    "outbox_flushes",
+    "api_keys",
+)
 
 
 def empty(url: str) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.exceptions import RedisError
 
+from quotagate.alerts.detect import after_batch
 from quotagate.engine import CreditEngine
 from quotagate.ledger import quarantine
 from quotagate.ledger.apply import Applied, apply_rows, record_flush
@@ -238,6 +239,7 @@ class _Batches:
         self.result.inserted += applied.inserted
         self.result.events += applied.events
         self.result.quarantined += applied.quarantined
+        await after_batch(self.engine.config, self.ledger, batch.raw)  # alerts: never raises
 
 
 async def apply_batch(

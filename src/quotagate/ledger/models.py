@@ -11,6 +11,9 @@ and column names below in their SQL.
     ledger_quarantine     outbox entries PostgreSQL refused as they were, kept raw
     usage_hourly          credit_transactions summed per account, hour, resource and type
                           (kept by a trigger in the transaction of every insert)
+    alerts                every alert raised, once each; alert_arms: rules that fired and
+                          wait to be re-armed
+    webhook_endpoints     where alerts are sent; webhook_deliveries: each sending, its tries
     api_keys              the gateway's API keys (hashes only)
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -42,6 +46,7 @@ NAMING = {
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 """Constraint names follow one pattern, so a later migration can name what it alters."""
 
@@ -207,6 +212,84 @@ class UsageHourly(Base):
     __table_args__ = (
         # The all-accounts form reads a time range across every account.
         Index("ix_usage_hourly_hour", "hour"),
+    )
+
+
+class Alert(Base):
+    """An alert, raised once (``dedupe_key`` says what "once" means for its kind)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    """balance_below, credits_expiring or unusual_consumption."""
+    account_id: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    """The configured rule that raised it, by its name."""
+    dedupe_key: Mapped[str] = mapped_column(Text, unique=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (Index("ix_alerts_account_id_id", "account_id", "id"),)
+
+
+class AlertArm(Base):
+    """A rule that fired for an account: it fires again only after this row goes (re-armed:
+    the balance rose above the threshold, or consumption went back to usual)."""
+
+    __tablename__ = "alert_arms"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    rule: Mapped[str] = mapped_column(Text, primary_key=True)
+    fired_at: Mapped[datetime] = mapped_column(TZ)
+    seen_at: Mapped[datetime] = mapped_column(TZ)
+    """When the condition was last seen to hold."""
+
+
+class WebhookEndpoint(Base):
+    """Where alerts of the listed events are sent, signed with ``secret``."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret: Mapped[str] = mapped_column(Text)
+    """``whsec_`` and the base64 key, as Standard Webhooks writes it; never logged."""
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class WebhookDelivery(Base):
+    """One alert to one endpoint: pending until delivered, or dead after the last try."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The ``webhook-id`` header: the same on every try, so receivers can drop repeats."""
+    endpoint_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    alert_id: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    """The exact JSON body that is signed and sent."""
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
 
