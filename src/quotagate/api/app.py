@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response
-from quotagate.api.routes import accounts, charges, credits, holds, hook, ops, usage
+from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, usage
 from quotagate.api.routes.hook import Hook
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
             *credits.routes(gw),
             *accounts.routes(gw),
             *usage.routes(gw),
+            *alerts.routes(gw),
             *ops.routes(gw),
         ],
         exception_handlers={

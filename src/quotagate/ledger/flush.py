@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import asyncpg
 from redis.exceptions import RedisError
 
-from quotagate.alerts.detect import after_batch
 from quotagate.engine import CreditEngine
 from quotagate.ledger import quarantine
 from quotagate.ledger.apply import Applied, apply_rows, record_flush
@@ -239,7 +238,11 @@ class _Batches:
         self.result.inserted += applied.inserted
         self.result.events += applied.events
         self.result.quarantined += applied.quarantined
-        await after_batch(self.engine.config, self.ledger, batch.raw)  # alerts: never raises
+        # Alerts from what is now committed; never raises. Imported here: the alerts
+        # modules build on this package.
+        from quotagate.alerts.detect import after_batch
+
+        await after_batch(self.engine.config, self.ledger, batch.raw)
 
 
 async def apply_batch(

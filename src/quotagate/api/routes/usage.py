@@ -81,24 +81,24 @@ def routes(gw: Gateway) -> list[Route]:
     @endpoint("account_usage")
     async def account_usage(request: Request) -> Response:
         keys.authorize(bearer(request), "read", "service")
-        query = _query(request, ACCOUNT_PARAMS)
+        query = query_params(request, ACCOUNT_PARAMS)
         account_id = request.path_params["account_id"]
         ids.check_account_id(account_id)
         span = u.UsageRange.parse(query.get("from"), query.get("to"), query.get("window"))
         await engine.get_account(account_id)  # 404 for an unknown account, not empty usage
-        report = await u.account_usage(engine, _ledger(gw), account_id, span)
+        report = await u.account_usage(engine, require_ledger(gw), account_id, span)
         return json_response(usage_out(report))
 
     @endpoint("all_usage")
     async def all_usage(request: Request) -> Response:
         keys.authorize(bearer(request), "admin")
-        query = _query(request, ALL_PARAMS)
+        query = query_params(request, ALL_PARAMS)
         span = u.UsageRange.parse(query.get("from"), query.get("to"), query.get("window"))
         group_by = query.get("group_by", "resource")
         if group_by not in u.GROUPS:
             raise ValidationError("group_by must be resource or account", field="group_by")
         limit = _limit(query.get("limit"))
-        report = await u.all_usage(engine, _ledger(gw), span, group_by=group_by, limit=limit)
+        report = await u.all_usage(engine, require_ledger(gw), span, group_by=group_by, limit=limit)
         return json_response(usage_out(report))
 
     return [
@@ -107,13 +107,13 @@ def routes(gw: Gateway) -> list[Route]:
     ]
 
 
-def _ledger(gw: Gateway) -> Ledger:
+def require_ledger(gw: Gateway) -> Ledger:
     if gw.ledger.ledger is None:
         raise BackendUnavailable("the ledger (Postgres) is unavailable")
     return gw.ledger.ledger
 
 
-def _query(request: Request, known: frozenset[str]) -> dict[str, str]:
+def query_params(request: Request, known: frozenset[str]) -> dict[str, str]:
     q = request.query_params
     unknown = sorted(set(q.keys()) - known)
     if unknown:
