@@ -86,6 +86,21 @@ class _Claimed:
     attempts: int
 
 
+class _NoQueries(logging.Filter):
+    """httpx logs each request's whole URL at INFO; a webhook URL's query may carry the
+    receiver's own token, so the URLs of its records are logged as :func:`redact_url` says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_NoQueries())
+
+
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
