@@ -225,9 +225,14 @@ async def test_the_migration_sums_an_existing_ledger(empty_database_url: str) ->
             "SELECT hour, resource, type, amount, units, transactions FROM usage_hourly"
             " WHERE account_id = 'old' ORDER BY hour, type"
         )
+        totals = await conn.fetch(
+            "SELECT hour, resource, type, sum(amount), sum(units), sum(transactions)"
+            " FROM usage_hourly_totals GROUP BY 1, 2, 3 ORDER BY hour, type"
+        )
     finally:
         await conn.close()
     assert [(r["hour"].hour, *tuple(r)[1:]) for r in rows] == [
         (10, "api_call", "spend", -12, 12, 3),
         (11, "", "grant", 50, 0, 1),
     ]
+    assert [tuple(r) for r in totals] == [tuple(r) for r in rows]  # the only account here

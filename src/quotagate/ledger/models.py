@@ -30,6 +30,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Text,
     UniqueConstraint,
     func,
@@ -213,6 +214,23 @@ class UsageHourly(Base):
         # The all-accounts form reads a time range across every account.
         Index("ix_usage_hourly_hour", "hour"),
     )
+
+
+class UsageHourlyTotal(Base):
+    """``usage_hourly`` over all accounts: per UTC hour, resource and type, in ``shard``s (an
+    account's shard is a hash of its id), kept by the same trigger. Flushes of different
+    partitions each update their own totals rows in their own transaction; with shards they
+    seldom wait on one another for the same hour's row."""
+
+    __tablename__ = "usage_hourly_totals"
+
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    units: Mapped[int] = mapped_column(BigInteger)
+    transactions: Mapped[int] = mapped_column(BigInteger)
 
 
 class Alert(Base):

@@ -7,7 +7,8 @@ Where the numbers come from:
 
 - The ledger's part from ``usage_hourly`` (per account, UTC hour, resource and type), which a
   trigger on ``credit_transactions`` keeps in the transaction of every insert (migration
-  0003). A month of one account is at most 720 hours of it, whatever the number of its
+  0003); every account by resource from ``usage_hourly_totals``, kept by the same trigger.
+  A month of one account is at most 720 hours of it, whatever the number of its
   transactions, and other windows (day, month) are sums of hours.
 - The outbox's part: transactions Redis accepted that the flush has not yet brought to the
   ledger. The outbox is read first (the account's partition, or every partition), then, in one
@@ -227,10 +228,11 @@ _RESOURCE_HOURS_SQL = """
 SELECT date_trunc($3, hour, 'UTC') AS window_start, resource, type,
        sum(amount)::bigint AS amount, sum(units)::bigint AS units,
        sum(transactions)::bigint AS transactions
-FROM usage_hourly
+FROM usage_hourly_totals
 WHERE hour >= $1 AND hour < $2
 GROUP BY 1, 2, 3
 """
+# All accounts by resource: the totals (a few rows per hour), not one row per account.
 
 _TOP_SPENDERS_SQL = """
 SELECT account_id, -coalesce(sum(amount) FILTER (WHERE type = 'spend'), 0)::bigint AS spent
@@ -251,6 +253,29 @@ FROM usage_hourly
 WHERE hour >= $1 AND hour < $2 AND account_id = ANY($4::text[])
 GROUP BY 1, 2, 3
 """
+
+
+DELETE_ACCOUNTS_ROWS_SQL = """
+WITH gone AS (
+    DELETE FROM credit_transactions WHERE account_id = ANY($1::text[])
+    RETURNING account_id, created_at, resource, type, amount, units
+),
+sums AS (
+    SELECT date_trunc('hour', created_at, 'UTC') AS hour, coalesce(resource, '') AS resource,
+           type, (abs(hashtext(account_id)) % 16)::smallint AS shard, sum(amount) AS amount,
+           coalesce(sum(units), 0) AS units, count(*) AS transactions
+    FROM gone GROUP BY 1, 2, 3, 4
+),
+totals AS (
+    UPDATE usage_hourly_totals t SET amount = t.amount - s.amount, units = t.units - s.units,
+        transactions = t.transactions - s.transactions
+    FROM sums s
+    WHERE (t.hour, t.resource, t.type, t.shard) = (s.hour, s.resource, s.type, s.shard)
+)
+DELETE FROM usage_hourly WHERE account_id = ANY($1::text[])
+"""
+"""Take accounts' rows out of the ledger with their sums (benchmarks only: the ledger's rows
+are never deleted otherwise). 16: the totals' shards (migration 0003)."""
 
 
 async def account_usage(

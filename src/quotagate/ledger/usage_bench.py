@@ -71,6 +71,10 @@ GROUP BY 1, 2, 3
 _CHECK_SQL = """
 SELECT (SELECT sum(amount) FROM credit_transactions) = (SELECT sum(amount) FROM usage_hourly)
    AND (SELECT count(*) FROM credit_transactions) = (SELECT sum(transactions) FROM usage_hourly)
+   AND (SELECT sum(amount) FROM credit_transactions)
+       = (SELECT sum(amount) FROM usage_hourly_totals)
+   AND (SELECT count(*) FROM credit_transactions)
+       = (SELECT sum(transactions) FROM usage_hourly_totals)
 """
 
 
@@ -110,6 +114,7 @@ async def _fill(conn: asyncpg.Connection, rows: int, accounts: int, bench: Usage
     await conn.execute("DROP TABLE plain_transactions")
     await conn.execute("VACUUM (ANALYZE) credit_transactions")
     await conn.execute("VACUUM (ANALYZE) usage_hourly")
+    await conn.execute("VACUUM (ANALYZE) usage_hourly_totals")
     bench.rollup_rows = await conn.fetchval("SELECT count(*) FROM usage_hourly")
 
 

@@ -2,8 +2,10 @@
 
 - ``usage_hourly``: the ledger's transactions summed per account, UTC hour, resource ('' for
   none) and type: amount (signed), units and count. Usage queries read it, not the ledger.
+- ``usage_hourly_totals``: the same over all accounts, per hour, resource and type (in a few
+  shards, by account), for the all-accounts form of the usage query.
 - ``qg_usage_hourly_add``: an AFTER INSERT trigger, once per statement, that adds the rows the
-  statement inserted (its transition table) to ``usage_hourly``, in the same transaction.
+  statement inserted (its transition table) to both tables, in the same transaction.
   Every way rows reach the ledger (the flush's COPY, its ON CONFLICT path, the write-through)
   is an INSERT or a COPY into ``credit_transactions``, so none can forget it; rows that ON
   CONFLICT skipped are not in the transition table, and a rolled back batch takes its sums
@@ -59,10 +61,34 @@ _UPSERT = """
         transactions = u.transactions + excluded.transactions
 """
 
+SHARDS = 16
+"""Rows per hour, resource and type in ``usage_hourly_totals``: flushes of different
+partitions (each its own transaction) then rarely wait on one another's totals row."""
+
+_TOTAL_SUMS = f"""
+    SELECT date_trunc('hour', created_at, 'UTC') AS hour, coalesce(resource, '') AS resource,
+           type, (abs(hashtext(account_id)) % {SHARDS})::smallint AS shard,
+           sum(amount)::bigint, coalesce(sum(units), 0)::bigint, count(*)::bigint
+    FROM {{source}}
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+"""
+
+_TOTAL_UPSERT = """
+    INSERT INTO usage_hourly_totals AS u
+        (hour, resource, type, shard, amount, units, transactions)
+    {sums}
+    ON CONFLICT (hour, resource, type, shard) DO UPDATE SET
+        amount = u.amount + excluded.amount,
+        units = u.units + excluded.units,
+        transactions = u.transactions + excluded.transactions
+"""
+
 ADD_FUNCTION = f"""
 CREATE FUNCTION qg_usage_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     {_UPSERT.format(sums=_SUMS.format(source="inserted_rows"))};
+    {_TOTAL_UPSERT.format(sums=_TOTAL_SUMS.format(source="inserted_rows"))};
     RETURN NULL;
 END
 $$
@@ -76,6 +102,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION qg_usage_hourly_add()
 """
 
 BACKFILL = _UPSERT.format(sums=_SUMS.format(source="credit_transactions"))
+BACKFILL_TOTALS = _TOTAL_UPSERT.format(sums=_TOTAL_SUMS.format(source="credit_transactions"))
 
 
 def upgrade() -> None:
@@ -93,9 +120,23 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_usage_hourly_hour", "usage_hourly", ["hour"])
+    op.create_table(
+        "usage_hourly_totals",
+        sa.Column("hour", TZ, nullable=False),
+        sa.Column("resource", sa.Text(), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("units", sa.BigInteger(), nullable=False),
+        sa.Column("transactions", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "hour", "resource", "type", "shard", name=op.f("pk_usage_hourly_totals")
+        ),
+    )
     op.execute(ADD_FUNCTION)
     op.execute(ADD_TRIGGER)
     op.execute(BACKFILL)
+    op.execute(BACKFILL_TOTALS)
     _alerts()
     _webhooks()
 
@@ -176,4 +217,5 @@ def downgrade() -> None:
     op.drop_table("alerts")
     op.execute("DROP TRIGGER credit_transactions_usage_hourly ON credit_transactions")
     op.execute("DROP FUNCTION qg_usage_hourly_add()")
+    op.drop_table("usage_hourly_totals")
     op.drop_table("usage_hourly")
