@@ -51,7 +51,7 @@ renewal = "reset"
 
 ALERTS_CONFIG = """
 [[alerts.balance]]
-below_percent = 99.9
+below_percent = 99.999
 [[alerts.consumption]]
 window_hours = 1
 baseline_windows = 24
@@ -62,7 +62,7 @@ warn_hours_before = 648
 [alerts.webhooks]
 timeout_ms = 2000
 """
-"""Rules that fire: every account goes below 99.9% of its grant after a few charges, and
+"""Rules that fire: every account goes below 99.999% of its grant after its 11th charge, and
 spends more than 10 credits in an hour it has no usual rate for."""
 
 
