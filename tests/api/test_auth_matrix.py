@@ -56,6 +56,8 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "GET /readyz":                                 (200, 200, 200, 200, 200),
     "GET /metrics":                                (200, 200, 200, 200, 200),
     "GET /openapi.json":                           (200, 200, 200, 200, 200),
+    "GET /ui":                                     (200, 200, 200, 200, 200),
+    "GET /ui/{name}":                              (200, 200, 200, 200, 200),
 }  # fmt: skip
 """Per endpoint, the status for a key of each scope and for no key."""
 
@@ -63,7 +65,16 @@ PROXY_KEY = frozenset({"GET /v1/me", "GET /v1/authz", "POST /v1/authz/{path}"})
 """Endpoints that take their key in X-Quotagate-Key (the client's Authorization header is
 the proxied application's, not ours)."""
 
-OPEN = frozenset({"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json"})
+OPEN = frozenset(
+    {
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /ui",
+        "GET /ui/{name}",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,8 @@ PREPARE: dict[str, Prepare] = {
     "GET /readyz": _fixed("GET", "/readyz"),
     "GET /metrics": _fixed("GET", "/metrics"),
     "GET /openapi.json": _fixed("GET", "/openapi.json"),
+    "GET /ui": _fixed("GET", "/ui"),
+    "GET /ui/{name}": _fixed("GET", "/ui/app.js"),
 }
 
 

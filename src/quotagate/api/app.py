@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response
-from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, usage
+from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, ui, usage
 from quotagate.api.routes.hook import Hook
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
             *usage.routes(gw),
             *alerts.routes(gw),
             *ops.routes(gw),
+            *ui.routes(),
         ],
         exception_handlers={
             HTTPException: _http_exception,
