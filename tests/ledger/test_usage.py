@@ -179,9 +179,19 @@ def test_a_range_is_checked_before_anything_is_read() -> None:
 
 
 async def test_all_accounts_by_account_picks_those_that_spent_most(
-    lengine: CreditEngine, own_ledger: Ledger, acct: Acct
+    lengine: CreditEngine, empty_database_url: str, acct: Acct
 ) -> None:
-    """The ledger's order can be overtaken by pending spends; limit keeps the top ones."""
+    """The ledger's order can be overtaken by pending spends; limit keeps the top ones.
+    A database of its own: every account in it counts."""
+    await asyncio.to_thread(_migrate, empty_database_url, "head")
+    own_ledger = await Ledger.connect(empty_database_url, max_connections=2)
+    try:
+        await _top_spenders(lengine, own_ledger, acct)
+    finally:
+        await own_ledger.aclose()
+
+
+async def _top_spenders(lengine: CreditEngine, own_ledger: Ledger, acct: Acct) -> None:
     spends = {"a": 3, "b": 5, "c": 1, "d": 4}
     accounts = {name: acct(f"top-{name}") for name in spends}
     for name, a in accounts.items():
