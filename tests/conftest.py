@@ -15,6 +15,7 @@ QUOTAGATE_TEST_CLUSTER=0 to run them against the standalone Redis only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,12 +26,26 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from tests.support.cluster import RedisCluster, redis_cli_binary, redis_cluster
+from tests.support.secret_watch import WATCH
 from tests.support.servers import RedisProcess, env_url, redis_process
 
 from quotagate.config import Config, load_config, parse_config
 from quotagate.engine import CreditEngine
 from quotagate.engine.connection import redis_from_url, sync_redis_from_url
 from quotagate.ledger import Ledger, upgrade
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger().addHandler(WATCH)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No API key or webhook secret in any log record of the session (see secret_watch)."""
+    logging.getLogger().removeHandler(WATCH)
+    if WATCH.found:
+        print(f"\nsecrets in log records: {sorted(set(WATCH.found))}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 REDIS_URL = env_url(
     "QUOTAGATE_TEST_REDIS_URL", "QUOTAGATE_REDIS_URL", default="redis://127.0.0.1:6379/0"

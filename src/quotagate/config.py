@@ -169,6 +169,76 @@ class Identity(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     jwt: JwtIdentity | None = None
 
 
+class BalanceThreshold(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[[alerts.balance]]``: fire once when an account's balance goes below ``below``
+    credits, or below ``below_percent`` of its tier's monthly grant; re-armed when it is back
+    at or above. For every account of ``tier``, or for one ``account`` (else every account)."""
+
+    below: NonNegativeInt | None = None
+    below_percent: Annotated[float, msgspec.Meta(gt=0, le=100)] | None = None
+    tier: str | None = None
+    account: str | None = None
+
+    @property
+    def name(self) -> str:
+        level = f"{self.below}" if self.below is not None else f"{self.below_percent}%"
+        scope = f"account={self.account}" if self.account else f"tier={self.tier or '*'}"
+        return f"balance:{scope}:below={level}"
+
+
+class Consumption(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[[alerts.consumption]]``: an account's spend over the last ``window_hours`` UTC hours
+    (the current one included) above ``multiple`` times its usual rate (an exponentially
+    weighted average, weight ``alpha``, of the ``baseline_windows`` windows before), or above
+    ``ceiling``; never below ``min_credits``. Once per episode: re-armed when a check finds
+    consumption back to usual."""
+
+    tier: str | None = None
+    window_hours: Annotated[int, msgspec.Meta(ge=1, le=168)] = 1
+    baseline_windows: Annotated[int, msgspec.Meta(ge=1, le=720)] = 24
+    multiple: Annotated[float, msgspec.Meta(gt=1)] | None = 5.0
+    ceiling: PositiveInt | None = None
+    min_credits: NonNegativeInt = 100
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+
+    @property
+    def name(self) -> str:
+        return (
+            f"consumption:tier={self.tier or '*'}:window={self.window_hours}h:"
+            f"multiple={self.multiple}:ceiling={self.ceiling}"
+        )
+
+
+class Expiry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[alerts.expiry]``: for tiers with ``renewal = "reset"``, warn ``warn_hours_before``
+    the end of the month, once per account and month, when unused monthly credits remain."""
+
+    warn_hours_before: Annotated[int, msgspec.Meta(ge=1, le=27 * 24)] = 72
+
+
+class Webhooks(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[alerts.webhooks]``: how deliveries are tried (endpoints are set over the API)."""
+
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 3000
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 8
+    backoff_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    """The wait after the first failure; doubled after each further one."""
+    max_backoff_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 3600.0
+
+
+class Alerts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[alerts]``: what the flush watches for (nothing, unless configured)."""
+
+    balance: list[BalanceThreshold] = []
+    consumption: list[Consumption] = []
+    expiry: Expiry | None = None
+    webhooks: Webhooks = Webhooks()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.balance or self.consumption or self.expiry)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     resources: dict[Name, PositiveInt]
     tiers: dict[Name, Tier]
@@ -181,6 +251,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     batch: Batch = Batch()
     authz: Authz = Authz()
     identity: Identity = Identity()
+    alerts: Alerts = Alerts()
 
     def cost_of(self, resource: str) -> int | None:
         return self.resources.get(resource)
@@ -219,7 +290,24 @@ def _check(config: Config) -> Config:
                 f"config: authz.routes[{i}].resource {route.resource!r} is not in [resources]"
             )
     _check_identity(config.identity)
+    _check_alerts(config)
     return config
+
+
+def _check_alerts(config: Config) -> None:
+    tiers = [("balance", r.tier) for r in config.alerts.balance]
+    tiers += [("consumption", r.tier) for r in config.alerts.consumption]
+    for kind, tier in tiers:
+        if tier is not None and tier not in config.tiers:
+            raise ConfigError(f"config: alerts.{kind} tier {tier!r} is not a tier in [tiers]")
+    for threshold in config.alerts.balance:
+        if (threshold.below is None) == (threshold.below_percent is None):
+            raise ConfigError("config: each [[alerts.balance]] needs one of below or below_percent")
+        if threshold.tier and threshold.account:
+            raise ConfigError("config: an [[alerts.balance]] names a tier or an account, not both")
+    for rule in config.alerts.consumption:
+        if rule.multiple is None and rule.ceiling is None:
+            raise ConfigError("config: each [[alerts.consumption]] needs multiple or ceiling")
 
 
 def _check_identity(identity: Identity) -> None:

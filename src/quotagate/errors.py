@@ -20,7 +20,8 @@
     │   │   ├── SpendNotFound          refund_of names no spend of this account  (404)
     │   │   ├── RefundExceedsSpend     the spend's refunds would pass its cost   (409)
     │   │   ├── AdjustBelowFloor       a debit would take available below zero   (422)
-    │   │   └── IdempotencyConflict    same key, different request               (409)
+    │   │   ├── IdempotencyConflict    same key, different request               (409)
+    │   │   └── WebhookNotFound        no such webhook endpoint or delivery      (404)
     │   ├── BackendError               a backend could not do its part           (503)
     │   │   ├── AccountNotLoaded       Redis lost its data; recovery pending     (503)
     │   │   ├── RefundNotCounted       Redis holds no count of the spend's refunds (503):
@@ -168,6 +169,11 @@ class HoldNotFound(CreditError):
 class CaptureExceedsHold(CreditError):
     code = "invalid_amount"
     http_status = 422
+
+
+class WebhookNotFound(CreditError):
+    code = "webhook_not_found"
+    http_status = 404
 
 
 class SpendNotFound(CreditError):

@@ -62,6 +62,17 @@ LEDGER_QUARANTINED = Counter(
     "were, by whether their money was booked (booked=false: look at them now).",
     ["booked"],
 )
+ALERTS = Counter(
+    "quotagate_alerts_total",
+    "Alerts raised (found by the flush, written to PostgreSQL), by kind.",
+    ["kind"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "quotagate_webhook_deliveries_total",
+    "Webhook delivery attempts, by outcome: delivered, retry (failed, tried again later), "
+    "dead (failed for the last time).",
+    ["outcome"],
+)
 FLUSH_TRIGGERS = Counter(
     "quotagate_flush_triggers_total",
     "Early flushes enqueued because a partition's outbox passed its threshold.",

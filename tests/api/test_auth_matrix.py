@@ -8,16 +8,21 @@ status, and a refused one a 401 or 403 problem before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from tests.api.helpers import assert_problem, bearer, create_account
 from tests.support.gateway import GatewayServer
+
+from quotagate.alerts.store import NewAlert, insert_alerts
 
 COLUMNS = ("admin", "service", "read", "hook", "no key")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "scopes.md"
@@ -36,7 +41,15 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
     "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 401),
+    "GET /v1/accounts/{id}/usage":                 (200, 200, 200, 403, 401),
+    "GET /v1/usage":                               (200, 403, 403, 403, 401),
     "GET /v1/resources":                           (200, 200, 200, 403, 401),
+    "GET /v1/alerts":                              (200, 403, 403, 403, 401),
+    "GET /v1/webhooks":                            (200, 403, 403, 403, 401),
+    "POST /v1/webhooks":                           (201, 403, 403, 403, 401),
+    "DELETE /v1/webhooks/{webhook_id}":            (200, 403, 403, 403, 401),
+    "GET /v1/webhooks/deliveries":                 (200, 403, 403, 403, 401),
+    "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": (200, 403, 403, 403, 401),
     "GET /v1/me":                                  (200, 403, 403, 200, 401),
     "GET /v1/authz":                               (200, 403, 403, 200, 401),
     "POST /v1/authz/{path}":                       (200, 403, 403, 200, 401),
@@ -44,6 +57,8 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "GET /readyz":                                 (200, 200, 200, 200, 200),
     "GET /metrics":                                (200, 200, 200, 200, 200),
     "GET /openapi.json":                           (200, 200, 200, 200, 200),
+    "GET /ui":                                     (200, 200, 200, 200, 200),
+    "GET /ui/{name}":                              (200, 200, 200, 200, 200),
 }  # fmt: skip
 """Per endpoint, the status for a key of each scope and for no key."""
 
@@ -51,7 +66,16 @@ PROXY_KEY = frozenset({"GET /v1/me", "GET /v1/authz", "POST /v1/authz/{path}"})
 """Endpoints that take their key in X-Quotagate-Key (the client's Authorization header is
 the proxied application's, not ours)."""
 
-OPEN = frozenset({"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.json"})
+OPEN = frozenset(
+    {
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /ui",
+        "GET /ui/{name}",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,57 @@ def _spend(http: httpx.Client, admin: str, acct: str) -> str:
     assert r.status_code == 200, r.text
     spend: str = r.json()["transaction_id"]
     return spend
+
+
+def _webhook(http: httpx.Client, admin: str) -> str:
+    body = {"url": UNREACHABLE, "events": ["balance_below"]}
+    r = http.post("/v1/webhooks", json=body, headers=bearer(admin))
+    assert r.status_code == 201, r.text
+    webhook_id: str = r.json()["id"]
+    return webhook_id
+
+
+UNREACHABLE = "http://127.0.0.1:9/hook"
+"""Where the matrix's webhooks point: nothing sends to them, and they go after each test."""
+
+_DATABASE: list[str] = []
+"""The gateway's database, for the one request that needs a row no endpoint makes."""
+
+
+@pytest.fixture(autouse=True)
+def _database(migrated_database_url: str) -> Iterator[None]:
+    _DATABASE[:] = [migrated_database_url]
+    yield
+
+    async def clean_up() -> None:
+        conn = await asyncpg.connect(migrated_database_url)
+        try:
+            await conn.execute("DELETE FROM webhook_endpoints WHERE url = $1", UNREACHABLE)
+            await conn.execute("DELETE FROM alerts WHERE rule = 'test'")
+        finally:
+            await conn.close()
+
+    asyncio.run(clean_up())
+
+
+def _delivery(http: httpx.Client, admin: str, acct: str) -> str:
+    """A delivery of an alert (alerts come from the flush, so it is written here)."""
+    _webhook(http, admin)
+
+    async def write() -> str:
+        conn = await asyncpg.connect(_DATABASE[0])
+        try:
+            async with conn.transaction():
+                new = NewAlert("balance_below", acct, "test", f"test|{uuid.uuid4()}", {})
+                [alert] = await insert_alerts(conn, [new])
+            delivery: str = await conn.fetchval(
+                "SELECT id FROM webhook_deliveries WHERE alert_id = $1 LIMIT 1", alert.id
+            )
+            return delivery
+        finally:
+            await conn.close()
+
+    return asyncio.run(write())
 
 
 def _fixed(method: str, path: str, body: Any = None) -> Prepare:
@@ -116,7 +191,19 @@ PREPARE: dict[str, Prepare] = {
         "POST", f"/v1/accounts/{acct}/holds/{_hold(http, admin, acct)}/release", {}
     ),
     "GET /v1/accounts/{id}/transactions": _fixed("GET", "/v1/accounts/{id}/transactions"),
+    "GET /v1/accounts/{id}/usage": _fixed("GET", "/v1/accounts/{id}/usage"),
+    "GET /v1/usage": _fixed("GET", "/v1/usage"),
     "GET /v1/resources": _fixed("GET", "/v1/resources"),
+    "GET /v1/alerts": _fixed("GET", "/v1/alerts"),
+    "GET /v1/webhooks": _fixed("GET", "/v1/webhooks"),
+    "POST /v1/webhooks": _fixed("POST", "/v1/webhooks", {"url": UNREACHABLE, "events": ["*"]}),
+    "DELETE /v1/webhooks/{webhook_id}": lambda http, admin, acct: Call(
+        "DELETE", f"/v1/webhooks/{_webhook(http, admin)}"
+    ),
+    "GET /v1/webhooks/deliveries": _fixed("GET", "/v1/webhooks/deliveries"),
+    "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": lambda http, admin, acct: Call(
+        "POST", f"/v1/webhooks/deliveries/{_delivery(http, admin, acct)}/redeliver"
+    ),
     "GET /v1/me": _fixed("GET", "/v1/me"),
     "GET /v1/authz": _fixed("GET", "/v1/authz"),
     "POST /v1/authz/{path}": _fixed("POST", "/v1/authz/api/chat/1"),
@@ -124,6 +211,8 @@ PREPARE: dict[str, Prepare] = {
     "GET /readyz": _fixed("GET", "/readyz"),
     "GET /metrics": _fixed("GET", "/metrics"),
     "GET /openapi.json": _fixed("GET", "/openapi.json"),
+    "GET /ui": _fixed("GET", "/ui"),
+    "GET /ui/{name}": _fixed("GET", "/ui/app.js"),
 }
 
 

@@ -56,6 +56,10 @@ CASES: dict[str, Case] = {
     "accounts list": Case(("accounts", "list"), 3, 3, 2),
     "grant": Case(("grant", "t0", "5"), 3, 3, 2),
     "history": Case(("history", "t0"), 3, 3, 2),
+    "usage": Case(("usage", "t0"), 3, 3, 2),
+    "alerts": Case(("alerts",), 0, 3, 2),
+    "webhooks deliveries": Case(("webhooks", "deliveries"), 0, 3, 2),
+    "webhooks redeliver": Case(("webhooks", "redeliver", "--dead"), 0, 3, 2),
     # bench makes a database of its own, so a missing one is no failure (and takes minutes).
     "bench": Case(("bench", "--quick", "--only", "engine"), 3, 3, None),
     "env": Case(("env",), 2, 2, 2),  # reads only the stack file, and there is none
@@ -207,6 +211,9 @@ LAYOUT_EXEMPT = {
     "env": "talks to no server",
     "keys create": "writes only the key hashes' copy, which no partition holds",
     "keys list": "reads PostgreSQL only",
+    "alerts": "reads PostgreSQL only",
+    "webhooks deliveries": "reads PostgreSQL only",
+    "webhooks redeliver": "writes PostgreSQL only",
     "keys revoke": "writes only the key hashes' copy, which no partition holds",
     "migrate": "PostgreSQL only",
     "scheduler": "enqueues on the queue Redis; the jobs it enqueues check for themselves",

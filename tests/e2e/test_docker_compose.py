@@ -91,6 +91,7 @@ def _shell_invocations(script: str) -> list[list[str]]:
 def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
         "redis", "postgres", "setup", "gateway", "worker", "scheduler", "app", "nginx",
+        "prometheus", "grafana",
     }  # fmt: skip
 
 

@@ -92,7 +92,8 @@ async def test_scheduler_and_worker_expire_holds_within_one_interval_and_flush(
             for job in s.get_jobs()
         }
         assert names == {
-            f"{key_prefix}:{n}" for n in ("flush", "expire-holds", "renewal", "reconciliation")
+            f"{key_prefix}:{n}"
+            for n in ("flush", "expire-holds", "webhooks", "renewal", "reconciliation")
         }
     finally:
         assert scheduler.stop() == 0, scheduler.output()

@@ -44,6 +44,11 @@ def new_database(*, migrated: bool = True) -> Iterator[str]:
 
 TABLES = (
     "credit_transactions",
+    "usage_hourly",
+    "alerts",
+    "alert_arms",
+    "webhook_deliveries",
+    "webhook_endpoints",
     "user_credits",
     "outbox_flushes",
     "api_keys",

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_response
-from quotagate.api.routes import accounts, charges, credits, holds, hook, ops
+from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, ui, usage
 from quotagate.api.routes.hook import Hook
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
@@ -120,7 +120,10 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
             *holds.routes(gw),
             *credits.routes(gw),
             *accounts.routes(gw),
+            *usage.routes(gw),
+            *alerts.routes(gw),
             *ops.routes(gw),
+            *ui.routes(),
         ],
         exception_handlers={
             HTTPException: _http_exception,

@@ -13,6 +13,7 @@ import msgspec
 from quotagate import __version__, ids
 from quotagate.api import schemas as s
 from quotagate.api.problems import PROBLEM_JSON
+from quotagate.api.routes import alerts, usage
 from quotagate.api.routes.hook import UNITS_PATTERN
 from quotagate.config import Config
 
@@ -378,10 +379,20 @@ def _name_the_configured(components: dict[str, Any], config: Config) -> None:
 
 
 def openapi_document(config: Config) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components((*s.REQUESTS, *s.ANSWERS), ref_template=REF)
+    _, components = msgspec.json.schema_components(
+        (*s.REQUESTS, *s.ANSWERS, *usage.ANSWERS, *alerts.REQUESTS, *alerts.ANSWERS),
+        ref_template=REF,
+    )
     _name_the_configured(components, config)
     _limit_batches(components, config)
-    paths = {**_account_paths(), **_batch_paths(config), **_hook_paths(), **_ops_paths()}
+    paths = {
+        **_account_paths(),
+        **_batch_paths(config),
+        **usage.openapi_paths(_op, _ACCOUNT_ID),
+        **alerts.openapi_paths(_op),
+        **_hook_paths(),
+        **_ops_paths(),
+    }
     return {
         "openapi": "3.1.0",
         "info": {

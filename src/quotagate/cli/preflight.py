@@ -63,6 +63,10 @@ NEEDS: Mapping[str, Needs] = {
     "accounts list": _DATA_AND_LEDGER,
     "grant": _DATA_AND_LEDGER,
     "history": _DATA_AND_LEDGER,
+    "usage": _DATA_AND_LEDGER,
+    "alerts": Needs(postgres="required"),
+    "webhooks deliveries": Needs(postgres="required"),
+    "webhooks redeliver": Needs(postgres="required"),
     # Its own key prefix and database: the servers must answer, their data is not its business.
     "bench": Needs(redis="required", postgres="server", layout=False),
     "env": Needs(announce=False),

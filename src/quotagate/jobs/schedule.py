@@ -5,6 +5,7 @@
     release expired holds   every 5 s           flush   expire.expire_holds
     monthly renewal         cron "15 0 * * *"   jobs    renew.renew_all
     reconciliation report   cron "30 3 * * *"   jobs    reconcile.reconcile_report
+    webhook deliveries      every 2 s           jobs    webhooks.deliver_webhooks
 
 Cron expressions are UTC: ``quotagate scheduler`` runs with TZ=UTC (rq cron reads them in
 the process's local time). Renewal runs daily: a partition renewed for the month is skipped
@@ -27,10 +28,12 @@ from quotagate.jobs.expire import expire_holds
 from quotagate.jobs.flush import enqueue_flushes
 from quotagate.jobs.reconcile import reconcile_report
 from quotagate.jobs.renew import renew_all
+from quotagate.jobs.webhooks import deliver_webhooks
 from quotagate.settings import Settings
 
 FLUSH_INTERVAL_SECONDS = 1
 EXPIRY_INTERVAL_SECONDS = 5
+WEBHOOK_INTERVAL_SECONDS = 2
 RENEWAL_CRON = "15 0 * * *"
 RECONCILIATION_CRON = "30 3 * * *"
 
@@ -52,6 +55,11 @@ def register_all(settings: Settings) -> None:
         expire_holds, queue_name=fast, interval=EXPIRY_INTERVAL_SECONDS,
         ttl=2 * EXPIRY_INTERVAL_SECONDS, result_ttl=FREQUENT_RESULT_TTL_SECONDS,
         name=f"{settings.key_prefix}:expire-holds",
+    )  # fmt: skip
+    cron.register(
+        deliver_webhooks, queue_name=slow, interval=WEBHOOK_INTERVAL_SECONDS,
+        ttl=5 * WEBHOOK_INTERVAL_SECONDS, result_ttl=FREQUENT_RESULT_TTL_SECONDS,
+        name=f"{settings.key_prefix}:webhooks",
     )  # fmt: skip
     cron.register(
         renew_all, queue_name=slow, cron=RENEWAL_CRON, result_ttl=DAILY_RESULT_TTL_SECONDS,

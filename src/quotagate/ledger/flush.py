@@ -239,6 +239,11 @@ class _Batches:
         self.result.inserted += applied.inserted
         self.result.events += applied.events
         self.result.quarantined += applied.quarantined
+        # Alerts from what is now committed; never raises. Imported here: the alerts
+        # modules build on this package.
+        from quotagate.alerts.detect import after_batch
+
+        await after_batch(self.engine.config, self.ledger, batch.raw)
 
 
 async def apply_batch(

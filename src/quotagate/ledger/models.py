@@ -9,6 +9,11 @@ and column names below in their SQL.
     credit_transactions   every transaction Redis accepted, exactly once (id = UUIDv7 text)
     outbox_flushes        per outbox partition: the last stream id a flush committed and when
     ledger_quarantine     outbox entries PostgreSQL refused as they were, kept raw
+    usage_hourly          credit_transactions summed per account, hour, resource and type
+                          (kept by a trigger in the transaction of every insert)
+    alerts                every alert raised, once each; alert_arms: rules that fired and
+                          wait to be re-armed
+    webhook_endpoints     where alerts are sent; webhook_deliveries: each sending, its tries
     api_keys              the gateway's API keys (hashes only)
 """
 
@@ -20,10 +25,12 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Text,
     UniqueConstraint,
     func,
@@ -40,6 +47,7 @@ NAMING = {
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 """Constraint names follow one pattern, so a later migration can name what it alters."""
 
@@ -176,6 +184,131 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class UsageHourly(Base):
+    """The ledger's transactions summed per account, UTC hour, resource and type.
+
+    Usage queries read this rather than the ledger: a month of one account is at most
+    720 hours times its resources and types, whatever its number of transactions. A
+    statement-level trigger on ``credit_transactions`` (migration 0003) adds
+    the rows each INSERT or COPY actually inserted, in the same transaction: the flush's
+    fast and checked paths and the write-through alike, and a row skipped by ON CONFLICT
+    or rolled back is never counted.
+    """
+
+    __tablename__ = "usage_hourly"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    """The start of the UTC hour the transactions were made in."""
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The resource charged; '' for transactions without one (grants, refunds...)."""
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """Signed sum of the transactions' amounts (spends and expiries are negative)."""
+    units: Mapped[int] = mapped_column(BigInteger)
+    transactions: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The all-accounts form reads a time range across every account.
+        Index("ix_usage_hourly_hour", "hour"),
+    )
+
+
+class UsageHourlyTotal(Base):
+    """``usage_hourly`` over all accounts: per UTC hour, resource and type, in ``shard``s (an
+    account's shard is a hash of its id), kept by the same trigger. Flushes of different
+    partitions each update their own totals rows in their own transaction; with shards they
+    seldom wait on one another for the same hour's row."""
+
+    __tablename__ = "usage_hourly_totals"
+
+    hour: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    resource: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    units: Mapped[int] = mapped_column(BigInteger)
+    transactions: Mapped[int] = mapped_column(BigInteger)
+
+
+class Alert(Base):
+    """An alert, raised once (``dedupe_key`` says what "once" means for its kind)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    """balance_below, credits_expiring or unusual_consumption."""
+    account_id: Mapped[str] = mapped_column(Text)
+    rule: Mapped[str] = mapped_column(Text)
+    """The configured rule that raised it, by its name."""
+    dedupe_key: Mapped[str] = mapped_column(Text, unique=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+    __table_args__ = (Index("ix_alerts_account_id_id", "account_id", "id"),)
+
+
+class AlertArm(Base):
+    """A rule that fired for an account: it fires again only after this row goes (re-armed:
+    the balance rose above the threshold, or consumption went back to usual)."""
+
+    __tablename__ = "alert_arms"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    rule: Mapped[str] = mapped_column(Text, primary_key=True)
+    fired_at: Mapped[datetime] = mapped_column(TZ)
+    seen_at: Mapped[datetime] = mapped_column(TZ)
+    """When the condition was last seen to hold."""
+
+
+class WebhookEndpoint(Base):
+    """Where alerts of the listed events are sent, signed with ``secret``."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret: Mapped[str] = mapped_column(Text)
+    """``whsec_`` and the base64 key, as Standard Webhooks writes it; never logged."""
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    disabled_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class WebhookDelivery(Base):
+    """One alert to one endpoint: pending until delivered, or dead after the last try."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The ``webhook-id`` header: the same on every try, so receivers can drop repeats."""
+    endpoint_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    alert_id: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    """The exact JSON body that is signed and sent."""
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(TZ)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
 
 
 metadata = Base.metadata
