@@ -23,11 +23,6 @@ from quotagate.engine import CreditEngine
 _SCRIPT = (resources.files("quotagate.ledger") / "lease.lua").read_text()
 
 
-def lease_key(engine: CreditEngine, partition: int) -> str:
-    """``P:{n}:flushlease``: who is flushing partition n (a token), until it expires."""
-    return f"{engine.keys.tag(partition)}:flushlease"
-
-
 class FlushLease:
     """A held lease; obtain one with :meth:`acquire`."""
 
@@ -40,7 +35,7 @@ class FlushLease:
         cls, engine: CreditEngine, partition: int, ttl_seconds: float
     ) -> FlushLease | None:
         """The lease, or None when another flush holds it."""
-        key = lease_key(engine, partition)
+        key = engine.keys.flush_lease(partition)
         token = secrets.token_hex(16)
         ttl_ms = max(1, int(ttl_seconds * 1000))
         if not await engine.redis.set(key, token, nx=True, px=ttl_ms):
