@@ -11,6 +11,7 @@ from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
 from tests.support.servers import redis_process
 
+from quotagate.engine.script_files import PRELUDE, script_text
 from quotagate.engine.scripts import SCRIPT_NAMES, load_scripts
 from quotagate.errors import BackendUnavailable
 
@@ -18,11 +19,12 @@ from quotagate.errors import BackendUnavailable
 def test_every_script_ships_in_the_package_with_a_header() -> None:
     folder = resources.files("quotagate") / "lua"
     shipped = sorted(p.name for p in folder.iterdir() if p.name.endswith(".lua"))
-    assert shipped == sorted(f"{n}.lua" for n in SCRIPT_NAMES)
+    assert shipped == sorted(f"{n}.lua" for n in (*SCRIPT_NAMES, PRELUDE))
     for script in load_scripts().values():
-        header = script.source.split("]]", 1)[0]
-        used_keys = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", script.source.split("]]", 1)[1])}
-        used_args = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", script.source.split("]]", 1)[1])}
+        assert script.source == script_text(PRELUDE) + "\n" + script_text(script.name)
+        header, body = script_text(script.name).split("]]", 1)
+        used_keys = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", body)}
+        used_args = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", body)}
         for n in used_keys:
             assert re.search(rf"KEYS\[(\d+\.\.)?{n}\]|KEYS\[\d+\.\.\d+\]", header), (script.name, n)
         for n in used_args:

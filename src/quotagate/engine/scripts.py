@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from typing import Any, TypeVar
 
 import hiredis
@@ -24,6 +23,7 @@ from redis.asyncio import Redis
 
 from quotagate.engine.pipe import Pipe, open_pipe
 from quotagate.engine.replies import unavailable
+from quotagate.engine.script_files import script_source
 from quotagate.errors import BackendUnavailable, QuotagateError
 
 SCRIPT_NAMES = (
@@ -37,7 +37,9 @@ SCRIPT_NAMES = (
     "upsert_account",
     "renew",
     "restore",
+    "lease",
 )
+"""Every script of the package's ``lua/`` folder (``prelude.lua`` is joined to each)."""
 
 COMBINING = frozenset({"consume"})
 """Scripts that take the arguments of several calls at once (the charges of one account:
@@ -73,11 +75,11 @@ class ScriptError(QuotagateError):
 
 
 def load_scripts() -> dict[str, Script]:
-    """Read every script shipped in the package (``quotagate/lua/*.lua``)."""
-    folder = resources.files("quotagate") / "lua"
+    """Read every script shipped in the package (``quotagate/lua/*.lua``), each with the
+    prelude joined to its front (see :mod:`quotagate.engine.script_files`)."""
     scripts = {}
     for name in SCRIPT_NAMES:
-        source = (folder / f"{name}.lua").read_text()
+        source = script_source(name)
         sha = hashlib.sha1(source.encode()).hexdigest()
         scripts[name] = Script(name, source, sha, combines=name in COMBINING)
     return scripts
