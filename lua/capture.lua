@@ -62,9 +62,8 @@ local from_monthly = math.min(math.max(m, 0), amount)
 m = m - from_monthly
 b = b - (amount - from_monthly)
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
-append_transaction({id = txn, account = account, amount = -amount, kind = 'spend',
-  resource = resource, units = units, description = desc, metadata = meta, balance = m + b,
-  monthly_delta = -from_monthly, idem = idem, extra = {'hold', hold_id}})
+append_transaction(txn, account, -amount, 'spend', resource, units, desc, meta, nil, m + b,
+  -from_monthly, idem, 'hold', hold_id)
 
 local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5])

@@ -96,9 +96,8 @@ for i = 1, n do
       m = m - from_monthly
       b = b - (cost - from_monthly)
       if new_tat then limit.tat, tat_moved = new_tat, true end
-      append_transaction({id = ARGV[o + 1], account = account, amount = -cost, kind = 'spend',
-        resource = ARGV[o + 4], units = s(units[i]), description = ARGV[o + 6],
-        metadata = ARGV[o + 7], balance = m + b, monthly_delta = -from_monthly, idem = ARGV[o + 8]})
+      append_transaction(ARGV[o + 1], account, -cost, 'spend', ARGV[o + 4], s(units[i]),
+        ARGV[o + 6], ARGV[o + 7], nil, m + b, -from_monthly, ARGV[o + 8])
       reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(m + b), '0', s(rl_burst),
         s(rl_remaining), s(rl_reset)}
       remember(idem, fp, ttls[i], reply[2], reply[3], reply[4], reply[5])

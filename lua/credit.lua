@@ -96,10 +96,10 @@ local extra = nil
 if typ == 'refund' then
   redis.call('HSET', KEYS[10], 'cost', s(spend_cost), 'refunded', s(refunded + amount))
   redis.call('PEXPIRE', KEYS[10], count_ttl)
-  extra = {'rf', spend_id}
+  extra = 'rf'
 end
-local entry = append_transaction({id = txn, account = account, amount = amount, kind = typ,
-  description = desc, metadata = meta, balance = balance, idem = idem, extra = extra})
+local entry = append_transaction(txn, account, amount, typ, '', '', desc, meta, nil, balance, 0,
+  idem, extra, spend_id)
 
 local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[6])

@@ -21,7 +21,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 
 local due, credits = due_holds(now_ms())
-if #due > 0 then drop_holds(due) end
-index_holds(account)
+drop_holds(account, due)
 if #due > 0 then redis.call('HINCRBY', KEYS[1], 'r', -credits) end
 return {'ok', s(#due), s(credits)}

@@ -1,6 +1,7 @@
---[[ prelude: the rules every script shares, one copy each. The loader joins this text to the
-front of each script in this folder before it loads it, so the helpers below are locals of
-every script; a script never defines them again (a test fails when one does).
+--[[ prelude: the rules every script shares, one copy each. The loader joins the definitions a
+script names (and those they name) to the front of that script before it loads it, so the
+helpers below are locals of every script that uses them; a script never defines them again (a
+test fails when one does). Each definition is a top-level `local`, with its comment above it.
 
 The account scripts share one KEYS layout, and the helpers use it:
 KEYS[1] account hash        KEYS[5] account holds hash
@@ -104,17 +105,14 @@ local function due_holds(now)
   return due, credits
 end
 
--- Drops holds from the account's holds hash and expiry zset.
-local function drop_holds(hold_ids)
+-- Drops holds from the account's holds hash and expiry zset, then scores the account in the
+-- partition's hold-expiry index by its earliest hold left, or takes it out.
+local function drop_holds(account, hold_ids)
   for first = 1, #hold_ids, HOLDS_PER_CALL do
     local last = math.min(first + HOLDS_PER_CALL - 1, #hold_ids)
     redis.call('HDEL', KEYS[5], unpack(hold_ids, first, last))
     redis.call('ZREM', KEYS[6], unpack(hold_ids, first, last))
   end
-end
-
--- Scores the account in the partition's hold-expiry index by its earliest hold, or removes it.
-local function index_holds(account)
   local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   if head[1] then redis.call('ZADD', KEYS[7], head[2], account)
   else redis.call('ZREM', KEYS[7], account) end
@@ -127,8 +125,7 @@ local function expire_due(account, now, r)
   if r <= 0 then return r end
   local due, credits = due_holds(now)
   if #due == 0 then return r end
-  drop_holds(due)
-  index_holds(account)
+  drop_holds(account, due)
   r = r - credits
   redis.call('HSET', KEYS[1], 'r', s(r))
   return r
@@ -147,8 +144,7 @@ end
 -- Ends a hold now, with the others past their deadline (`due`, from due_holds).
 local function end_holds(account, hold_id, due)
   due[#due + 1] = hold_id
-  drop_holds(due)
-  index_holds(account)
+  drop_holds(account, due)
 end
 
 -- GCRA over Redis TIME: admits `burst` at once, then one per `interval` microseconds. The
@@ -187,20 +183,20 @@ end
 -- derived: an empty or zero field is left out (no resource means no units, "dm" 0 means the
 -- monthly bucket did not move), and the time is the entry id's, unless `time` (ms) is given:
 -- a renewal or an opening grant sets the account's last reset to the time of its script, and
--- the ledger must read that same millisecond ("ts"). `extra`, when given, is one more name
--- and value (a capture's hold, a refund's spend). Fields keep one order.
-local function append_transaction(t)
-  local f = {'id', t.id, 'a', t.account, 'amt', s(t.amount), 't', t.kind}
-  if t.resource and t.resource ~= '' then
-    f[#f + 1] = 'res'; f[#f + 1] = t.resource; f[#f + 1] = 'u'; f[#f + 1] = t.units
-  end
-  if t.description and t.description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = t.description end
-  if t.metadata and t.metadata ~= '' then f[#f + 1] = 'md'; f[#f + 1] = t.metadata end
-  if t.time then f[#f + 1] = 'ts'; f[#f + 1] = s(t.time) end
-  f[#f + 1] = 'bal'; f[#f + 1] = s(t.balance)
-  if t.monthly_delta and t.monthly_delta ~= 0 then f[#f + 1] = 'dm'; f[#f + 1] = s(t.monthly_delta) end
-  if t.idem and t.idem ~= '' then f[#f + 1] = 'ik'; f[#f + 1] = t.idem end
-  if t.extra then f[#f + 1] = t.extra[1]; f[#f + 1] = t.extra[2] end
+-- the ledger must read that same millisecond ("ts"; nil otherwise). `extra`, when given, is
+-- one more field's name, with `extra_value` (a capture's hold, a refund's spend). Fields keep
+-- one order. Every text argument is a string ('' for none).
+local function append_transaction(id, account, amount, kind, resource, units, description,
+                                  metadata, time, balance, monthly_delta, idem, extra, extra_value)
+  local f = {'id', id, 'a', account, 'amt', s(amount), 't', kind}
+  if resource ~= '' then f[#f + 1] = 'res'; f[#f + 1] = resource; f[#f + 1] = 'u'; f[#f + 1] = units end
+  if description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = description end
+  if metadata ~= '' then f[#f + 1] = 'md'; f[#f + 1] = metadata end
+  if time then f[#f + 1] = 'ts'; f[#f + 1] = s(time) end
+  f[#f + 1] = 'bal'; f[#f + 1] = s(balance)
+  if monthly_delta ~= 0 then f[#f + 1] = 'dm'; f[#f + 1] = s(monthly_delta) end
+  if idem ~= '' then f[#f + 1] = 'ik'; f[#f + 1] = idem end
+  if extra then f[#f + 1] = extra; f[#f + 1] = extra_value end
   return redis.call('XADD', KEYS[3], '*', unpack(f))
 end
 

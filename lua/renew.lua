@@ -44,9 +44,8 @@ if policy == 'reset' then
   if m > 0 then
     expired = m
     m = 0
-    append_transaction({id = expire_txn, account = account, amount = -expired, kind = 'expire',
-      description = 'monthly credits expired (' .. period .. ')', time = now, balance = m + b,
-      monthly_delta = -expired})
+    append_transaction(expire_txn, account, -expired, 'expire', '', '',
+      'monthly credits expired (' .. period .. ')', '', now, m + b, -expired, '')
   end
   granted = grant
 else
@@ -54,9 +53,8 @@ else
 end
 if granted > 0 then
   m = m + granted
-  append_transaction({id = grant_txn, account = account, amount = granted, kind = 'grant',
-    description = 'monthly grant (' .. period .. ')', time = now, balance = m + b,
-    monthly_delta = granted})
+  append_transaction(grant_txn, account, granted, 'grant', '', '',
+    'monthly grant (' .. period .. ')', '', now, m + b, granted, '')
 end
 redis.call('HSET', KEYS[1], 'm', s(m), 'rp', period, 'rst', s(now))
 append_account_event(event_id, account, a[5], a[3], a[6], s(now), a[7], period)

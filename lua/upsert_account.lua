@@ -73,9 +73,8 @@ local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier', 'rst',
 local entries = append_account_event(event_id, account, a[6], a[5], a[4], a[7], a[8])
 local balance = tonumber(a[1]) + tonumber(a[2])
 if created and grant > 0 then
-  entries = entries .. ',' .. append_transaction({id = grant_txn, account = account,
-    amount = grant, kind = 'grant', description = 'monthly grant (new account)', time = now,
-    balance = balance, monthly_delta = grant})
+  entries = entries .. ',' .. append_transaction(grant_txn, account, grant, 'grant', '', '',
+    'monthly grant (new account)', '', now, balance, grant, '')
 end
 
 local c = '0'
