@@ -53,8 +53,9 @@ def prelude_definitions() -> tuple[Definition, ...]:
             if current is not None:
                 definitions.append(Definition(current[0], "\n".join(current[1]).strip() + "\n"))
             current, pending = (found.group(1), [*pending, line]), []
-        elif line.startswith("--") and (current is None or _closed(current[1])):
-            pending.append(line)
+        elif current is None or _closed(current[1]):
+            if line.strip():  # a comment above the next definition (blank lines go)
+                pending.append(line)
         elif current is not None:
             current[1].extend([*pending, line])
             pending = []
