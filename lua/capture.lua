@@ -23,83 +23,48 @@ fell behind the hold (a renewal expired the credits it held, a lower overdraft l
 capture that would leave available (balance - held + overdraft) below zero is refused and the
 hold stays, to be captured for less or released. A capture never lowers available.
 ]]
-local MAX_AMOUNT = 1000000000000
-
-local function int_arg(v, lo, hi)
-  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
-  local n = tonumber(v)
-  if n < lo or n > hi then return nil end
-  return n
-end
-local function s(n) return string.format('%d', n) end
-
-local txn, account, hold_id, desc, meta, idem, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local account, hold_id, desc, meta, idem, fp = ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local amount = nil
 if ARGV[4] ~= '' then
-  amount = int_arg(ARGV[4], 1, MAX_AMOUNT)
+  amount = amount_arg(ARGV[4])
   if not amount then return {'err', 'invalid_argument', 'amount'} end
 end
-local idem_ttl = int_arg(ARGV[9], 1, 1e11)
-if #txn < 1 or #txn > 64 then return {'err', 'invalid_argument', 'transaction_id'} end
+local txn = id_arg(ARGV[1])
+local idem_ttl = ttl_arg(ARGV[9])
+if not txn then return {'err', 'invalid_argument', 'transaction_id'} end
+if not id_arg(hold_id) then return {'err', 'invalid_argument', 'hold_id'} end
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 
-if idem ~= '' then
-  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
-  local rec = redis.call('GET', KEYS[4])
-  if rec then
-    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
-    local first_txn, first_cost, first_available, first_balance = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
-    return {'ok', first_txn, first_cost, first_available, first_balance, '1'}
-  end
-end
+local refused, first = replay(idem, fp)
+if refused then return refused end
+if first then return {'ok', first[1], first[2], first[3], first[4], '1'} end
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od')
-if not a[1] then
-  if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
-  return {'err', 'account_not_found'}
-end
+local a, missing = account_fields('m', 'b', 'r', 'od')
+if not a then return missing end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local h = redis.call('HGET', KEYS[5], hold_id)
-if not h then return {'err', 'hold_not_found'} end
-local held, expires, resource, units = string.match(h, '^(%d+)|(%d+)|([^|]*)|(%d+)$')
-held, expires = tonumber(held), tonumber(expires)
-if expires <= now_ms then return {'err', 'hold_not_found'} end
+local now = now_ms()
+local held, resource, units = open_hold(hold_id, now)
+if not held then return {'err', 'hold_not_found'} end
 if amount == nil then amount = held end
 if amount > held then return {'err', 'capture_exceeds_hold', s(held)} end
 
 -- This hold ends now; any others past their deadline end with it.
-local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms)
-for _, hid in ipairs(due) do
-  local other = redis.call('HGET', KEYS[5], hid)
-  if other then r = r - tonumber(string.match(other, '^(%d+)')) end
-end
+local due, due_credits = due_holds(now)
+r = r - due_credits
 if m + b - amount - (r - held) + od < 0 then
   return {'err', 'insufficient_credits', s(amount), s(m + b - (r - held) + od)}
 end
-redis.call('HDEL', KEYS[5], hold_id)
-redis.call('ZREM', KEYS[6], hold_id)
+end_holds(account, hold_id, due)
 r = r - held
-for _, hid in ipairs(due) do
-  redis.call('HDEL', KEYS[5], hid)
-  redis.call('ZREM', KEYS[6], hid)
-end
-local first = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-if first[1] then redis.call('ZADD', KEYS[7], first[2], account) else redis.call('ZREM', KEYS[7], account) end
 
 local from_monthly = math.min(math.max(m, 0), amount)
 m = m - from_monthly
 b = b - (amount - from_monthly)
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
-redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(-amount), 't', 'spend',
-  'res', resource, 'u', units, 'd', desc, 'md', meta, 'ts', s(now_ms),
-  'bal', s(m + b), 'dm', s(-from_monthly), 'ik', idem, 'hold', hold_id)
+append_transaction(txn, account, -amount, 'spend', resource, units, desc, meta, nil, m + b,
+  -from_monthly, idem, 'hold', hold_id)
 
 local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
-if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5], 'PX', idem_ttl)
-end
+remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5])
 return reply

@@ -26,15 +26,6 @@ Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
 Spends monthly credits first, then purchased ones. Writes nothing unless it charges, but
 releases holds found expired.
 ]]
-local MAX_AMOUNT = 1000000000000
-
-local function int_arg(v, lo, hi)
-  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
-  local n = tonumber(v)
-  if n < lo or n > hi then return nil end
-  return n
-end
-local function s(n) return string.format('%d', n) end
 
 -- Every charge's arguments are checked before anything is read or written.
 local n = #ARGV / 10
@@ -48,9 +39,9 @@ end
 local costs, units, ttls = {}, {}, {}
 for i = 1, n do
   local o = (i - 1) * 10
-  local cost, u, ttl = int_arg(ARGV[o + 3], 1, MAX_AMOUNT), int_arg(ARGV[o + 5], 1, MAX_AMOUNT), int_arg(ARGV[o + 10], 1, 1e11)
+  local cost, u, ttl = amount_arg(ARGV[o + 3]), amount_arg(ARGV[o + 5]), ttl_arg(ARGV[o + 10])
   local bad = nil
-  if #ARGV[o + 1] < 1 or #ARGV[o + 1] > 64 then bad = 'transaction_id'
+  if not id_arg(ARGV[o + 1]) then bad = 'transaction_id'
   elseif not cost then bad = 'cost'
   elseif not u then bad = 'units'
   elseif not ttl then bad = 'idempotency_ttl'
@@ -60,79 +51,41 @@ for i = 1, n do
   if bad then return all({'err', 'invalid_argument', bad}) end
   costs[i], units[i], ttls[i] = cost, u, ttl
 end
-local account = ARGV[2]
+local account, idem, fp = ARGV[2], ARGV[8], ARGV[9]  -- only a single charge may carry a key
 
-local idem = ARGV[8]  -- only a single charge may carry one
-if idem ~= '' then
-  if #ARGV[9] ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
-  local rec = redis.call('GET', KEYS[4])
-  if rec then
-    if string.sub(rec, 1, 16) ~= ARGV[9] then return {'err', 'idempotency_conflict'} end
-    local first_txn, first_cost, first_available, first_balance = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
-    return {'ok', first_txn, first_cost, first_available, first_balance, '1', '-1', '-1', '-1'}
-  end
-end
+local refused, first = replay(idem, fp)
+if refused then return refused end
+if first then return {'ok', first[1], first[2], first[3], first[4], '1', '-1', '-1', '-1'} end
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier')
-if not a[1] then
-  if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return all({'err', 'account_not_loaded'}) end
-  return all({'err', 'account_not_found'})
-end
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
+if not a then return all(missing) end
 if a[5] ~= 'active' then return all({'err', 'account_banned'}) end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_ms = math.floor(now_us / 1000)
-
--- GCRA over Redis TIME: admits `burst` at once, then one per `interval` microseconds.
-local interval, burst, tat = 0, 0, nil
-local rl = redis.call('HGET', KEYS[2], 't:' .. a[6])
-if rl then
-  interval, burst = string.match(rl, '^(%d+) (%d+)$')
-  interval, burst = tonumber(interval), tonumber(burst)
-  if interval > 0 then
-    tat = tonumber(redis.call('GET', KEYS[8]) or '0')
-    if tat < now_us then tat = now_us end
-  end
-end
+-- TIME only when something needs the clock: a rate limit or an open hold (the outbox entry
+-- takes its time from its stream id).
+local now, limit = nil, tier_rate(a[6])
+if limit or r > 0 then now = now_us() end
+if limit then rate_start(limit, now) end
 local tat_moved = false
 
--- Lazy expiry: holds past their deadline give their credits back before we count. Nothing is
--- reserved without an open hold (a hold reserves at least 1), so r = 0 skips the look.
 local expired = false
 local replies, charged = {}, false
 for i = 1, n do
   local o, cost = (i - 1) * 10, costs[i]
   local rl_burst, rl_remaining, rl_reset, new_tat = -1, -1, -1, nil
   local reply = nil
-  if tat then
-    new_tat = tat + interval
-    local allow_at = new_tat - interval * burst
-    if now_us < allow_at then
-      reply = {'err', 'rate_limited', s(math.ceil((allow_at - now_us) / 1000))}
+  if limit then
+    local admitted, left_or_retry, reset_ms = rate_admit(limit, now)
+    if admitted then
+      new_tat, rl_burst, rl_remaining, rl_reset = admitted, limit.burst, left_or_retry, reset_ms
     else
-      rl_burst = burst
-      rl_remaining = math.floor((now_us - allow_at) / interval)
-      rl_reset = math.ceil((new_tat - now_us) / 1000)
+      reply = {'err', 'rate_limited', s(left_or_retry)}
     end
   end
   if not reply and not expired then
-    -- Lazy expiry: holds past their deadline give their credits back before we count. Nothing
-    -- is reserved without an open hold (a hold reserves at least 1), so r = 0 skips the look.
-    expired = true
-    local due = r > 0 and redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms) or {}
-    if #due > 0 then
-      for _, hid in ipairs(due) do
-        local h = redis.call('HGET', KEYS[5], hid)
-        if h then r = r - tonumber(string.match(h, '^(%d+)')) end
-        redis.call('HDEL', KEYS[5], hid)
-        redis.call('ZREM', KEYS[6], hid)
-      end
-      local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-      if head[1] then redis.call('ZADD', KEYS[7], head[2], account) else redis.call('ZREM', KEYS[7], account) end
-      redis.call('HSET', KEYS[1], 'r', s(r))
-    end
+    expired = true  -- once, before the first charge counts (`now` is read when r > 0)
+    if now then r = expire_due(account, math.floor(now / 1000), r) end
   end
   if not reply then
     local available = m + b - r + od
@@ -142,15 +95,12 @@ for i = 1, n do
       local from_monthly = math.min(m, cost)
       m = m - from_monthly
       b = b - (cost - from_monthly)
-      if new_tat then tat, tat_moved = new_tat, true end
-      redis.call('XADD', KEYS[3], '*', 'id', ARGV[o + 1], 'a', account, 'amt', s(-cost), 't', 'spend',
-        'res', ARGV[o + 4], 'u', s(units[i]), 'd', ARGV[o + 6], 'md', ARGV[o + 7], 'ts', s(now_ms),
-        'bal', s(m + b), 'dm', s(-from_monthly), 'ik', ARGV[o + 8])
+      if new_tat then limit.tat, tat_moved = new_tat, true end
+      append_transaction(ARGV[o + 1], account, -cost, 'spend', ARGV[o + 4], s(units[i]),
+        ARGV[o + 6], ARGV[o + 7], nil, m + b, -from_monthly, ARGV[o + 8])
       reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(m + b), '0', s(rl_burst),
         s(rl_remaining), s(rl_reset)}
-      if idem ~= '' then
-        redis.call('SET', KEYS[4], ARGV[9] .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[5], 'PX', ttls[i])
-      end
+      remember(idem, fp, ttls[i], reply[2], reply[3], reply[4], reply[5])
       charged = true
     end
   end
@@ -159,7 +109,7 @@ end
 
 if charged then
   redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b))
-  if tat_moved then redis.call('SET', KEYS[8], s(tat), 'PX', math.ceil((tat - now_us) / 1000) + 1) end
+  if tat_moved then rate_save(limit.tat, now) end
 end
 if n == 1 then return replies[1] end
 return replies

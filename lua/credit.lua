@@ -32,18 +32,9 @@ starts it, when present it wins (a concurrent refund started it after the ledger
 A negative adjustment may not take available (balance - reserved + overdraft) below zero:
 holds were admitted against it, and their captures would take the balance below its floor.
 ]]
-local MAX_AMOUNT = 1000000000000
-
-local function int_arg(v, lo, hi)
-  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
-  local n = tonumber(v)
-  if n < lo or n > hi then return nil end
-  return n
-end
-local function s(n) return string.format('%d', n) end
-
-local txn, account, typ, desc, meta, idem, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local idem_ttl = int_arg(ARGV[9], 1, 1e11)
+local account, typ, desc, meta, idem, fp = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local txn = id_arg(ARGV[1])
+local idem_ttl = ttl_arg(ARGV[9])
 local max_balance = int_arg(ARGV[10], 1, 4e15)
 local spend_id = ARGV[11]
 local amount
@@ -51,44 +42,35 @@ if typ == 'adjust' then
   amount = int_arg(ARGV[3], -MAX_AMOUNT, MAX_AMOUNT)
   if amount == 0 then amount = nil end
 elseif typ == 'grant' or typ == 'earn' or typ == 'refund' then
-  amount = int_arg(ARGV[3], 1, MAX_AMOUNT)
+  amount = amount_arg(ARGV[3])
 else
   return {'err', 'invalid_argument', 'type'}
 end
-if #txn < 1 or #txn > 64 then return {'err', 'invalid_argument', 'transaction_id'} end
+if not txn then return {'err', 'invalid_argument', 'transaction_id'} end
 if not amount then return {'err', 'invalid_argument', 'amount'} end
 if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 if not max_balance then return {'err', 'invalid_argument', 'max_balance'} end
 local seed_cost, seed_refunded, count_ttl
 if typ == 'refund' then
-  if #spend_id < 1 or #spend_id > 64 then return {'err', 'invalid_argument', 'refund_of'} end
+  if not id_arg(spend_id) then return {'err', 'invalid_argument', 'refund_of'} end
   if ARGV[12] ~= '' then
-    seed_cost = int_arg(ARGV[12], 1, MAX_AMOUNT)
-    seed_refunded = int_arg(ARGV[13], 0, MAX_AMOUNT)
+    seed_cost = amount_arg(ARGV[12])
+    seed_refunded = amount_arg(ARGV[13], 0)
     if not seed_cost then return {'err', 'invalid_argument', 'spend_cost'} end
     if not seed_refunded then return {'err', 'invalid_argument', 'refunded'} end
   end
-  count_ttl = int_arg(ARGV[14], 1, 1e11)
+  count_ttl = ttl_arg(ARGV[14])
   if not count_ttl then return {'err', 'invalid_argument', 'refund_count_ttl'} end
 elseif spend_id ~= '' then
   return {'err', 'invalid_argument', 'refund_of'}
 end
 
-if idem ~= '' then
-  if #fp ~= 16 then return {'err', 'invalid_argument', 'fingerprint'} end
-  local rec = redis.call('GET', KEYS[4])
-  if rec then
-    if string.sub(rec, 1, 16) ~= fp then return {'err', 'idempotency_conflict'} end
-    local first_txn, first_balance, first_available, first_entry = string.match(rec, '^(%S+) (%S+) (%S+) (%S+)$', 17)
-    return {'ok', first_txn, first_balance, first_available, '1', first_entry}
-  end
-end
+local refused, first = replay(idem, fp)
+if refused then return refused end
+if first then return {'ok', first[1], first[2], first[3], '1', first[4]} end
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od')
-if not a[1] then
-  if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
-  return {'err', 'account_not_found'}
-end
+local a, missing = account_fields('m', 'b', 'r', 'od')
+if not a then return missing end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 local spend_cost, refunded
 if typ == 'refund' then
@@ -108,25 +90,17 @@ if amount < 0 and balance - r + od < 0 then
   return {'err', 'adjust_below_floor', s(m + b - r + od)}
 end
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 b = b + amount
 redis.call('HSET', KEYS[1], 'b', s(b))
-local entry
+local extra = nil
 if typ == 'refund' then
   redis.call('HSET', KEYS[10], 'cost', s(spend_cost), 'refunded', s(refunded + amount))
   redis.call('PEXPIRE', KEYS[10], count_ttl)
-  entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
-    'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
-    'bal', s(balance), 'dm', '0', 'ik', idem, 'rf', spend_id)
-else
-  entry = redis.call('XADD', KEYS[3], '*', 'id', txn, 'a', account, 'amt', s(amount), 't', typ,
-    'res', '', 'u', '0', 'd', desc, 'md', meta, 'ts', s(now_ms),
-    'bal', s(balance), 'dm', '0', 'ik', idem)
+  extra = 'rf'
 end
+local entry = append_transaction(txn, account, amount, typ, '', '', desc, meta, nil, balance, 0,
+  idem, extra, spend_id)
 
 local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
-if idem ~= '' then
-  redis.call('SET', KEYS[4], fp .. reply[2] .. ' ' .. reply[3] .. ' ' .. reply[4] .. ' ' .. reply[6], 'PX', idem_ttl)
-end
+remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[6])
 return reply

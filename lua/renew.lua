@@ -20,17 +20,16 @@ renewal, also one that granted and expired nothing, appends an "account" event c
 period ("rp"): the flush keeps it in user_credits.renewed_period and recovery restores it, so
 a Redis rebuilt from the ledger does not renew the same period again.
 ]]
-local function s(n) return string.format('%d', n) end
-
-local account, period, expire_txn, grant_txn, event_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not string.match(period, '^%d%d%d%d%-%d%d$') then return {'err', 'invalid_argument', 'period'} end
-if #expire_txn < 1 or #grant_txn < 1 or #(event_id or '') < 1 then return {'err', 'invalid_argument', 'transaction_id'} end
-
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'st', 'rp', 'tier', 'od', 'ca')
-if not a[1] then
-  if redis.call('HGET', KEYS[2], 'ready') ~= '1' then return {'err', 'account_not_loaded'} end
-  return {'err', 'account_not_found'}
+local account = ARGV[1]
+local period = period_arg(ARGV[2])
+local expire_txn, grant_txn, event_id = id_arg(ARGV[3]), id_arg(ARGV[4]), id_arg(ARGV[5])
+if not period then return {'err', 'invalid_argument', 'period'} end
+if not expire_txn or not grant_txn or not event_id then
+  return {'err', 'invalid_argument', 'transaction_id'}
 end
+
+local a, missing = account_fields('m', 'b', 'st', 'rp', 'tier', 'od', 'ca')
+if not a then return missing end
 local terms = redis.call('HGET', KEYS[2], 'r:' .. a[5])
 if not terms then return {'err', 'unknown_tier', a[5]} end
 local policy, grant, limit = string.match(terms, '^(%a+) (%d+) (%d+)$')
@@ -39,16 +38,14 @@ local m, b = tonumber(a[1]), tonumber(a[2])
 if a[3] ~= 'active' then return {'ok', '0', '0', '0', s(m + b), 'banned'} end
 if a[4] == period then return {'ok', '0', '0', '0', s(m + b), 'already_renewed'} end
 
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local granted, expired = 0, 0
 if policy == 'reset' then
   if m > 0 then
     expired = m
     m = 0
-    redis.call('XADD', KEYS[3], '*', 'id', expire_txn, 'a', account, 'amt', s(-expired), 't', 'expire',
-      'res', '', 'u', '0', 'd', 'monthly credits expired (' .. period .. ')', 'md', '', 'ts', s(now_ms),
-      'bal', s(m + b), 'dm', s(-expired), 'ik', '')
+    append_transaction(expire_txn, account, -expired, 'expire', '', '',
+      'monthly credits expired (' .. period .. ')', '', now, m + b, -expired, '')
   end
   granted = grant
 else
@@ -56,11 +53,9 @@ else
 end
 if granted > 0 then
   m = m + granted
-  redis.call('XADD', KEYS[3], '*', 'id', grant_txn, 'a', account, 'amt', s(granted), 't', 'grant',
-    'res', '', 'u', '0', 'd', 'monthly grant (' .. period .. ')', 'md', '', 'ts', s(now_ms),
-    'bal', s(m + b), 'dm', s(granted), 'ik', '')
+  append_transaction(grant_txn, account, granted, 'grant', '', '',
+    'monthly grant (' .. period .. ')', '', now, m + b, granted, '')
 end
-redis.call('HSET', KEYS[1], 'm', s(m), 'rp', period, 'rst', s(now_ms))
-redis.call('XADD', KEYS[3], '*', 'id', event_id, 'a', account, 't', 'account', 'tier', a[5],
-  'st', a[3], 'od', a[6], 'rst', s(now_ms), 'ca', a[7], 'ts', s(now_ms), 'rp', period)
+redis.call('HSET', KEYS[1], 'm', s(m), 'rp', period, 'rst', s(now))
+append_account_event(event_id, account, a[5], a[3], a[6], s(now), a[7], period)
 return {'ok', '1', s(granted), s(expired), s(m + b), ''}

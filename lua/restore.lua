@@ -16,27 +16,19 @@ Errors {"err", "invalid_argument", name}
 Holds are not durable: a restored account has none. Nothing goes to the outbox: the ledger
 already holds every transaction this state sums up.
 ]]
-local function int_arg(v, lo, hi)
-  if not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
-  local n = tonumber(v)
-  if n < lo or n > hi then return nil end
-  return n
-end
-local function s(n) return string.format('%d', n) end
-
-local tier, status, period, force = ARGV[2], ARGV[3], ARGV[7], ARGV[10]
-local od = int_arg(ARGV[4], 0, 1e12)
+local tier, status, force = ARGV[2], ARGV[3], ARGV[10]
+local od = amount_arg(ARGV[4], 0)
 local m = int_arg(ARGV[5], -4e15, 4e15)
 local b = int_arg(ARGV[6], -4e15, 4e15)
 local ca = int_arg(ARGV[9], 0, 1e14)
-local rst = ARGV[8]
+local period, rst = ARGV[7], ARGV[8]
 if tier == '' then return {'err', 'invalid_argument', 'tier'} end
 if status ~= 'active' and status ~= 'banned' then return {'err', 'invalid_argument', 'status'} end
 if not od then return {'err', 'invalid_argument', 'overdraft_limit'} end
 if not m or not b then return {'err', 'invalid_argument', 'credits'} end
 if not ca then return {'err', 'invalid_argument', 'created_at'} end
 if rst ~= '' and not int_arg(rst, 0, 1e14) then return {'err', 'invalid_argument', 'last_reset_at'} end
-if period ~= '' and not string.match(period, '^%d%d%d%d%-%d%d$') then return {'err', 'invalid_argument', 'period'} end
+if period ~= '' and not period_arg(period) then return {'err', 'invalid_argument', 'period'} end
 
 if force ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', '0'} end
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])

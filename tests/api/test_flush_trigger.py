@@ -12,6 +12,7 @@ from tests.support.gateway import gateway_settings, running_gateway
 from tests.support.servers import redis_process
 
 from quotagate.api.flush_trigger import CHECK_EVERY
+from quotagate.engine.keys import flush_queued_flag
 from quotagate.jobs import queues
 
 
@@ -46,9 +47,7 @@ def test_early_flush_checks_every_n_writes(
             assert xlen_calls(client) - before == 1
             assert queue.count == 1
             assert client.exists(
-                queues.queued_flag_key(
-                    "qgtrig", gw.app.state.gateway.engine.keys.partition_of(acct)
-                )
+                flush_queued_flag("qgtrig", gw.app.state.gateway.engine.keys.partition_of(acct))
             )
             metrics = http.get("/metrics").text
             assert "quotagate_flush_triggers_total 1.0" in metrics

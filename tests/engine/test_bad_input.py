@@ -265,6 +265,52 @@ RAW_BAD: list[tuple[str, list[str]]] = [
     ("restore", ["acct", "free", "active", "0", "1.5", "0", "", "", "0", "0"]),
 ]
 
+LONG_ID = "t" * 65
+"""One character past the bound every script puts on an id (transaction, hold, event, spend)."""
+
+RAW_LONG_IDS: list[tuple[str, list[str], str]] = [
+    ("consume", [LONG_ID, "acct", "1", "unit", "1", "", "", "", "", "1000"], "transaction_id"),
+    ("credit", [LONG_ID, "acct", "5", "grant", "", "", "", "", "1000", "1000000000000000", "",
+                "", "", "1000"], "transaction_id"),
+    ("credit", ["t1", "acct", "5", "refund", "", "", "", "", "1000", "1000000000000000",
+                LONG_ID, "5", "0", "1000"], "refund_of"),
+    ("hold", [LONG_ID, "acct", "5", "1000", "", "1", "", "", "1000"], "hold_id"),
+    ("capture", [LONG_ID, "acct", HOLD, "", "", "", "", "", "1000"], "transaction_id"),
+    ("capture", ["t1", "acct", LONG_ID, "", "", "", "", "", "1000"], "hold_id"),
+    ("release", ["acct", LONG_ID, "", "", "1000"], "hold_id"),
+    ("upsert_account", ["acct", "", "", "", LONG_ID, "0", "g1", "2026-11", "", "", "1000",
+                        "free"], "transaction_id"),
+    ("upsert_account", ["acct", "", "", "", "e1", "0", LONG_ID, "2026-11", "", "", "1000",
+                        "free"], "transaction_id"),
+    ("renew", ["acct", "2026-11", LONG_ID, "g1", "e1"], "transaction_id"),
+    ("renew", ["acct", "2026-11", "x1", LONG_ID, "e1"], "transaction_id"),
+    ("renew", ["acct", "2026-11", "x1", "g1", LONG_ID], "transaction_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "name"),
+    RAW_LONG_IDS,
+    ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(RAW_LONG_IDS)],
+)
+async def test_every_script_bounds_every_id_the_same_way(
+    seeded: CreditEngine,
+    redis_url: str,
+    key_prefix: str,
+    script: str,
+    args: list[str],
+    name: str,
+) -> None:
+    before = keyspace(redis_url, key_prefix)
+    keys = [*seeded.keys.account("acct", "idem").as_list(), seeded.keys.refund_count("acct", "x")]
+    reply = await seeded.runner.run(seeded.scripts[script], keys, args)
+    assert reply == ["err", "invalid_argument", name]
+    assert keyspace(redis_url, key_prefix) == before
+    # One character fewer is an id like any other: the same call gets past the id check.
+    shorter = [LONG_ID[:64] if a == LONG_ID else a for a in args]
+    reply = await seeded.runner.run(seeded.scripts[script], keys, shorter)
+    assert reply[:3] != ["err", "invalid_argument", name]
+
 
 @pytest.mark.parametrize(
     ("script", "args"), RAW_BAD, ids=[f"{s}-{i}" for i, (s, _) in enumerate(RAW_BAD)]

@@ -19,7 +19,7 @@ from tests.ledger.support import (
 )
 from tests.support.servers import redis_process
 
-from quotagate.jobs import queues
+from quotagate.engine.keys import flush_failures
 from quotagate.ledger import Ledger, upgrade
 from quotagate.ledger.faults import PAUSE_ENV
 from quotagate.ledger.outbox import TransactionEntry, read_batch
@@ -105,7 +105,7 @@ async def test_postgres_down_during_5000_consumes_loses_nothing(
             )
             await asyncio.sleep(1.5)  # flush jobs run, fail, back off
             assert await stack.waiting() == 5001
-            failing = [p for p in range(2) if stack.conn.get(queues.failures_key(stack.prefix, p))]
+            failing = [p for p in range(2) if stack.conn.get(flush_failures(stack.prefix, p))]
             assert failing, "no flush failed while PostgreSQL was down"
             assert worker.alive()
 
@@ -118,9 +118,7 @@ async def test_postgres_down_during_5000_consumes_loses_nothing(
             assert len(ids) == len(set(ids)) == 5000 + 1 + len(accounts)
             assert set(written) | {grant.transaction_id} <= set(ids)
             await assert_books_balance(stack.engine, ledger, accounts)
-            assert all(
-                stack.conn.get(queues.failures_key(stack.prefix, p)) is None for p in failing
-            )
+            assert all(stack.conn.get(flush_failures(stack.prefix, p)) is None for p in failing)
         finally:
             await ledger.aclose()
             worker.stop()

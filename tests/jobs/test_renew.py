@@ -34,7 +34,7 @@ async def _renewal_entries(engine: CreditEngine) -> Counter[tuple[str, str]]:
     seen: Counter[tuple[str, str]] = Counter()
     for p in range(engine.config.partitions):
         for _, f in cast(RawEntries, await engine.redis.xrange(engine.keys.outbox(p))):
-            if f["t"] in ("grant", "expire") and PERIOD in f["d"]:
+            if f["t"] in ("grant", "expire") and PERIOD in f.get("d", ""):
                 seen[(f["a"], f["t"])] += 1
     return seen
 

@@ -14,6 +14,7 @@ from tests.support.servers import RedisProcess, free_port, redis_process
 
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.keys import flush_failures, flush_queued_flag
 from quotagate.jobs import queues, runtime
 from quotagate.jobs.flush import enqueue_flush, enqueue_flushes, flush_partition
 from quotagate.jobs.trigger import EarlyFlush
@@ -76,7 +77,7 @@ def test_enqueue_skips_a_partition_already_queued(installed: Settings) -> None:
     assert not enqueue_flush(queue, PREFIX, 3)
     assert enqueue_flush(queue, PREFIX, 4)
     assert queue.count == 2
-    ttl = conn.pttl(queues.queued_flag_key(PREFIX, 3))
+    ttl = conn.pttl(flush_queued_flag(PREFIX, 3))
     assert 0 < ttl <= 30_000
 
 
@@ -99,7 +100,7 @@ def test_the_flush_job_flushes_and_clears_its_flag(installed: Settings) -> None:
     assert (result["inserted"], result["events"], result["deleted"]) == (
         waiting[p] // 2, waiting[p] // 2, waiting[p],
     )  # fmt: skip
-    assert conn.exists(queues.queued_flag_key(PREFIX, p)) == 0
+    assert conn.exists(flush_queued_flag(PREFIX, p)) == 0
     assert p not in _waiting(installed)
     with pytest.raises(ValueError, match=r"partition 8 is not in 0\.\.7"):
         flush_partition(8)
@@ -118,17 +119,17 @@ def test_postgres_down_backs_off_doubling_and_loses_nothing(
 
     first = flush_partition(p)
     assert first == {"partition": p, "status": "postgres_unavailable", "retry_in": 1.0}
-    assert 0 < conn.pttl(queues.queued_flag_key(PREFIX, p)) <= 1000
+    assert 0 < conn.pttl(flush_queued_flag(PREFIX, p)) <= 1000
     assert not enqueue_flush(queue, PREFIX, p)  # backing off: nothing enqueued
     second = flush_partition(p)
     assert second["retry_in"] == 2.0
-    assert 1000 < conn.pttl(queues.queued_flag_key(PREFIX, p)) <= 2000
-    assert int(conn.get(queues.failures_key(PREFIX, p)) or 0) == 2
+    assert 1000 < conn.pttl(flush_queued_flag(PREFIX, p)) <= 2000
+    assert int(conn.get(flush_failures(PREFIX, p)) or 0) == 2
     assert _waiting(settings)[p] == waiting[p]  # the outbox kept everything
 
     runtime.install(installed)  # PostgreSQL is back
     assert flush_partition(p)["status"] == "flushed"
-    assert runtime.current().queue_redis.exists(queues.failures_key(PREFIX, p)) == 0
+    assert runtime.current().queue_redis.exists(flush_failures(PREFIX, p)) == 0
     assert p not in _waiting(installed)
 
 
@@ -161,4 +162,4 @@ def test_credit_redis_down_backs_off_too(installed: Settings) -> None:
     rt = runtime.install(settings)
     result = flush_partition(2)
     assert result == {"partition": 2, "status": "redis_unavailable", "retry_in": 1.0}
-    assert 0 < rt.queue_redis.pttl(queues.queued_flag_key(PREFIX, 2)) <= 1000
+    assert 0 < rt.queue_redis.pttl(flush_queued_flag(PREFIX, 2)) <= 1000

@@ -25,7 +25,7 @@ def test_migrate_runs_from_the_installed_wheel(tmp_path: Path, empty_database_ur
     )  # fmt: skip
     (wheel,) = tmp_path.glob("quotagate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "quotagate/ledger/lease.lua" in names
+    assert "quotagate/lua/lease.lua" in names
     assert "quotagate/ledger/migrations/env.py" in names
     assert "quotagate/ledger/migrations/script.py.mako" in names
     assert "quotagate/ledger/migrations/versions/v0001_initial.py" in names

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from quotagate.engine.script_files import PRELUDE
 from quotagate.engine.scripts import SCRIPT_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ def test_wheel_ships_scripts_and_default_config(tmp_path: Path) -> None:
     )  # fmt: skip
     (wheel,) = tmp_path.glob("quotagate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for script in SCRIPT_NAMES:
+    for script in (*SCRIPT_NAMES, PRELUDE):
         assert f"quotagate/lua/{script}.lua" in names
     assert "quotagate/default_config.toml" in names
     assert "quotagate/py.typed" in names

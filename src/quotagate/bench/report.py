@@ -40,6 +40,11 @@ class Row:
     """CPU time the server (every worker process) spent per request, in microseconds; for
     the engine rows, this process's CPU time per call. Moved far less by a busy machine than
     the rate is."""
+    redis_us: float | None = None
+    """Redis's own time per charge (EVALSHA microseconds in ``INFO commandstats`` over the
+    window, per charge answered): what one Redis core pays for a charge."""
+    redis_us_per_call: float | None = None
+    """The same per EVALSHA call (the engine may send several charges in one call)."""
     note: str = ""
 
 
@@ -170,7 +175,8 @@ def _memory_lines(memory: dict[str, float]) -> list[str]:
 
 
 _COLUMNS = (
-    "scenario", "rate", "unit", "p50_ms", "p99_ms", "cpu_us", "errors", "baseline", "ratio", "via",
+    "scenario", "rate", "unit", "p50_ms", "p99_ms", "cpu_us", "redis_us", "errors", "baseline",
+    "ratio", "via",
 )  # fmt: skip
 
 
@@ -183,6 +189,7 @@ def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "p50_ms": _fmt(r.p50_ms),
             "p99_ms": _fmt(r.p99_ms),
             "cpu_us": None if r.server_cpu_us is None else round(r.server_cpu_us),
+            "redis_us": None if r.redis_us is None else f"{r.redis_us:.1f}",
             "errors": r.errors,
             "baseline": r.baseline,
             "ratio": None if r.ratio is None else f"{r.ratio:.2f}",

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from quotagate.bench import engine_load, pgdesign
+from quotagate.bench import engine_load, pgdesign, redis_cpu
 from quotagate.bench.load import Accounts, HttpLoad
 from quotagate.bench.servers import ServeOptions, serving
 from quotagate.bench.stage import CREDITS, HOT, asyncpg_url, spread_accounts
 from quotagate.engine import CreditEngine
 
 if TYPE_CHECKING:
+    from quotagate.bench.report import Row
     from quotagate.bench.runner import Run
 
 Progress = Callable[[str], None]
@@ -73,6 +74,12 @@ async def _balance(engine: CreditEngine, account: str) -> int:
     return (await engine.get_account(account)).balance
 
 
+async def _redis_time(engine: CreditEngine, row: Row, before: redis_cpu.Snapshot) -> None:
+    """Fill the row's Redis time per charge and per call since ``before``."""
+    window = (await redis_cpu.snapshot(engine)).since(before)
+    row.redis_us, row.redis_us_per_call = window.usec_per_charge, window.usec_per_call
+
+
 async def http_group(run: Run, progress: Progress) -> None:
     """The gateway: its floor, the hook and consume, hot and spread."""
     from quotagate.bench import gateway
@@ -97,7 +104,9 @@ async def http_group(run: Run, progress: Progress) -> None:
         ):
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
+            stats = await redis_cpu.snapshot(engine)
             row = await asyncio.to_thread(run.http, name, load, server, base)
+            await _redis_time(engine, row, stats)
             charged = before - await _balance(engine, HOT.stem)
             if name.endswith("/hot") and charged < row.count:
                 row.note = f"only {charged} credits charged for {row.count} answers"
@@ -134,11 +143,13 @@ async def engine_group(run: Run, progress: Progress) -> None:
         for name, eng in (("engine/in-process", engine), ("engine/unbatched", unbatched)):
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
+            stats = await redis_cpu.snapshot(engine)
             result = await engine_load.engine_load(
                 eng, HOT.stem, duration_s=o.duration_s, concurrency=o.concurrency,
                 warmup_s=o.warmup_s,
             )  # fmt: skip
             row = run.add(name, result, "redis-benchmark")
+            await _redis_time(engine, row, stats)
             if before - await _balance(engine, HOT.stem) < row.count:
                 row.note = "fewer credits charged than calls answered"
             await run.stage.clear_outboxes()
@@ -150,11 +161,13 @@ async def engine_group(run: Run, progress: Progress) -> None:
     progress("measuring redis-benchmark")
     command = engine_load.consume_command(engine, HOT.stem)
     before = await _balance(engine, HOT.stem)
+    stats = await redis_cpu.snapshot(engine)
     result = await asyncio.to_thread(
         engine_load.redis_benchmark,
         run.stage.redis_url, command, duration_s=o.duration_s, concurrency=o.concurrency,
     )  # fmt: skip
     row = run.add("redis-benchmark", result, None, note="same EVALSHA of consume.lua")
+    await _redis_time(engine, row, stats)
     if before - await _balance(engine, HOT.stem) < row.count:
         row.note = "fewer credits charged than calls sent: the script refused some"
     await run.stage.clear_outboxes()

@@ -16,10 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
+from rq import Queue
+from rq.job import Job
 
 from quotagate.bench.load import Accounts
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.keys import all_keys_pattern
+from quotagate.jobs import queues
 
 CREDITS = 10**12
 """What every benchmark account holds: no run comes near spending it, so no charge is refused."""
@@ -159,7 +163,7 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{prefix}:*", count=5000):
+        async for key in client.scan_iter(match=all_keys_pattern(prefix), count=5000):
             batch.append(key)
             if len(batch) >= 5000:
                 await client.unlink(*batch)
@@ -174,12 +178,12 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
 async def _delete_queues(client: aioredis.Redis, prefix: str) -> None:
     """RQ's keys for the run's queues (``rq:queue:<prefix>:...`` and their jobs), should a
     flush have been queued after all: RQ's keys do not start with our prefix."""
-    for kind in ("flush", "jobs"):
-        queue = f"rq:queue:{prefix}:{kind}"
+    for name in (queues.flush_queue_name(prefix), queues.jobs_queue_name(prefix)):
+        queue = Queue.redis_queue_namespace_prefix + name
         job_ids = await client.lrange(queue, 0, -1)
-        jobs = [f"rq:job:{_text(job_id)}" for job_id in job_ids]
+        jobs = [Job.redis_job_namespace_prefix + _text(job_id) for job_id in job_ids]
         await client.unlink(queue, *jobs)
-        await client.srem("rq:queues", queue)
+        await client.srem(Queue.redis_queues_keys, queue)
 
 
 def _text(value: bytes | str) -> str:

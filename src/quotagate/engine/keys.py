@@ -1,21 +1,34 @@
 """Every Redis key quotagate writes, its prefix and its lifetime, in one place.
 
-Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
+On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
 
     P:meta                 hash   partitions count, written on first start; guards against a
-                                  restart with another count (accounts would move partition)
+                                  restart with another count (accounts would move partition).
+                                  Kept for good
     P:{n}:cfg              hash   per-partition copy of the tier table and the ``ready`` flag.
                                   A copy per partition keeps every script inside one slot;
-                                  a missing ``ready`` means Redis lost data (recovery pending)
-    P:{n}:outbox           stream every balance change of the partition, until flushed
+                                  a missing ``ready`` means Redis lost data (recovery pending).
+                                  Rewritten at each start, kept for good
+    P:{n}:outbox           stream every balance change of the partition, until flushed: the
+                                  flush trims the entries PostgreSQL committed
     P:{n}:holdexp          zset   accounts of the partition with open holds, scored by the
-                                  earliest expiry: the expiry sweep reads it
+                                  earliest expiry: the expiry sweep reads it. An account
+                                  leaves it with its last hold
     P:{n}:accounts         set    every account id of the partition: jobs walk a partition with
-                                  SSCAN here instead of a SCAN of the whole keyspace per partition
-    P:{n}:renewed          string the period whose renewal pass over the partition completed
-    P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft
-    P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..."
-    P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry)
+                                  SSCAN here instead of a SCAN of the whole keyspace. Kept for
+                                  good, as the accounts are
+    P:{n}:renewed          string the period whose renewal pass over the partition completed:
+                                  the daily renewal job skips a renewed partition with one GET.
+                                  Overwritten each month
+    P:{n}:flushlease       string who flushes partition n (a random token): at most one flush
+                                  per partition. Expires after the lease length unless renewed,
+                                  so a dead worker's lease goes by itself; released at the end
+    P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft.
+                                  Kept for good
+    P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..".
+                                  Goes with the last hold (captured, released or expired)
+    P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry); goes
+                                  with the last hold
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
     P:{n}:ik:<len>:<acct>:<key>
                            string idempotency record: the request's fingerprint and what a
@@ -31,9 +44,26 @@ Layout (``P`` is the key prefix, ``{n}`` the partition's hash tag):
                                   been refunded for REFUND_COUNT_TTL_SECONDS (the next refund
                                   counts again from the ledger and the outbox)
     P:apikeys              hash   the gateway's copy of the API key hashes (PostgreSQL holds the
-                                  keys; the copy lets a gateway start while PostgreSQL is down)
+                                  keys; the copy lets a gateway start while PostgreSQL is down).
+                                  No TTL: it is the fallback; rewritten at every change
 
 All keys one script touches share ``{n}``, so every script runs unchanged on Redis Cluster.
+
+On the queue Redis (``QUOTAGATE_QUEUE_URL``, by default the same server; RQ does not run on
+Redis Cluster, so these carry no hash tag):
+
+    P:flush, P:jobs        RQ queue names (RQ keeps them as ``rq:queue:P:flush`` and so on):
+                           flushes and expiry sweeps, everything else. Queue names carry the
+                           prefix so deployments sharing a Redis never take each other's jobs
+    P:flushq:<n>    string a flush of partition n is queued, or backing off after a failure:
+                           do not enqueue another. Set NX with a TTL, so a crashed worker's
+                           flag goes away on its own; the flush job deletes it when it starts
+    P:flushfail:<n> string consecutive failed flushes of partition n (the backoff's exponent);
+                           deleted by the next flush that succeeds
+    P:flush, P:expire-holds, P:renewal, P:reconciliation
+                           the scheduler's recurring job names (``rq cron`` keeps the ids of
+                           the jobs each spawned under ``rq:cron_job:<name>:jobs``, with RQ's
+                           own length and TTL)
 """
 
 from __future__ import annotations
@@ -110,10 +140,11 @@ class KeySpace:
         ]  # fmt: skip
 
     def script_keys(self, account_id: str, idempotency_key: str | None = None) -> tuple[str, ...]:
-        """``account(account_id, idempotency_key).as_list()`` as a tuple, made faster: the
-        partition's names are made once, and those of recent accounts are remembered (charges
-        come again and again from the same accounts). Tuples of strings are untracked by the
-        garbage collector, which would otherwise walk every remembered entry."""
+        """The keys of an account in the order of :class:`AccountKeys`, the one place they are
+        built. The partition's names are made once, and those of recent accounts are
+        remembered (charges come again and again from the same accounts). Tuples of strings
+        are untracked by the garbage collector, which would otherwise walk every remembered
+        entry."""
         keys = self._script_keys.get(account_id)
         if keys is None:
             if len(self._script_keys) >= MAX_REMEMBERED_ACCOUNTS:
@@ -151,6 +182,9 @@ class KeySpace:
     def renewed(self, partition: int) -> str:
         return f"{self.tag(partition)}:renewed"
 
+    def flush_lease(self, partition: int) -> str:
+        return f"{self.tag(partition)}:flushlease"
+
     @property
     def api_keys(self) -> str:
         return f"{self.prefix}:apikeys"
@@ -159,21 +193,9 @@ class KeySpace:
         return partition_of(account_id, self.partitions)
 
     def account(self, account_id: str, idempotency_key: str | None = None) -> AccountKeys:
-        """All keys of an account. Without an idempotency key the slot is still filled
-        (scripts take a fixed KEYS list) with a name the script never touches."""
-        p = self.partition_of(account_id)
-        t = self.tag(p)
-        return AccountKeys(
-            account=f"{t}:a:{account_id}",
-            cfg=f"{t}:cfg",
-            outbox=f"{t}:outbox",
-            idempotency=_idempotency_stem(t, account_id) + (idempotency_key or ""),
-            holds=f"{t}:h:{account_id}",
-            hold_expiry=f"{t}:hz:{account_id}",
-            partition_hold_expiry=f"{t}:holdexp",
-            rate=f"{t}:rl:{account_id}",
-            index=f"{t}:accounts",
-        )
+        """All keys of an account, by name. Without an idempotency key the slot is still
+        filled (scripts take a fixed KEYS list) with a name the script never touches."""
+        return AccountKeys(*self.script_keys(account_id, idempotency_key))
 
     def refund_count(self, account_id: str, spend_id: str = "") -> str:
         """The refund count of one spend of the account. Without a spend the name is one no
@@ -182,7 +204,7 @@ class KeySpace:
 
     def account_pattern(self, partition: int) -> str:
         """SCAN pattern matching the account hashes of one partition."""
-        return f"{self.prefix}:{{{partition}}}:a:*"
+        return f"{self.tag(partition)}:a:*"
 
     def account_id_from_key(self, key: str) -> str:
         """The account id in an account hash's key name. The prefix may itself hold ``:a:``,
@@ -192,6 +214,32 @@ class KeySpace:
         if tag_end < 0:
             raise ValueError(f"{key!r} is not an account key under the prefix {self.prefix!r}")
         return key[tag_end + len("}:a:") :]
+
+
+def all_keys_pattern(prefix: str) -> str:
+    """SCAN pattern matching every key of the credit Redis under ``prefix`` (RQ's own keys
+    start with ``rq:`` instead)."""
+    return f"{prefix}:*"
+
+
+def queue_name(prefix: str, kind: str) -> str:
+    """An RQ queue's name (``kind`` is ``flush`` or ``jobs``), on the queue Redis."""
+    return f"{prefix}:{kind}"
+
+
+def flush_queued_flag(prefix: str, partition: int) -> str:
+    """The flag that a flush of ``partition`` is queued or backing off, on the queue Redis."""
+    return f"{prefix}:flushq:{partition}"
+
+
+def flush_failures(prefix: str, partition: int) -> str:
+    """The count of consecutive failed flushes of ``partition``, on the queue Redis."""
+    return f"{prefix}:flushfail:{partition}"
+
+
+def cron_job_name(prefix: str, job: str) -> str:
+    """The name the scheduler registers a recurring job under (``flush``, ``renewal``...)."""
+    return f"{prefix}:{job}"
 
 
 def _idempotency_stem(tag: str, account_id: str) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
+
+from quotagate.engine.script_files import script_source
 
 SCRIPT_NAMES = (
     "consume",
@@ -20,7 +21,9 @@ SCRIPT_NAMES = (
     "upsert_account",
     "renew",
     "restore",
+    "lease",
 )
+"""Every script of the package's ``lua/`` folder (``prelude.lua`` is joined to each)."""
 
 COMBINING = frozenset({"consume"})
 """Scripts that take the arguments of several calls at once (the charges of one account:
@@ -37,11 +40,11 @@ class Script:
 
 
 def load_scripts() -> dict[str, Script]:
-    """Read every script shipped in the package (``quotagate/lua/*.lua``)."""
-    folder = resources.files("quotagate") / "lua"
+    """Read every script shipped in the package (``quotagate/lua/*.lua``), each with the
+    prelude joined to its front (see :mod:`quotagate.engine.script_files`)."""
     scripts = {}
     for name in SCRIPT_NAMES:
-        source = (folder / f"{name}.lua").read_text()
+        source = script_source(name)
         sha = hashlib.sha1(source.encode()).hexdigest()
         scripts[name] = Script(name, source, sha, combines=name in COMBINING)
     return scripts

@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.keys import flush_failures, flush_queued_flag
 from quotagate.errors import BackendUnavailable
 from quotagate.jobs import queues, runtime
 from quotagate.ledger import flush as ledger_flush
@@ -70,7 +71,7 @@ def backoff_seconds(failures: int) -> float:
 
 def enqueue_flush(queue: Queue, prefix: str, partition: int) -> bool:
     """Enqueue a flush of ``partition`` unless one is queued or backing off. True if enqueued."""
-    flag = queues.queued_flag_key(prefix, partition)
+    flag = flush_queued_flag(prefix, partition)
     if not queue.connection.set(flag, "queued", nx=True, px=QUEUED_FLAG_TTL_MS):
         return False
     queue.enqueue(
@@ -113,7 +114,7 @@ def flush_partition(partition: int) -> dict[str, Any]:
     if not 0 <= partition < rt.config.partitions:
         raise ValueError(f"partition {partition} is not in 0..{rt.config.partitions - 1}")
     conn = rt.queue_redis
-    conn.delete(queues.queued_flag_key(settings.key_prefix, partition))
+    conn.delete(flush_queued_flag(settings.key_prefix, partition))
     try:
         result = rt.run(_flush(rt, partition))
     except (BackendUnavailable, RedisConnectionError, RedisTimeoutError) as exc:
@@ -124,7 +125,7 @@ def flush_partition(partition: int) -> dict[str, Any]:
         delay = _note_failure(settings, conn, partition)
         log.warning("flush of partition %d: %s; next try in %.0f s", partition, exc, delay)
         return {"partition": partition, "status": f"{down}_unavailable", "retry_in": delay}
-    conn.delete(queues.failures_key(settings.key_prefix, partition))
+    conn.delete(flush_failures(settings.key_prefix, partition))
     if not result.busy and not result.drained:
         # The time budget ended this job with entries left: queue the rest behind the others.
         enqueue_flush(queues.flush_queue(settings, conn), settings.key_prefix, partition)
@@ -143,11 +144,9 @@ async def _flush(rt: runtime.WorkerRuntime, partition: int) -> ledger_flush.Flus
 
 
 def _note_failure(settings: Settings, conn: Any, partition: int) -> float:
-    key = queues.failures_key(settings.key_prefix, partition)
+    key = flush_failures(settings.key_prefix, partition)
     failures = int(conn.incr(key))
     conn.expire(key, FAILURES_TTL_SECONDS)
     delay = backoff_seconds(failures)
-    conn.set(
-        queues.queued_flag_key(settings.key_prefix, partition), "backoff", px=int(delay * 1000)
-    )
+    conn.set(flush_queued_flag(settings.key_prefix, partition), "backoff", px=int(delay * 1000))
     return delay

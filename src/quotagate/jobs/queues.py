@@ -4,15 +4,11 @@ RQ does not run on Redis Cluster, so the queues live on ``QUOTAGATE_QUEUE_URL`` 
 the credit data's server). Queue names carry the key prefix, so deployments (and test runs)
 sharing a Redis never take each other's jobs:
 
-    <prefix>:flush    flush jobs, one per partition (the worker serves it first)
-    <prefix>:jobs     everything else: renewal, expiry, reconciliation, recovery
+    <prefix>:flush    flush jobs, one per partition, and the expiry sweeps (served first)
+    <prefix>:jobs     everything else: renewal, reconciliation, recovery
 
-Keys of ours on the queue Redis (prefix ``P``):
-
-    P:flushq:<n>      a flush of partition n is queued, or backing off after a failure:
-                      do not enqueue another. Set NX with a TTL, so a crashed worker's flag
-                      goes away on its own; the job deletes it when it starts
-    P:flushfail:<n>   consecutive failed flushes of partition n (the backoff's exponent)
+The names, and the other keys of ours on the queue Redis, are built in
+:mod:`quotagate.engine.keys`.
 """
 
 from __future__ import annotations
@@ -20,30 +16,19 @@ from __future__ import annotations
 from redis import Redis
 from rq import Queue
 
+from quotagate.engine import keys
 from quotagate.settings import Settings
 
 FLUSH = "flush"
 JOBS = "jobs"
 
 
-def queue_name(prefix: str, kind: str) -> str:
-    return f"{prefix}:{kind}"
-
-
 def flush_queue_name(prefix: str) -> str:
-    return queue_name(prefix, FLUSH)
+    return keys.queue_name(prefix, FLUSH)
 
 
 def jobs_queue_name(prefix: str) -> str:
-    return queue_name(prefix, JOBS)
-
-
-def queued_flag_key(prefix: str, partition: int) -> str:
-    return f"{prefix}:flushq:{partition}"
-
-
-def failures_key(prefix: str, partition: int) -> str:
-    return f"{prefix}:flushfail:{partition}"
+    return keys.queue_name(prefix, JOBS)
 
 
 def connection(settings: Settings) -> Redis:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from rq import cron
 
+from quotagate.engine.keys import cron_job_name
 from quotagate.jobs import queues
 from quotagate.jobs.expire import expire_holds
 from quotagate.jobs.flush import enqueue_flushes
@@ -49,12 +50,12 @@ def register_all(settings: Settings) -> None:
     cron.register(
         enqueue_flushes, queue_name=fast, interval=FLUSH_INTERVAL_SECONDS,
         ttl=5 * FLUSH_INTERVAL_SECONDS, result_ttl=FREQUENT_RESULT_TTL_SECONDS,
-        name=f"{settings.key_prefix}:flush",
+        name=cron_job_name(settings.key_prefix, "flush"),
     )  # fmt: skip
     cron.register(
         expire_holds, queue_name=fast, interval=EXPIRY_INTERVAL_SECONDS,
         ttl=2 * EXPIRY_INTERVAL_SECONDS, result_ttl=FREQUENT_RESULT_TTL_SECONDS,
-        name=f"{settings.key_prefix}:expire-holds",
+        name=cron_job_name(settings.key_prefix, "expire-holds"),
     )  # fmt: skip
     cron.register(
         deliver_webhooks, queue_name=slow, interval=WEBHOOK_INTERVAL_SECONDS,
@@ -63,12 +64,12 @@ def register_all(settings: Settings) -> None:
     )  # fmt: skip
     cron.register(
         renew_all, queue_name=slow, cron=RENEWAL_CRON, result_ttl=DAILY_RESULT_TTL_SECONDS,
-        name=f"{settings.key_prefix}:renewal",
+        name=cron_job_name(settings.key_prefix, "renewal"),
     )  # fmt: skip
     cron.register(
         reconcile_report, queue_name=slow, cron=RECONCILIATION_CRON,
         job_timeout=DAILY_JOB_TIMEOUT_SECONDS, result_ttl=DAILY_RESULT_TTL_SECONDS,
-        name=f"{settings.key_prefix}:reconciliation",
+        name=cron_job_name(settings.key_prefix, "reconciliation"),
     )  # fmt: skip
 
 

@@ -43,11 +43,42 @@ COPY_OPTIONS = {"format": "csv", "delimiter": "\x1f", "quote": "\x01", "null": "
 """How the COPY reads the lines (``asyncpg.Connection.copy_to_table`` keywords)."""
 _SEP, _QUOTE = b"\x1f", b"\x01"
 
-_FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik")
-"""A transaction's stream fields in the order the Lua scripts write them."""
-_LAYOUT = [name.encode() for name in _FIELDS]
-_LAYOUT_WITH_HOLD = [*_LAYOUT, b"hold"]  # a capture names its hold, which the ledger does not keep
-_LAYOUT_WITH_REFUND = [*_LAYOUT, b"rf"]  # a refund names its spend (the ledger's refund_of)
+_FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik", "rf")
+"""A transaction's stream fields the COPY line is made of, in the order the scripts write them
+(an entry leaves out those that are empty; ``ts`` only in entries of earlier versions)."""
+_WANTED = tuple(name.encode() for name in _FIELDS)
+_REQUIRED = frozenset((b"id", b"a", b"amt", b"t", b"bal"))
+_OPTIONAL = frozenset(_WANTED) - _REQUIRED | {b"hold"}  # a capture names its hold: not kept
+_ABSENT = -1
+
+Positions = tuple[int, ...]
+"""For each of ``_FIELDS``, the index of its value in an entry's field list, or _ABSENT."""
+_LAYOUTS: dict[tuple[bytes, ...], Positions | None] = {}
+"""Positions by the field names of an entry; None for a layout the fast path does not read.
+A handful of layouts exist (which optional fields are there), so this stays small."""
+
+
+def _positions(layout: tuple[bytes, ...]) -> Positions | None:
+    """Where a transaction layout holds each wanted value; None unless every required field is
+    there, once, and no other field is."""
+    names = set(layout)
+    if len(names) != len(layout) or not names >= _REQUIRED or not names <= _REQUIRED | _OPTIONAL:
+        return None
+    index = {name: 2 * i + 1 for i, name in enumerate(layout)}
+    return tuple(index.get(name, _ABSENT) for name in _WANTED)
+
+
+def _layout_positions(fields: list[bytes]) -> Positions | None:
+    layout = tuple(fields[0::2])
+    try:
+        return _LAYOUTS[layout]
+    except KeyError:
+        if len(_LAYOUTS) > 1000:  # only a stream of odd entries gets here: stay bounded
+            _LAYOUTS.clear()
+        positions = _LAYOUTS[layout] = _positions(layout)
+        return positions
+
+
 _TYPES = frozenset(kind.encode() for kind in TRANSACTION_TYPES)
 _SPEND, _GRANT, _EXPIRE = b"spend", b"grant", b"expire"
 
@@ -145,10 +176,12 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
     stamps: dict[bytes, bytes] = {}
     events: dict[str, AccountEvent] = {}
     for j, (stream_id, fields) in enumerate(raw):
-        layout = fields[0::2]
-        if layout in (_LAYOUT, _LAYOUT_WITH_HOLD, _LAYOUT_WITH_REFUND):
-            txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey = fields[1:24:2]
-            refund_of = fields[25] if layout == _LAYOUT_WITH_REFUND else b""
+        positions = _layout_positions(fields)
+        if positions is not None:
+            txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey, refund_of = [
+                fields[i] if i != _ABSENT else b"" for i in positions
+            ]
+            ts = ts or stream_id.partition(b"-")[0]  # the entry's time is its id's
             if txn_id in seen:
                 continue
             if txn_id and account and kind in _TYPES:

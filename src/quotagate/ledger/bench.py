@@ -87,12 +87,16 @@ def _entries(rows: int, accounts: list[str], partitions: int) -> list[list[Trans
 
 
 def _fields(e: TransactionEntry) -> dict[str, str]:
-    return {
-        "id": e.id, "a": e.account_id, "amt": str(e.amount), "t": e.type,
-        "res": e.resource or "", "u": str(e.units or 0), "d": "", "md": e.metadata or "",
-        "ts": str(e.created_ms), "bal": str(e.balance_after), "dm": str(e.monthly_delta),
-        "ik": "",
-    }  # fmt: skip
+    """The entry as consume.lua writes a spend: no empty field, the time in the stream id."""
+    fields = {"id": e.id, "a": e.account_id, "amt": str(e.amount), "t": e.type}
+    if e.resource:
+        fields.update(res=e.resource, u=str(e.units or 0))
+    if e.metadata:
+        fields["md"] = e.metadata
+    fields["bal"] = str(e.balance_after)
+    if e.monthly_delta:
+        fields["dm"] = str(e.monthly_delta)
+    return fields
 
 
 async def _fill_outboxes(engine: CreditEngine, entries: list[list[TransactionEntry]]) -> None:

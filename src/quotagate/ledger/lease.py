@@ -13,39 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from importlib import resources
-from typing import Any
-
-from redis.asyncio import Redis
 
 from quotagate.engine import CreditEngine
-
-_SCRIPT = (resources.files("quotagate.ledger") / "lease.lua").read_text()
-
-
-def lease_key(engine: CreditEngine, partition: int) -> str:
-    """``P:{n}:flushlease``: who is flushing partition n (a token), until it expires."""
-    return f"{engine.keys.tag(partition)}:flushlease"
 
 
 class FlushLease:
     """A held lease; obtain one with :meth:`acquire`."""
 
-    def __init__(self, redis: Redis, key: str, token: str, ttl_ms: int) -> None:
-        self.redis, self.key, self.token, self.ttl_ms = redis, key, token, ttl_ms
-        self._script: Any = redis.register_script(_SCRIPT)
+    def __init__(self, engine: CreditEngine, key: str, token: str, ttl_ms: int) -> None:
+        self.engine, self.key, self.token, self.ttl_ms = engine, key, token, ttl_ms
 
     @classmethod
     async def acquire(
         cls, engine: CreditEngine, partition: int, ttl_seconds: float
     ) -> FlushLease | None:
         """The lease, or None when another flush holds it."""
-        key = lease_key(engine, partition)
+        key = engine.keys.flush_lease(partition)
         token = secrets.token_hex(16)
         ttl_ms = max(1, int(ttl_seconds * 1000))
         if not await engine.redis.set(key, token, nx=True, px=ttl_ms):
             return None
-        return cls(engine.redis, key, token, ttl_ms)
+        return cls(engine, key, token, ttl_ms)
 
     @classmethod
     async def wait(
@@ -62,7 +50,12 @@ class FlushLease:
 
     async def renew(self) -> bool:
         """Extend the lease by its length; False if it expired (and may be someone else's)."""
-        return bool(await self._script([self.key], [self.token, "renew", str(self.ttl_ms)]))
+        return bool(await self._call("renew"))
 
     async def release(self) -> None:
-        await self._script([self.key], [self.token, "release", "0"])
+        await self._call("release")
+
+    async def _call(self, action: str) -> int:
+        """lease.lua, by EVALSHA like every script (``lua/lease.lua``)."""
+        args = [self.token, action, str(self.ttl_ms)]
+        return int(await self.engine.runner.run(self.engine.scripts["lease"], [self.key], args))

@@ -1,10 +1,15 @@
 """The outbox streams as the ledger reads them: typed entries, batches, deletion, lag.
 
 Each partition's stream (``engine.keys.outbox(p)``) holds, in the order Redis ran the scripts,
-two kinds of entries (fields as the Lua scripts write them):
+two kinds of entries (fields as the Lua scripts write them, ``lua/prelude.lua``):
 
-    transaction    id a amt t res u d md ts bal dm ik [hold|rf]  t in earn|spend|refund|...
-    account event  id a t=account tier st od rst ca ts          tier, status, overdraft changed
+    transaction    id a amt t [res u] [d] [md] bal [dm] [ik] [hold|rf]   t: earn|spend|refund|...
+    account event  id a t=account tier st od [rst] ca [rp]             tier, status, overdraft
+
+A field in brackets is left out when it is empty (``dm`` when 0; ``u`` goes with ``res``), and
+the time of an entry is its stream id's milliseconds: Redis gives every entry its id from its
+own clock when the script appends it. Entries written by earlier versions carry every field,
+empty or not, and their time in ``ts``; both read the same.
 
 An entry that does not parse raises :class:`OutboxEntryInvalid`: the flush of that partition
 stops there rather than guess (the entry stays in the stream for a person to look at).
@@ -131,7 +136,7 @@ def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
         f.get("md") or None,
         f.get("ik") or None,
         int(f["bal"]),
-        int(f["ts"]),
+        int(f["ts"]) if "ts" in f else stream_ms(stream_id),
         int(f.get("dm") or 0),
         f.get("rf") or None,
     )

@@ -1,0 +1,72 @@
+"""Redis CPU per charge: what ``INFO commandstats`` says the scripts cost Redis's one core.
+
+Redis counts, per command, the calls it served and the microseconds it spent in them
+(``cmdstat_evalsha:calls=...,usec=...``). Two reads around a measured window give the calls
+and the microseconds of that window; divided by the charges made in it, the Redis time of one
+charge. The engine sends several charges of one account as one call, so the time per call and
+the time per charge differ: both are kept. Charges are counted as the outbox entries the
+window added (the benchmark empties the outboxes between rows and runs no flush meanwhile).
+Other clients of the same Redis add their calls to the counters, so the figure is exact only
+on a Redis of the benchmark's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from quotagate.engine import CreditEngine
+
+COMMAND = "evalsha"
+"""The command every script call is: the engine never sends EVAL or FCALL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """EVALSHA's counters and the outbox entries at one moment, or the change between two."""
+
+    calls: int
+    usec: int
+    entries: int
+    """Entries in the outboxes: one per charge (a refused charge appends none)."""
+
+    def since(self, earlier: Snapshot) -> Snapshot:
+        return Snapshot(
+            self.calls - earlier.calls, self.usec - earlier.usec, self.entries - earlier.entries
+        )
+
+    @property
+    def usec_per_call(self) -> float | None:
+        return self.usec / self.calls if self.calls > 0 else None
+
+    @property
+    def usec_per_charge(self) -> float | None:
+        """Script microseconds per charge made (refused calls' time included)."""
+        return self.usec / self.entries if self.entries > 0 and self.calls > 0 else None
+
+
+async def snapshot(engine: CreditEngine) -> Snapshot:
+    """The counters now. Counting the entries, not the answers, includes a warm-up's charges
+    in both the time and the count, so a window may start before the warm-up."""
+    calls, usec = await evalsha_stats(engine.redis)
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for partition in range(engine.config.partitions):
+            pipe.xlen(engine.keys.outbox(partition))
+        lengths = await pipe.execute()
+    return Snapshot(calls, usec, sum(int(n) for n in lengths))
+
+
+async def evalsha_stats(redis: Redis) -> tuple[int, int]:
+    """EVALSHA's calls and microseconds so far (zeros before the first call)."""
+    info: dict[str, Any] = await redis.info("commandstats")
+    return parse_stats(info, COMMAND)
+
+
+def parse_stats(info: dict[str, Any], command: str) -> tuple[int, int]:
+    """A command's calls and microseconds from a parsed ``INFO commandstats`` reply."""
+    entry = info.get(f"cmdstat_{command}")
+    if not isinstance(entry, dict):
+        return 0, 0
+    return int(entry.get("calls", 0)), int(entry.get("usec", 0))

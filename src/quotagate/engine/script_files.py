@@ -1,0 +1,101 @@
+"""The Lua scripts' text as Redis runs it: the prelude helpers a script uses, then the script.
+
+Every script ships as a file of the package's ``lua/`` folder, beside ``prelude.lua``, which
+holds the rules they share (argument checks, the idempotency replay, lazy hold expiry, the
+rate limit, the outbox entry's layout): one copy of each. The text Redis loads is made once,
+when the scripts are read, never per call and never from input: the prelude's definitions the
+script names (and those they name in turn), in the prelude's order, then the script.
+
+Only what a script uses is joined because Redis runs a script's whole text at each call: every
+``local function`` of it makes a closure then, about a tenth of a microsecond each, and the
+whole prelude in front of every script cost about 2 us per call, a fifth of a charge.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+PRELUDE = "prelude"
+"""The file (``lua/prelude.lua``) whose definitions are joined to the front of the scripts."""
+
+_DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][A-Za-z0-9_]*)\b")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """One top-level ``local`` of the prelude, with the comment lines above it."""
+
+    name: str
+    text: str
+
+
+def script_text(name: str) -> str:
+    """One file of the ``lua/`` folder, as shipped."""
+    return (resources.files("quotagate") / "lua" / f"{name}.lua").read_text()
+
+
+@cache
+def prelude_definitions() -> tuple[Definition, ...]:
+    """The prelude's definitions in order: each starts at its comment lines (or its ``local``
+    line) and runs to the next one. The opening ``--[[ ]]`` comment is not part of any."""
+    text = script_text(PRELUDE)
+    body = text.split("]]", 1)[1] if text.startswith("--[[") else text
+    definitions: list[Definition] = []
+    pending: list[str] = []  # comment lines waiting for the definition they describe
+    current: tuple[str, list[str]] | None = None
+    for line in body.splitlines():
+        found = _DEFINITION.match(line)
+        if found:
+            if current is not None:
+                definitions.append(Definition(current[0], "\n".join(current[1]).strip() + "\n"))
+            current, pending = (found.group(1), [*pending, line]), []
+        elif current is None or _closed(current[1]):
+            if line.strip():  # a comment above the next definition (blank lines go)
+                pending.append(line)
+        elif current is not None:
+            current[1].extend([*pending, line])
+            pending = []
+    if current is not None:
+        definitions.append(Definition(current[0], "\n".join(current[1]).strip() + "\n"))
+    return tuple(definitions)
+
+
+def _closed(lines: list[str]) -> bool:
+    """True when a definition's last line ends it: a function's ``end`` at the start of a
+    line, a one-line function, or a one-line constant."""
+    last = lines[-1]
+    if last == "end":
+        return True
+    if last.startswith("local function"):
+        return last.endswith(" end")
+    return last.startswith("local ")
+
+
+def used_definitions(text: str) -> list[Definition]:
+    """The prelude definitions ``text`` names, with those they name, in the prelude's order."""
+    definitions = prelude_definitions()
+    by_name = {d.name: d for d in definitions}
+    wanted: set[str] = set()
+    todo = [n for n in _NAME.findall(_code(text)) if n in by_name]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(n for n in _NAME.findall(_code(by_name[name].text)) if n in by_name)
+    return [d for d in definitions if d.name in wanted]
+
+
+def _code(text: str) -> str:
+    """Lua text without its comments (a helper named only in a comment is not used)."""
+    text = re.sub(r"--\[\[.*?\]\]", "", text, flags=re.DOTALL)
+    return re.sub(r"--[^\n]*", "", text)
+
+
+def script_source(name: str) -> str:
+    """What Redis runs for script ``name``: the prelude definitions it uses, then the script."""
+    text = script_text(name)
+    return "".join(d.text for d in used_definitions(text)) + "\n" + text
