@@ -13,25 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.helpers import balance, bearer, create_account
-from tests.api.test_hook_protocol import Conn, Reply, conn, request  # noqa: F401 - fixture
+from tests.api.test_hook_protocol import Conn, Reply, request
 from tests.support.gateway import GatewayServer, gateway_settings, new_account_id, running_gateway
 from tests.support.servers import RedisProcess, redis_process
-
-from quotagate.api.front import Front
-
-
-@pytest.fixture
-def through_asgi(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests the front answered through ASGI: [count]."""
-    count = [0]
-    call = Front.asgi
-
-    async def counted(self: Front, *args: Any) -> None:
-        count[0] += 1
-        await call(self, *args)
-
-    monkeypatch.setattr(Front, "asgi", counted)
-    return count
 
 
 def post(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -72,13 +71,6 @@ class Conn:
     def close(self) -> None:
         self.rfile.close()
         self.sock.close()
-
-
-@pytest.fixture
-def conn(gateway: GatewayServer) -> Iterator[Conn]:
-    c = Conn(gateway)
-    yield c
-    c.close()
 
 
 def request(
