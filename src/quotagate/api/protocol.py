@@ -274,8 +274,9 @@ class FastCycle:
     def start(self) -> None:
         request = self.request
         if self.endpoint.reads_body:
+            method, raw_path, param, headers = request[:4]
             body = b"".join(self.body_parts)
-            request = request._replace(body=body, body_error=self.body_error)
+            request = Request(method, raw_path, param, headers, body, self.body_error)
             self.body_parts = []
         Front.begin(self.endpoint, request, self.respond)
 
