@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from quotagate import metrics
 from quotagate.api.answers import Answer, RawHeaders, Reply, json_answer
@@ -59,7 +59,7 @@ class ServiceEndpoint(Generic[R]):
 
     route = ""
     """Its name in the request metrics."""
-    methods = POST
+    methods: frozenset[str] | None = POST
     reads_body = True
 
     def __init__(self, gw: Gateway) -> None:
@@ -164,5 +164,4 @@ class Hold(ServiceEndpoint[HoldResult]):
 
 def account_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     """The front's endpoints under ``/v1/accounts/{account_id}/``, by the path's last segment."""
-    made: dict[str, Any] = {"consume": Consume(gw), "check": Check(gw), "holds": Hold(gw)}
-    return made
+    return {"consume": Consume(gw), "check": Check(gw), "holds": Hold(gw)}
