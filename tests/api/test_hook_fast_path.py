@@ -36,11 +36,18 @@ def test_only_the_front_paths_take_the_fast_path(
         "X-Quota-Resource": "api_call",
     }
     # Matched on the decoded path, as the router matches: %61 is "a".
-    for path in ("/v1/authz", "/v1/authz/api/chat/1", "/v1/authz?x=1", "/v1/%61uthz"):
+    for path in ("/v1/authz", "/v1/authz/api/chat/1", "/v1/authz?x=1", "/v1/authz/%61pi"):
         conn.send(request("GET", path, headers))
         r = conn.reply()
         assert r.status == 200, path
         assert r.header("x-quota-account") == acct
+    # The hook's own prefix spelled with escapes is the hook's, and refused: the proxied path
+    # (Envoy's, after the prefix) has no agreed reading. With the proxy's URI it is priced.
+    conn.send(request("GET", "/v1/%61uthz/api/x", headers))
+    r = conn.reply()
+    assert (r.status, r.header("x-quota-reason")) == (400, "invalid_path")
+    conn.send(request("GET", "/v1/%61uthz", {**headers, "X-Original-URI": "/api/x"}))
+    assert conn.reply().status == 200
     for path in ("/v1/authzx", "/v1/authz-other"):
         assert_problem(http.get(path, headers=headers), 404, "not_found")
     service = bearer(api_keys["service"])
@@ -56,7 +63,7 @@ def test_only_the_front_paths_take_the_fast_path(
     r = http.post(f"/v1/accounts/{acct}/holds/nope/capture", json={}, headers=service)
     assert r.status_code == 422, r.text
     assert through_asgi == [0]
-    assert balance(http, api_keys["admin"], acct) == 1000 - 4
+    assert balance(http, api_keys["admin"], acct) == 1000 - 5
 
 
 @pytest.mark.parametrize("broken", ["hook", "consume"])

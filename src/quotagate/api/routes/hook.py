@@ -81,6 +81,8 @@ def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
         uri = h.get(uri_header)
         if uri:
             return h.get(method_header) or method, uri
+    if not path.startswith(PREFIX):  # the hook's own prefix percent-encoded: no agreed reading
+        raise InvalidPath("the hook's path spells /v1/authz with percent-escapes")
     return method, path[len(PREFIX) :] or "/"
 
 
