@@ -10,7 +10,7 @@ Content-Length), so an answer is the same byte for byte whichever carried it:
   callbacks, without ASGI: what ``quotagate serve`` runs;
 - :meth:`Front.asgi`, which the app calls before its router: under any other server, and for
   the requests the protocol leaves to ASGI (an absolute-form target, an upgrade,
-  ``Expect: 100-continue``, a request past ``--limit-concurrency``).
+  ``Expect: 100-continue``; a request past ``--limit-concurrency`` gets uvicorn's 503).
 
 A request to one of these paths with a method the endpoint does not take is answered 405 here,
 as the router would.

@@ -13,8 +13,8 @@ Everything else about the connection stays uvicorn's: keep-alive and its timeout
 requests (answered in order), flow control, ``--limit-concurrency``, graceful shutdown, the
 ``Date`` header and the access log. Any other request goes through ASGI as before, and so does
 a request to the front that the protocol does not take (an absolute-form target, an upgrade,
-``Expect: 100-continue``, one past the concurrency limit): the app hands it to the same front,
-which gives the same answer.
+``Expect: 100-continue``): the app hands it to the same front, which gives the same answer (one
+past the concurrency limit gets uvicorn's 503, as any request).
 """
 
 from __future__ import annotations
