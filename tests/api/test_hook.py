@@ -136,6 +136,32 @@ def test_credits_run_out_402(http: httpx.Client, api_keys: dict[str, str]) -> No
     assert account(http, api_keys["admin"], acct)["balance"] == 5
 
 
+def test_a_missing_account_header_is_titled_so(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    r = http.get("/v1/authz", headers=hook_headers(api_keys, None, X_Quota_Resource="api_call"))
+    problem = assert_problem(r, 401, "unauthorized")
+    assert problem["title"] == "Missing X-Account-Id header"
+    assert "X-Account-Id" in problem["detail"]
+    # A missing or unknown key keeps its own title.
+    r = http.get("/v1/authz", headers={"X-Account-Id": "acct-1", "X-Quotagate-Key": "qg_nope"})
+    assert assert_problem(r, 401, "unauthorized")["title"] == "Missing or unknown API key"
+
+
+@pytest.mark.parametrize("path", ["/v1/authz", "/v1/me"])
+def test_a_key_sent_as_bearer_is_told_of_x_quotagate_key(
+    http: httpx.Client, api_keys: dict[str, str], path: str
+) -> None:
+    acct = create_account(http, api_keys["admin"])
+    bearer = {"Authorization": f"Bearer {api_keys['hook']}", "X-Account-Id": acct}
+    problem = assert_problem(http.get(path, headers=bearer), 401, "unauthorized")
+    assert "X-Quotagate-Key" in problem["detail"] and "Authorization" in problem["detail"]
+    # Without any key the message names the header too.
+    problem = assert_problem(http.get(path, headers={"X-Account-Id": acct}), 401, "unauthorized")
+    assert "X-Quotagate-Key" in problem["detail"]
+    assert account(http, api_keys["admin"], acct)["balance"] == 1000
+
+
 def test_identity_and_account_refusals(http: httpx.Client, api_keys: dict[str, str]) -> None:
     r = http.get("/v1/authz", headers=hook_headers(api_keys, None, X_Quota_Resource="api_call"))
     assert_problem(r, 401, "unauthorized")

@@ -16,13 +16,15 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
+from quotagate.api.front import Front
 from quotagate.api.gateway import Gateway
-from quotagate.api.problems import problem_response
+from quotagate.api.problems import INTERNAL_ERROR, problem_response
 from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, ui, usage
 from quotagate.api.routes.hook import Hook
+from quotagate.api.service_endpoints import account_endpoints
 from quotagate.config import Config
 from quotagate.errors import QuotagateError
 from quotagate.settings import Settings
@@ -54,40 +56,33 @@ async def _quotagate_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(QuotagateError("internal error"))
+    return problem_response(INTERNAL_ERROR)
 
 
 class _Gateway(Starlette):
-    """Starlette, with the authz hook answered before the middleware stack and the router.
+    """Starlette, with the front (:mod:`quotagate.api.front`: the hook, consume, check,
+    hold) answered before the middleware stack and the router.
 
     The hook is one call per proxied request, and that stack (error middleware, exception
-    middleware, router) would cost a good part of its CPU (docs/benchmark.md). Its errors are
-    answered by the hook itself; an unexpected one is logged and answered as the app's handler
-    would.
+    middleware, router) would cost a good part of its CPU (docs/benchmark.md). The front
+    answers its own errors, an unexpected one included (logged, and a 500 problem document).
     """
 
-    authz_hook: ASGIApp | None = None
+    front: Front | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        if self.authz_hook is None or not hook.is_hook_path(path):
+        found = self.front.match(scope["path"]) if self.front and scope["type"] == "http" else None
+        if found is None:
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
-        started = False
+        endpoint, param = found
+        await self.front.asgi(endpoint, param, scope, receive, send)  # type: ignore[union-attr]
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            await self.authz_hook(scope, receive, tracked)
-        except Exception as exc:
-            if started:
-                raise
-            response = await _unexpected(Request(scope, receive), exc)
-            await response(scope, receive, send)
+    @property
+    def authz_hook(self) -> Hook | None:
+        """The hook (for callers that drive it directly, as the memory test does)."""
+        return self.front.hook if self.front else None  # type: ignore[return-value]
 
 
 def create_app(settings: Settings | None = None, *, config: Config | None = None) -> Starlette:
@@ -111,11 +106,10 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         finally:
             await gw.stop()
 
-    hook_routes = hook.routes(gw)
     app = _Gateway(
-        # The router tries routes in order: the hot ones first.
+        # The hot endpoints are the front's; the router tries the rest in order.
         routes=[
-            *hook_routes,
+            *hook.routes(gw),
             *charges.routes(gw),
             *holds.routes(gw),
             *credits.routes(gw),
@@ -133,5 +127,5 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    app.authz_hook = next(r.app for r in hook_routes if isinstance(getattr(r, "app", None), Hook))
+    app.front = Front(Hook(gw), account_endpoints(gw))
     return app

@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from quotagate.api.errors import PayloadTooLarge
 from quotagate.api.schemas import AMOUNT_FIELDS
-from quotagate.errors import InvalidAmount, ValidationError
+from quotagate.errors import InvalidAmount, QuotagateError, ValidationError
 
 MAX_BODY_BYTES = 16 * 1024
 """Largest request body. The biggest legitimate one (4 KiB of metadata and a 1000-character
@@ -29,19 +29,33 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _FIELD_RE = re.compile(r"at `\$\.([A-Za-z_]+)")
 
 
+def declared_length_error(
+    declared: str | None, max_bytes: int = MAX_BODY_BYTES
+) -> QuotagateError | None:
+    """Why a body of the declared ``Content-Length`` is refused before it is read, if it is."""
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        return ValidationError("Content-Length is not a number")
+    if int(declared) > max_bytes:
+        return body_too_large(max_bytes)
+    return None
+
+
+def body_too_large(max_bytes: int = MAX_BODY_BYTES) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is above {max_bytes} bytes")
+
+
 async def read_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ValidationError("Content-Length is not a number")
-        if int(declared) > max_bytes:
-            raise PayloadTooLarge(f"the request body is above {max_bytes} bytes")
+    error = declared_length_error(request.headers.get("content-length"), max_bytes)
+    if error is not None:
+        raise error
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLarge(f"the request body is above {max_bytes} bytes")
+            raise body_too_large(max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 

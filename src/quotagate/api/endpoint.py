@@ -56,7 +56,12 @@ def json_response(
 
 def bearer(request: Request) -> str | None:
     """The key in ``Authorization: Bearer <key>``, or None."""
-    header = request.headers.get("authorization")
+    return bearer_of(request.headers)
+
+
+def bearer_of(headers: Mapping[str, str]) -> str | None:
+    """The key in ``Authorization: Bearer <key>`` of ``headers`` (by lower-case name), or None."""
+    header = headers.get("authorization")
     if not header:
         return None
     scheme, _, key = header.partition(" ")

@@ -3,6 +3,7 @@
     QuotagateError
     └── HttpError                      a request the gateway refuses before the engine sees it
         ├── Unauthorized               no API key, or one we do not know            (401)
+        │   └── MissingAccountHeader   a hook request without X-Account-Id          (401)
         ├── Forbidden                  the key lacks the scope                      (403)
         ├── NotFound                   no such endpoint                             (404)
         ├── MethodNotAllowed           the endpoint exists, the method does not     (405)
@@ -27,6 +28,11 @@ class HttpError(QuotagateError):
 class Unauthorized(HttpError):
     code = "unauthorized"
     http_status = 401
+
+
+class MissingAccountHeader(Unauthorized):
+    """The proxy named no account (``X-Account-Id``, identity mode ``header``): the same code
+    as any 401, with a title of its own."""
 
 
 class Forbidden(HttpError):

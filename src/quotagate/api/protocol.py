@@ -1,32 +1,34 @@
-"""The HTTP protocol ``quotagate serve`` runs: uvicorn's httptools protocol, with the authz hook
-answered in it, before ASGI.
+"""The HTTP protocol ``quotagate serve`` runs: uvicorn's httptools protocol, with the front's
+endpoints (:mod:`quotagate.api.front`: the hook, consume, check, hold) answered in it, before
+ASGI.
 
 The hook is one call per proxied request, and in front of every request its cost is the
-product. Through ASGI each call builds a scope, a request/response cycle with its event, a
-Starlette request and response, and two ``send`` messages that uvicorn checks header by header,
-a large share of the hook's CPU (docs/benchmark.md). Here the parser's callbacks lead
-straight to :meth:`~quotagate.api.routes.hook.Hook.answer`, and the answer is written in one piece.
+product; consume is the same for services. Through ASGI each call builds a scope, a
+request/response cycle with its event, a Starlette request and response, and two ``send``
+messages that uvicorn checks header by header, a large share of the hook's CPU
+(docs/benchmark.md). Here the parser's callbacks lead straight to the front's endpoint, and
+the answer is written in one piece.
 
 Everything else about the connection stays uvicorn's: keep-alive and its timeout, pipelined
 requests (answered in order), flow control, ``--limit-concurrency``, graceful shutdown, the
-``Date`` header and the access log. Any other request, and a hook request the fast path does
-not take (an absolute-form target, an upgrade), goes through ASGI as before, where the app
-gives the same answer.
+``Date`` header and the access log. Any other request goes through ASGI as before, and so does
+a request to the front that the protocol does not take (an absolute-form target, an upgrade,
+``Expect: 100-continue``): the app hands it to the same front, which gives the same answer (one
+past the concurrency limit gets uvicorn's 503, as any request).
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from quotagate.api.routes.hook import PREFIX, Answer, Hook, header_map
-
-_PREFIX = PREFIX.encode()
-_NEXT = (ord("/"), ord("?"))
-
+from quotagate.api.answers import Answer
+from quotagate.api.bodies import MAX_BODY_BYTES, body_too_large, declared_length_error
+from quotagate.api.front import Endpoint, Front, Request, header_map
 
 _UVICORN_FITS = all(
     hasattr(HttpToolsProtocol, name)
@@ -37,24 +39,19 @@ _UVICORN_FITS = all(
     )
 )  # fmt: skip
 """What this subclass overrides is there (uvicorn's protocol is not a public API); if a later
-uvicorn moved it, the gateway serves the hook through ASGI, as any other route."""
+uvicorn moved it, every request goes through ASGI, where the app gives the same answers."""
 
 
-def find_hook(app: Any) -> Hook | None:
-    """The hook of the gateway app inside uvicorn's wrappers, or None for any other app."""
+def find_front(app: Any) -> Front | None:
+    """The front of the gateway app inside uvicorn's wrappers, or None for any other app."""
     for _ in range(8):
-        hook = getattr(app, "authz_hook", None)
-        if isinstance(hook, Hook):
-            return hook
+        front = getattr(app, "front", None)
+        if isinstance(front, Front):
+            return front
         app = getattr(app, "app", None)
         if app is None:
             return None
     return None
-
-
-def _is_hook_target(url: bytes) -> bool:
-    """An origin-form target on the hook's paths: /v1/authz, /v1/authz/..., /v1/authz?..."""
-    return url.startswith(_PREFIX) and (len(url) == len(_PREFIX) or url[len(_PREFIX)] in _NEXT)
 
 
 _default_headers: tuple[object, bytes] = (None, b"")
@@ -72,23 +69,23 @@ def _rendered(default_headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class GatewayProtocol(HttpToolsProtocol):
-    """uvicorn's ``httptools`` protocol; answers hook requests itself (see the module doc)."""
+    """uvicorn's ``httptools`` protocol; answers the front's requests itself (see the module
+    doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hook = find_hook(self.app) if _UVICORN_FITS else None
+        self.front = find_front(self.app) if _UVICORN_FITS else None
         self._idle_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- per request, before the target is known: only what every request needs ------------
 
     def on_message_begin(self) -> None:
-        # uvicorn builds the ASGI scope here; a hook request never uses one, so it is built
+        # uvicorn builds the ASGI scope here; a fast request never uses one, so it is built
         # in on_headers_complete, for the requests that go on to ASGI.
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
-        self._asgi_scope_due = True
 
     def _begin_asgi(self) -> None:
         url, headers, expect = self.url, self.headers, self.expect_100_continue
@@ -96,13 +93,71 @@ class GatewayProtocol(HttpToolsProtocol):
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
 
-    # -- keep-alive: one timer per connection, not one armed and cancelled per request --------
+    def on_headers_complete(self) -> None:
+        found = self._front_endpoint()
+        if found is None:
+            self._begin_asgi()
+            super().on_headers_complete()
+            return
+        endpoint, request = found
+        parser = self.parser
+        http_version = parser.get_http_version()
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
+        cycle = FastCycle(self, endpoint, request, http_version, keep_alive=keep_alive)
+        previous, self.cycle = self.cycle, cycle  # type: ignore[assignment]
+        if previous is None or previous.response_complete:
+            cycle.turn()
+        else:  # a pipelined request: answered after the one before it, as uvicorn does
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
+
+    def _front_endpoint(self) -> tuple[Endpoint, Request] | None:
+        """The front's endpoint of this request and what it reads, or None: through ASGI."""
+        front, url = self.front, self.url
+        if (
+            front is None
+            or url[:1] != b"/"  # absolute-form (or asterisk-form) target
+            or self.expect_100_continue
+            or self.parser.should_upgrade()
+            or self._over_concurrency_limit()
+        ):
+            return None
+        raw = httptools.parse_url(url).path
+        path = raw.decode("ascii")  # as uvicorn does: other bytes are a bad request
+        found = front.match(unquote(path) if "%" in path else path)
+        if found is None:
+            return None
+        endpoint, param = found
+        method = self.parser.get_method().decode("ascii")
+        return endpoint, Request(method, path, param, header_map(self.headers))
+
+    def _over_concurrency_limit(self) -> bool:
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, FastCycle):
+            cycle.add_body(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, FastCycle):
+            cycle.body_complete()
+        else:
+            super().on_message_complete()
+
+    # -- keep-alive after a fast answer: one timer per connection, not one armed and
+    # -- cancelled per answer. An answer through ASGI keeps uvicorn's own timer.
 
     def _unset_keepalive_if_required(self) -> None:
         self._idle_since = None
+        super()._unset_keepalive_if_required()
 
-    def on_response_complete(self) -> None:
-        # uvicorn's, but for the keep-alive timer (see above).
+    def fast_response_complete(self) -> None:
+        """uvicorn's ``on_response_complete``, but for the keep-alive timer (see above)."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -120,7 +175,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._idle_timer = None
         since = self._idle_since
         if since is None or self.transport.is_closing():
-            return  # busy again (its next response re-arms), or closed
+            return  # busy again (its next answer re-arms), or closed
         due = since + self.timeout_keep_alive
         if self.loop.time() >= due:
             self.transport.close()
@@ -132,45 +187,6 @@ class GatewayProtocol(HttpToolsProtocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-
-    def on_headers_complete(self) -> None:
-        if (
-            self.hook is None
-            or not _is_hook_target(self.url)
-            or self.parser.should_upgrade()
-            or self._over_concurrency_limit()
-        ):
-            self._begin_asgi()
-            super().on_headers_complete()
-            return
-        parser = self.parser
-        http_version = parser.get_http_version()
-        cycle = HookCycle(
-            self,
-            self.hook,
-            parser.get_method().decode("ascii"),
-            http_version,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-        )
-        previous, self.cycle = self.cycle, cycle  # type: ignore[assignment]
-        if previous is None or previous.response_complete:
-            cycle.start()
-        else:  # a pipelined request: answered after the one before it, as uvicorn does
-            self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
-
-    def _over_concurrency_limit(self) -> bool:
-        limit = self.limit_concurrency
-        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
-
-    # The hook reads no body: what a client sends with one is parsed and dropped.
-    def on_body(self, body: bytes) -> None:
-        if not isinstance(self.cycle, HookCycle):
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        if not isinstance(self.cycle, HookCycle):
-            super().on_message_complete()
 
 
 class _NoEvent:
@@ -185,45 +201,86 @@ class _NoEvent:
 _NO_EVENT = _NoEvent()
 
 
-class HookCycle:
-    """One hook request on a connection: what uvicorn's protocol reads of a cycle
+class FastCycle:
+    """One request to the front on a connection: what uvicorn's protocol reads of a cycle
     (``response_complete``, ``keep_alive``, ``disconnected``, ``message_event``,
-    ``run_asgi``), and the hook call and the write of its answer."""
+    ``run_asgi``), the body (for an endpoint that reads one, up to the cap), the endpoint's
+    call and the write of its answer.
+
+    It starts once it is its turn on the connection (the answers before it written) and its
+    body, if it needs one, is read."""
 
     __slots__ = (
-        "disconnected", "headers", "hook", "http_version", "keep_alive", "method", "protocol",
-        "response_complete", "url",
+        "body_error", "body_parts", "body_size", "body_wanted", "disconnected", "endpoint",
+        "http_version", "keep_alive", "protocol", "request", "response_complete", "turn_came",
+        "url",
     )  # fmt: skip
     message_event = _NO_EVENT
 
     def __init__(
         self,
         protocol: GatewayProtocol,
-        hook: Hook,
-        method: str,
+        endpoint: Endpoint,
+        request: Request,
         http_version: str,
         *,
         keep_alive: bool,
     ) -> None:
         self.protocol = protocol
-        self.hook = hook
-        self.method = method
+        self.endpoint = endpoint
+        self.request = request
+        self.url = protocol.url
         self.http_version = http_version
         self.keep_alive = keep_alive
-        self.url = protocol.url
-        self.headers = protocol.headers
         self.disconnected = False
         self.response_complete = False
+        self.turn_came = False
+        self.body_wanted = endpoint.reads_body
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.body_error = (
+            declared_length_error(request.headers.get("content-length"))
+            if self.body_wanted
+            else None
+        )
 
-    def start(self) -> None:
-        """Hand the request to the hook, which calls :meth:`respond` with its answer."""
-        # Still percent-encoded, as the ASGI route reads it (hook.raw_path): decoded once, later.
-        path = httptools.parse_url(self.url).path.decode("latin-1")
-        self.hook.begin(self.method, path, header_map(self.headers), self.respond)
+    # -- the body: what a client sends to the hook is parsed and dropped --------------------
+
+    def add_body(self, data: bytes) -> None:
+        if not self.body_wanted or self.body_error is not None:
+            return
+        self.body_size += len(data)
+        if self.body_size > MAX_BODY_BYTES:  # the rest is read past, not kept
+            self.body_error, self.body_parts = body_too_large(), []
+        else:
+            self.body_parts.append(data)
+
+    def body_complete(self) -> None:
+        if self.body_wanted:
+            self.body_wanted = False
+            if self.turn_came:
+                self.start()
+
+    def turn(self) -> None:
+        """Its turn on the connection has come."""
+        self.turn_came = True
+        if not self.body_wanted:
+            self.start()
 
     async def run_asgi(self, app: object) -> None:
         """What uvicorn's protocol calls, in a task, for a pipelined request's turn."""
-        self.start()
+        self.turn()
+
+    def start(self) -> None:
+        request = self.request
+        if self.endpoint.reads_body:
+            method, raw_path, param, headers = request[:4]
+            body = b"".join(self.body_parts)
+            request = Request(method, raw_path, param, headers, body, self.body_error)
+            self.body_parts = []
+        Front.begin(self.endpoint, request, self.respond)
+
+    # -- the answer ---------------------------------------------------------------------
 
     def respond(self, answer: Answer) -> None:
         if self.disconnected:
@@ -252,6 +309,7 @@ class HookCycle:
         protocol = self.protocol
         transport = protocol.transport
         status, headers, body = answer
+        method = self.request.method
         out = [STATUS_LINE[status], _rendered(protocol.server_state.default_headers)]
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
@@ -259,7 +317,7 @@ class HookCycle:
         if not self.keep_alive:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
-        if self.method != "HEAD":
+        if method != "HEAD":
             out.append(body)
         transport.write(b"".join(out))
         self.response_complete = True
@@ -268,11 +326,11 @@ class HookCycle:
             protocol.access_logger.info(
                 '%s"%s %s HTTP/%s" %d',
                 client,
-                self.method,
+                method,
                 self.url.decode("latin-1"),
                 self.http_version,
                 status,
             )
         if not self.keep_alive:
             transport.close()
-        protocol.on_response_complete()
+        protocol.fast_response_complete()

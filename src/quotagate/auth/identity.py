@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from quotagate import ids
-from quotagate.api.errors import Forbidden, Unauthorized
+from quotagate.api.errors import Forbidden, MissingAccountHeader, Unauthorized
 from quotagate.auth.signing_keys import SigningKeys, signing_keys
 from quotagate.auth.tokens import TokenVerifier
 from quotagate.config import Identity
@@ -43,7 +43,9 @@ class HeaderIdentity:
     def account_of(self, headers: Mapping[str, str]) -> str:
         account_id = headers.get("x-account-id")
         if not account_id:
-            raise Unauthorized("no identity: the proxy sent no X-Account-Id", reason="no_identity")
+            raise MissingAccountHeader(
+                "no identity: the proxy sent no X-Account-Id", reason="no_identity"
+            )
         try:
             return ids.check_account_id(account_id)
         except QuotagateError:

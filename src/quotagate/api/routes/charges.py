@@ -1,9 +1,9 @@
-"""Check, consume and batch charges: the hot path of services.
+"""Batch charges through the router. Check and consume, the hot path of services, are the
+front's (:mod:`quotagate.api.service_endpoints`), answered before the router.
 
-Check and consume are one script call each, nothing else. A batch (``POST /v1/charges``) is
-decoded as a whole first (a malformed request writes nothing), then item by item (a malformed
-item is a 422 of its own), and its valid items go to the engine together
-(:meth:`~quotagate.engine.CreditEngine.consume_many`).
+A batch (``POST /v1/charges``) is decoded as a whole first (a malformed request writes
+nothing), then item by item (a malformed item is a 422 of its own), and its valid items go
+to the engine together (:meth:`~quotagate.engine.CreditEngine.consume_many`).
 """
 
 from __future__ import annotations
@@ -14,24 +14,18 @@ from starlette.routing import Route
 
 from quotagate.api.bodies import decode, read_body
 from quotagate.api.endpoint import (
-    REPLAYED,
     bearer,
     endpoint,
     idempotency_key,
     json_response,
-    rate_limit_headers,
 )
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import problem_body
 from quotagate.api.schemas import (
     BatchCharge,
     ChargeItemOut,
-    ChargeOut,
     ChargesOut,
     ChargesRequest,
-    CheckOut,
-    CheckRequest,
-    ConsumeRequest,
 )
 from quotagate.config import Batch
 from quotagate.engine import Charge, ChargeOutcome
@@ -40,32 +34,6 @@ from quotagate.errors import QuotagateError, ValidationError
 
 def routes(gw: Gateway) -> list[Route]:
     keys, engine, trigger = gw.keys, gw.engine, gw.flush_trigger
-
-    @endpoint("check")
-    async def check(request: Request) -> Response:
-        keys.authorize(bearer(request), "service")
-        body = decode(await read_body(request), CheckRequest)
-        r = await engine.check(request.path_params["account_id"], body.resource, body.units)
-        return json_response(CheckOut(r.allowed, r.cost, r.available))
-
-    @endpoint("consume")
-    async def consume(request: Request) -> Response:
-        keys.authorize(bearer(request), "service")
-        body = decode(await read_body(request), ConsumeRequest)
-        account_id = request.path_params["account_id"]
-        r = await engine.consume(
-            account_id,
-            body.resource,
-            body.units,
-            description=body.description,
-            metadata=body.metadata,
-            idempotency_key=idempotency_key(request),
-        )
-        trigger.note_write(account_id)
-        headers = rate_limit_headers(r.rate_limit)
-        if r.replayed:
-            headers.update(REPLAYED)
-        return json_response(ChargeOut(r.transaction_id, r.cost, r.remaining), headers=headers)
 
     @endpoint("charges")
     async def charges(request: Request) -> Response:
@@ -81,8 +49,6 @@ def routes(gw: Gateway) -> list[Route]:
         return json_response(ChargesOut(results))
 
     return [
-        Route("/v1/accounts/{account_id}/check", check, methods=["POST"]),
-        Route("/v1/accounts/{account_id}/consume", consume, methods=["POST"]),
         Route("/v1/charges", charges, methods=["POST"]),
     ]
 

@@ -14,65 +14,42 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import NamedTuple
-from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from quotagate import metrics
+from quotagate.api.answers import Answer, Reply
 from quotagate.api.deadline import Deadline
 from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
-from quotagate.api.errors import Forbidden
+from quotagate.api.errors import Forbidden, Unauthorized
+from quotagate.api.front import HOOK_PREFIX
+from quotagate.api.front import Request as FrontRequest
 from quotagate.api.gateway import Gateway
 from quotagate.api.priced_path import InvalidPath, normalized_path
-from quotagate.api.problems import problem_response, retry_after_seconds
+from quotagate.api.problems import hook_problem, internal_error
 from quotagate.api.views import account_view
 from quotagate.auth.identity import KeysRefreshing, account_of_request
 from quotagate.engine.results import ChargeResult
 from quotagate.errors import (
     AccountBanned,
-    AccountNotFound,
     BackendError,
     BackendUnavailable,
-    InsufficientCredits,
     InvalidAmount,
     QuotagateError,
-    RateLimited,
 )
 
 log = logging.getLogger(__name__)
 
 HOOK_KEY = "x-quotagate-key"
 """The proxy's own key. The client's Authorization header is forwarded by proxies: not ours."""
-PREFIX = "/v1/authz"
-_SUBPATHS = PREFIX + "/"
+PREFIX = HOOK_PREFIX
 _ALLOWED = metrics.AUTHZ_DECISIONS.labels("allowed")
 """The counter child of every allowed answer, looked up once (labels() costs a lock)."""
 MAX_DESCRIPTION = 200
-
-RawHeaders = list[tuple[bytes, bytes]]
-
-
-class Answer(NamedTuple):
-    """The hook's answer, whatever carries it: status, headers (lower-case names, no
-    Content-Length: the carrier adds it) and body."""
-
-    status: int
-    headers: RawHeaders
-    body: bytes = b""
-
-    @classmethod
-    def of(cls, response: Response) -> Answer:
-        raw = [(k, v) for k, v in response.raw_headers if k != b"content-length"]
-        return cls(response.status_code, raw, bytes(response.body))
-
-
-Reply = Callable[[Answer], None]
 
 
 def _deliver(out: asyncio.Future[Answer], answer: Answer) -> None:
@@ -80,28 +57,18 @@ def _deliver(out: asyncio.Future[Answer], answer: Answer) -> None:
         out.set_result(answer)
 
 
-def _internal_error() -> Answer:
-    return Answer.of(problem_response(QuotagateError("internal error")))
-
-
-def header_map(raw: RawHeaders) -> dict[str, str]:
-    """Headers by lower-case name, built once; the first of a repeated name wins, as with
-    ``request.headers.get``, which scans them all and raises KeyError for every absent name."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
-
-
-def raw_path(scope: Scope) -> str:
-    """The request's path as sent, still percent-encoded, as Latin-1 text: the hook prices
-    what the upstream gets, decoded once, so it must not see the server's decoded copy. A
-    server that gives no ``raw_path`` (it is optional in ASGI) has it encoded again."""
-    raw = scope.get("raw_path")
-    if raw is None:
-        return quote(scope["path"], safe="/!$&'()*+,;=:@-._~")
-    return bytes(raw).decode("latin-1")
-
-
-def is_hook_path(path: str) -> bool:
-    return path == PREFIX or path.startswith(_SUBPATHS)
+def hook_key(h: Mapping[str, str]) -> str:
+    """The proxy's own key, from ``X-Quotagate-Key``; a refusal that names that header when
+    it is missing (an ``Authorization`` header is the client's, forwarded: never ours)."""
+    key = h.get(HOOK_KEY)
+    if key:
+        return key
+    if h.get("authorization"):
+        raise Unauthorized(
+            "the hook reads its key from X-Quotagate-Key, not from Authorization (which the "
+            "proxy forwards from the client): set X-Quotagate-Key to a hook key"
+        )
+    raise Unauthorized("the hook needs a hook key in the X-Quotagate-Key header")
 
 
 def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
@@ -114,6 +81,8 @@ def _original(method: str, path: str, h: Mapping[str, str]) -> tuple[str, str]:
         uri = h.get(uri_header)
         if uri:
             return h.get(method_header) or method, uri
+    if not path.startswith(PREFIX):  # the hook's own prefix percent-encoded: no agreed reading
+        raise InvalidPath("the hook's path spells /v1/authz with percent-escapes")
     return method, path[len(PREFIX) :] or "/"
 
 
@@ -142,10 +111,12 @@ def _units(raw: str | None) -> int:
 
 
 class Hook:
-    """The hook's decision, apart from any HTTP server: :meth:`answer` takes the request's
-    method, path and headers and gives an :class:`Answer`. ``quotagate serve`` calls it from
-    its HTTP protocol (:mod:`quotagate.api.protocol`), before ASGI; as an ASGI app it serves
-    the same answers under any other server."""
+    """The hook's decision, apart from any HTTP server: an endpoint of the front
+    (:mod:`quotagate.api.front`), which brings it every request to its paths, whatever the
+    method (Envoy sends the client's), as soon as the headers are read."""
+
+    methods: frozenset[str] | None = None
+    reads_body = False
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -154,28 +125,23 @@ class Hook:
         self.deadline = Deadline(self.timeout_seconds)
         self._tasks: set[asyncio.Task[Answer]] = set()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A plain ASGI app, so that every HTTP method (Envoy passes the client's) reaches it."""
-        answer = await self.answer(scope["method"], raw_path(scope), header_map(scope["headers"]))
-        headers = [*answer.headers, (b"content-length", b"%d" % len(answer.body))]
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
-
     async def answer(self, method: str, path: str, headers: Mapping[str, str]) -> Answer:
-        """The answer to one hook request; never raises but on cancellation."""
+        """The answer to one hook request (``path`` as sent); never raises but on
+        cancellation."""
         out: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self.begin(method, path, headers, partial(_deliver, out))
+        self.begin(FrontRequest(method, path, "", headers), partial(_deliver, out))
         return await out
 
-    def begin(self, method: str, path: str, h: Mapping[str, str], reply: Reply) -> None:
+    def begin(self, request: FrontRequest, reply: Reply) -> None:
         """Start answering one hook request; ``reply(answer)`` is called once, now or from the
         event loop (the charge's done-callback). No task per request: creating and stepping
         one is a measurable part of the hook's CPU (docs/benchmark.md). The charge is bounded
         by the shared Deadline, which cancels it on expiry (an answer by the failure policy)."""
         started = time.perf_counter()
+        h = request.headers
         try:
             account_id = self._caller(h)
-            charge = self._charge_for(method, path, h)
+            charge = self._charge_for(request.method, request.raw_path, h)
             if charge is None:  # no route: a read, not a charge; rare enough for a task
                 task = asyncio.ensure_future(self._unmatched_answer(account_id))
                 self._tasks.add(task)
@@ -190,11 +156,11 @@ class Hook:
             self._finish(started, reply, self._refusal(exc))
             return
         except KeysRefreshing as refreshing:  # a token's key not fetched yet: rare
-            refreshing.fetch.add_done_callback(lambda _: self.begin(method, path, h, reply))
+            refreshing.fetch.add_done_callback(lambda _: self.begin(request, reply))
             return
         except Exception:
-            log.exception("unexpected error in the authz hook (%s %s)", method, path)
-            self._finish(started, reply, _internal_error())
+            log.exception("unexpected error in the authz hook (%s)", request.raw_path)
+            self._finish(started, reply, internal_error())
             return
         self.deadline.watch(fut)
         fut.add_done_callback(partial(self._charged, account_id, started, reply))
@@ -216,7 +182,7 @@ class Hook:
                 raise exc
         except Exception:
             log.exception("unexpected error in the authz hook")
-            answer = _internal_error()
+            answer = internal_error()
         self._finish(started, reply, answer)
 
     def _finish_task(self, started: float, reply: Reply, task: asyncio.Task[Answer]) -> None:
@@ -226,7 +192,7 @@ class Hook:
         exc = task.exception()
         if exc is not None:
             log.error("unexpected error in the authz hook", exc_info=exc)
-        self._finish(started, reply, _internal_error() if exc else task.result())
+        self._finish(started, reply, internal_error() if exc else task.result())
 
     @staticmethod
     def _finish(started: float, reply: Reply, answer: Answer) -> None:
@@ -236,7 +202,7 @@ class Hook:
     def _caller(self, h: Mapping[str, str]) -> str:
         """The caller's account (see :mod:`quotagate.auth.identity`), once the proxy's own
         key is checked."""
-        self.gw.keys.authorize(h.get(HOOK_KEY), "hook")
+        self.gw.keys.authorize(hook_key(h), "hook")
         return self.gw.identity.account_of(h)
 
     def _charge_for(
@@ -310,37 +276,20 @@ class Hook:
         return self._refusal(error)
 
     def _refusal(self, exc: QuotagateError) -> Answer:
-        reason = str(exc.extra.pop("reason", exc.code))
-        headers = {"X-Quota-Reason": reason}
-        status = exc.http_status
-        if isinstance(exc, InsufficientCredits):
-            status = self.authz.deny_status
-            headers["X-Quota-Remaining"] = str(exc.available)
-        elif isinstance(exc, RateLimited):
-            status = self.authz.rate_limited_status
-            headers["Retry-After"] = str(retry_after_seconds(exc.retry_after_ms))
-        elif isinstance(exc, InvalidPath):
-            status = self.authz.invalid_path_status
-        elif isinstance(exc, AccountNotFound):
-            status = 403  # an unknown account may not pass; 404 would read as "no such page"
-        elif isinstance(exc, BackendError):
-            headers["Retry-After"] = "1"
+        """The hook's problem answer (:data:`quotagate.api.problems.HOOK_OVERRIDES`)."""
+        reason, answer = hook_problem(exc, self.authz)
         metrics.TALLY.inc(metrics.AUTHZ_DECISIONS.labels(reason))
-        return Answer.of(problem_response(exc, status, headers))
+        return answer
 
 
 def routes(gw: Gateway) -> list[Route]:
-    hook = Hook(gw)
+    """``/v1/me``; the hook's own paths are the front's (:mod:`quotagate.api.front`)."""
 
     @endpoint("me")
     async def me(request: Request) -> Response:
-        gw.keys.authorize(request.headers.get(HOOK_KEY), "hook")
+        gw.keys.authorize(hook_key(request.headers), "hook")
         account_id = await account_of_request(gw.identity, request.headers)
         view, degraded = await account_view(gw, account_id)
         return json_response(view, headers=DEGRADED if degraded else None)
 
-    return [
-        Route(PREFIX, hook),
-        Route(PREFIX + "/{path:path}", hook),
-        Route("/v1/me", me, methods=["GET"]),
-    ]
+    return [Route("/v1/me", me, methods=["GET"])]
