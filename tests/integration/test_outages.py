@@ -50,6 +50,15 @@ async def _charge(engine: CreditEngine, accounts: list[str]) -> None:
         await engine.consume(a, "unit")
 
 
+async def _ledger_credits(database_url: str, accounts: list[str]) -> dict[str, int]:
+    """Each account's credits in the ledger's snapshot."""
+    ledger = await Ledger.connect(database_url)
+    try:
+        return {a: s.credits for a, s in (await ledger.snapshots(accounts)).items()}
+    finally:
+        await ledger.aclose()
+
+
 def _outage(server: RedisProcess, seconds: float, procs: list[QuotagateProcess]) -> None:
     server.stop()
     deadline = time.monotonic() + seconds
@@ -129,12 +138,8 @@ async def test_the_worker_lives_through_postgres_down_during_flushes(
         finally:
             scheduler.stop()
             worker.stop()
-        ledger = await Ledger.connect(pg.url)
-        try:
-            snapshots = await ledger.snapshots(accounts)
-        finally:
-            await ledger.aclose()
-    assert {a: s.credits for a, s in snapshots.items()} == dict.fromkeys(accounts, 99)
+        credits = await _ledger_credits(pg.url, accounts)
+    assert credits == dict.fromkeys(accounts, 99)
 
 
 async def test_a_worker_started_while_postgres_is_down_waits_for_it(
@@ -170,9 +175,5 @@ async def test_a_worker_started_while_postgres_is_down_waits_for_it(
         finally:
             scheduler.stop()
             worker.stop()
-        ledger = await Ledger.connect(pg.url)
-        try:
-            snapshots = await ledger.snapshots(accounts)
-        finally:
-            await ledger.aclose()
-    assert {a: s.credits for a, s in snapshots.items()} == dict.fromkeys(accounts, 99)
+        credits = await _ledger_credits(pg.url, accounts)
+    assert credits == dict.fromkeys(accounts, 99)

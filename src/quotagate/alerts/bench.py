@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -214,12 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             charges=args.charges, rounds=args.rounds,
         )
     )  # fmt: skip
-    report: dict[str, Any] = asdict(result)
-    if args.json:
-        print(json.dumps(report))
-        return
-    for key, value in report.items():
-        print(f"{key:24} {value}")
+    from quotagate.bench.report import print_measurement
+
+    print_measurement(result, as_json=args.json, width=24)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ rate of its baseline row from the same run; targets compare two rows of the same
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -209,3 +210,13 @@ def _median(values: Sequence[float]) -> float | None:
 
 def _fmt(ms: float | None) -> str | None:
     return None if ms is None else f"{ms:.2f}"
+
+
+def print_measurement(measurement: Any, *, as_json: bool, width: int = 32) -> None:
+    """A standalone benchmark's result (a dataclass): one JSON document, or a line a field."""
+    report: dict[str, Any] = asdict(measurement)
+    if as_json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key:{width}} {value}")

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
@@ -249,12 +247,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             partitions=args.partitions, batch_size=args.batch, repeat=args.repeat,
         )
     )  # fmt: skip
-    report: dict[str, Any] = asdict(result)
-    if args.json:
-        print(json.dumps(report))
-        return
-    for key, value in report.items():
-        print(f"{key:32} {value}")
+    from quotagate.bench.report import print_measurement
+
+    print_measurement(result, as_json=args.json)
 
 
 if __name__ == "__main__":

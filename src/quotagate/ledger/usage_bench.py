@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -200,12 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             accounts=args.accounts, repeat=args.repeat,
         )
     )  # fmt: skip
-    report: dict[str, Any] = asdict(result)
-    if args.json:
-        print(json.dumps(report))
-        return
-    for key, value in report.items():
-        print(f"{key:32} {value}")
+    from quotagate.bench.report import print_measurement
+
+    print_measurement(result, as_json=args.json)
 
 
 if __name__ == "__main__":
