@@ -38,6 +38,8 @@ class AccountModel:
     holds: dict[str, int] = field(default_factory=dict)
     renewed_period: str | None = ""
     """The last period renewed; None once a recovery has made it unknowable to the model."""
+    opened_durable: bool = True
+    """Whether its opening was acknowledged as in the ledger (``"durable": true``)."""
 
     @property
     def balance(self) -> int:
@@ -98,6 +100,8 @@ class Model:
     lost: dict[str, str] = field(default_factory=dict)
     """Acknowledged transactions that a FLUSHALL took before they reached the ledger."""
     period_index: int = 0
+    opened: int = 0
+    """Accounts opened so far (names stay unique when a lost one is dropped)."""
 
     def acknowledge(self, transaction_id: str, kind: str) -> None:
         if transaction_id in self.acknowledged:
@@ -115,6 +119,12 @@ class Model:
             return None
         year, month = divmod(self.period_index - 1, 12)
         return f"{2100 + year}-{month + 1:02d}"
+
+    def drop_account(self, account_id: str) -> None:
+        """Forget an account whose opening a FLUSHALL took before it reached the ledger."""
+        del self.accounts[account_id]
+        self.spends = {t: s for t, s in self.spends.items() if s.account_id != account_id}
+        self.remembered = [r for r in self.remembered if r.account_id != account_id]
 
     def forget_holds(self) -> None:
         """Holds are not durable: after Redis lost its data no account has any."""

@@ -59,7 +59,8 @@ def pick_any(world: World) -> AccountModel:
 
 
 async def open_account(world: World) -> list[str]:
-    account_id = f"acct-{len(world.model.accounts):04d}"
+    account_id = f"acct-{world.model.opened:04d}"
+    world.model.opened += 1
     tier = world.rng.choice(sorted(TIERS))
     overdraft = world.rng.choice([0, 0, 0, 10, 50])
     body = {"tier": tier, "overdraft_limit": overdraft}
@@ -69,6 +70,7 @@ async def open_account(world: World) -> list[str]:
     )  # fmt: skip
     world.expect(answer.status == 201, f"opening {account_id}", answer)
     account = AccountModel(account_id, tier, overdraft, monthly=TIERS[tier][0])
+    account.opened_durable = bool(answer.body.get("durable", True))
     world.expect(answer.body["balance"] == account.balance, "the opening grant", answer)
     world.model.accounts[account_id] = account
     world.note(f"opened {account_id} ({tier}, overdraft {overdraft})")
