@@ -37,6 +37,7 @@
     │   ├── ApiError                   the client got a problem code it does not know
     │   └── HttpError                  a request the gateway refuses before the engine sees it
     │       ├── Unauthorized           no API key, or one we do not know         (401)
+    │       │   └── MissingAccountHeader  the hook got no X-Account-Id        (401)
     │       ├── Forbidden              the key lacks the scope                   (403)
     │       ├── NotFound               no such endpoint                          (404)
     │       ├── MethodNotAllowed       the endpoint exists, the method does not  (405)

@@ -30,6 +30,7 @@ import asyncpg
 from quotagate.alerts.webhooks import create_endpoint, deliver_due
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.keys import all_keys_pattern
 from quotagate.ledger import Ledger, flush_all
 from quotagate.ledger.migrate import upgrade
 from quotagate.ledger.urls import asyncpg_dsn
@@ -156,7 +157,8 @@ async def measure_alerts(
     finally:
         receiver.close()
         for engine in engines.values():
-            keys = [k async for k in engine.redis.scan_iter(match=f"{engine.keys.prefix}:*")]
+            pattern = all_keys_pattern(engine.keys.prefix)
+            keys = [k async for k in engine.redis.scan_iter(match=pattern)]
             for i in range(0, len(keys), 500):
                 await engine.redis.delete(*keys[i : i + 500])
             await engine.aclose()

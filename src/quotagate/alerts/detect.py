@@ -37,7 +37,7 @@ from quotagate.alerts import rules
 from quotagate.alerts.store import Alert, NewAlert, announce, insert_alerts
 from quotagate.config import Config, Consumption
 from quotagate.ledger.ledger import Ledger
-from quotagate.ledger.outbox import RawEntry
+from quotagate.ledger.outbox import RawEntry, stream_ms
 from quotagate.ledger.postgres import in_transaction
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class AccountActivity:
 def activity(raw: Sequence[RawEntry]) -> dict[str, AccountActivity]:
     """Per account, the batch's transactions (account events left out)."""
     found: dict[str, AccountActivity] = defaultdict(AccountActivity)
-    for _, values in raw:
+    for stream_id, values in raw:
         fields = dict(zip(values[0::2], values[1::2], strict=False))
         kind = fields.get(b"t")
         if kind is None or kind == b"account" or b"a" not in fields:
@@ -70,12 +70,18 @@ def activity(raw: Sequence[RawEntry]) -> dict[str, AccountActivity]:
             account = fields[b"a"].decode()
             entry = found[account]
             entry.balances.append((fields[b"id"].decode(), int(fields[b"bal"])))
-            entry.last_ms = max(entry.last_ms, int(fields[b"ts"]))
+            # Entries take their time from the stream id; older ones carried it in "ts".
+            at_ms = int(fields[b"ts"]) if b"ts" in fields else stream_ms(_text(stream_id))
+            entry.last_ms = max(entry.last_ms, at_ms)
             if kind == b"spend":
                 entry.spent -= int(fields[b"amt"])
         except (KeyError, ValueError, UnicodeDecodeError):
             continue  # the flush quarantines what does not parse
     return dict(found)
+
+
+def _text(stream_id: bytes | str) -> str:
+    return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
 
 
 class _Expiry:

@@ -60,7 +60,7 @@ def register_all(settings: Settings) -> None:
     cron.register(
         deliver_webhooks, queue_name=slow, interval=WEBHOOK_INTERVAL_SECONDS,
         ttl=5 * WEBHOOK_INTERVAL_SECONDS, result_ttl=FREQUENT_RESULT_TTL_SECONDS,
-        name=f"{settings.key_prefix}:webhooks",
+        name=cron_job_name(settings.key_prefix, "webhooks"),
     )  # fmt: skip
     cron.register(
         renew_all, queue_name=slow, cron=RENEWAL_CRON, result_ttl=DAILY_RESULT_TTL_SECONDS,
