@@ -20,7 +20,16 @@ PROBE_TIMEOUT_SECONDS = 5.0
 MAINTENANCE_DATABASE = "postgres"
 """The database every PostgreSQL server has, where a missing one can be created from."""
 
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # starting up, shutting down, in recovery
+    asyncpg.InsufficientResourcesError,  # too many connections
+)
+"""A server that does not answer, or answers that it cannot serve for now: a command that
+works without PostgreSQL goes on (a worker then waits for it)."""
 
 
 def check(settings: Settings, use: str) -> None:
