@@ -89,6 +89,10 @@ class LedgerWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         self._ride(super().run_maintenance_tasks)
 
+    def set_state(self, *args: Any, **kwargs: Any) -> None:
+        # The first step of each wait for a job, outside the retries of that wait.
+        self._ride(lambda: super(LedgerWorker, self).set_state(*args, **kwargs))
+
     def execute_job(self, *args: Any, **kwargs: Any) -> None:
         """Run the job; if Redis goes away around it (RQ's bookkeeping of the job's status),
         wait for Redis and go on to the next job rather than quit. The job is not run again
