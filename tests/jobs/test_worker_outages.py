@@ -47,7 +47,7 @@ def test_waiting_for_the_next_job_rides_out_an_outage(server: RedisProcess) -> N
     """The step that marks the worker idle, then waits for a job, with Redis down when it
     starts: it waits for Redis, then for a job, and ends on its idle time without raising."""
     worker = _worker(server)
-    worker.register_birth()
+    worker.register_birth()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
     timer = _outage(server)
     try:
         assert worker.dequeue_job_and_maintain_ttl(1, max_idle_time=2) is None
