@@ -49,10 +49,6 @@
     BaseException
     └── StackStopRequested             a signal asked `quotagate up` to stop
 
-``HttpError`` and its subclasses are the one part defined elsewhere, in
-:mod:`quotagate.api.errors` (``InvalidPath`` in :mod:`quotagate.api.priced_path`), beside the
-HTTP layer that raises them.
-
 Each :class:`QuotagateError` carries a stable ``code`` (the ``code`` of the HTTP problem
 document) and an ``http_status``; the HTTP layer maps them in one place and nothing else needs
 to know. The classes outside QuotagateError are signals between two parts of quotagate, caught
@@ -286,6 +282,51 @@ class ApiError(QuotagateError):
         super().__init__(detail, **extra)
         self.code = code
         self.http_status = http_status
+
+
+class HttpError(QuotagateError):
+    """A request refused by the gateway itself, before the engine sees it. These classes import
+    nothing from the web framework, so the Python client raises the same ones."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class Unauthorized(HttpError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class MissingAccountHeader(Unauthorized):
+    """The proxy named no account (``X-Account-Id``, identity mode ``header``): the same code
+    as any 401, with a title of its own."""
+
+
+class Forbidden(HttpError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(HttpError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(HttpError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class PayloadTooLarge(HttpError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class InvalidPath(HttpError):
+    """A proxied request's path the hook will not price (see :mod:`quotagate.api.priced_path`)."""
+
+    code = "invalid_path"
+    http_status = 400
 
 
 class OutboxEntryInvalid(Exception):

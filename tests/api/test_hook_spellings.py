@@ -12,8 +12,9 @@ import pytest
 from tests.api.helpers import create_account
 from tests.support.gateway import GatewayServer
 
-from quotagate.api.priced_path import InvalidPath, normalized_path
+from quotagate.api.priced_path import normalized_path
 from quotagate.config import parse_config
+from quotagate.errors import InvalidPath
 
 PREMIUM = 5  # the default config: premium_feature, any method, /api/premium/*
 PLAIN = 1  # api_call, /api/*

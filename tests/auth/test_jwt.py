@@ -26,12 +26,18 @@ from tests.support.jwt_issuer import (
     public_pem,
 )
 
-from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.auth import signing_keys
 from quotagate.auth.identity import TokenIdentity, account_of_request, identity_source
 from quotagate.auth.tokens import TokenVerifier
 from quotagate.config import default_config_text, parse_config
-from quotagate.errors import BackendUnavailable, ConfigError, KeysRefreshing, QuotagateError
+from quotagate.errors import (
+    BackendUnavailable,
+    ConfigError,
+    Forbidden,
+    KeysRefreshing,
+    QuotagateError,
+    Unauthorized,
+)
 from quotagate.settings import Settings
 
 SECRET = "s" * 40

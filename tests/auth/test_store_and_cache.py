@@ -12,10 +12,9 @@ import redis.asyncio as aioredis
 from tests.support.gateway import gateway_settings, running_gateway
 from tests.support.servers import free_port
 
-from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.auth.cache import KeyCache, snapshot_key
 from quotagate.auth.store import KeyStore
-from quotagate.errors import BackendUnavailable
+from quotagate.errors import BackendUnavailable, Forbidden, Unauthorized
 
 
 async def test_create_list_revoke(migrated_database_url: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 from tests.support.gateway import GatewayServer, new_account_id
 from tests.support.servers import free_port
 
-from quotagate.api import errors as http_errors
+from quotagate import errors
 from quotagate.api.schemas import ChargeOut
 from quotagate.client import (
     ApiError,
@@ -72,7 +72,7 @@ def test_sync_client_round_trip(gateway: GatewayServer, api_keys: dict[str, str]
             service.release(acct, str(uuid.uuid4()))
         with pytest.raises(AccountNotFound):
             service.get_account(new_account_id())
-        with pytest.raises(http_errors.Forbidden):
+        with pytest.raises(errors.Forbidden):
             service.credit(acct, 5, "grant")
         with pytest.raises(ValidationError):
             service.get_account("bad id!")
@@ -87,14 +87,14 @@ def test_me_with_a_hook_key(gateway: GatewayServer, api_keys: dict[str, str]) ->
         admin.upsert_account(acct)
     with QuotagateClient(gateway.url, api_keys["hook"]) as hook:
         assert hook.me(acct).balance == 100
-        with pytest.raises(http_errors.Forbidden):
+        with pytest.raises(errors.Forbidden):
             hook.get_account(acct)
 
 
 def test_unknown_key_and_unreachable_gateway(gateway: GatewayServer) -> None:
     with (
         QuotagateClient(gateway.url, "qg_0000000000000000_nope") as client,
-        pytest.raises(http_errors.Unauthorized),
+        pytest.raises(errors.Unauthorized),
     ):
         client.resources()
     with (

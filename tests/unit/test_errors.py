@@ -15,13 +15,6 @@ from quotagate import errors
 
 PACKAGE = Path(quotagate.__file__).parent
 
-ELSEWHERE: dict[str, str] = {
-    "quotagate.api.errors": "HttpError and its subclasses, beside the HTTP layer",
-    "quotagate.api.priced_path": "InvalidPath, an HttpError",
-}
-"""The modules besides quotagate.errors that define exception classes (its docstring says so,
-and draws theirs too)."""
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -55,7 +48,7 @@ def test_every_exception_class_is_defined_in_the_errors_module() -> None:
     elsewhere = {
         module: sorted(cls.__name__ for cls in classes)
         for module, classes in found.items()
-        if module not in ("quotagate.errors", *ELSEWHERE)
+        if module != "quotagate.errors"
     }
     assert elsewhere == {}
     assert len(found["quotagate.errors"]) >= 30
@@ -89,15 +82,13 @@ def _drawn_parents(doc: str) -> dict[str, str | None]:
 
 
 def _public_exceptions() -> dict[str, type[BaseException]]:
-    """The exception classes of quotagate.errors and of the modules in ELSEWHERE, by name."""
-    modules = [errors, *(importlib.import_module(name) for name in ELSEWHERE)]
+    """The exception classes of quotagate.errors, by name."""
     return {
         name: value
-        for module in modules
-        for name, value in vars(module).items()
+        for name, value in vars(errors).items()
         if inspect.isclass(value)
         and issubclass(value, BaseException)
-        and value.__module__ == module.__name__
+        and value.__module__ == errors.__name__
     }
 
 

@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quotagate import ids
-from quotagate.api.errors import Unauthorized
-from quotagate.api.priced_path import InvalidPath, _canonical, normalized_path
+from quotagate.api.priced_path import _canonical, normalized_path
 from quotagate.auth.cache import KeyCache
 from quotagate.auth.keys import ApiKey, hash_key, new_key
 from quotagate.engine.keys import KeySpace
+from quotagate.errors import InvalidPath, Unauthorized
 
 
 def _normalized_the_long_way(uri: str) -> str | None:

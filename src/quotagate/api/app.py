@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from quotagate.api.errors import HttpError, MethodNotAllowed, NotFound
 from quotagate.api.front import Front
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import INTERNAL_ERROR, problem_response
@@ -26,7 +25,7 @@ from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook
 from quotagate.api.routes.hook import Hook
 from quotagate.api.service_endpoints import account_endpoints
 from quotagate.config import Config
-from quotagate.errors import QuotagateError
+from quotagate.errors import HttpError, MethodNotAllowed, NotFound, QuotagateError
 from quotagate.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.requests import Request
 
-from quotagate.api.errors import PayloadTooLarge
 from quotagate.api.schemas import AMOUNT_FIELDS
-from quotagate.errors import InvalidAmount, QuotagateError, ValidationError
+from quotagate.errors import InvalidAmount, PayloadTooLarge, QuotagateError, ValidationError
 
 MAX_BODY_BYTES = 16 * 1024
 """Largest request body. The biggest legitimate one (4 KiB of metadata and a 1000-character

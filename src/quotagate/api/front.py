@@ -28,9 +28,8 @@ from starlette.types import Receive, Scope, Send
 
 from quotagate.api.answers import Answer, RawHeaders, Reply
 from quotagate.api.bodies import MAX_BODY_BYTES, body_too_large, declared_length_error
-from quotagate.api.errors import MethodNotAllowed
 from quotagate.api.problems import internal_error, problem_answer
-from quotagate.errors import QuotagateError
+from quotagate.errors import MethodNotAllowed, QuotagateError
 
 log = logging.getLogger(__name__)
 

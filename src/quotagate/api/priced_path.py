@@ -29,15 +29,7 @@ import re
 import unicodedata
 from urllib.parse import unquote_to_bytes
 
-from quotagate.api.errors import HttpError
-
-
-class InvalidPath(HttpError):
-    """A proxied request's path the hook will not price (see the module docstring)."""
-
-    code = "invalid_path"
-    http_status = 400
-
+from quotagate.errors import InvalidPath
 
 _SEGMENT = r"[A-Za-z0-9_~!$&'()*+,=:@-]+"
 _PLAIN = re.compile(rf"(?:/{_SEGMENT}(?:\.{_SEGMENT})*)*/?")

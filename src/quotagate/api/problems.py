@@ -2,7 +2,7 @@
 document, its status and its headers, for every endpoint, the hook and the fast path alike.
 
 Every error quotagate raises on purpose carries a stable ``code`` and an ``http_status``
-(:mod:`quotagate.errors`, :mod:`quotagate.api.errors`); :func:`problem_answer` turns one into
+(:mod:`quotagate.errors`); :func:`problem_answer` turns one into
 its answer, with the error's extra fields (``required``, ``available``, ``field``...) as
 extension members and the headers some statuses need (``Retry-After``, ``WWW-Authenticate``).
 The hook answers some errors otherwise (a proxy reads its status, not its body):
@@ -20,15 +20,16 @@ import msgspec
 from starlette.responses import Response
 
 from quotagate.api.answers import Answer
-from quotagate.api.errors import MissingAccountHeader, Unauthorized
-from quotagate.api.priced_path import InvalidPath
 from quotagate.config import Authz
 from quotagate.errors import (
     AccountNotFound,
     BackendError,
     InsufficientCredits,
+    InvalidPath,
+    MissingAccountHeader,
     QuotagateError,
     RateLimited,
+    Unauthorized,
 )
 
 PROBLEM_JSON = "application/problem+json"

@@ -19,11 +19,10 @@ from collections.abc import Iterable
 import msgspec
 from redis.asyncio import Redis
 
-from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.auth.keys import SCOPES, ApiKey, Scope, key_id_of, matches
 from quotagate.auth.store import KeyStore
 from quotagate.engine.keys import KeySpace
-from quotagate.errors import QuotagateError
+from quotagate.errors import Forbidden, QuotagateError, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,16 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from quotagate import ids
-from quotagate.api.errors import Forbidden, MissingAccountHeader, Unauthorized
 from quotagate.auth.signing_keys import SigningKeys, signing_keys
 from quotagate.auth.tokens import TokenVerifier
 from quotagate.config import Identity
-from quotagate.errors import KeysRefreshing, QuotagateError
+from quotagate.errors import (
+    Forbidden,
+    KeysRefreshing,
+    MissingAccountHeader,
+    QuotagateError,
+    Unauthorized,
+)
 
 __all__ = ["HeaderIdentity", "IdentitySource", "KeysRefreshing", "TokenIdentity"]
 

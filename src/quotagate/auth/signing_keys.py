@@ -27,9 +27,8 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from quotagate.api.errors import Unauthorized
 from quotagate.config import JwtIdentity
-from quotagate.errors import BackendUnavailable, ConfigError, KeysRefreshing
+from quotagate.errors import BackendUnavailable, ConfigError, KeysRefreshing, Unauthorized
 
 log = logging.getLogger(__name__)
 

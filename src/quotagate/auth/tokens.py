@@ -22,10 +22,9 @@ from typing import Any
 import jwt
 
 from quotagate import ids
-from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.auth.signing_keys import SigningKeys
 from quotagate.config import JwtIdentity
-from quotagate.errors import QuotagateError
+from quotagate.errors import Forbidden, QuotagateError, Unauthorized
 
 MAX_VERIFIED_TOKENS = 10_000
 """Tokens remembered as verified; past this the least recently used is forgotten (and is

@@ -2,8 +2,8 @@
 ``AsyncQuotagateClient`` (asyncio), both on httpx.
 
 Answers decode into the gateway's own answer structs (``quotagate.api.schemas``); problems
-become the typed errors of :mod:`quotagate.errors` (``InsufficientCredits``, ``RateLimited``...)
-or of :mod:`quotagate.api.errors` (``Unauthorized``, ``Forbidden``...), by their ``code``.
+become the typed errors of :mod:`quotagate.errors` (``InsufficientCredits``, ``RateLimited``,
+``Unauthorized``, ``Forbidden``...), by their ``code``.
 """
 
 from quotagate.client.aio import AsyncQuotagateClient

@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 
 from quotagate import errors
-from quotagate.api import errors as http_errors
 from quotagate.errors import ApiError
 
 Factory = Callable[[str, dict[str, Any]], errors.QuotagateError]
@@ -53,11 +52,11 @@ _BY_CODE: dict[str, Factory] = {
     "account_not_loaded": _plain(errors.AccountNotLoaded),
     "backend_unavailable": _plain(errors.BackendUnavailable),
     "ledger_unavailable": _plain(errors.LedgerUnavailable),
-    "unauthorized": _plain(http_errors.Unauthorized),
-    "forbidden": _plain(http_errors.Forbidden),
-    "not_found": _plain(http_errors.NotFound),
-    "method_not_allowed": _plain(http_errors.MethodNotAllowed),
-    "payload_too_large": _plain(http_errors.PayloadTooLarge),
+    "unauthorized": _plain(errors.Unauthorized),
+    "forbidden": _plain(errors.Forbidden),
+    "not_found": _plain(errors.NotFound),
+    "method_not_allowed": _plain(errors.MethodNotAllowed),
+    "payload_too_large": _plain(errors.PayloadTooLarge),
 }
 
 _STANDARD = frozenset({"type", "title", "status", "detail", "code", "instance"})

@@ -18,11 +18,10 @@ from starlette.routing import Route
 
 from quotagate.api.bodies import decode, read_body
 from quotagate.api.endpoint import bearer, endpoint, idempotency_key, json_response, replay_headers
-from quotagate.api.errors import Forbidden
 from quotagate.api.gateway import Gateway
 from quotagate.api.schemas import CreditOut, CreditRequest
 from quotagate.engine.results import CreditResult
-from quotagate.errors import InvalidAmount, ValidationError
+from quotagate.errors import Forbidden, InvalidAmount, ValidationError
 from quotagate.ledger.refunds import refund
 
 ADJUST_WITH_THE_CLI = "`quotagate grant --type adjust ACCOUNT_ID -- -5`"

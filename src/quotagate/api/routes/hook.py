@@ -25,11 +25,10 @@ from quotagate import metrics
 from quotagate.api.answers import Answer, Reply
 from quotagate.api.deadline import Deadline
 from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
-from quotagate.api.errors import Forbidden, Unauthorized
 from quotagate.api.front import HOOK_PREFIX
 from quotagate.api.front import Request as FrontRequest
 from quotagate.api.gateway import Gateway
-from quotagate.api.priced_path import InvalidPath, normalized_path
+from quotagate.api.priced_path import normalized_path
 from quotagate.api.problems import hook_problem, internal_error
 from quotagate.api.views import account_view
 from quotagate.auth.identity import KeysRefreshing, account_of_request
@@ -38,8 +37,11 @@ from quotagate.errors import (
     AccountBanned,
     BackendError,
     BackendUnavailable,
+    Forbidden,
     InvalidAmount,
+    InvalidPath,
     QuotagateError,
+    Unauthorized,
 )
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotagate.api.endpoint import endpoint
-from quotagate.api.errors import NotFound
+from quotagate.errors import NotFound
 
 FILES = {
     "index.html": "text/html; charset=utf-8",
