@@ -20,6 +20,7 @@ from hiredis import pack_command
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from quotagate.engine.loops import RunningLoop
 from quotagate.engine.pipe import Pipe, open_pipe
 from quotagate.engine.replies import unavailable
 from quotagate.engine.scripts import Script
@@ -62,7 +63,7 @@ class ScriptRunner:
         self._pipe: Pipe | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._reloading: dict[str, asyncio.Future[None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = RunningLoop()
         self._closed = False
 
     @property
@@ -99,7 +100,7 @@ class ScriptRunner:
         Calls of a script that takes several calls at once (``Script.combines``) with the same
         ``combine`` key that meet in one batch go as one script call: their arguments one after
         the other, their replies an array (consume: the charges of one account)."""
-        loop = self._running_loop()
+        loop = self._loop.get()
         out: asyncio.Future[T] = loop.create_future()
         if not self.batching:
             task = asyncio.ensure_future(self.run(script, keys, args))
@@ -137,14 +138,6 @@ class ScriptRunner:
             return
         _resolve(out, parse, reply)
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        # The loop of the last call, if a task of it is running (a dict look-up), else ask:
-        # get_running_loop() costs a getpid() syscall per call on CPython 3.11.
-        loop = self._loop
-        if loop is None or asyncio.current_task(loop) is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
-
     def _queued(
         self,
         script: Script,
@@ -155,7 +148,7 @@ class ScriptRunner:
     ) -> Any:
         """Queue a call; its future gets the raw reply. ``owner``, done before the call goes
         out, keeps it from going (a caller that gave up), as the call's own future does."""
-        loop = self._running_loop()
+        loop = self._loop.get()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((script, keys, args, fut, owner or fut, combine))
         if not self._scheduled:
@@ -241,11 +234,11 @@ class ScriptRunner:
         futures[-1].add_done_callback(self._answered)
         pipe.send(b"".join(payload), futures)
 
-    def _answered(self, _: asyncio.Future[Any]) -> None:
+    def _answered(self, last: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
         if self._queue and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._dispatch)
+            last.get_loop().call_soon(self._dispatch)
 
     def _connect(self) -> None:
         if self._connecting is None:

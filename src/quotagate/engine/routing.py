@@ -42,6 +42,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from quotagate.engine.batching import DEFAULT_TIMEOUT_SECONDS, ScriptRunner, _wrap
 from quotagate.engine.connection import node_client
+from quotagate.engine.loops import RunningLoop
 from quotagate.engine.scripts import Script
 from quotagate.errors import BackendUnavailable, Redirected
 
@@ -98,6 +99,7 @@ class ClusterScriptRunner:
         self._runners: dict[str, ScriptRunner] = {}
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = float("-inf")
+        self._loop = RunningLoop()
         self._closed = False
 
     @property
@@ -134,7 +136,7 @@ class ClusterScriptRunner:
         combine: str | None = None,
     ) -> asyncio.Future[T]:
         """``parse`` of the call's reply, as a future (see ScriptRunner.submit)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop.get()
         out: asyncio.Future[T] = loop.create_future()
         slot = key_slot(keys[0].encode())
         call = _Call(script, keys, args, parse, combine, slot, loop.time() + self.timeout)
