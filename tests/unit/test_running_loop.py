@@ -18,7 +18,12 @@ def test_it_is_the_running_loop_in_a_task_and_in_a_callback() -> None:
         seen.append(cache.get() is loop)
         seen.append(cache.get() is loop)  # the remembered one
         done = loop.create_future()
-        loop.call_soon(lambda: (seen.append(cache.get() is loop), done.set_result(None)))
+
+        def callback() -> None:
+            seen.append(cache.get() is loop)
+            done.set_result(None)
+
+        loop.call_soon(callback)
         await done
 
     asyncio.run(main())
