@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook as Signer
 
 from quotagate import metrics
 from quotagate.alerts.store import KINDS
@@ -55,7 +55,9 @@ MAX_URL_CHARS = 2048
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class Webhook:
+    """A webhook endpoint as the API shows it (its secret is never read back)."""
+
     id: str
     url: str
     events: list[str]
@@ -65,6 +67,8 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
+    """One alert's delivery to one endpoint, as the API shows it."""
+
     id: str
     endpoint_id: str
     alert_id: int
@@ -107,7 +111,7 @@ def new_secret() -> str:
 
 def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> dict[str, str]:
     """The Standard Webhooks headers of one try."""
-    signature = Webhook(secret).sign(delivery_id, at, body)
+    signature = Signer(secret).sign(delivery_id, at, body)
     return {
         "webhook-id": delivery_id,
         "webhook-timestamp": str(int(at.timestamp())),
@@ -125,7 +129,7 @@ def _check_endpoint(url: str, events: Sequence[str], secret: str | None) -> None
         raise ValidationError(f"events must name some of {', '.join(KINDS)} (or *)", field="events")
     if secret is not None:
         try:
-            Webhook(secret)
+            Signer(secret)
         except Exception:
             raise ValidationError(
                 "secret must be whsec_ and a base64 key (or leave it out: one is made)",
@@ -148,7 +152,7 @@ async def create_endpoint(
     *,
     secret: str | None = None,
     description: str | None = None,
-) -> tuple[Endpoint, str]:
+) -> tuple[Webhook, str]:
     """A new endpoint and its secret (made here unless given): the only time it is shown."""
     _check_endpoint(url, events, secret)
     secret = secret or new_secret()
@@ -158,21 +162,21 @@ async def create_endpoint(
         " VALUES ($1, $2, $3, $4, $5) RETURNING id, url, events, description, created_at"
     )
 
-    async def write(conn: asyncpg.Connection) -> Endpoint:
+    async def write(conn: asyncpg.Connection) -> Webhook:
         row = await conn.fetchrow(sql, endpoint_id, url, sorted(set(events)), secret, description)
-        return Endpoint(**dict(row))
+        return Webhook(**dict(row))
 
     return await in_transaction(ledger.pool, write), secret
 
 
-async def list_endpoints(ledger: Ledger) -> list[Endpoint]:
+async def list_endpoints(ledger: Ledger) -> list[Webhook]:
     sql = (
         "SELECT id, url, events, description, created_at FROM webhook_endpoints"
         " WHERE disabled_at IS NULL ORDER BY created_at, id"
     )
 
-    async def read(conn: asyncpg.Connection) -> list[Endpoint]:
-        return [Endpoint(**dict(r)) for r in await conn.fetch(sql)]
+    async def read(conn: asyncpg.Connection) -> list[Webhook]:
+        return [Webhook(**dict(r)) for r in await conn.fetch(sql)]
 
     return await in_transaction(ledger.pool, read, readonly=True)
 

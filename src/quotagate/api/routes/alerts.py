@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from quotagate import ids
 from quotagate.alerts import store, webhooks
+from quotagate.alerts.webhooks import Delivery, Webhook
 from quotagate.api.bodies import decode, read_body
 from quotagate.api.endpoint import bearer, endpoint, json_response
 from quotagate.api.gateway import Gateway
@@ -49,14 +50,6 @@ class WebhookRequest(Struct, forbid_unknown_fields=True):
     description: Annotated[str, Meta(max_length=500)] | None = None
 
 
-class WebhookOut(Struct):
-    id: str
-    url: str
-    events: list[str]
-    description: str | None
-    created_at: datetime
-
-
 class WebhookCreated(Struct):
     id: str
     url: str
@@ -68,24 +61,11 @@ class WebhookCreated(Struct):
 
 
 class WebhooksOut(Struct):
-    webhooks: list[WebhookOut]
-
-
-class DeliveryOut(Struct):
-    id: str
-    endpoint_id: str
-    alert_id: int
-    event: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status: int | None
-    last_error: str | None
-    delivered_at: datetime | None
+    webhooks: list[Webhook]
 
 
 class DeliveriesOut(Struct):
-    deliveries: list[DeliveryOut]
+    deliveries: list[Delivery]
 
 
 class RedeliveredOut(Struct):
@@ -98,7 +78,7 @@ class DeletedOut(Struct):
 
 REQUESTS: tuple[type[Struct], ...] = (WebhookRequest,)
 ANSWERS: tuple[type[Struct], ...] = (
-    AlertOut, AlertsOut, WebhookOut, WebhookCreated, WebhooksOut, DeliveryOut, DeliveriesOut,
+    AlertOut, AlertsOut, WebhookCreated, WebhooksOut, DeliveriesOut,
     RedeliveredOut, DeletedOut,
 )  # fmt: skip
 
@@ -139,7 +119,7 @@ def routes(gw: Gateway) -> list[Route]:
         if request.method == "GET":
             query_params(request, frozenset())
             found = await webhooks.list_endpoints(ledger)
-            return json_response(WebhooksOut([WebhookOut(**_fields(e)) for e in found]))
+            return json_response(WebhooksOut(found))
         body = decode(await read_body(request), WebhookRequest)
         made, secret = await webhooks.create_endpoint(
             ledger, body.url, body.events, secret=body.secret, description=body.description
@@ -161,7 +141,7 @@ def routes(gw: Gateway) -> list[Route]:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
         limit = _int(q.get("limit"), "limit", 50, MAX_PAGE)
         found = await webhooks.list_deliveries(require_ledger(gw), status=status, limit=limit)
-        return json_response(DeliveriesOut([DeliveryOut(**_fields(d)) for d in found]))
+        return json_response(DeliveriesOut(found))
 
     @endpoint("redeliver")
     async def redeliver(request: Request) -> Response:
