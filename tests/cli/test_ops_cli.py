@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from tests.cli.runner import invoke
+from tests.jobs.configs import FREE_AND_PRO
 from tests.jobs.ledger_db import new_database
 from tests.jobs.processes import quotagate_env, run_quotagate
 from tests.support.servers import RedisProcess
@@ -19,20 +20,7 @@ from tests.support.servers import RedisProcess
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
 
-CONFIG = """
-partitions = 4
-[resources]
-unit = 1
-[tiers.free]
-credit_limit = 100
-monthly_grant = 100
-[tiers.pro]
-credit_limit = 1000
-monthly_grant = 1000
-renewal = "reset"
-[holds]
-min_ttl_seconds = 1
-"""
+CONFIG = FREE_AND_PRO + """\n[holds]\nmin_ttl_seconds = 1\n"""
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from rq.job import Job
+from tests.jobs.processes import quotagate_command
 from tests.ledger.support import (
     LedgerStack,
     assert_books_balance,
     ledger_rows,
-    quotagate_command,
     scheduler,
 )
 from tests.support.servers import redis_process

@@ -15,7 +15,7 @@ def quotagate_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "quotagate.cli.main"]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the child gets SIGKILL if the test process dies first.
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
@@ -29,7 +29,7 @@ class QuotagateProcess:
                 env={**os.environ, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def alive(self) -> bool:

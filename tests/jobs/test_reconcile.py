@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 from tests.conftest import EngineFactory
+from tests.jobs.configs import FREE_AND_PRO
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import AccountNotLoaded, InsufficientCredits
@@ -17,18 +18,7 @@ from quotagate.jobs.reconcile import CAUSES, reconcile_async
 from quotagate.jobs.repair import repair_account
 from quotagate.ledger import Ledger, Snapshot, flush_all
 
-CONFIG = """
-partitions = 4
-[resources]
-unit = 1
-[tiers.free]
-credit_limit = 100
-monthly_grant = 100
-[tiers.pro]
-credit_limit = 1000
-monthly_grant = 1000
-renewal = "reset"
-"""
+CONFIG = FREE_AND_PRO
 
 
 async def _traffic(engine: CreditEngine, ledger: Ledger, n: int) -> list[str]:

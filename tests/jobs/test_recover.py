@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from tests.conftest import EngineFactory
+from tests.jobs.configs import FREE_AND_PRO
 from tests.support.servers import RedisProcess
 
 from quotagate.config import parse_config
@@ -27,18 +28,7 @@ from quotagate.jobs.recover import (
 )
 from quotagate.ledger import Ledger, flush_all
 
-CONFIG = """
-partitions = 4
-[resources]
-unit = 1
-[tiers.free]
-credit_limit = 100
-monthly_grant = 100
-[tiers.pro]
-credit_limit = 1000
-monthly_grant = 1000
-renewal = "reset"
-"""
+CONFIG = FREE_AND_PRO
 
 ACCOUNTS = [f"u-{i:03d}" for i in range(60)]
 

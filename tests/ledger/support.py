@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +19,7 @@ from typing import Any
 import asyncpg
 import redis as sync_redis
 from rq import Queue
+from tests.jobs.processes import QuotagateProcess, die_with_parent
 from tests.support.servers import free_port
 
 from quotagate.config import Config, parse_config
@@ -65,50 +64,6 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the child gets SIGKILL if the test process dies first.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-def quotagate_command() -> list[str]:
-    script = Path(sys.executable).parent / "quotagate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "quotagate.cli.main"]
-
-
-class WorkerProcess:
-    """``quotagate worker`` in a subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
-        self.log = log_dir / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*quotagate_command(), "worker", "--name", name],
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)  # RQ's warm shutdown: finish the job
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def worker_env(redis_url: str, database_url: str, prefix: str, config_path: Path) -> dict[str, str]:
@@ -171,7 +126,7 @@ class PostgresProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             args, user=self.user, cwd=self.dir, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )  # fmt: skip
         wait_for(self._accepts, 30, f"PostgreSQL on port {self.port}")
 
@@ -247,14 +202,16 @@ class LedgerStack:
         self.engine = CreditEngine.from_url(redis_url, ledger_config(partitions), prefix=prefix)
         self.conn = sync_redis.Redis.from_url(redis_url)
         self.queue = Queue(queues.flush_queue_name(prefix), connection=self.conn)
-        self.workers: list[WorkerProcess] = []
+        self.workers: list[QuotagateProcess] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         env = worker_env(self.redis_url, self.database_url, self.prefix, self.config_path)
         return {**env, **extra}
 
-    def start_worker(self, name: str, **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess(self.env(**extra_env), self.tmp_path, name)
+    def start_worker(self, name: str, **extra_env: str) -> QuotagateProcess:
+        worker = QuotagateProcess(
+            ["worker", "--name", name], self.env(**extra_env), self.tmp_path / f"{name}.log"
+        )
         self.workers.append(worker)
         return worker
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import redis
 from rq import Queue
-from tests.ledger.support import assert_books_balance, config_text, quotagate_command
+from tests.jobs.processes import quotagate_command
+from tests.ledger.support import assert_books_balance, config_text
 from tests.ledger.test_quarantine import charge_as_an_older_gateway
 from tests.support.servers import free_port, redis_process
 

@@ -9,7 +9,6 @@ directory; every child also gets SIGKILL if the simulating process dies first.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
 import signal
@@ -21,8 +20,8 @@ from pathlib import Path
 import httpx
 import redis
 from rq import Queue
-from tests.jobs.processes import QuotagateProcess, quotagate_env, run_quotagate
-from tests.ledger.support import PostgresProcess
+from tests.jobs.processes import QuotagateProcess, die_with_parent, quotagate_env, run_quotagate
+from tests.ledger.support import PostgresProcess, config_text
 from tests.support.servers import free_port, redis_server_binary
 
 from quotagate.config import Config, parse_config
@@ -33,25 +32,9 @@ from quotagate.jobs.flush import enqueue_due_flushes
 PREFIX = "sim"
 """Key prefix of the simulated deployment (the Redis is private: no other prefix is there)."""
 
-CONFIG_TEXT = """
-partitions = 4
-opening_grant = true
-[resources]
-api_call = 1
-premium_feature = 5
-[tiers.free]
-credit_limit = 100
-monthly_grant = 100
-[tiers.pro]
-credit_limit = 1000
-monthly_grant = 1000
-[tiers.monthly]
-credit_limit = 500
-monthly_grant = 500
-renewal = "reset"
-"""
-"""No rate limits, so that the model can say of every charge whether it passes. Two tiers
-renew by adding to the balance, one by resetting the monthly bucket."""
+CONFIG_TEXT = config_text(partitions=4)
+"""The ledger tests' config: no rate limits, so that the model can say of every charge whether
+it passes; the ``monthly`` tier renews by resetting its bucket."""
 
 START_TIMEOUT_SECONDS = 60.0
 """Generous: eight people may share two cores."""
@@ -81,7 +64,7 @@ class RedisServer:
             "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
         try:
@@ -106,11 +89,6 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the server gets SIGKILL if the simulating process dies first.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -1,0 +1,15 @@
+"""The config the job tests share."""
+
+FREE_AND_PRO = """
+partitions = 4
+[resources]
+unit = 1
+[tiers.free]
+credit_limit = 100
+monthly_grant = 100
+[tiers.pro]
+credit_limit = 1000
+monthly_grant = 1000
+renewal = "reset"
+"""
+"""Four partitions (a scan crosses several), no rate limits; ``pro`` renews by reset."""
