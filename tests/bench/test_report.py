@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quotagate.bench.report import Report, Row, Target
+from quotagate.bench.report import NodeLoad, Report, Row, Target
 
 
 def _row(name: str, rate: float, p99: float | None = 2.0, baseline: str | None = None) -> Row:
@@ -57,3 +57,43 @@ def test_rounds_report_their_median() -> None:
     (target,) = merged.targets
     assert (target.value, target.met) == (2 / 3, True)
     assert Report.median(rounds[:1]) is rounds[0]
+
+
+def test_nodes_and_the_spread_over_masters_are_printed_and_kept() -> None:
+    report = Report(
+        rows=[_row("standalone/hook/spread", 1000), _row("cluster/hook/spread", 800)],
+        nodes=[
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7001", 600, 0.6, 12.0, 20.0, 11.5),
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7002", 400, 0.4, 9.0, 22.5, 12.25),
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7003", 0, 0.0, 1.0, None, None),
+        ],
+        spread_per_master={"127.0.0.1:7002": 30, "127.0.0.1:7001": 70},
+    )
+    report.rows[1].baseline = "standalone/hook/spread"
+    report.rows[1].redis_cpu_us = 21.04
+    report.finish()
+    lines = report.render().splitlines()
+    assert lines[0].split()[7] == "REDIS_CPU_US"
+    assert lines[2].split()[7] == "21.0"
+    assert (
+        "spread accounts per master: 127.0.0.1:7001 70 (70.0%), 127.0.0.1:7002 30 (30.0%)" in lines
+    )
+    at = lines.index("Redis per node (charges it made, CPU from INFO cpu, EVALSHA time):")
+    header, first, _, idle = lines[at + 1 : at + 5]
+    assert header.split() == [
+        "SCENARIO", "NODE", "CHARGES", "SHARE", "CPU_MS", "CPU_US", "EVALSHA_US",
+    ]  # fmt: skip
+    assert first.split() == [
+        "cluster/hook/spread",
+        "127.0.0.1:7001",
+        "600",
+        "60%",
+        "12",
+        "20.0",
+        "11.5",
+    ]
+    assert idle.split()[-2:] == ["-", "-"]
+    data = report.as_json()
+    assert data["spread_per_master"] == {"127.0.0.1:7002": 30, "127.0.0.1:7001": 70}
+    assert data["nodes"][1]["evalsha_us"] == 12.25
+    assert data["results"][1]["ratio"] == 0.8
