@@ -179,9 +179,12 @@ class Report:
 
     def render(self) -> str:
         lines = [table(_table_rows(self.rows), _COLUMNS)]
-        if self.targets:
+        names = self.by_name()
+        # A target of two rows this run did not measure (another group's) says nothing.
+        targets = [t for t in self.targets if t.subject in names or t.baseline in names]
+        if targets:
             lines.append("")
-            lines.extend(t.describe() for t in self.targets)
+            lines.extend(t.describe() for t in targets)
         if self.memory:
             lines.append("")
             lines.extend(_memory_lines(self.memory))
