@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from quotagate.config import Config, load_config
-from quotagate.engine.connection import is_cluster_url
+from quotagate.engine.connection import DEFAULT_MAX_CONNECTIONS, is_cluster_url
 from quotagate.engine.keys import DEFAULT_PREFIX
 from quotagate.errors import ConfigError
 
@@ -144,6 +144,10 @@ class Settings:
     flush_trigger_entries: int = 5000
     """QUOTAGATE_FLUSH_TRIGGER_ENTRIES: outbox length past which the gateway enqueues a flush
     early, before the next scheduled one."""
+    redis_max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """QUOTAGATE_REDIS_MAX_CONNECTIONS: on a Redis Cluster, the connections a worker's jobs
+    and an operator's commands open to each node; on one Redis, those of the commands' pool.
+    Calls past them wait for a free one."""
     jwt_secret: SecretValue | None = None
     """QUOTAGATE_JWT_SECRET: the HMAC secret of clients' tokens, when ``[identity.jwt]`` uses
     HS256/384/512 (public keys go in the config file)."""
@@ -214,6 +218,9 @@ class Settings:
             ),
             flush_trigger_entries=_int_env(
                 env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", default.flush_trigger_entries, 1, 10**7
+            ),
+            redis_max_connections=_int_env(
+                env, "QUOTAGATE_REDIS_MAX_CONNECTIONS", default.redis_max_connections, 1, 10_000
             ),
             jwt_secret=_jwt_secret(env),
             data_dir=Path(env["QUOTAGATE_DATA_DIR"]) if env.get("QUOTAGATE_DATA_DIR") else None,

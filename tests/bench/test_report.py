@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from quotagate.bench.report import Report, Row, Target
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+from redis.asyncio import Redis
+
+from quotagate.bench.cluster import spread_over_masters
+from quotagate.bench.load import Accounts
+from quotagate.bench.report import NodeLoad, Report, Row, Target
+from quotagate.engine import CreditEngine
+from quotagate.engine.keys import KeySpace
 
 
 def _row(name: str, rate: float, p99: float | None = 2.0, baseline: str | None = None) -> Row:
@@ -57,3 +67,71 @@ def test_rounds_report_their_median() -> None:
     (target,) = merged.targets
     assert (target.value, target.met) == (2 / 3, True)
     assert Report.median(rounds[:1]) is rounds[0]
+
+
+def test_nodes_and_the_spread_over_masters_are_printed_and_kept() -> None:
+    report = Report(
+        rows=[_row("standalone/hook/spread", 1000), _row("cluster/hook/spread", 800)],
+        nodes=[
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7001", 600, 0.6, 12.0, 20.0, 11.5),
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7002", 400, 0.4, 9.0, 22.5, 12.25),
+            NodeLoad("cluster/hook/spread", "127.0.0.1:7003", 0, 0.0, 1.0, None, None),
+        ],
+        spread_per_master={"127.0.0.1:7002": 30, "127.0.0.1:7001": 70},
+    )
+    report.rows[1].baseline = "standalone/hook/spread"
+    report.rows[1].redis_cpu_us = 21.04
+    report.finish()
+    lines = report.render().splitlines()
+    assert lines[0].split()[7] == "REDIS_CPU_US"
+    assert lines[2].split()[7] == "21.0"
+    assert (
+        "spread accounts per master: 127.0.0.1:7001 70 (70.0%), 127.0.0.1:7002 30 (30.0%)" in lines
+    )
+    at = lines.index("Redis per node (charges it made, CPU from INFO cpu, EVALSHA time):")
+    header, first, _, idle = lines[at + 1 : at + 5]
+    assert header.split() == [
+        "SCENARIO", "NODE", "CHARGES", "SHARE", "CPU_MS", "CPU_US", "EVALSHA_US",
+    ]  # fmt: skip
+    assert first.split() == [
+        "cluster/hook/spread",
+        "127.0.0.1:7001",
+        "600",
+        "60%",
+        "12",
+        "20.0",
+        "11.5",
+    ]
+    assert idle.split()[-2:] == ["-", "-"]
+    data = report.as_json()
+    assert data["spread_per_master"] == {"127.0.0.1:7002": 30, "127.0.0.1:7001": 70}
+    assert data["nodes"][1]["evalsha_us"] == 12.25
+    assert data["results"][1]["ratio"] == 0.8
+
+
+def test_spread_accounts_must_reach_every_master() -> None:
+    engine = cast(CreditEngine, SimpleNamespace(keys=KeySpace("qgbenchtest", 64)))
+    spread = Accounts("bench-", 300)
+    nodes = cast(dict[str, Redis], dict.fromkeys(["a:1", "b:2", "c:3"]))
+    even = {p: ("a:1", "b:2", "c:3")[p % 3] for p in range(64)}
+    counts = spread_over_masters(engine, spread, even, nodes)
+    assert sum(counts.values()) == 300 and all(n > 50 for n in counts.values()), counts
+    lopsided = {p: ("a:1", "b:2")[p % 2] for p in range(64)}
+    with pytest.raises(RuntimeError, match=r"no spread account is on the master\(s\) c:3"):
+        spread_over_masters(engine, spread, lopsided, nodes)
+
+
+def test_targets_of_rows_not_run_are_left_out_of_the_table() -> None:
+    report = Report(
+        rows=[_row("floor", 1000), _row("hook", 700, baseline="floor")],
+        targets=[
+            Target("measured", "hook", "floor", "rate", 0.6),
+            Target("half", "hook", "nothing", "rate", 1),
+            Target("neither", "absent", "nothing", "rate", 1),
+        ],
+    )
+    report.finish()
+    text = report.render()
+    assert "measured: rate" in text and "half: rate hook / nothing = n/a" in text
+    assert "neither" not in text
+    assert [t["name"] for t in report.as_json()["targets"]] == ["measured", "half", "neither"]

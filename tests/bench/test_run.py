@@ -58,7 +58,10 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report) == {"conditions", "results", "targets", "memory"}
+    assert set(report) == {
+        "conditions", "results", "targets", "memory", "nodes", "spread_per_master",
+    }  # fmt: skip
+    assert (report["nodes"], report["spread_per_master"]) == ([], {})  # the cluster rows' only
     memory = report["memory"]
     assert set(memory) == {
         "hook_record_bytes", "hook_request_used_memory_bytes", "api_record_bytes",

@@ -8,10 +8,14 @@ the time per charge differ: both are kept. Charges are counted as the outbox ent
 window added (the benchmark empties the outboxes between rows and runs no flush meanwhile).
 Other clients of the same Redis add their calls to the counters, so the figure is exact only
 on a Redis of the benchmark's own.
+
+:func:`node_snapshots` reads the same per node, with the server's whole CPU time (INFO cpu),
+for the cluster rows (`quotagate bench --cluster`), whose servers are the benchmark's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +74,48 @@ def parse_stats(info: dict[str, Any], command: str) -> tuple[int, int]:
     if not isinstance(entry, dict):
         return 0, 0
     return int(entry.get("calls", 0)), int(entry.get("usec", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """One Redis node's CPU time, EVALSHA counters and outbox entries at one moment, or the
+    change between two. The CPU time is the whole server's (``used_cpu_sys`` +
+    ``used_cpu_user`` of ``INFO cpu``): the scripts, and the reading, parsing and replying
+    around them that commandstats does not count."""
+
+    cpu_s: float
+    calls: int
+    usec: int
+    entries: int
+    """Entries in the outboxes of the partitions this node serves."""
+
+    def since(self, earlier: NodeSnapshot) -> NodeSnapshot:
+        return NodeSnapshot(
+            self.cpu_s - earlier.cpu_s,
+            self.calls - earlier.calls,
+            self.usec - earlier.usec,
+            self.entries - earlier.entries,
+        )
+
+
+async def node_snapshots(
+    engine: CreditEngine, nodes: Mapping[str, Redis], masters: Mapping[int, str] | None
+) -> dict[str, NodeSnapshot]:
+    """Every node's counters now. ``nodes``: a client per node (``host:port``); ``masters``:
+    each partition's node (None: one node holds them all)."""
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        for partition in range(engine.config.partitions):
+            pipe.xlen(engine.keys.outbox(partition))
+        lengths = await pipe.execute()
+    only = next(iter(nodes))
+    entries = dict.fromkeys(nodes, 0)
+    for partition, length in enumerate(lengths):
+        node = only if masters is None else masters[partition]
+        entries[node] = entries.get(node, 0) + int(length)
+    out = {}
+    for address, client in nodes.items():
+        cpu: dict[str, Any] = await client.info("cpu")
+        calls, usec = await evalsha_stats(client)
+        seconds = float(cpu.get("used_cpu_sys", 0)) + float(cpu.get("used_cpu_user", 0))
+        out[address] = NodeSnapshot(seconds, calls, usec, entries[address])
+    return out

@@ -46,7 +46,29 @@ class Row:
     window, per charge answered): what one Redis core pays for a charge."""
     redis_us_per_call: float | None = None
     """The same per EVALSHA call (the engine may send several charges in one call)."""
+    redis_cpu_us: float | None = None
+    """The Redis servers' whole CPU time per charge (INFO ``used_cpu_sys`` + ``used_cpu_user``,
+    summed over every node), measured on servers of the benchmark's own (the cluster rows)."""
     note: str = ""
+
+
+@dataclass(slots=True)
+class NodeLoad:
+    """What one Redis node did during one row: the charges it made and its CPU time."""
+
+    row: str
+    node: str
+    """``host:port``."""
+    charges: int
+    """Outbox entries added to the partitions this node serves."""
+    share: float
+    """This node's part of the row's charges (0 to 1)."""
+    cpu_ms: float
+    """The server's CPU time over the row (INFO cpu), charges or not."""
+    cpu_us: float | None
+    """``cpu_ms`` per charge this node made; None when it made none."""
+    evalsha_us: float | None
+    """EVALSHA microseconds (INFO commandstats) per charge this node made."""
 
 
 @dataclass(slots=True)
@@ -95,6 +117,10 @@ class Report:
     """How the run was made: cores, load average, generator, concurrency, duration, servers."""
     memory: dict[str, float] = field(default_factory=dict)
     """Redis bytes kept per hook request, per API charge with a key, per outbox entry."""
+    nodes: list[NodeLoad] = field(default_factory=list)
+    """Per Redis node and row, on the benchmark's own servers (the cluster rows)."""
+    spread_per_master: dict[str, int] = field(default_factory=dict)
+    """How many of the spread accounts each master of the cluster holds."""
 
     def by_name(self) -> dict[str, Row]:
         return {r.name: r for r in self.rows}
@@ -119,7 +145,13 @@ class Report:
         rows measured minutes apart, not across rounds)."""
         if len(rounds) == 1:
             return rounds[0]
-        merged = cls(targets=[replace(t) for t in rounds[0].targets], memory=rounds[-1].memory)
+        last = rounds[-1]
+        merged = cls(
+            targets=[replace(t) for t in rounds[0].targets],
+            memory=last.memory,
+            nodes=last.nodes,
+            spread_per_master=last.spread_per_master,
+        )
         for name in rounds[0].by_name():
             rows = sorted((r.by_name()[name] for r in rounds), key=lambda row: row.rate)
             row = replace(rows[len(rows) // 2])
@@ -141,16 +173,28 @@ class Report:
             "results": [asdict(r) for r in self.rows],
             "targets": [asdict(t) for t in self.targets],
             "memory": self.memory,
+            "nodes": [asdict(n) for n in self.nodes],
+            "spread_per_master": self.spread_per_master,
         }
 
     def render(self) -> str:
         lines = [table(_table_rows(self.rows), _COLUMNS)]
-        if self.targets:
+        names = self.by_name()
+        # A target of two rows this run did not measure (another group's) says nothing.
+        targets = [t for t in self.targets if t.subject in names or t.baseline in names]
+        if targets:
             lines.append("")
-            lines.extend(t.describe() for t in self.targets)
+            lines.extend(t.describe() for t in targets)
         if self.memory:
             lines.append("")
             lines.extend(_memory_lines(self.memory))
+        if self.spread_per_master:
+            lines.append("")
+            lines.append(_spread_line(self.spread_per_master))
+        if self.nodes:
+            lines.append("")
+            lines.append("Redis per node (charges it made, CPU from INFO cpu, EVALSHA time):")
+            lines.append(table(_node_rows(self.nodes), _NODE_COLUMNS))
         if self.conditions:
             lines.append("")
             lines.append("conditions: " + ", ".join(f"{k}={v}" for k, v in self.conditions.items()))
@@ -175,9 +219,33 @@ def _memory_lines(memory: dict[str, float]) -> list[str]:
     return lines
 
 
+def _spread_line(per_master: dict[str, int]) -> str:
+    total = sum(per_master.values()) or 1
+    shares = ", ".join(f"{m} {n} ({n / total:.1%})" for m, n in sorted(per_master.items()))
+    return f"spread accounts per master: {shares}"
+
+
+_NODE_COLUMNS = ("scenario", "node", "charges", "share", "cpu_ms", "cpu_us", "evalsha_us")
+
+
+def _node_rows(nodes: Sequence[NodeLoad]) -> list[dict[str, Any]]:
+    return [
+        {
+            "scenario": n.row,
+            "node": n.node,
+            "charges": n.charges,
+            "share": f"{n.share:.0%}",
+            "cpu_ms": round(n.cpu_ms),
+            "cpu_us": None if n.cpu_us is None else f"{n.cpu_us:.1f}",
+            "evalsha_us": None if n.evalsha_us is None else f"{n.evalsha_us:.1f}",
+        }
+        for n in nodes
+    ]
+
+
 _COLUMNS = (
-    "scenario", "rate", "unit", "p50_ms", "p99_ms", "cpu_us", "redis_us", "errors", "baseline",
-    "ratio", "via",
+    "scenario", "rate", "unit", "p50_ms", "p99_ms", "cpu_us", "redis_us", "redis_cpu_us",
+    "errors", "baseline", "ratio", "via",
 )  # fmt: skip
 
 
@@ -191,6 +259,7 @@ def _table_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "p99_ms": _fmt(r.p99_ms),
             "cpu_us": None if r.server_cpu_us is None else round(r.server_cpu_us),
             "redis_us": None if r.redis_us is None else f"{r.redis_us:.1f}",
+            "redis_cpu_us": None if r.redis_cpu_us is None else f"{r.redis_cpu_us:.1f}",
             "errors": r.errors,
             "baseline": r.baseline,
             "ratio": None if r.ratio is None else f"{r.ratio:.2f}",

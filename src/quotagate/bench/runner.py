@@ -1,8 +1,9 @@
 """Runs the benchmark: sets the stage, measures every scenario, takes the stage down.
 
 Scenarios come in groups (``http``, ``postgres``, ``engine``, ``batch``, ``nginx``,
-``flush``, ``memory``). Each row is measured for the same fixed time at the same fixed
-concurrency with the same load generator, and compared with a baseline row of the same run.
+``flush``, ``memory``, and ``cluster``, run only when asked for). Each row is measured for
+the same fixed time at the same fixed concurrency with the same load generator, and compared
+with a baseline row of the same run.
 ``memory`` measures bytes kept, not rates.
 """
 
@@ -26,7 +27,11 @@ from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
 
 GROUPS = ("http", "postgres", "engine", "batch", "nginx", "flush", "memory")
-"""Scenario groups, in the order they run."""
+"""Scenario groups a run measures by default, in the order they run."""
+
+ALL_GROUPS = (*GROUPS, "cluster")
+"""Every group that can be asked for: ``cluster`` starts servers of its own (a standalone
+Valkey and a 3-master cluster), so it runs only when named (``--cluster`` or ``--only``)."""
 
 
 class Served(Protocol):

@@ -16,6 +16,8 @@ Rows (``name``: what it measures, compared with):
   nginx/hook        the same with auth_request calling the hook first (nginx/alone)
   flush/worker      the ledger flush, rows/s (flush/copy)
   flush/copy        a bare COPY of the same rows into the same table
+  standalone/..., cluster/...  engine/in-process and hook/hot|spread on the benchmark's own
+                    standalone Valkey and 3-master cluster (cluster rows: the standalone's)
 """
 
 from __future__ import annotations
@@ -203,6 +205,13 @@ async def memory_group(run: Run, progress: Progress) -> None:
     await memory.measure(run, progress)
 
 
+async def cluster_group(run: Run, progress: Progress) -> None:
+    """The engine and the hook on a 3-master Redis Cluster next to one Redis, both our own."""
+    from quotagate.bench import cluster
+
+    await cluster.measure(run, progress)
+
+
 GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
     "http": http_group,
     "postgres": postgres_group,
@@ -211,4 +220,5 @@ GROUPS: dict[str, Callable[[Run, Progress], Awaitable[None]]] = {
     "nginx": nginx_group,
     "flush": flush_group,
     "memory": memory_group,
+    "cluster": cluster_group,
 }

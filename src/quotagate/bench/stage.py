@@ -22,6 +22,7 @@ from rq.job import Job
 from quotagate.bench.load import Accounts
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import redis_from_url
 from quotagate.engine.keys import all_keys_pattern
 from quotagate.jobs import queues
 
@@ -76,6 +77,9 @@ class Stage:
     redis_url: str
     server_database_url: str
     """A database of the Postgres server where we may CREATE DATABASE."""
+    queue_url: str | None = None
+    """The standalone Redis of the queues when ``redis_url`` is a cluster's (RQ does not run
+    on a cluster); None: the queues are on ``redis_url``."""
     prefix: str = field(default_factory=lambda: f"qgbench{uuid.uuid4().hex[:8]}")
     database: str = field(default_factory=lambda: f"qg_bench_{uuid.uuid4().hex[:10]}")
     config: Config = field(default_factory=lambda: parse_config(BENCH_CONFIG, "bench config"))
@@ -95,6 +99,7 @@ class Stage:
         assert self.config_path is not None
         return {
             "QUOTAGATE_REDIS_URL": self.redis_url,
+            "QUOTAGATE_QUEUE_URL": self.queue_url or self.redis_url,
             "QUOTAGATE_DATABASE_URL": self.database_url,
             "QUOTAGATE_KEY_PREFIX": self.prefix,
             "QUOTAGATE_CONFIG": str(self.config_path),
@@ -127,7 +132,7 @@ class Stage:
     async def close(self) -> None:
         """Delete every key under our prefix, drop our database, remove the config file."""
         try:
-            await _delete_prefix(self.redis_url, self.prefix)
+            await _delete_prefix(self.redis_url, self.queue_url or self.redis_url, self.prefix)
         finally:
             if self.engine is not None:
                 await self.engine.aclose()
@@ -159,10 +164,11 @@ async def server_database_url(database_url: str) -> str:
     return database_url
 
 
-async def _delete_prefix(redis_url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+async def _delete_prefix(redis_url: str, queue_url: str, prefix: str) -> None:
+    """Every key under ``prefix`` (on every master of a cluster), and the run's queues."""
+    client = redis_from_url(redis_url)
     try:
-        batch: list[bytes] = []
+        batch: list[str] = []
         async for key in client.scan_iter(match=all_keys_pattern(prefix), count=5000):
             batch.append(key)
             if len(batch) >= 5000:
@@ -170,9 +176,13 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
                 batch.clear()
         if batch:
             await client.unlink(*batch)
-        await _delete_queues(client, prefix)
     finally:
         await client.aclose()
+    queue_client = aioredis.Redis.from_url(queue_url)
+    try:
+        await _delete_queues(queue_client, prefix)
+    finally:
+        await queue_client.aclose()
 
 
 async def _delete_queues(client: aioredis.Redis, prefix: str) -> None:

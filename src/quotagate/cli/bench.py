@@ -11,7 +11,7 @@ import asyncpg
 import click
 import redis
 
-from quotagate.bench.runner import GROUPS, Options, run
+from quotagate.bench.runner import ALL_GROUPS, Options, run
 from quotagate.cli.output import emit_json
 from quotagate.errors import BackendUnavailable
 from quotagate.settings import Settings, redact
@@ -50,9 +50,15 @@ def _event_loop_runner() -> Any:
 @click.option("--rows", type=click.IntRange(1000, 10_000_000), help="Rows for the flush (100000).")
 @click.option(
     "--only",
-    type=click.Choice(GROUPS),
+    type=click.Choice(ALL_GROUPS),
     multiple=True,
     help="Run only these scenario groups (repeatable).",
+)
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="The engine and the hook on an embedded 3-master Redis Cluster next to one Redis "
+    "(alone, or with the groups of --only).",
 )
 def bench(
     quick: bool,
@@ -66,6 +72,7 @@ def bench(
     rounds: int | None,
     rows: int | None,
     only: tuple[str, ...],
+    cluster: bool,
 ) -> None:
     """Measure the hot path against its baselines, on loopback, and print one table.
 
@@ -82,7 +89,7 @@ def bench(
         "spread_accounts": accounts,
         "rounds": rounds,
         "flush_rows": rows,
-        "groups": tuple(g for g in GROUPS if g in only) or None,
+        "groups": _groups(only, cluster),
     }
     options = replace(options, **{k: v for k, v in changes.items() if v is not None})
     settings = Settings.from_env()
@@ -108,6 +115,12 @@ def bench(
         click.echo(report.render())
     if any(r.errors for r in report.rows):
         sys.exit(1)
+
+
+def _groups(only: tuple[str, ...], cluster: bool) -> tuple[str, ...] | None:
+    """The groups asked for, in their order; None: the default ones."""
+    asked = {*only, "cluster"} if cluster else set(only)
+    return tuple(g for g in ALL_GROUPS if g in asked) or None
 
 
 def register(cli: click.Group) -> None:

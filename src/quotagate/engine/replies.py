@@ -61,6 +61,12 @@ def unavailable(exc: BaseException | str) -> errors.BackendUnavailable | None:
         code = getattr(exc, "status_code", None)
         message = f"{code} {exc}" if code else str(exc)
         state = transient_state(message)
+        if isinstance(exc, redis_errors.MaxConnectionsError):  # Redis answers; we may not ask
+            return errors.BackendUnavailable(
+                str(exc)
+                or "every connection allowed to a Redis node is in use "
+                "(QUOTAGATE_REDIS_MAX_CONNECTIONS)"
+            )
         if state is None and isinstance(exc, _NO_ANSWER):
             return errors.BackendUnavailable(f"Redis did not answer: {exc}")
     if state is None:

@@ -14,26 +14,26 @@ from typing import cast
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from quotagate.engine import CreditEngine
-from quotagate.engine.connection import cluster_from_url, is_cluster, is_cluster_url
+from quotagate.engine.connection import (
+    POOL_WAIT_SECONDS,
+    cluster_from_url,
+    is_cluster,
+    is_cluster_url,
+)
 from quotagate.settings import Settings
-
-MAX_REDIS_CONNECTIONS = 16
-"""Connections one job opens to the credit Redis. Jobs run many calls at once (a batch of
-renewals is gathered); a bounded pool makes the surplus wait instead of opening one each."""
-
-POOL_WAIT_SECONDS = 30
-"""How long a call waits for a free connection before the job fails (and RQ retries it)."""
 
 
 def engine_from(settings: Settings) -> CreditEngine:
-    """An engine on the settings' Redis, prefix and config, with a bounded connection pool.
-    On a cluster, redis-py's cluster client keeps a pool per node (and fails, rather than
-    waits, past its bound: left at its default); script calls go over the engine's own
-    connection to each master, not through a pool."""
+    """An engine on the settings' Redis, prefix and config, with a bounded connection pool:
+    QUOTAGATE_REDIS_MAX_CONNECTIONS connections (to each node of a cluster), the calls past
+    them waiting for a free one. Commands run many calls at once (a batch of renewals is
+    gathered): the surplus waits instead of opening a connection each. Script calls go over
+    the engine's own connection to each master, not through the pool."""
     url = str(settings.redis_url)
     if is_cluster_url(url):
         cluster = cluster_from_url(
             url,
+            max_connections=settings.redis_max_connections,
             decode_responses=True,
             socket_connect_timeout=5,
             socket_timeout=5,
@@ -43,7 +43,7 @@ def engine_from(settings: Settings) -> CreditEngine:
         )
     pool = BlockingConnectionPool.from_url(
         str(settings.redis_url),
-        max_connections=MAX_REDIS_CONNECTIONS,
+        max_connections=settings.redis_max_connections,
         timeout=POOL_WAIT_SECONDS,
         decode_responses=True,
         socket_connect_timeout=5,

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from redis import Redis
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.connection import redis_from_url
 from quotagate.engine.replies import redis_failures
 from quotagate.jobs import queues
 from quotagate.ledger import Ledger
@@ -61,9 +62,12 @@ class WorkerRuntime:
 
     async def engine(self) -> CreditEngine:
         if self._engine is None:
-            self._engine = CreditEngine.from_url(
-                str(self.settings.redis_url), self.config, prefix=self.settings.key_prefix
+            # On a cluster, at most QUOTAGATE_REDIS_MAX_CONNECTIONS connections a node.
+            client = redis_from_url(
+                str(self.settings.redis_url),
+                cluster_max_connections=self.settings.redis_max_connections,
             )
+            self._engine = CreditEngine(client, self.config, prefix=self.settings.key_prefix)
         return self._engine
 
     async def ledger(self) -> Ledger:
