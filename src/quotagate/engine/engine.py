@@ -50,6 +50,7 @@ from quotagate.engine.results import (
     RefundCount,
     ReleaseResult,
     RenewResult,
+    ShadowResult,
     UpsertResult,
 )
 from quotagate.engine.routing import ClusterScriptRunner
@@ -71,6 +72,11 @@ def _charge_result(reply: list[str]) -> ChargeResult:
     r = unwrap(reply)
     rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
     return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
+
+
+def _shadow_result(reply: list[str]) -> ShadowResult:
+    r = unwrap(reply)
+    return ShadowResult(r[0], r[1], int(r[2]), int(r[3]))
 
 
 def _spend_id(type: str, refund_of: str | None) -> str:
@@ -121,6 +127,7 @@ class CreditEngine:
             else ScriptRunner(redis, batching=batching)
         )
         self._consume = self.scripts["consume"]
+        self._shadow = self.scripts["shadow"]
         self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
@@ -309,6 +316,30 @@ class CreditEngine:
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
         return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+
+    def shadow_soon(
+        self,
+        account_id: str,
+        resource: str,
+        units: int = 1,
+        *,
+        description: str | None = None,
+    ) -> asyncio.Future[ShadowResult]:
+        """What :meth:`consume` would do, against the account's shadow balance, recorded in
+        the partition's shadow stream; nothing is charged (``lua/shadow.lua``). Bad input
+        raises here, at once, as it would for a charge."""
+        ids.check_account_id(account_id)
+        total = validate.cost(self.config, resource, units)
+        desc = validate.description(description)
+        args = [ids.new_id(), account_id, str(total), resource, str(units), desc]
+        keys = self.keys.shadow_keys(account_id)
+        return self.runner.submit(self._shadow, keys, args, _shadow_result)
+
+    async def shadow(
+        self, account_id: str, resource: str, units: int = 1, *, description: str | None = None
+    ) -> ShadowResult:
+        """:meth:`shadow_soon`, awaited."""
+        return await self.shadow_soon(account_id, resource, units, description=description)
 
     async def consume_many(self, charges: Sequence[Charge]) -> list[ChargeOutcome]:
         """Charge each of ``charges`` (any accounts), as :meth:`consume` would one after the

@@ -120,3 +120,26 @@ class Account:
     last_reset_at: datetime | None
     renewed_period: str
     holds: tuple[Hold, ...] = ()
+
+
+SHADOW_DECISIONS = (
+    "charged", "insufficient_credits", "rate_limited", "account_banned", "account_not_found",
+)  # fmt: skip
+"""What a shadow charge records: what the charge would have done (``charged``), or why it
+would have been refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """A charge in shadow mode: what it would have done. Nothing was charged."""
+
+    entry_id: str
+    decision: str
+    """One of :data:`SHADOW_DECISIONS`."""
+    cost: int
+    remaining: int
+    """The shadow balance after it: available credits less every shadow charge so far."""
+
+    @property
+    def charged(self) -> bool:
+        return self.decision == "charged"
