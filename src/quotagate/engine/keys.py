@@ -193,9 +193,10 @@ class KeySpace:
             k[4], k[5], k[6], f"{tag}:srl:{account_id}",
         )  # fmt: skip
 
-    def shadow_spend_pattern(self, partition: int) -> str:
-        """SCAN pattern matching the shadow spend counters of one partition."""
-        return f"{self.tag(partition)}:ss:*"
+    @property
+    def shadow_spend_pattern(self) -> str:
+        """SCAN pattern matching the shadow spend counters of every partition."""
+        return f"{self.prefix}:{{*}}:ss:*"
 
     def partition_hold_expiry(self, partition: int) -> str:
         return f"{self.tag(partition)}:holdexp"
