@@ -14,7 +14,7 @@ ARGV[1] entry id            ARGV[4] resource
 ARGV[2] account id          ARGV[5] units
 ARGV[3] cost (credits)      ARGV[6] description
 
-Reply  {"ok", entry id, decision, cost, shadow available after}
+Reply  {"ok", entry id, decision, cost, shadow available after, balance}
        decision: charged | insufficient_credits | rate_limited | account_banned |
        account_not_found; only "charged" moves the shadow spend and the shadow rate state
 Errors {"err", "invalid_argument", name} {"err", "account_not_loaded"} (nothing recorded)
@@ -26,9 +26,10 @@ if not id_arg(id) then return {'err', 'invalid_argument', 'entry_id'} end
 if not cost then return {'err', 'invalid_argument', 'cost'} end
 if not units then return {'err', 'invalid_argument', 'units'} end
 
+local balance = 0
 local function record(decision, available, after)
   append_shadow(id, account, resource, s(units), s(cost), decision, available, description)
-  return {'ok', id, decision, s(cost), s(after)}
+  return {'ok', id, decision, s(cost), s(after), s(balance)}
 end
 
 local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
@@ -36,6 +37,7 @@ if not a then
   if missing[2] == 'account_not_found' then return record('account_not_found', 0, 0) end
   return missing
 end
+balance = tonumber(a[1]) + tonumber(a[2])
 local spent = shadow_spent()
 local available = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) + tonumber(a[4]) - spent
 if a[5] ~= 'active' then return record('account_banned', available, available) end

@@ -9,8 +9,17 @@ from typing import cast
 import pytest
 from tests.conftest import EngineFactory
 
+from quotagate.config import parse_config
 from quotagate.engine import CreditEngine
-from quotagate.errors import InsufficientCredits, QuotagateError, RateLimited, ValidationError
+from quotagate.engine.charge_list import Charge
+from quotagate.engine.results import ChargeResult
+from quotagate.errors import (
+    ConfigError,
+    InsufficientCredits,
+    QuotagateError,
+    RateLimited,
+    ValidationError,
+)
 from quotagate.ledger.outbox import RawEntries
 
 CONFIG = """
@@ -49,7 +58,7 @@ async def test_a_shadow_charge_records_its_decision_and_charges_nothing(
 
     results = [await engine.shadow("sh-1", "unit", 3, description="GET /x") for _ in range(5)]
 
-    assert [r.decision for r in results] == ["charged"] * 3 + ["insufficient_credits"] * 2
+    assert [r.shadow for r in results] == ["charged"] * 3 + ["insufficient_credits"] * 2
     assert [r.remaining for r in results] == [7, 4, 1, 1, 1]
     account = await engine.get_account("sh-1")
     assert (account.balance, account.available) == (10, 10)
@@ -60,17 +69,17 @@ async def test_a_shadow_charge_records_its_decision_and_charges_nothing(
         ("charged", "3", "4", "GET /x"), ("insufficient_credits", "3", "1", "GET /x"),
         ("insufficient_credits", "3", "1", "GET /x"),
     ]  # fmt: skip
-    assert [e["id"] for e in entries] == [r.entry_id for r in results]
+    assert [e["id"] for e in entries] == [r.transaction_id for r in results]
 
 
 async def test_unknown_and_banned_accounts_are_recorded_and_bad_input_is_not(
     make_engine: EngineFactory,
 ) -> None:
     engine = await make_engine(CONFIG)
-    assert (await engine.shadow("sh-nobody", "unit")).decision == "account_not_found"
+    assert (await engine.shadow("sh-nobody", "unit")).shadow == "account_not_found"
     await _account_with(engine, "sh-banned", 50, "free")
     await engine.upsert_account("sh-banned", status="banned")
-    assert (await engine.shadow("sh-banned", "unit")).decision == "account_banned"
+    assert (await engine.shadow("sh-banned", "unit")).shadow == "account_banned"
     for bad in ({"resource": "nope"}, {"units": 0}, {"description": "a\x00b"}):
         args: dict[str, object] = {"resource": "unit", "units": 1, **bad}
         with pytest.raises(ValidationError):
@@ -106,8 +115,34 @@ async def test_shadow_decides_what_the_same_charges_would_get(
         resource, units = rng.choice(["unit", "big"]), rng.randint(1, 3)
         decision, remaining = await _real(engine, "sh-real", resource, units)
         shadow = await engine.shadow("sh-twin", resource, units)
-        assert shadow.decision == decision
+        assert shadow.shadow == decision
         if decision == "charged":
             assert shadow.remaining == remaining
     twin = await engine.get_account("sh-twin")
     assert twin.available == 60
+
+
+async def test_charges_of_a_shadow_resource_are_shadow_charges_everywhere(
+    make_engine: EngineFactory,
+) -> None:
+    """``shadow.resources``: consume and batch charges of the resource decide, record and
+    charge nothing; other resources charge as ever. Bad input is still refused."""
+    engine = await make_engine(CONFIG + '\n[shadow]\nresources = ["big"]\n')
+    await _account_with(engine, "sh-res", 10, "free")
+    first = await engine.consume("sh-res", "big", 1, metadata={"k": 1}, idempotency_key="k1")
+    assert (first.shadow, first.cost, first.remaining, first.balance) == ("charged", 7, 3, 10)
+    second = await engine.consume("sh-res", "big", 1, idempotency_key="k1")
+    assert second.shadow == "insufficient_credits" and not second.replayed
+    [batched] = await engine.consume_many([Charge("sh-res", "big", 1)])
+    assert isinstance(batched, ChargeResult) and batched.shadow == "insufficient_credits"
+    real = await engine.consume("sh-res", "unit", 2)
+    assert real.shadow is None and real.remaining == 8
+    with pytest.raises(ValidationError):
+        await engine.consume("sh-res", "big", 1, metadata={"bad": "\x00"})
+    assert len(await _shadow_entries(engine, "sh-res")) == 3
+    assert (await engine.get_account("sh-res")).balance == 8
+
+
+def test_a_shadow_resource_must_be_a_resource() -> None:
+    with pytest.raises(ConfigError, match="shadow.resources names 'nope'"):
+        parse_config(CONFIG + '\n[shadow]\nresources = ["nope"]\n')

@@ -76,7 +76,7 @@ async def test_a_bad_shadow_entry_is_dropped_and_the_rest_is_written(
             r["id"]
             for r in await conn.fetch("SELECT id FROM shadow_charges WHERE account_id = $1", a)
         }
-    assert ids == {first.entry_id, last.entry_id}
+    assert ids == {first.transaction_id, last.transaction_id}
 
 
 async def test_reset_starts_shadow_balances_again(lengine: CreditEngine, acct: Acct) -> None:
@@ -84,9 +84,9 @@ async def test_reset_starts_shadow_balances_again(lengine: CreditEngine, acct: A
     for x in (a, b):
         await lengine.upsert_account(x, tier="free")
         assert (await lengine.shadow(x, "premium_feature", 20)).remaining == 0
-        assert not (await lengine.shadow(x, "api_call")).charged
+        assert (await lengine.shadow(x, "api_call")).shadow == "insufficient_credits"
     assert await reset_shadow(lengine, a) == 1
     assert (await lengine.shadow(a, "api_call")).remaining == 99
-    assert not (await lengine.shadow(b, "api_call")).charged
+    assert (await lengine.shadow(b, "api_call")).shadow == "insufficient_credits"
     assert await reset_shadow(lengine) == 2
     assert (await lengine.shadow(b, "api_call")).remaining == 99

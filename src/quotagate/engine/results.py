@@ -32,6 +32,10 @@ class ChargeResult:
     balance: int
     replayed: bool
     rate_limit: RateLimitState | None = None
+    shadow: str | None = None
+    """A shadow charge (nothing charged): what the charge would have done, one of
+    :data:`SHADOW_DECISIONS`; ``transaction_id`` is then the shadow entry's id, ``cost`` what
+    it would have cost and ``remaining`` the shadow balance after it. None for a charge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,19 +131,3 @@ SHADOW_DECISIONS = (
 )  # fmt: skip
 """What a shadow charge records: what the charge would have done (``charged``), or why it
 would have been refused."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowResult:
-    """A charge in shadow mode: what it would have done. Nothing was charged."""
-
-    entry_id: str
-    decision: str
-    """One of :data:`SHADOW_DECISIONS`."""
-    cost: int
-    remaining: int
-    """The shadow balance after it: available credits less every shadow charge so far."""
-
-    @property
-    def charged(self) -> bool:
-        return self.decision == "charged"
