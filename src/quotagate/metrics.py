@@ -160,6 +160,17 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+def count_shadow(decision: str, source: str) -> None:
+    """Record one shadow charge's decision."""
+    child = _shadow_cache.get((decision, source))
+    if child is None:
+        child = _shadow_cache[(decision, source)] = SHADOW_DECISIONS.labels(decision, source)
+    TALLY.inc(child)
+
+
+_shadow_cache: dict[tuple[str, str], Counter] = {}
+
+
 def count_request(route: str, status: int, seconds: float) -> None:
     """Record one answer. Label children are cached: this runs on every request."""
     child = _status_cache.get((route, status))

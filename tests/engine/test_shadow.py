@@ -144,5 +144,5 @@ async def test_charges_of_a_shadow_resource_are_shadow_charges_everywhere(
 
 
 def test_a_shadow_resource_must_be_a_resource() -> None:
-    with pytest.raises(ConfigError, match="shadow.resources names 'nope'"):
+    with pytest.raises(ConfigError, match=r"shadow\.resources names 'nope'"):
         parse_config(CONFIG + '\n[shadow]\nresources = ["nope"]\n')

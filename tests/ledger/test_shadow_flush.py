@@ -3,9 +3,11 @@ dropped without stopping the rest; nothing of it touches the ledger's money."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from tests.jobs.processes import run_quotagate
 from tests.ledger.support import assert_books_balance
 
 from quotagate.engine import CreditEngine
@@ -90,3 +92,42 @@ async def test_reset_starts_shadow_balances_again(lengine: CreditEngine, acct: A
     assert (await lengine.shadow(b, "api_call")).shadow == "insufficient_credits"
     assert await reset_shadow(lengine) == 2
     assert (await lengine.shadow(b, "api_call")).remaining == 99
+
+
+async def test_the_shadow_commands_report_flush_and_reset(
+    lengine: CreditEngine, acct: Acct, ledger_url: str, key_prefix: str, redis_url: str,
+    queue_url: str, config_file: str,
+) -> None:  # fmt: skip
+    a = acct("sh-cli")
+    await lengine.upsert_account(a, tier="free")
+    for _ in range(21):
+        await lengine.shadow(a, "premium_feature", 1)  # 20 charged, 1 refused
+    env = {
+        "QUOTAGATE_REDIS_URL": redis_url, "QUOTAGATE_QUEUE_URL": queue_url,
+        "QUOTAGATE_DATABASE_URL": ledger_url, "QUOTAGATE_KEY_PREFIX": key_prefix,
+        "QUOTAGATE_CONFIG": config_file,
+    }  # fmt: skip
+    before = run_quotagate(["shadow", "report", a], env)
+    assert before.returncode == 0, before.stderr
+    assert (
+        "no shadow charges" in before.stdout
+        and "21 shadow charges are not in the ledger" in before.stdout
+    )
+    assert run_quotagate(["flush"], env).returncode == 0
+    done = run_quotagate(["shadow", "report", a, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["pending"] == 0
+    assert body["rows"] == [{
+        "account_id": a, "resource": "premium_feature", "requests": 21, "charged": 20,
+        "charged_credits": 100, "denied": 1, "denied_credits": 5,
+        "denied_by": {"insufficient_credits": 1},
+    }]  # fmt: skip
+    human = run_quotagate(["shadow", "report", a], env).stdout
+    assert "insufficient_credits 1" in human and "charged_credits 100" in human
+    bad = run_quotagate(["shadow", "report", "--from", "yesterday"], env)
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+    assert run_quotagate(["shadow", "reset"], env).returncode == 2
+    reset = run_quotagate(["shadow", "reset", a], env)
+    assert reset.returncode == 0 and reset.stdout.strip() == "cleared 1 shadow balance"
+    assert (await lengine.shadow(a, "premium_feature", 1)).shadow == "charged"

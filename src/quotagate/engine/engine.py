@@ -50,6 +50,7 @@ from quotagate.engine.results import (
     RefundCount,
     ReleaseResult,
     RenewResult,
+    ShadowDecision,
     UpsertResult,
 )
 from quotagate.engine.routing import ClusterScriptRunner
@@ -75,7 +76,8 @@ def _charge_result(reply: list[str]) -> ChargeResult:
 
 def _shadow_result(reply: list[str]) -> ChargeResult:
     r = unwrap(reply)
-    return ChargeResult(r[0], int(r[2]), int(r[3]), int(r[4]), False, shadow=r[1])
+    decision = cast(ShadowDecision, r[1])  # shadow.lua answers one of them
+    return ChargeResult(r[0], int(r[2]), int(r[3]), int(r[4]), False, shadow=decision)
 
 
 def _spend_id(type: str, refund_of: str | None) -> str:
