@@ -209,3 +209,17 @@ local function append_account_event(id, account, tier, status, od, rst, ca, peri
   if period then f[#f + 1] = 'rp'; f[#f + 1] = period end
   return redis.call('XADD', KEYS[3], '*', unpack(f))
 end
+
+-- shadow.lua keeps the account's shadow spend where the account scripts keep the idempotency
+-- record (KEYS[4]) and its shadow stream where they keep the outbox (KEYS[3]).
+local function shadow_spent() return tonumber(redis.call('GET', KEYS[4]) or '0') end
+
+local function add_shadow_spend(cost) redis.call('INCRBY', KEYS[4], cost) end
+
+-- Appends a shadow decision: what a charge would have done. An empty description is left out.
+local function append_shadow(id, account, resource, units, cost, decision, available, description)
+  local f = {'id', id, 'a', account, 'res', resource, 'u', units, 'c', cost,
+    'dec', decision, 'av', s(available)}
+  if description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = description end
+  return redis.call('XADD', KEYS[3], '*', unpack(f))
+end

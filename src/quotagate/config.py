@@ -95,6 +95,9 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     method: Method = "*"
     units: PositiveInt = 1
     case_sensitive: bool = False
+    shadow: bool = False
+    """Price this route's requests as a charge would, record the decision, charge nothing
+    and allow (see ``quotagate shadow report``): a new price, watched before it charges."""
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this route prices ``method`` (upper case) on ``path`` (normalised)."""
@@ -239,6 +242,14 @@ class Alerts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return bool(self.balance or self.consumption or self.expiry)
 
 
+class Shadow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Shadow mode beyond the hook's routes (``authz.routes[].shadow``)."""
+
+    resources: list[str] = []
+    """Every charge of these resources, by the hook or the API, is a shadow charge: decided
+    and recorded as it would be charged, nothing charged, always allowed."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     resources: dict[Name, PositiveInt]
     tiers: dict[Name, Tier]
@@ -252,6 +263,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     authz: Authz = Authz()
     identity: Identity = Identity()
     alerts: Alerts = Alerts()
+    shadow: Shadow = Shadow()
 
     def cost_of(self, resource: str) -> int | None:
         return self.resources.get(resource)
@@ -289,6 +301,9 @@ def _check(config: Config) -> Config:
             raise ConfigError(
                 f"config: authz.routes[{i}].resource {route.resource!r} is not in [resources]"
             )
+    for name in config.shadow.resources:
+        if name not in config.resources:
+            raise ConfigError(f"config: shadow.resources names {name!r}, not in [resources]")
     _check_identity(config.identity)
     _check_alerts(config)
     return config

@@ -51,6 +51,16 @@ AUTHZ_BACKEND_FAILURES = Counter(
     "Hook answers given without the backend (Redis down or slow), by failure policy.",
     ["policy"],
 )
+SHADOW_DECISIONS = Counter(
+    "quotagate_shadow_decisions_total",
+    "Charges of routes and tiers in shadow mode, by what they would have done (charged, or "
+    "the refusal) and where they came from (hook, api). Nothing was charged.",
+    ["decision", "source"],
+)
+SHADOW_ENTRIES_DROPPED = Counter(
+    "quotagate_shadow_entries_dropped_total",
+    "Shadow stream entries the flush could not read and dropped (they carry no money).",
+)
 WRITE_THROUGH = Counter(
     "quotagate_write_through_total",
     "Money-in writes copied to Postgres by the request (ok) or left to the flush (failed).",
@@ -148,6 +158,17 @@ TALLY = Tally()
 
 def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def count_shadow(decision: str, source: str) -> None:
+    """Record one shadow charge's decision."""
+    child = _shadow_cache.get((decision, source))
+    if child is None:
+        child = _shadow_cache[(decision, source)] = SHADOW_DECISIONS.labels(decision, source)
+    TALLY.inc(child)
+
+
+_shadow_cache: dict[tuple[str, str], Counter] = {}
 
 
 def count_request(route: str, status: int, seconds: float) -> None:

@@ -57,6 +57,8 @@ CASES: dict[str, Case] = {
     "grant": Case(("grant", "t0", "5"), 3, 3, 2),
     "history": Case(("history", "t0"), 3, 3, 2),
     "usage": Case(("usage", "t0"), 3, 3, 2),
+    "shadow report": Case(("shadow", "report", "t0"), 3, 3, 2),
+    "shadow reset": Case(("shadow", "reset", "t0"), 3, 0, 0),
     "alerts": Case(("alerts",), 0, 3, 2),
     "webhooks deliveries": Case(("webhooks", "deliveries"), 0, 3, 2),
     "webhooks redeliver": Case(("webhooks", "redeliver", "--dead"), 0, 3, 2),

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from quotagate.config import MAX_AMOUNT
+from quotagate.engine.results import ShadowDecision
 from quotagate.engine.validate import MAX_DESCRIPTION_CHARS
 
 Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="A JSON integer from 1 to 10^12.")]
@@ -175,10 +176,13 @@ class CheckOut(_Out):
     available: int
 
 
-class ChargeOut(_Out):
+class ChargeOut(_Out, omit_defaults=True):
     transaction_id: str
     cost: int
     remaining: int
+    shadow: ShadowDecision | None = None
+    """Present for a shadow charge only (nothing was charged): what the charge would have
+    done. ``transaction_id`` is then the shadow record's id, ``remaining`` the shadow balance."""
 
 
 class ChargeItemOut(_Out, omit_defaults=True):
@@ -191,6 +195,8 @@ class ChargeItemOut(_Out, omit_defaults=True):
     cost: int | None = None
     remaining: int | None = None
     replayed: bool = False
+    shadow: ShadowDecision | None = None
+    """As in a consume's answer: present for a shadow charge only."""
     problem: dict[str, Any] | None = None
 
 

@@ -125,7 +125,11 @@ class Consume(ServiceEndpoint[ChargeResult]):
         headers = rate_limit_raw(r.rate_limit)
         if r.replayed:
             headers.append(REPLAYED)
-        return json_answer(ChargeOut(r.transaction_id, r.cost, r.remaining), headers=headers)
+        if r.shadow is not None:
+            metrics.count_shadow(r.shadow, "api")
+            headers.append((b"x-quota-shadow", r.shadow.encode()))
+        out = ChargeOut(r.transaction_id, r.cost, r.remaining, r.shadow)
+        return json_answer(out, headers=headers)
 
 
 class Check(ServiceEndpoint[CheckResult]):

@@ -64,6 +64,8 @@ NEEDS: Mapping[str, Needs] = {
     "grant": _DATA_AND_LEDGER,
     "history": _DATA_AND_LEDGER,
     "usage": _DATA_AND_LEDGER,
+    "shadow report": _DATA_AND_LEDGER,
+    "shadow reset": _DATA,
     "alerts": Needs(postgres="required"),
     "webhooks deliveries": Needs(postgres="required"),
     "webhooks redeliver": Needs(postgres="required"),

@@ -113,7 +113,7 @@ def outcomes(answer: s.ChargesOut) -> list[s.ChargeOut | QuotagateError]:
 
 def _outcome(r: s.ChargeItemOut) -> s.ChargeOut | QuotagateError:
     if r.problem is None and r.transaction_id and r.cost is not None and r.remaining is not None:
-        return s.ChargeOut(r.transaction_id, r.cost, r.remaining)
+        return s.ChargeOut(r.transaction_id, r.cost, r.remaining, r.shadow)
     return error_from_document(r.status, r.problem or {})
 
 

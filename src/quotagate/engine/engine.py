@@ -50,6 +50,7 @@ from quotagate.engine.results import (
     RefundCount,
     ReleaseResult,
     RenewResult,
+    ShadowDecision,
     UpsertResult,
 )
 from quotagate.engine.routing import ClusterScriptRunner
@@ -71,6 +72,12 @@ def _charge_result(reply: list[str]) -> ChargeResult:
     r = unwrap(reply)
     rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
     return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
+
+
+def _shadow_result(reply: list[str]) -> ChargeResult:
+    r = unwrap(reply)
+    decision = cast(ShadowDecision, r[1])  # shadow.lua answers one of them
+    return ChargeResult(r[0], int(r[2]), int(r[3]), int(r[4]), False, shadow=decision)
 
 
 def _spend_id(type: str, refund_of: str | None) -> str:
@@ -121,6 +128,8 @@ class CreditEngine:
             else ScriptRunner(redis, batching=batching)
         )
         self._consume = self.scripts["consume"]
+        self._shadow = self.scripts["shadow"]
+        self._shadow_resources = frozenset(config.shadow.resources)
         self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
@@ -282,6 +291,7 @@ class CreditEngine:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         idempotency_scope: idempotency.Scope = "api",
+        shadow: bool = False,
     ) -> asyncio.Future[ChargeResult]:
         """:meth:`consume` as a future, for a caller that answers from its done-callback (the
         reverse-proxy hook) rather than awaiting it in a task. Bad input raises here, at once;
@@ -289,12 +299,18 @@ class CreditEngine:
         with the event loop running.
 
         ``idempotency_scope="hook"`` remembers the key for the hook's own, shorter window
-        (``hook_ttl_seconds``), apart from the API's keys (see :mod:`.idempotency`)."""
+        (``hook_ttl_seconds``), apart from the API's keys (see :mod:`.idempotency`).
+
+        With ``shadow`` (a hook route in shadow mode), or for a resource of the config's
+        ``shadow.resources``, the charge is a shadow charge (:meth:`shadow_soon`): decided,
+        recorded, not charged; its idempotency key and metadata are checked, then unused."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
+        if shadow or resource in self._shadow_resources:
+            return self.shadow_soon(account_id, resource, units, description=description)
         ttl_ms = self._idem_ttl_ms_by_scope[idempotency_scope]
         fp = ""
         if idem:
@@ -309,6 +325,30 @@ class CreditEngine:
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
         return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+
+    def shadow_soon(
+        self,
+        account_id: str,
+        resource: str,
+        units: int = 1,
+        *,
+        description: str | None = None,
+    ) -> asyncio.Future[ChargeResult]:
+        """What :meth:`consume` would do, against the account's shadow balance, recorded in
+        the partition's shadow stream; nothing is charged (``lua/shadow.lua``). The result's
+        ``shadow`` is the decision. Bad input raises here, at once, as it would for a charge."""
+        ids.check_account_id(account_id)
+        total = validate.cost(self.config, resource, units)
+        desc = validate.description(description)
+        args = [ids.new_id(), account_id, str(total), resource, str(units), desc]
+        keys = self.keys.shadow_keys(account_id)
+        return self.runner.submit(self._shadow, keys, args, _shadow_result)
+
+    async def shadow(
+        self, account_id: str, resource: str, units: int = 1, *, description: str | None = None
+    ) -> ChargeResult:
+        """:meth:`shadow_soon`, awaited."""
+        return await self.shadow_soon(account_id, resource, units, description=description)
 
     async def consume_many(self, charges: Sequence[Charge]) -> list[ChargeOutcome]:
         """Charge each of ``charges`` (any accounts), as :meth:`consume` would one after the

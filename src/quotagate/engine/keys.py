@@ -11,6 +11,8 @@ On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
                                   Rewritten at each start, kept for good
     P:{n}:outbox           stream every balance change of the partition, until flushed: the
                                   flush trims the entries PostgreSQL committed
+    P:{n}:shadow           stream the decisions of routes and tiers in shadow mode, until
+                                  flushed to ``shadow_charges``: the flush trims what it wrote
     P:{n}:holdexp          zset   accounts of the partition with open holds, scored by the
                                   earliest expiry: the expiry sweep reads it. An account
                                   leaves it with its last hold
@@ -30,6 +32,10 @@ On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry); goes
                                   with the last hold
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
+    P:{n}:ss:<acct>        string credits the account's shadow charges took (its shadow
+                                  balance is its available credits less this). Kept until
+                                  ``quotagate shadow reset``
+    P:{n}:srl:<acct>       string the shadow charges' own GCRA state, expires when idle
     P:{n}:ik:<len>:<acct>:<key>
                            string idempotency record: the request's fingerprint and what a
                                   replay answers. ``<len>`` is the account id's length, so no
@@ -172,6 +178,25 @@ class KeySpace:
 
     def outbox(self, partition: int) -> str:
         return f"{self.tag(partition)}:outbox"
+
+    def shadow(self, partition: int) -> str:
+        """The partition's shadow stream: decisions of routes and tiers in shadow mode."""
+        return f"{self.tag(partition)}:shadow"
+
+    def shadow_keys(self, account_id: str) -> tuple[str, ...]:
+        """The KEYS of ``shadow.lua`` for an account (the account layout: the slots it does
+        not use carry the account's own names, so that every key is in its slot)."""
+        k = self.script_keys(account_id)
+        tag = self.tag(self.partition_of(account_id))
+        return (
+            k[0], k[1], self.shadow(self.partition_of(account_id)), f"{tag}:ss:{account_id}",
+            k[4], k[5], k[6], f"{tag}:srl:{account_id}",
+        )  # fmt: skip
+
+    @property
+    def shadow_spend_pattern(self) -> str:
+        """SCAN pattern matching the shadow spend counters of every partition."""
+        return f"{self.prefix}:{{*}}:ss:*"
 
     def partition_hold_expiry(self, partition: int) -> str:
         return f"{self.tag(partition)}:holdexp"

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, get_args
+
+ShadowDecision = Literal[
+    "charged", "insufficient_credits", "rate_limited", "account_banned", "account_not_found"
+]
+"""What a shadow charge records: what the charge would have done (``charged``), or why it
+would have been refused."""
+SHADOW_DECISIONS: tuple[str, ...] = get_args(ShadowDecision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,10 @@ class ChargeResult:
     balance: int
     replayed: bool
     rate_limit: RateLimitState | None = None
+    shadow: ShadowDecision | None = None
+    """A shadow charge (nothing charged): what the charge would have done, one of
+    :data:`SHADOW_DECISIONS`; ``transaction_id`` is then the shadow entry's id, ``cost`` what
+    it would have cost and ``remaining`` the shadow balance after it. None for a charge."""
 
 
 @dataclass(frozen=True, slots=True)

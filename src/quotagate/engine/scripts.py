@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "renew",
     "restore",
     "lease",
+    "shadow",
 )
 """Every script of the package's ``lua/`` folder (``prelude.lua`` is joined to each)."""
 

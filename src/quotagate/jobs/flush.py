@@ -97,13 +97,15 @@ def enqueue_flushes() -> int:
 
 
 async def enqueue_due_flushes(engine: CreditEngine, queue: Queue, prefix: str) -> int:
-    """Enqueue a flush for each partition whose outbox is not empty (one XLEN pipeline)."""
+    """Enqueue a flush for each partition whose outbox or shadow stream is not empty (one
+    XLEN pipeline)."""
     async with engine.redis.pipeline(transaction=False) as pipe:
         for p in range(engine.config.partitions):
             pipe.xlen(engine.keys.outbox(p))
+            pipe.xlen(engine.keys.shadow(p))
         lengths = [int(n) for n in await pipe.execute()]
     # A few quick commands to the queue Redis; a worker's loop has nothing else to run.
-    due = [p for p, n in enumerate(lengths) if n]
+    due = [p for p in range(engine.config.partitions) if lengths[2 * p] or lengths[2 * p + 1]]
     return sum(enqueue_flush(queue, prefix, p) for p in due)
 
 

@@ -45,6 +45,7 @@ from quotagate.ledger.lease import FlushLease
 from quotagate.ledger.ledger import Ledger
 from quotagate.ledger.outbox import StreamReader, trim_through
 from quotagate.ledger.postgres import in_transaction
+from quotagate.ledger.shadow import flush_shadow
 from quotagate.settings import DEFAULT_FLUSH_BATCH_SIZE, DEFAULT_FLUSH_LEASE_SECONDS
 
 DEFAULT_BATCH_SIZE = DEFAULT_FLUSH_BATCH_SIZE
@@ -107,6 +108,8 @@ class FlushResult:
     deleted: int = 0
     quarantined: int = 0
     """Entries put in ``ledger_quarantine`` (see ``quotagate.ledger.quarantine``)."""
+    shadow: int = 0
+    """Shadow charges written to ``shadow_charges`` (see ``quotagate.ledger.shadow``)."""
     busy: bool = False
     """Another flush held the partition's lease: this one did nothing."""
     drained: bool = False
@@ -150,6 +153,10 @@ async def flush_partition(
     try:
         with _COLLECTOR_PAUSE:
             await _Batches(engine, ledger, partition, batch_size, result).run(keep_going)
+            if await keep_going():
+                result.shadow = await flush_shadow(
+                    engine, ledger, partition, batch_size=batch_size, keep_going=keep_going
+                )
     finally:
         with contextlib.suppress(RedisError):
             await lease.release()

@@ -312,3 +312,28 @@ class WebhookDelivery(Base):
 
 
 metadata = Base.metadata
+
+
+class ShadowCharge(Base):
+    """A charge of a route or tier in shadow mode: what it would have done, nothing charged.
+
+    Written by the flush from the partitions' shadow streams; ``quotagate shadow report`` sums
+    it per account and resource. ``available`` is the shadow balance the decision saw.
+    """
+
+    __tablename__ = "shadow_charges"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    resource: Mapped[str] = mapped_column(Text)
+    units: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    decision: Mapped[str] = mapped_column(Text)
+    available: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ)
+
+    __table_args__ = (
+        Index("ix_shadow_charges_created_at", "created_at"),
+        Index("ix_shadow_charges_account_id_created_at", "account_id", "created_at"),
+    )

@@ -85,8 +85,8 @@ class UsageRange:
         if kind not in WINDOWS:
             raise ValidationError(f"window must be one of {', '.join(WINDOWS)}", field="window")
         size: Window = kind
-        last = _instant(end, "to") if end else (now or datetime.now(UTC))
-        first = _instant(start, "from") if start else last - DEFAULT_SPAN[size]
+        last = parse_instant(end, "to") if end else (now or datetime.now(UTC))
+        first = parse_instant(start, "from") if start else last - DEFAULT_SPAN[size]
         if first >= last:
             raise ValidationError("from must be before to", field="from")
         usage_range = cls(window_start(first, size), _window_end(last, size), size)
@@ -106,7 +106,8 @@ class UsageRange:
         return self.start.timestamp() * 1000 <= created_ms < self.end.timestamp() * 1000
 
 
-def _instant(text: str, name: str) -> datetime:
+def parse_instant(text: str, name: str) -> datetime:
+    """An ISO 8601 date or time (UTC when it names no zone); ValidationError names ``name``."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

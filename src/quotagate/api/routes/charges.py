@@ -84,5 +84,6 @@ def item_out(outcome: ChargeOutcome) -> ChargeItemOut:
     if isinstance(outcome, QuotagateError):
         return ChargeItemOut(outcome.http_status, problem=problem_body(outcome))
     return ChargeItemOut(
-        200, outcome.transaction_id, outcome.cost, outcome.remaining, outcome.replayed
-    )
+        200, outcome.transaction_id, outcome.cost, outcome.remaining, outcome.replayed,
+        outcome.shadow,
+    )  # fmt: skip

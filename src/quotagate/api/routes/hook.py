@@ -149,10 +149,11 @@ class Hook:
                 self._tasks.add(task)
                 task.add_done_callback(partial(self._finish_task, started, reply))
                 return
-            resource, units, description = charge
+            resource, units, description, shadow = charge
             fut = self.gw.engine.consume_soon(
                 account_id, resource, units, description=description,
                 idempotency_key=h.get("x-request-id") or None, idempotency_scope="hook",
+                shadow=shadow,
             )  # fmt: skip
         except QuotagateError as exc:
             self._finish(started, reply, self._refusal(exc))
@@ -209,19 +210,20 @@ class Hook:
 
     def _charge_for(
         self, method: str, path: str, h: Mapping[str, str]
-    ) -> tuple[str, int, str] | None:
-        """(resource, units, description) of the proxied request; None when no route of the
-        config matches it and the headers name no resource."""
+    ) -> tuple[str, int, str, bool] | None:
+        """(resource, units, description, shadow) of the proxied request; None when no route
+        of the config matches it and the headers name no resource."""
         method, uri = _original(method, path, h)
         method, path = _checked_method(method), normalized_path(uri)
         resource = h.get("x-quota-resource")
         units = _units(h.get("x-quota-units"))
+        shadow = False
         if resource is None:
             route = self.authz.route_for(method, path)
             if route is None:
                 return None
-            resource, units = route.resource, route.units
-        return resource, units, f"{method} {path}"[:MAX_DESCRIPTION]
+            resource, units, shadow = route.resource, route.units, route.shadow
+        return resource, units, f"{method} {path}"[:MAX_DESCRIPTION], shadow
 
     async def _unmatched_answer(self, account_id: str) -> Answer:
         try:
@@ -262,6 +264,9 @@ class Hook:
             ]
         if r.replayed:
             headers.append((b"idempotent-replayed", b"true"))
+        if r.shadow is not None:  # nothing charged: what the charge would have done
+            metrics.count_shadow(r.shadow, "hook")
+            headers.append((b"x-quota-shadow", r.shadow.encode()))
         return Answer(200, headers)
 
     def _backend_down(self, account_id: str, exc: BaseException) -> Answer:

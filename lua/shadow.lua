@@ -1,0 +1,56 @@
+--[[ shadow: the answer consume would give, recorded, with nothing charged.
+
+A route or tier in shadow mode prices its requests exactly as it would charge them, against
+a shadow balance: the account's available credits less what its shadow charges have taken
+(KEYS[4]). The decision goes to the partition's shadow stream, which the flush writes to the
+ledger's shadow_charges table; the account itself is never written.
+
+KEYS[1] account hash        KEYS[3] partition shadow stream
+KEYS[2] partition cfg hash  KEYS[4] account shadow spend (credits, a counter)
+KEYS[8] account shadow rate-limit state
+KEYS[5..7] unused (names of the account's own slot: the account scripts share one layout)
+
+ARGV[1] entry id            ARGV[4] resource
+ARGV[2] account id          ARGV[5] units
+ARGV[3] cost (credits)      ARGV[6] description
+
+Reply  {"ok", entry id, decision, cost, shadow available after, balance}
+       decision: charged | insufficient_credits | rate_limited | account_banned |
+       account_not_found; only "charged" moves the shadow spend and the shadow rate state
+Errors {"err", "invalid_argument", name} {"err", "account_not_loaded"} (nothing recorded)
+Entry  id a res u c dec av [d]   (time: the entry id's; av: shadow available before)
+]]
+local id, account, resource, description = ARGV[1], ARGV[2], ARGV[4], ARGV[6]
+local cost, units = amount_arg(ARGV[3]), amount_arg(ARGV[5])
+if not id_arg(id) then return {'err', 'invalid_argument', 'entry_id'} end
+if not cost then return {'err', 'invalid_argument', 'cost'} end
+if not units then return {'err', 'invalid_argument', 'units'} end
+
+local balance = 0
+local function record(decision, available, after)
+  append_shadow(id, account, resource, s(units), s(cost), decision, available, description)
+  return {'ok', id, decision, s(cost), s(after), s(balance)}
+end
+
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
+if not a then
+  if missing[2] == 'account_not_found' then return record('account_not_found', 0, 0) end
+  return missing
+end
+balance = tonumber(a[1]) + tonumber(a[2])
+local spent = shadow_spent()
+local available = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) + tonumber(a[4]) - spent
+if a[5] ~= 'active' then return record('account_banned', available, available) end
+
+local now, new_tat = nil, nil
+local limit = tier_rate(a[6])
+if limit then
+  now = now_us()
+  rate_start(limit, now)
+  new_tat = rate_admit(limit, now)
+  if not new_tat then return record('rate_limited', available, available) end
+end
+if available < cost then return record('insufficient_credits', available, available) end
+add_shadow_spend(cost)
+if new_tat then rate_save(new_tat, now) end
+return record('charged', available, available - cost)
