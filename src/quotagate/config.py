@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from quotagate.errors import ConfigError
+from quotagate.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LogFormat, LogLevel
 
 MAX_AMOUNT = 10**12
 """Largest amount or units in one request (the HTTP API's bound)."""
@@ -239,6 +240,15 @@ class Alerts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return bool(self.balance or self.consumption or self.expiry)
 
 
+class Logs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[logs]``: how the long-running processes log (docs/logs.md). QUOTAGATE_LOG_FORMAT and
+    QUOTAGATE_LOG_LEVEL, when set, win over these."""
+
+    format: LogFormat = DEFAULT_LOG_FORMAT
+    level: LogLevel = DEFAULT_LOG_LEVEL
+    """``info`` writes an access line per request; ``warning`` leaves them out."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     resources: dict[Name, PositiveInt]
     tiers: dict[Name, Tier]
@@ -252,6 +262,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     authz: Authz = Authz()
     identity: Identity = Identity()
     alerts: Alerts = Alerts()
+    logs: Logs = Logs()
 
     def cost_of(self, resource: str) -> int | None:
         return self.resources.get(resource)

@@ -16,12 +16,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from quotagate.config import Config, load_config
 from quotagate.engine.connection import is_cluster_url
 from quotagate.engine.keys import DEFAULT_PREFIX
 from quotagate.errors import ConfigError
+from quotagate.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/quotagate"
@@ -86,6 +88,15 @@ def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: in
     return int(raw)
 
 
+def _choice_env(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+    return raw.lower()
+
+
 def _cores() -> int:
     """Cores this process may run on (its CPU affinity, which containers narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -147,6 +158,12 @@ class Settings:
     jwt_secret: SecretValue | None = None
     """QUOTAGATE_JWT_SECRET: the HMAC secret of clients' tokens, when ``[identity.jwt]`` uses
     HS256/384/512 (public keys go in the config file)."""
+    log_format: LogFormat | None = None
+    """QUOTAGATE_LOG_FORMAT: json, logfmt or text, for `serve`, `worker` and `scheduler`; the
+    config file's ``[logs] format`` when unset."""
+    log_level: LogLevel | None = None
+    """QUOTAGATE_LOG_LEVEL: debug, info (an access line per request), warning, error or
+    critical; the config file's ``[logs] level`` when unset."""
     data_dir: Path | None = None
     """QUOTAGATE_DATA_DIR: the data directory of `quotagate up`; the platform's when unset."""
     explicit: frozenset[str] = field(default_factory=frozenset)
@@ -216,6 +233,10 @@ class Settings:
                 env, "QUOTAGATE_FLUSH_TRIGGER_ENTRIES", default.flush_trigger_entries, 1, 10**7
             ),
             jwt_secret=_jwt_secret(env),
+            log_format=cast(
+                "LogFormat | None", _choice_env(env, "QUOTAGATE_LOG_FORMAT", LOG_FORMATS)
+            ),
+            log_level=cast("LogLevel | None", _choice_env(env, "QUOTAGATE_LOG_LEVEL", LOG_LEVELS)),
             data_dir=Path(env["QUOTAGATE_DATA_DIR"]) if env.get("QUOTAGATE_DATA_DIR") else None,
             explicit=explicit,
         )
@@ -260,6 +281,10 @@ class Settings:
 
     def load_config(self) -> Config:
         return load_config(self.config_path)
+
+    def logging(self, config: Config) -> tuple[LogFormat, LogLevel]:
+        """The log format and level: the environment's, else the config file's ``[logs]``."""
+        return self.log_format or config.logs.format, self.log_level or config.logs.level
 
 
 def _env_origins(env: Mapping[str, str], why_default: str) -> dict[str, str]:
