@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from quotagate.errors import ConfigError
+from quotagate.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LogFormat, LogLevel
 
 MAX_AMOUNT = 10**12
 """Largest amount or units in one request (the HTTP API's bound)."""
@@ -250,6 +251,15 @@ class Shadow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     and recorded as it would be charged, nothing charged, always allowed."""
 
 
+class Logs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[logs]``: how the long-running processes log (docs/logs.md). QUOTAGATE_LOG_FORMAT and
+    QUOTAGATE_LOG_LEVEL, when set, win over these."""
+
+    format: LogFormat = DEFAULT_LOG_FORMAT
+    level: LogLevel = DEFAULT_LOG_LEVEL
+    """``info`` writes an access line per request; ``warning`` leaves them out."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     resources: dict[Name, PositiveInt]
     tiers: dict[Name, Tier]
@@ -264,6 +274,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     identity: Identity = Identity()
     alerts: Alerts = Alerts()
     shadow: Shadow = Shadow()
+    logs: Logs = Logs()
 
     def cost_of(self, resource: str) -> int | None:
         return self.resources.get(resource)

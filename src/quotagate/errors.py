@@ -27,8 +27,10 @@
     │   │   ├── RefundNotCounted       Redis holds no count of the spend's refunds (503):
     │   │   │                          the caller counts them in the ledger and retries
     │   │   └── BackendUnavailable     Redis or Postgres did not answer          (503)
-    │   │       └── LedgerUnavailable  the answer needs Postgres, which did not answer;
-    │   │                              nothing was done                          (503)
+    │   │       ├── LedgerUnavailable  the answer needs Postgres, which did not answer;
+    │   │       │                      nothing was done                          (503)
+    │   │       └── PoolExhausted      no connection to a cluster node came free in time
+    │   │                              (also a redis-py MaxConnectionsError)
     │   ├── ScriptError                a Lua script failed in Redis: a bug       (500)
     │   │   └── Redirected             MOVED/ASK: the script did not run; another
     │   │                              cluster node serves its slot
@@ -61,6 +63,8 @@ from a signal handler (a BaseException, so that no ``except Exception`` on the w
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import MaxConnectionsError
 
 if TYPE_CHECKING:
     import asyncio
@@ -238,6 +242,12 @@ class LedgerUnavailable(BackendUnavailable):
     be sent again (with the same idempotency key or another) once the ledger is back."""
 
     code = "ledger_unavailable"
+
+
+class PoolExhausted(BackendUnavailable, MaxConnectionsError):
+    """No connection to a node of the Redis Cluster came free in time: every one allowed
+    (QUOTAGATE_REDIS_MAX_CONNECTIONS) is busy. Also a redis-py connection error, so that code
+    riding out Redis failures rides this one out too."""
 
 
 class ScriptError(QuotagateError):

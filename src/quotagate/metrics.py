@@ -72,6 +72,13 @@ LEDGER_QUARANTINED = Counter(
     "were, by whether their money was booked (booked=false: look at them now).",
     ["booked"],
 )
+LEDGER_FLUSH_ERRORS = Counter(
+    "quotagate_ledger_flush_errors_total",
+    "Flush errors, by kind: batch (a batch did not commit, because PostgreSQL or the credit "
+    "Redis failed or the flush has a bug; its entries stay in the outbox for the next try) or "
+    "quarantined (an entry PostgreSQL refused went to ledger_quarantine).",
+    ["kind"],
+)
 ALERTS = Counter(
     "quotagate_alerts_total",
     "Alerts raised (found by the flush, written to PostgreSQL), by kind.",

@@ -16,12 +16,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from quotagate.config import Config, load_config
 from quotagate.engine.connection import DEFAULT_MAX_CONNECTIONS, is_cluster_url
 from quotagate.engine.keys import DEFAULT_PREFIX
 from quotagate.errors import ConfigError
+from quotagate.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/quotagate"
@@ -84,6 +86,15 @@ def _int_env(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ConfigError(f"{name}: {raw!r} is not an integer from {low} to {high}")
     return int(raw)
+
+
+def _choice_env(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+    return raw.lower()
 
 
 def _cores() -> int:
@@ -151,6 +162,12 @@ class Settings:
     jwt_secret: SecretValue | None = None
     """QUOTAGATE_JWT_SECRET: the HMAC secret of clients' tokens, when ``[identity.jwt]`` uses
     HS256/384/512 (public keys go in the config file)."""
+    log_format: LogFormat | None = None
+    """QUOTAGATE_LOG_FORMAT: json, logfmt or text, for `serve`, `worker` and `scheduler`; the
+    config file's ``[logs] format`` when unset."""
+    log_level: LogLevel | None = None
+    """QUOTAGATE_LOG_LEVEL: debug, info (an access line per request), warning, error or
+    critical; the config file's ``[logs] level`` when unset."""
     data_dir: Path | None = None
     """QUOTAGATE_DATA_DIR: the data directory of `quotagate up`; the platform's when unset."""
     explicit: frozenset[str] = field(default_factory=frozenset)
@@ -223,6 +240,10 @@ class Settings:
                 env, "QUOTAGATE_REDIS_MAX_CONNECTIONS", default.redis_max_connections, 1, 10_000
             ),
             jwt_secret=_jwt_secret(env),
+            log_format=cast(
+                "LogFormat | None", _choice_env(env, "QUOTAGATE_LOG_FORMAT", LOG_FORMATS)
+            ),
+            log_level=cast("LogLevel | None", _choice_env(env, "QUOTAGATE_LOG_LEVEL", LOG_LEVELS)),
             data_dir=Path(env["QUOTAGATE_DATA_DIR"]) if env.get("QUOTAGATE_DATA_DIR") else None,
             explicit=explicit,
         )
@@ -267,6 +288,10 @@ class Settings:
 
     def load_config(self) -> Config:
         return load_config(self.config_path)
+
+    def logging(self, config: Config) -> tuple[LogFormat, LogLevel]:
+        """The log format and level: the environment's, else the config file's ``[logs]``."""
+        return self.log_format or config.logs.format, self.log_level or config.logs.level
 
 
 def _env_origins(env: Mapping[str, str], why_default: str) -> dict[str, str]:

@@ -138,3 +138,29 @@ def test_expired_hold_is_404_and_returns_credits(
     assert_problem(r, 404, "hold_not_found")
     view = account(http, api_keys["admin"], acct)
     assert (view["balance"], view["reserved"], view["available"]) == (1000, 0, 1000)
+
+
+def test_the_account_lists_its_open_holds_and_buckets(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    admin, service = api_keys["admin"], api_keys["service"]
+    acct = create_account(http, admin)
+    granted = http.post(f"/v1/accounts/{acct}/credits", json={"amount": 30, "type": "grant"},
+                        headers=bearer(admin))  # fmt: skip
+    assert granted.status_code == 200, granted.text
+    later = hold(http, service, acct, {"amount": 7, "ttl_seconds": 600}).json()
+    sooner = hold(http, service, acct, {"resource": "premium_feature", "units": 2,
+                                        "ttl_seconds": 60}).json()  # fmt: skip
+    view = account(http, admin, acct)
+    assert view["buckets"] == {"monthly": 1000, "purchased": 30}
+    assert view["holds"] == [  # the soonest to expire first
+        {"hold_id": sooner["hold_id"], "amount": 10, "expires_at": sooner["expires_at"],
+         "resource": "premium_feature", "units": 2},
+        {"hold_id": later["hold_id"], "amount": 7, "expires_at": later["expires_at"],
+         "resource": None, "units": None},
+    ]  # fmt: skip
+    assert view["reserved"] == 17
+    released = http.post(f"/v1/accounts/{acct}/holds/{sooner['hold_id']}/release",
+                         headers=bearer(service))  # fmt: skip
+    assert released.status_code == 200
+    assert [h["hold_id"] for h in account(http, admin, acct)["holds"]] == [later["hold_id"]]

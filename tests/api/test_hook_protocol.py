@@ -35,6 +35,15 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    def comparable(self) -> list[tuple[str, str]]:
+        """Its headers but the date, and the request id that each request gets anew (kept in
+        its place, without its value)."""
+        return [
+            (name, "<id>" if name == "x-request-id" else value)
+            for name, value in self.headers
+            if name != "date"
+        ]
+
 
 class Conn:
     """One client connection, written to and read from as raw HTTP/1.1."""
@@ -159,7 +168,7 @@ def test_head_is_answered_without_a_body(
     refused = conn.reply()
     assert refused_head.status == refused.status == 401
     assert refused_head.header("content-length") == str(len(refused.body)) != "0"
-    assert refused_head.headers == refused.headers
+    assert refused_head.comparable() == refused.comparable()
     # Had the HEAD answers carried bodies, this reply would not parse where it begins.
     last = conn.reply()
     assert (last.status, last.header("x-quota-remaining")) == (200, "998")
@@ -281,9 +290,7 @@ def test_answers_are_the_same_as_through_asgi(
         slow = conn.reply(head=method == "HEAD")
         assert through_asgi == before + 1
         assert fast.status == slow.status == status, (method, headers, fast, slow)
-        assert [h for h in fast.headers if h[0] != "date"] == [
-            h for h in slow.headers if h[0] != "date"
-        ]
+        assert fast.comparable() == slow.comparable()
         assert fast.header("date") is not None and slow.header("date") is not None
         assert fast.body == slow.body
         if status == deny_status:

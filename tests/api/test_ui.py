@@ -118,6 +118,12 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
     flush(gateway, redis_url, migrated_database_url)
     http.post(f"/v1/accounts/{acct}/consume", json={"resource": "file_upload"}, headers=service)
     _alert(migrated_database_url, acct)
+    # Purchased credits, beside the monthly ones; and two holds, of an amount and of a resource.
+    grant = {"amount": 40, "type": "grant"}
+    http.post(f"/v1/accounts/{acct}/credits", json=grant, headers=bearer(admin))
+    for hold in ({"amount": 12, "ttl_seconds": 600}, {"resource": "premium_feature", "units": 2}):
+        made = http.post(f"/v1/accounts/{acct}/holds", json=hold, headers=service)
+        assert made.status_code == 201, made.text
 
     page = _Page(_browser(f"{gateway.url}/ui#key={admin}&account={acct}", "--dump-dom"))
     assert page.loaded == "ok", page.texts.get("status")
@@ -126,8 +132,19 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
         str(view["balance"]),
         str(view["available"]),
     )
-    assert view["balance"] == 1000 - 6 - 15 - 2
-    assert len(page.tables["transactions"]) - 1 == len(view["recent_transactions"]) == 9
+    assert view["balance"] == 1000 - 6 - 15 - 2 + 40
+    assert len(page.tables["transactions"]) - 1 == len(view["recent_transactions"]) == 10
+    buckets = view["buckets"]
+    assert page.tables["buckets"][1:] == [
+        ["monthly", str(buckets["monthly"])], ["purchased", str(buckets["purchased"])],
+    ]  # fmt: skip
+    assert buckets["monthly"] + buckets["purchased"] == view["balance"]
+    assert buckets["purchased"] >= 40
+    holds = [[h["hold_id"], str(h["amount"]), h["expires_at"], h["resource"] or "-",
+              "-" if h["units"] is None else str(h["units"])] for h in view["holds"]]  # fmt: skip
+    assert page.tables["holds"][1:] == holds
+    assert sorted(int(h[1]) for h in holds) == [10, 12] and view["reserved"] == 22
+    assert page.texts["holds-total"] == "2 open, 22 credits held"
     usage = http.get(f"/v1/accounts/{acct}/usage", params={"window": "hour"}, headers=bearer(admin))
     spent_by_hour: dict[str, int] = {}
     for row in usage.json()["rows"]:
@@ -147,6 +164,7 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
         assert refused.loaded == "refused"
         assert refused.texts["status"].startswith(f"refused: {status}")
         assert refused.bars == [] and refused.fields == {}
+        assert refused.tables["holds"] == refused.tables["buckets"] == [[]]  # headers only
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)

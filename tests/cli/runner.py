@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -34,13 +35,30 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+@contextlib.contextmanager
+def _logging() -> Iterator[None]:
+    # `worker` and `scheduler` configure the process's logging: give the session its own back.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def invoke(args: list[str], env: dict[str, str]) -> Result:
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv
     sys.argv = ["quotagate", *args]
     code = 0
     try:
-        with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            _environment(env),
+            _logging(),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             try:
                 main()
             except SystemExit as exc:

@@ -45,6 +45,8 @@ DESCRIBED: dict[str, tuple[str, Callable[[Settings], bool]]] = {
         lambda s: s.data_dir is None,
     ),
     "QUOTAGATE_JWT_SECRET": ("unset", lambda s: s.jwt_secret is None),
+    "QUOTAGATE_LOG_FORMAT": ("the config file's `[logs] format`", lambda s: s.log_format is None),
+    "QUOTAGATE_LOG_LEVEL": ("the config file's `[logs] level`", lambda s: s.log_level is None),
 }
 
 # Variables read outside the settings, with their defaults.
@@ -127,6 +129,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "[[authz.routes]]": config.Route,
     "[identity]": config.Identity,
     "[identity.jwt]": config.JwtIdentity,
+    "[logs]": config.Logs,
 }
 
 
@@ -165,7 +168,7 @@ def test_the_shipped_file_repeats_the_defaults() -> None:
     shipped = _shipped()
     tables = {
         "": shipped,
-        **{f"[{name}]": shipped[name] for name in ("idempotency", "holds", "authz")},
+        **{f"[{name}]": shipped[name] for name in ("idempotency", "holds", "authz", "logs")},
     }
     differing = []
     for key, value in struct_defaults().items():

@@ -52,7 +52,7 @@ def test_promtool_accepts_the_rules_and_the_config(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     done = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
     config = tmp_path / "prometheus.yml"  # the rules' path as the container mounts it, here
     config.write_text(CONFIG.read_text().replace("/etc/prometheus/quotagate-rules.yml", str(RULES)))
     done = subprocess.run(
@@ -66,7 +66,7 @@ def test_every_rule_and_panel_reads_a_metric_the_gateway_exports() -> None:
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} >= {
         "QuotagateOutboxLag", "QuotagateFlushFailing", "QuotagateFailOpen",
-        "QuotagateServerErrors",
+        "QuotagateServerErrors", "QuotagateFlushBatchesFailing", "QuotagateLedgerQuarantine",
     }  # fmt: skip
     used = set().union(*(_metric_names(r["expr"]) for r in rules))
     dashboard = json.loads(DASHBOARD.read_text())

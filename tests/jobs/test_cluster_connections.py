@@ -17,9 +17,9 @@ from redis.asyncio.cluster import ClusterNode
 from tests.support.cluster import RedisCluster, redis_cli_binary
 
 from quotagate.engine import CreditEngine
-from quotagate.engine.connection import BoundedRedisCluster, PoolExhausted, cluster_from_url
+from quotagate.engine.connection import BoundedRedisCluster, cluster_from_url
 from quotagate.engine.replies import redis_failures
-from quotagate.errors import BackendUnavailable, ConfigError
+from quotagate.errors import BackendUnavailable, ConfigError, PoolExhausted
 from quotagate.jobs.backends import engine_from
 from quotagate.jobs.runtime import WorkerRuntime
 from quotagate.settings import Settings

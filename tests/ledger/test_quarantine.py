@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.typing import EncodableT, FieldT
 from tests.ledger.support import assert_books_balance, ledger_rows
+from tests.ledger.test_flush_errors import flush_errors
 
 from quotagate import ids
 from quotagate.engine import CreditEngine
@@ -84,6 +85,7 @@ async def test_an_entry_postgres_refuses_is_booked_quarantined_and_the_flush_goe
     bad_stream_id = bad_raw[0].decode()
     after = await lengine.consume(a, "api_call", 4, description="after")
     counted = quarantined_count("true")
+    errors = flush_errors("quarantined")
     if name != "description not UTF-8":  # reconciliation reads pending entries as text
         await assert_books_balance(lengine, ledger, [a])  # pending: its effect counted
 
@@ -112,6 +114,7 @@ async def test_an_entry_postgres_refuses_is_booked_quarantined_and_the_flush_goe
     assert (fields.get(b"d", b""), fields.get(b"md", b"")) == (description, metadata)
     assert "dropped" in row["error"] and not row["error"].startswith("not booked")
     assert quarantined_count("true") == counted + 1
+    assert flush_errors("quarantined") == errors + 1
 
 
 async def test_a_re_run_of_a_committed_batch_quarantines_nothing_twice(

@@ -16,9 +16,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from quotagate.api.front import Front
+from quotagate.api.access import ASGI_SCOPE_KEY, Access, caller_request_id
+from quotagate.api.front import Front, raw_path
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import INTERNAL_ERROR, problem_response
 from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, ui, usage
@@ -70,13 +71,41 @@ class _Gateway(Starlette):
     front: Front | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.front.match(scope["path"]) if self.front and scope["type"] == "http" else None
-        if found is None:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        found = self.front.match(scope["path"]) if self.front else None
+        if found is None:
+            await self._through_router(scope, receive, send)
             return
         scope["app"] = self
         endpoint, param = found
         await self.front.asgi(endpoint, param, scope, receive, send)  # type: ignore[union-attr]
+
+    async def _through_router(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's way, with the access line and the request id (see
+        :mod:`quotagate.api.access`); the endpoint fills in its route and account."""
+        access = scope[ASGI_SCOPE_KEY] = Access(
+            None, scope["method"], raw_path(scope), caller_request_id(scope["headers"]),
+            charges=False,
+        )  # fmt: skip
+        answered = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                headers = list(message.get("headers", ()))
+                access.done(message["status"], headers)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_with_id)
+        except BaseException:
+            if not answered:  # the client will see the connection end: say so in the log
+                access.done(500, [])
+            raise
 
     @property
     def authz_hook(self) -> Hook | None:

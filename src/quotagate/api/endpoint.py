@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from quotagate import metrics
+from quotagate.api.access import access_of_scope
 from quotagate.api.problems import problem_response
 from quotagate.api.schemas import encode
 from quotagate.engine.results import RateLimitState
@@ -28,12 +29,18 @@ DEGRADED = {"X-Quota-Degraded": "1"}
 in fail-open mode, not charged)."""
 
 
-def endpoint(route: str) -> Callable[[Handler], Handler]:
-    """Wrap a handler: errors become problems; every answer is counted under ``route``."""
+def endpoint(route: str, *, charges: bool = False) -> Callable[[Handler], Handler]:
+    """Wrap a handler: errors become problems; every answer is counted under ``route``, and
+    its access line names the route and the path's account (with a decision when the
+    endpoint ``charges``)."""
 
     def wrap(handler: Handler) -> Handler:
         async def run(request: Request) -> Response:
             started = time.perf_counter()
+            access = access_of_scope(request.scope)
+            if access is not None:
+                access.route, access.charges = route, charges
+                access.account = request.path_params.get("account_id")
             try:
                 response = await handler(request)
             except QuotagateError as exc:
@@ -46,6 +53,13 @@ def endpoint(route: str) -> Callable[[Handler], Handler]:
         return run
 
     return wrap
+
+
+def note_cost(request: Request, cost: int) -> None:
+    """The credits a request charged, for its access line."""
+    access = access_of_scope(request.scope)
+    if access is not None:
+        access.cost = cost
 
 
 def json_response(

@@ -26,6 +26,7 @@ from typing import NamedTuple, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from quotagate.api.access import Access
 from quotagate.api.answers import Answer, RawHeaders, Reply
 from quotagate.api.bodies import MAX_BODY_BYTES, body_too_large, declared_length_error
 from quotagate.api.problems import internal_error, problem_answer
@@ -53,6 +54,8 @@ class Request(NamedTuple):
 
 
 class Endpoint(Protocol):
+    route: str
+    """Its name in the request metrics and the access line."""
     methods: frozenset[str] | None
     """The methods it takes; None: any (the hook, which Envoy sends the client's)."""
     reads_body: bool
@@ -108,7 +111,11 @@ class Front:
         """Answer ``request``; ``reply(answer)`` is called once. Never raises."""
         methods = endpoint.methods
         if methods is not None and request.method not in methods:
-            reply(method_not_allowed(request.method, methods))
+            answer = method_not_allowed(request.method, methods)
+            access = Access(endpoint.route, request.method, request.raw_path, request.headers,
+                            charges=False)  # fmt: skip
+            access.done(answer.status, answer.headers)
+            reply(answer)
             return
         try:
             endpoint.begin(request, reply)

@@ -140,6 +140,26 @@ class TransactionOut(_Out):
     pending: bool
 
 
+class BucketsOut(_Out):
+    """The balance's two buckets: spends take the monthly credits first."""
+
+    monthly: int
+    """Credits of the tier's monthly grant (``reset`` tiers expire what is left of them)."""
+    purchased: int
+    """Everything else: grants, earnings, refunds, and ``add`` tiers' renewals."""
+
+
+class OpenHoldOut(_Out):
+    """A hold not yet captured, released or past its deadline."""
+
+    hold_id: str
+    amount: int
+    expires_at: datetime
+    resource: str | None
+    """The resource it was priced from; None for a hold of a plain amount."""
+    units: int | None
+
+
 class AccountOut(_Out):
     account_id: str
     tier: str
@@ -150,6 +170,9 @@ class AccountOut(_Out):
     overdraft_limit: int
     last_reset_at: datetime | None
     recent_transactions: list[TransactionOut]
+    buckets: BucketsOut
+    holds: list[OpenHoldOut]
+    """Open holds, the soonest to expire first; their sum is ``reserved``."""
 
 
 class AccountWritten(_Out):

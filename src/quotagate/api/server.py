@@ -11,6 +11,8 @@ import argparse
 from typing import Any
 
 from quotagate.api.protocol import GatewayProtocol
+from quotagate.logs import LOG_LEVELS, logging_config
+from quotagate.settings import Settings
 
 
 def uvicorn_settings() -> dict[str, Any]:
@@ -25,13 +27,14 @@ def uvicorn_settings() -> dict[str, Any]:
     }
 
 
-def run(app: str, *, host: str, port: int, workers: int, log_level: str | None = None) -> None:
-    """Serve the app factory ``app`` (``module:function``) in the foreground."""
+def run(app: str, *, host: str, port: int, workers: int, log_format: str, log_level: str) -> None:
+    """Serve the app factory ``app`` (``module:function``) in the foreground, each process
+    logging in ``log_format`` from ``log_level`` up (:mod:`quotagate.logs`)."""
     import uvicorn
 
     options = uvicorn_settings()
-    if log_level is not None:
-        options["log_level"] = log_level
+    # Applied by uvicorn in every worker process it starts.
+    options["log_config"] = logging_config(log_format, log_level)
     uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
 
 
@@ -41,9 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None)
     args = parser.parse_args(argv)
-    run(args.app, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    settings = Settings.from_env()
+    log_format, log_level = settings.logging(settings.load_config())
+    run(
+        args.app, host=args.host, port=args.port, workers=args.workers,
+        log_format=log_format, log_level=args.log_level or log_level,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Generic, TypeVar
 
 from quotagate import metrics
+from quotagate.api.access import Access
 from quotagate.api.answers import Answer, RawHeaders, Reply, json_answer
 from quotagate.api.bodies import decode
 from quotagate.api.endpoint import bearer_of, reset_seconds
@@ -67,16 +68,17 @@ class ServiceEndpoint(Generic[R]):
         self.engine = gw.engine
 
     def begin(self, request: Request, reply: Reply) -> None:
-        started = time.perf_counter()
+        access = Access(self.route, request.method, request.raw_path, request.headers, charges=True)
+        access.account = request.param
         try:
             self.gw.keys.authorize(bearer_of(request.headers), "service")
             if request.body_error is not None:
                 raise request.body_error
             fut = self.start(request)
         except QuotagateError as exc:
-            self._finish(started, reply, problem_answer(exc))
+            self._finish(access, reply, problem_answer(exc))
             return
-        fut.add_done_callback(partial(self._done, request, started, reply))
+        fut.add_done_callback(partial(self._done, request, access, reply))
 
     def start(self, request: Request) -> asyncio.Future[R]:
         """Start the engine call (bad input raises here, before any call)."""
@@ -85,13 +87,19 @@ class ServiceEndpoint(Generic[R]):
     def answer(self, request: Request, result: R) -> Answer:
         raise NotImplementedError
 
-    def _done(self, request: Request, started: float, reply: Reply, fut: asyncio.Future[R]) -> None:
+    def note(self, access: Access, result: R) -> None:
+        """What the access line says of ``result``: the credits charged or set aside."""
+        raise NotImplementedError
+
+    def _done(self, request: Request, access: Access, reply: Reply, fut: asyncio.Future[R]) -> None:
         try:
             if fut.cancelled():
                 error = BackendUnavailable("the call was cancelled (the gateway is stopping)")
                 answer = problem_answer(error)
             elif (exc := fut.exception()) is None:
-                answer = self.answer(request, fut.result())
+                result = fut.result()
+                self.note(access, result)
+                answer = self.answer(request, result)
             elif isinstance(exc, QuotagateError):
                 answer = problem_answer(exc)
             else:
@@ -99,10 +107,11 @@ class ServiceEndpoint(Generic[R]):
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.raw_path)
             answer = internal_error()
-        self._finish(started, reply, answer)
+        self._finish(access, reply, answer)
 
-    def _finish(self, started: float, reply: Reply, answer: Answer) -> None:
-        metrics.count_request(self.route, answer.status, time.perf_counter() - started)
+    def _finish(self, access: Access, reply: Reply, answer: Answer) -> None:
+        metrics.count_request(self.route, answer.status, time.perf_counter() - access.started)
+        access.done(answer.status, answer.headers)
         reply(answer)
 
 
@@ -119,6 +128,9 @@ class Consume(ServiceEndpoint[ChargeResult]):
             request.param, body.resource, body.units, description=body.description,
             metadata=body.metadata, idempotency_key=request.headers.get("idempotency-key"),
         )  # fmt: skip
+
+    def note(self, access: Access, result: ChargeResult) -> None:
+        access.cost = result.cost
 
     def answer(self, request: Request, r: ChargeResult) -> Answer:
         self.gw.flush_trigger.note_write(request.param)
@@ -138,6 +150,10 @@ class Check(ServiceEndpoint[CheckResult]):
     def start(self, request: Request) -> asyncio.Future[CheckResult]:
         body = decode(request.body, CheckRequest)
         return _task(self.engine.check(request.param, body.resource, body.units))
+
+    def note(self, access: Access, result: CheckResult) -> None:
+        access.cost = result.cost
+        access.decision = "allowed" if result.allowed else "denied"
 
     def answer(self, request: Request, r: CheckResult) -> Answer:
         return json_answer(CheckOut(r.allowed, r.cost, r.available))
@@ -159,6 +175,9 @@ class Hold(ServiceEndpoint[HoldResult]):
                 idempotency_key=request.headers.get("idempotency-key"),
             )
         )  # fmt: skip
+
+    def note(self, access: Access, result: HoldResult) -> None:
+        access.cost = result.amount
 
     def answer(self, request: Request, r: HoldResult) -> Answer:
         self.gw.flush_trigger.note_write(request.param)

@@ -7,7 +7,8 @@ import logging
 
 from quotagate import ids
 from quotagate.api.gateway import Gateway
-from quotagate.api.schemas import AccountOut, TransactionOut
+from quotagate.api.schemas import AccountOut, BucketsOut, OpenHoldOut, TransactionOut
+from quotagate.engine.results import Hold
 from quotagate.errors import BackendError
 from quotagate.ledger import HistoryPage, Transaction
 
@@ -48,8 +49,16 @@ async def account_view(gw: Gateway, account_id: str) -> tuple[AccountOut, bool]:
         overdraft_limit=a.overdraft_limit,
         last_reset_at=a.last_reset_at,
         recent_transactions=[transaction_out(t) for t in page.transactions] if page else [],
+        buckets=BucketsOut(monthly=a.monthly_credits, purchased=a.purchased_credits),
+        holds=[_open_hold(h) for h in a.holds],
     )
     return view, page is None
+
+
+def _open_hold(h: Hold) -> OpenHoldOut:
+    # A hold of a plain amount is stored with units 1: it has no resource to count.
+    units = h.units if h.resource else None
+    return OpenHoldOut(h.hold_id, h.amount, h.expires_at, h.resource or None, units)
 
 
 async def _recent(gw: Gateway, account_id: str) -> HistoryPage | None:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _PR_SET_PDEATHSIG = 1
 
@@ -39,12 +39,17 @@ class ServeOptions:
 
     workers: int
     """uvicorn worker processes."""
+    log_level: str = field(
+        default_factory=lambda: os.environ.get("QUOTAGATE_LOG_LEVEL") or "warning"
+    )
+    """The servers' log level: warning, unless QUOTAGATE_LOG_LEVEL says otherwise (``info``
+    measures the hot path with its access lines written)."""
 
     def uvicorn_args(self, app: str, port: int) -> list[str]:
         """Command line serving the ASGI app factory ``app`` (``module:function``)."""
         return [
             sys.executable, "-m", "quotagate.api.server", app, "--host", "127.0.0.1",
-            "--port", str(port), "--workers", str(self.workers), "--log-level", "warning",
+            "--port", str(port), "--workers", str(self.workers), "--log-level", self.log_level,
         ]  # fmt: skip
 
 

@@ -62,13 +62,16 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
     """
     from quotagate.jobs import queues, runtime
     from quotagate.jobs.worker import LedgerWorker
+    from quotagate.logs import configure
 
     settings = Settings.from_env()
+    log_format, log_level = settings.logging(settings.load_config())
+    configure(log_format, log_level)
     rt = runtime.install(settings)
     rt.run(_check_ready(rt) if burst else _wait_until_ready(rt))
     conn = queues.connection(settings)
     w = LedgerWorker(queues.worker_queues(settings, conn), connection=conn, name=name)
-    w.work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
+    w.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level.upper())
 
 
 async def _check_ready(rt: WorkerRuntime) -> None:

@@ -23,10 +23,10 @@ SCHEDULE_MODULE = "quotagate.jobs.schedule"
 @click.option(
     "--logging-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
+    default=None,
+    help="Log level [QUOTAGATE_LOG_LEVEL, the config file's [logs] level: INFO].",
 )
-def scheduler(logging_level: str) -> None:
+def scheduler(logging_level: str | None) -> None:
     """Enqueue the recurring jobs on QUOTAGATE_QUEUE_URL: flush (1 s), hold expiry (5 s),
     renewal (daily 00:15 UTC, once a month per account), reconciliation report (03:30 UTC).
 
@@ -39,19 +39,22 @@ def scheduler(logging_level: str) -> None:
     from quotagate.errors import BackendUnavailable
     from quotagate.jobs import queues
     from quotagate.jobs.worker import through_outages
+    from quotagate.logs import configure
 
     # rq cron reads cron expressions in local time; ours are UTC.
     os.environ["TZ"] = "UTC"
     time.tzset()
     settings = Settings.from_env()
-    settings.load_config()  # a bad config fails here, in one sentence
+    log_format, log_level = settings.logging(settings.load_config())  # a bad config fails here
+    level = (logging_level or log_level).lower()
+    configure(log_format, level)
     conn = queues.connection(settings)
     try:
         conn.ping()
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         url = redact(str(settings.queue_url))
         raise BackendUnavailable(f"the queue Redis at {url} did not answer: {exc}") from None
-    cron = CronScheduler(connection=conn, logging_level=logging_level.upper())
+    cron = CronScheduler(connection=conn, logging_level=level.upper())
     cron.load_config_from_file(SCHEDULE_MODULE)
     with contextlib.suppress(StopRequested):  # SIGTERM while waiting for Redis
         # rq cron ends its loop on any Redis error: start it again once Redis is back.

@@ -9,20 +9,22 @@ import tempfile
 
 import click
 
+from quotagate.config import Config
 from quotagate.settings import Settings
 
 
-async def _preflight(settings: Settings) -> None:
+async def _preflight(settings: Settings) -> Config:
     """Fail before uvicorn starts, in one sentence, on what would stop every worker: a bad
     config or a ledger schema behind the code (a Postgres that is down is not a failure)."""
     from quotagate.api.ledger_link import LedgerLink
 
-    settings.load_config()
+    config = settings.load_config()
     link = LedgerLink(settings.database_url)
     try:
         await link.start()
     finally:
         await link.aclose()
+    return config
 
 
 @click.command()
@@ -42,7 +44,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     from quotagate.metrics import MULTIPROC_ENV
 
     settings = Settings.from_env()
-    asyncio.run(_preflight(settings))
+    log_format, log_level = settings.logging(asyncio.run(_preflight(settings)))
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
@@ -52,7 +54,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         made_dir = tempfile.mkdtemp(prefix="quotagate-metrics-")
         os.environ[MULTIPROC_ENV] = made_dir
     try:
-        server.run("quotagate.api.app:create_app", host=host, port=port, workers=workers)
+        server.run(
+            "quotagate.api.app:create_app", host=host, port=port, workers=workers,
+            log_format=log_format, log_level=log_level,
+        )  # fmt: skip
     finally:
         if made_dir is not None:
             os.environ.pop(MULTIPROC_ENV, None)

@@ -32,7 +32,9 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisClusterException
+from redis.exceptions import RedisClusterException
+
+from quotagate.errors import PoolExhausted
 
 DEFAULT_MAX_CONNECTIONS = 16
 """Connections a job or an operator's command opens to each node of the credit data's Redis
@@ -124,10 +126,6 @@ def cluster_from_url(
     )
     _route_role_to_every_primary(client)
     return client
-
-
-class PoolExhausted(MaxConnectionsError):
-    """No connection to a node of the cluster came free in time: every one allowed is busy."""
 
 
 class BoundedRedisCluster(RedisCluster):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.exceptions import RedisError
 
+from quotagate import metrics
 from quotagate.engine import CreditEngine
 from quotagate.errors import OutboxEntryInvalid
 from quotagate.ledger import quarantine
@@ -157,6 +158,11 @@ async def flush_partition(
                 result.shadow = await flush_shadow(
                     engine, ledger, partition, batch_size=batch_size, keep_going=keep_going
                 )
+    except Exception:
+        # Counted here, where every flush passes (the job and `quotagate flush`): a batch
+        # that did not commit, whatever the cause; the caller decides what happens next.
+        metrics.LEDGER_FLUSH_ERRORS.labels("batch").inc()
+        raise
     finally:
         with contextlib.suppress(RedisError):
             await lease.release()

@@ -265,6 +265,7 @@ def report(quarantined: Sequence[Quarantined]) -> None:
     for record in quarantined:
         booked = record.booked is not None
         metrics.LEDGER_QUARANTINED.labels("true" if booked else "false").inc()
+        metrics.LEDGER_FLUSH_ERRORS.labels("quarantined").inc()
         fields = {
             "event": "ledger_quarantine",
             "partition": record.partition,

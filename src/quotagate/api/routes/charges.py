@@ -35,7 +35,7 @@ from quotagate.errors import QuotagateError, ValidationError
 def routes(gw: Gateway) -> list[Route]:
     keys, engine, trigger = gw.keys, gw.engine, gw.flush_trigger
 
-    @endpoint("charges")
+    @endpoint("charges", charges=True)
     async def charges(request: Request) -> Response:
         keys.authorize(bearer(request), "service")
         items = await batch_items(request, gw.config.batch)

@@ -8,7 +8,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotagate.api.bodies import decode, read_body
-from quotagate.api.endpoint import bearer, endpoint, idempotency_key, json_response, replay_headers
+from quotagate.api.endpoint import (
+    bearer,
+    endpoint,
+    idempotency_key,
+    json_response,
+    note_cost,
+    replay_headers,
+)
 from quotagate.api.gateway import Gateway
 from quotagate.api.schemas import (
     CaptureRequest,
@@ -21,7 +28,7 @@ from quotagate.api.schemas import (
 def routes(gw: Gateway) -> list[Route]:
     keys, engine, trigger = gw.keys, gw.engine, gw.flush_trigger
 
-    @endpoint("capture")
+    @endpoint("capture", charges=True)
     async def capture(request: Request) -> Response:
         keys.authorize(bearer(request), "service")
         body = decode(await read_body(request), CaptureRequest, empty_ok=True)
@@ -33,6 +40,7 @@ def routes(gw: Gateway) -> list[Route]:
             idempotency_key=idempotency_key(request),
         )
         trigger.note_write(account_id)
+        note_cost(request, r.cost)
         answer = ChargeOut(r.transaction_id, r.cost, r.remaining)
         return json_response(answer, headers=replay_headers(r.replayed))
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from quotagate import metrics
+from quotagate.api.access import Access
 from quotagate.api.answers import Answer, Reply
 from quotagate.api.deadline import Deadline
 from quotagate.api.endpoint import DEGRADED, endpoint, json_response, reset_seconds
@@ -117,6 +118,7 @@ class Hook:
     (:mod:`quotagate.api.front`), which brings it every request to its paths, whatever the
     method (Envoy sends the client's), as soon as the headers are read."""
 
+    route = "authz"
     methods: frozenset[str] | None = None
     reads_body = False
 
@@ -139,15 +141,15 @@ class Hook:
         event loop (the charge's done-callback). No task per request: creating and stepping
         one is a measurable part of the hook's CPU (docs/benchmark.md). The charge is bounded
         by the shared Deadline, which cancels it on expiry (an answer by the failure policy)."""
-        started = time.perf_counter()
         h = request.headers
+        access = Access(self.route, request.method, request.raw_path, h, charges=True)
         try:
-            account_id = self._caller(h)
+            account_id = access.account = self._caller(h)
             charge = self._charge_for(request.method, request.raw_path, h)
             if charge is None:  # no route: a read, not a charge; rare enough for a task
-                task = asyncio.ensure_future(self._unmatched_answer(account_id))
+                task = asyncio.ensure_future(self._unmatched_answer(account_id, access))
                 self._tasks.add(task)
-                task.add_done_callback(partial(self._finish_task, started, reply))
+                task.add_done_callback(partial(self._finish_task, access, reply))
                 return
             resource, units, description, shadow = charge
             fut = self.gw.engine.consume_soon(
@@ -156,27 +158,29 @@ class Hook:
                 shadow=shadow,
             )  # fmt: skip
         except QuotagateError as exc:
-            self._finish(started, reply, self._refusal(exc))
+            self._finish(access, reply, self._refusal(exc))
             return
         except KeysRefreshing as refreshing:  # a token's key not fetched yet: rare
             refreshing.fetch.add_done_callback(lambda _: self.begin(request, reply))
             return
         except Exception:
             log.exception("unexpected error in the authz hook (%s)", request.raw_path)
-            self._finish(started, reply, internal_error())
+            self._finish(access, reply, internal_error())
             return
         self.deadline.watch(fut)
-        fut.add_done_callback(partial(self._charged, account_id, started, reply))
+        fut.add_done_callback(partial(self._charged, account_id, access, reply))
 
     def _charged(
-        self, account_id: str, started: float, reply: Reply, fut: asyncio.Future[ChargeResult]
+        self, account_id: str, access: Access, reply: Reply, fut: asyncio.Future[ChargeResult]
     ) -> None:
         try:
             if fut.cancelled():  # by the deadline
                 answer = self._backend_down(account_id, TimeoutError())
             elif (exc := fut.exception()) is None:
                 self.gw.flush_trigger.note_write(account_id)
-                answer = self._allowed(account_id, fut.result())
+                result = fut.result()
+                access.cost = result.cost
+                answer = self._allowed(account_id, result)
             elif isinstance(exc, BackendError):
                 answer = self._backend_down(account_id, exc)
             elif isinstance(exc, QuotagateError):
@@ -186,20 +190,21 @@ class Hook:
         except Exception:
             log.exception("unexpected error in the authz hook")
             answer = internal_error()
-        self._finish(started, reply, answer)
+        self._finish(access, reply, answer)
 
-    def _finish_task(self, started: float, reply: Reply, task: asyncio.Task[Answer]) -> None:
+    def _finish_task(self, access: Access, reply: Reply, task: asyncio.Task[Answer]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return  # the server is stopping: no answer to give
         exc = task.exception()
         if exc is not None:
             log.error("unexpected error in the authz hook", exc_info=exc)
-        self._finish(started, reply, internal_error() if exc else task.result())
+        self._finish(access, reply, internal_error() if exc else task.result())
 
     @staticmethod
-    def _finish(started: float, reply: Reply, answer: Answer) -> None:
-        metrics.count_request("authz", answer.status, time.perf_counter() - started)
+    def _finish(access: Access, reply: Reply, answer: Answer) -> None:
+        metrics.count_request("authz", answer.status, time.perf_counter() - access.started)
+        access.done(answer.status, answer.headers)
         reply(answer)
 
     def _caller(self, h: Mapping[str, str]) -> str:
@@ -225,13 +230,13 @@ class Hook:
             resource, units, shadow = route.resource, route.units, route.shadow
         return resource, units, f"{method} {path}"[:MAX_DESCRIPTION], shadow
 
-    async def _unmatched_answer(self, account_id: str) -> Answer:
+    async def _unmatched_answer(self, account_id: str, access: Access) -> Answer:
         try:
-            return await self._unmatched(account_id)
+            return await self._unmatched(account_id, access)
         except QuotagateError as exc:
             return self._refusal(exc)
 
-    async def _unmatched(self, account_id: str) -> Answer:
+    async def _unmatched(self, account_id: str, access: Access) -> Answer:
         if self.authz.unmatched == "deny":
             raise Forbidden("no route of the config matches this request", reason="no_route")
         try:
@@ -242,6 +247,7 @@ class Hook:
         if account.status == "banned":
             raise AccountBanned("the account is banned")
         metrics.TALLY.inc(_ALLOWED)
+        access.cost = 0
         return Answer(200, [
             (b"x-quota-account", account_id.encode()), (b"x-quota-cost", b"0"),
             (b"x-quota-remaining", b"%d" % account.available),

@@ -47,6 +47,16 @@ function showAccount(account) {
     cell(row, name);
     cell(row, account[name], typeof account[name] === "number").dataset.field = name;
   }
+  // Spends take the monthly credits first, then the purchased ones.
+  fill("buckets", [
+    { bucket: "monthly", credits: account.buckets.monthly },
+    { bucket: "purchased", credits: account.buckets.purchased },
+  ], [["bucket"], ["credits", true]]);
+  fill("holds", account.holds, [
+    ["hold_id"], ["amount", true], ["expires_at"], ["resource"], ["units", true],
+  ]);
+  const held = account.holds.reduce((sum, h) => sum + h.amount, 0);
+  $("holds-total").textContent = `${account.holds.length} open, ${held} credits held`;
   fill("transactions", account.recent_transactions, [
     ["created_at"], ["type"], ["amount", true], ["resource"], ["balance_after", true], ["pending"],
   ]);
