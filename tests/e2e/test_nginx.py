@@ -15,6 +15,7 @@ from tests.conftest import EngineFactory
 from tests.e2e.harness import (
     EXAMPLES,
     USERS,
+    SettlingApp,
     Upstream,
     assert_partition_flushes,
     auth,
@@ -23,6 +24,8 @@ from tests.e2e.harness import (
     gateway,
     open_accounts,
     proxy,
+    reserve_config_text,
+    run_reserve_scenario,
     run_scenario,
     sha_htpasswd_line,
     workdir,
@@ -129,3 +132,25 @@ async def test_nginx_answers_503_when_redis_is_down_and_never_calls_the_app(
             assert down.json()["code"] == "backend_unavailable"
             assert elapsed < 2.5, f"the refusal took {elapsed:.2f} s"
             assert len(upstream.hits) == 1
+
+
+async def test_nginx_reserves_and_the_app_settles_the_actual_cost(
+    make_engine: EngineFactory,
+    redis_url: str,
+    ledger_url: str,
+    key_prefix: str,
+    hook_key: str,
+    service_key: str,
+) -> None:
+    config = reserve_config_text(EXAMPLES / "nginx" / "quotagate.toml")
+    engine = await make_engine(config)
+    await open_accounts(engine)
+    app = SettlingApp(service_key=service_key)
+    with Upstream(work=app).running() as upstream, workdir() as work, gateway(
+        redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
+        config_text=config, work=work,
+    ) as gateway_url, nginx_in_front(
+        work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
+    ) as base:  # fmt: skip
+        app.gateway_url = gateway_url
+        await run_reserve_scenario(base, upstream, app, engine, ledger_url, other_key=hook_key)
