@@ -383,6 +383,13 @@ mode = "reserve"
 cost = 10
 max_overrun = 5
 hold_ttl = "1m"
+
+[[authz.routes]]
+path = "/api/metered/*"
+mode = "reserve"
+cost = 10
+max_overrun = 5
+hold_ttl = "1m"
 """
 """A reserve route: the upstream's work costs what it finds out (its last path segment),
 estimated at 10 credits, at most 5 more."""
