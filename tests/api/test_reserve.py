@@ -151,7 +151,12 @@ def test_the_proxy_may_ask_for_a_reservation(
     assert_problem(plain, 422, "invalid_request")
     bad = client.get("/v1/authz", headers=_hook(api_keys, acct, "GET", "/api/x", X_Quota_Mode="x"))
     assert_problem(bad, 422, "invalid_request")
-    assert _books(client, api_keys["admin"], acct) == (999, 9, 990)
+    # A reserve route priced by a resource can be charged its price instead (10 tokens at 2).
+    tokens = client.get(
+        "/v1/authz", headers=_hook(api_keys, acct, "GET", "/api/tokens/x", X_Quota_Mode="charge")
+    )
+    assert tokens.headers["x-quota-cost"] == "20" and "x-quota-hold-id" not in tokens.headers
+    assert _books(client, api_keys["admin"], acct) == (979, 9, 970)
 
 
 def test_a_reservation_the_credits_cannot_cover_is_refused(
