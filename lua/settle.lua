@@ -25,6 +25,7 @@ Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "hold_not_found"} {"err", "hold_settled"} {"err", "hold_expired", policy}
        {"err", "units_not_priced"}
+       ("actual_cost" names units whose price passes 10^12 credits)
 ]]
 local account, hold_id, idem, fp = ARGV[2], ARGV[3], ARGV[6], ARGV[7]
 local txn = id_arg(ARGV[1])
@@ -68,7 +69,7 @@ local ledger_units = hold.units
 if units then
   if hold.price == 0 then return {'err', 'units_not_priced'} end
   if units > math.floor(MAX_AMOUNT / hold.price) then
-    return {'err', 'invalid_argument', 'units'}
+    return {'err', 'invalid_argument', 'actual_cost'}
   end
   actual, ledger_units = units * hold.price, s(units)
 end

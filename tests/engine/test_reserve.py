@@ -112,6 +112,10 @@ async def test_settle_in_units_prices_them_as_the_hold_did(engine: CreditEngine)
     assert (settled.charged, settled.shortfall) == (21, 0)
     [spend] = await _spends(engine, "alice")
     assert (spend["res"], spend["u"], spend["amt"]) == ("token", "7", "-21")
+    priced = await engine.reserve("alice", resource="token", units=1)
+    with pytest.raises(InvalidAmount, match="actual_cost"):  # 3 x 10^12 credits
+        await engine.settle(priced.hold_id, units=10**12)
+    await engine.settle(priced.hold_id, units=0)
     fixed = await engine.reserve("alice", amount=5)
     with pytest.raises(UnitsNotPriced):
         await engine.settle(fixed.hold_id, units=1)

@@ -59,7 +59,6 @@ from quotagate.errors import (
     AccountNotFound,
     AccountNotLoaded,
     ConfigError,
-    InvalidAmount,
     QuotagateError,
     UnknownTier,
     ValidationError,
@@ -444,12 +443,12 @@ class CreditEngine:
         ids.check_account_id(account_id)
         if (resource is None) == (amount is None):
             raise ValidationError("a hold names either a resource or an amount", field="amount")
-        price = self.config.cost_of(resource) if resource is not None else 0
         total = (
             validate.cost(self.config, resource, units)
             if resource is not None
             else validate.amount(amount)
         )
+        price = self.config.resources[resource] if resource is not None else 0
         ttl = self._hold_ttl(ttl_seconds)
         validate.limit(max_overrun, "max_overrun")
         if on_expiry not in ("release", "capture"):
@@ -465,7 +464,7 @@ class CreditEngine:
         args = [
             ids.new_id(), account_id, str(total), str(ttl * 1000), resource or "",
             str(units if resource else 1), idem or "", fp, ttl_ms, str(max_overrun), on_expiry,
-            str(price or 0),
+            str(price),
         ]  # fmt: skip
         r = await self._call("hold", account_id, idem, args)
         hold_id = ids.account_hold_id(account_id, r[0])
@@ -487,10 +486,7 @@ class CreditEngine:
         if (amount is None) == (units is None):
             raise ValidationError('a settle names either "amount" or "units"', field="amount")
         given, name = (amount, "amount") if amount is not None else (units, "units")
-        if given != 0:
-            validate.amount(given, name)
-        elif isinstance(given, bool) or not isinstance(given, int):
-            raise InvalidAmount(f"{name} must be an integer from 0 to 10^12", field=name)
+        validate.limit(given, name)  # 0 too: nothing was used, the hold is released
         idem = ids.check_idempotency_key(idempotency_key)
         fp = validate.fingerprint("settle", hold_uuid, amount, units) if idem else ""
         args = [

@@ -85,6 +85,7 @@ def redis_failures() -> Iterator[None]:
 
 
 _AMOUNT_ARGS = {
+    "actual_cost",
     "cost",
     "units",
     "amount",
