@@ -250,9 +250,19 @@ class Hook:
                 return None
             if mode is None and route.mode == "charge":
                 return route.resource or "", route.units, f"{method} {path}"[:MAX_DESCRIPTION]
+        elif mode is None:
+            return resource, units, f"{method} {path}"[:MAX_DESCRIPTION]
+        return self._by_mode(mode, route, resource, units, f"{method} {path}"[:MAX_DESCRIPTION])
+
+    def _by_mode(
+        self, mode: str | None, route: RouteConfig | None, resource: str | None, units: int,
+        description: str,
+    ) -> tuple[str, int, str] | Reservation:  # fmt: skip
+        """A reserve route's request, or one whose proxy names the mode (X-Quota-Mode): apart
+        from the charges' path, which it adds no step to."""
         if mode is not None and mode not in _MODES:
             raise ValidationError('X-Quota-Mode must be "charge" or "reserve"', field="mode")
-        if mode == "reserve" or (mode is None and route is not None):  # a reserve route
+        if mode != "charge":  # "reserve", or a reserve route the proxy names no mode for
             return self._reservation(route, resource, units)
         if route is not None:
             if route.resource is None:
@@ -263,7 +273,7 @@ class Hook:
                 )
             resource, units = route.resource, route.units
         assert resource is not None  # from the header, or the route's
-        return resource, units, f"{method} {path}"[:MAX_DESCRIPTION]
+        return resource, units, description
 
     def _reservation(
         self, route: RouteConfig | None, resource: str | None, units: int
