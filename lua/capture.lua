@@ -44,26 +44,25 @@ if not a then return missing end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_ms()
-local held, resource, units = open_hold(hold_id, now)
-if not held then return {'err', 'hold_not_found'} end
+local hold = open_hold(hold_id, now)
+if not hold then return {'err', 'hold_not_found'} end
+local held = hold.held
 if amount == nil then amount = held end
 if amount > held then return {'err', 'capture_exceeds_hold', s(held)} end
 
--- This hold ends now; any others past their deadline end with it.
-local due, due_credits = due_holds(now)
-r = r - due_credits
+-- Holds of the account past their deadline end first, each by its policy.
+r, m, b = expire_due(account, now, r, m, b, od)
 if m + b - amount - (r - held) + od < 0 then
   return {'err', 'insufficient_credits', s(amount), s(m + b - (r - held) + od)}
 end
-end_holds(account, hold_id, due)
+drop_holds(account, {hold_id})
 r = r - held
 
-local from_monthly = math.min(math.max(m, 0), amount)
-m = m - from_monthly
-b = b - (amount - from_monthly)
+local from_monthly
+m, b, from_monthly = spend_buckets(m, b, amount)
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
-append_transaction(txn, account, -amount, 'spend', resource, units, desc, meta, nil, m + b,
-  -from_monthly, idem, 'hold', hold_id)
+append_transaction(txn, account, -amount, 'spend', hold.resource, hold.units, desc, meta, nil,
+  m + b, -from_monthly, idem, 'hold', hold_id)
 
 local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5])

@@ -9,7 +9,8 @@ ARGV[1] cost (credits)
 Reply  {"ok", allowed 0|1, cost, available}
 Errors {"err", "invalid_argument", "cost"} {"err", "account_not_loaded"}
        {"err", "account_not_found"} {"err", "account_banned"}
-Holds past their deadline are counted as released, without writing.
+Holds past their deadline are counted as their policy ends them (released, or charged
+what they hold), without writing.
 ]]
 local cost = amount_arg(ARGV[1])
 if not cost then return {'err', 'invalid_argument', 'cost'} end
@@ -18,10 +19,7 @@ local a, missing = account_fields('m', 'b', 'r', 'od', 'st')
 if not a then return missing end
 if a[5] ~= 'active' then return {'err', 'account_banned'} end
 local r = tonumber(a[3])
-if r > 0 then
-  local _, credits = due_holds(now_ms())
-  r = r - credits
-end
+if r > 0 then r = r - due_release_credits(now_ms()) end
 
 local available = tonumber(a[1]) + tonumber(a[2]) - r + tonumber(a[4])
 local allowed = '0'

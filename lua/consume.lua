@@ -24,7 +24,7 @@ Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
 Spends monthly credits first, then purchased ones. Writes nothing unless it charges, but
-releases holds found expired.
+ends holds found expired, each by its policy (released, or captured into the outbox).
 ]]
 
 -- Every charge's arguments are checked before anything is read or written.
@@ -85,7 +85,7 @@ for i = 1, n do
   end
   if not reply and not expired then
     expired = true  -- once, before the first charge counts (`now` is read when r > 0)
-    if now then r = expire_due(account, math.floor(now / 1000), r) end
+    if now then r, m, b = expire_due(account, math.floor(now / 1000), r, m, b, od) end
   end
   if not reply then
     local available = m + b - r + od

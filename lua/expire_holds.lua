@@ -1,26 +1,27 @@
---[[ expire_holds: release every hold of one account that is past its deadline.
+--[[ expire_holds: end every hold of one account that is past its deadline, each by its policy:
+released, or (a reservation with on_expiry "capture") charged what it holds.
 The sweep job reads the partition's hold-expiry index and calls this per account; the other
 scripts do the same lazily, so this is what makes expiry timely on idle accounts.
 
 KEYS[1] account hash        KEYS[5] account holds hash
-KEYS[2..4], KEYS[8..9]      unused (the account scripts share one KEYS layout)
-KEYS[6] account hold-expiry zset
-KEYS[7] partition hold-expiry index
+KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
+KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
+KEYS[4], KEYS[8..9]         unused (the account scripts share one KEYS layout)
 
 ARGV[1] account id
 
-Reply  {"ok", holds released, credits released}
+Reply  {"ok", holds ended, credits released, credits captured}
 ]]
 local account = ARGV[1]
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od')
+if not a[1] then
   -- The account is gone: nothing to give back to; drop what pointed at it.
   redis.call('DEL', KEYS[5], KEYS[6])
   redis.call('ZREM', KEYS[7], account)
-  return {'ok', '0', '0'}
+  return {'ok', '0', '0', '0'}
 end
 
-local due, credits = due_holds(now_ms())
-drop_holds(account, due)
-if #due > 0 then redis.call('HINCRBY', KEYS[1], 'r', -credits) end
-return {'ok', s(#due), s(credits)}
+local _, _, _, ended, released, captured = end_due_holds(account, now_ms(),
+  tonumber(a[3]), tonumber(a[1]), tonumber(a[2]), tonumber(a[4]))
+return {'ok', s(ended), s(released), s(captured)}

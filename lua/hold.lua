@@ -1,4 +1,4 @@
---[[ hold: set credits aside for a bounded time, to be captured or released later.
+--[[ hold: set credits aside for a bounded time, to be captured, settled or released later.
 
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
@@ -6,11 +6,13 @@ KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
 KEYS[4] idempotency record  KEYS[8] account rate-limit state
 KEYS[9]                     unused (the account scripts share one KEYS layout)
 
-ARGV[1] hold id             ARGV[6] units
-ARGV[2] account id          ARGV[7] idempotency key ("" for none)
-ARGV[3] amount (credits)    ARGV[8] request fingerprint (16 characters)
-ARGV[4] time to live in ms  ARGV[9] idempotency TTL in ms
+ARGV[1] hold id             ARGV[7] idempotency key ("" for none)
+ARGV[2] account id          ARGV[8] request fingerprint (16 characters)
+ARGV[3] amount (credits)    ARGV[9] idempotency TTL in ms
+ARGV[4] time to live in ms  ARGV[10] a reservation's max overrun in credits ("" for a plain hold)
 ARGV[5] resource ("" when the hold names an amount)
+ARGV[6] units               ARGV[11] a reservation's policy at its deadline: release | capture
+                            ARGV[12] a reservation's unit price (0: priced by amount)
 
 Reply  {"ok", hold id, amount, expires at (ms), available after, replayed 0|1}
 Record (KEYS[4]) the 16-character fingerprint, then the reply's hold, amount, expires, available,
@@ -18,7 +20,8 @@ Record (KEYS[4]) the 16-character fingerprint, then the reply's hold, amount, ex
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
-A hold changes `reserved`, not the balance, so it appends nothing to the outbox.
+A hold changes `reserved`, not the balance, so it appends nothing to the outbox (holds past
+their deadline that capture when they end do, see end_due_holds).
 Counts against the tier's rate limit like a consume.
 ]]
 local account, resource, idem, fp = ARGV[2], ARGV[5], ARGV[7], ARGV[8]
@@ -27,6 +30,16 @@ local amount = amount_arg(ARGV[3])
 local ttl = ttl_arg(ARGV[4])
 local units = amount_arg(ARGV[6])
 local idem_ttl = ttl_arg(ARGV[9])
+local reservation = ''
+if ARGV[10] ~= '' then
+  local overrun, price = amount_arg(ARGV[10], 0), amount_arg(ARGV[12], 0)
+  if not overrun then return {'err', 'invalid_argument', 'max_overrun'} end
+  if ARGV[11] ~= 'release' and ARGV[11] ~= 'capture' then
+    return {'err', 'invalid_argument', 'on_expiry'}
+  end
+  if not price then return {'err', 'invalid_argument', 'unit_price'} end
+  reservation = '|' .. s(overrun) .. '|' .. ARGV[11] .. '|' .. s(price)
+end
 if not hold_id or string.find(hold_id, '|', 1, true) then
   return {'err', 'invalid_argument', 'hold_id'}
 end
@@ -57,7 +70,7 @@ if limit then
   new_tat = admitted
 end
 
-r = expire_due(account, now_in_ms, r)
+r, m, b = expire_due(account, now_in_ms, r, m, b, od)
 
 local available = m + b - r + od
 if available < amount then
@@ -68,7 +81,8 @@ if redis.call('HEXISTS', KEYS[5], hold_id) == 1 then return {'err', 'invalid_arg
 local expires = now_in_ms + ttl
 r = r + amount
 redis.call('HSET', KEYS[1], 'r', s(r))
-redis.call('HSET', KEYS[5], hold_id, s(amount) .. '|' .. s(expires) .. '|' .. resource .. '|' .. s(units))
+redis.call('HSET', KEYS[5], hold_id,
+  s(amount) .. '|' .. s(expires) .. '|' .. resource .. '|' .. s(units) .. reservation)
 redis.call('ZADD', KEYS[6], expires, hold_id)
 redis.call('ZADD', KEYS[7], 'LT', expires, account)
 if new_tat then rate_save(new_tat, now) end

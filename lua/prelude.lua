@@ -92,61 +92,6 @@ end
 -- the config does not name.
 local function tier_entry(tier) return redis.call('HGET', KEYS[2], 't:' .. tier) end
 
--- The account's holds past their deadline at now_ms, and the credits they reserve; reads only.
-local function due_holds(now)
-  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
-  local credits = 0
-  for first = 1, #due, HOLDS_PER_CALL do
-    local last = math.min(first + HOLDS_PER_CALL - 1, #due)
-    for _, h in ipairs(redis.call('HMGET', KEYS[5], unpack(due, first, last))) do
-      if h then credits = credits + tonumber(string.match(h, '^(%d+)')) end
-    end
-  end
-  return due, credits
-end
-
--- Drops holds from the account's holds hash and expiry zset, then scores the account in the
--- partition's hold-expiry index by its earliest hold left, or takes it out.
-local function drop_holds(account, hold_ids)
-  for first = 1, #hold_ids, HOLDS_PER_CALL do
-    local last = math.min(first + HOLDS_PER_CALL - 1, #hold_ids)
-    redis.call('HDEL', KEYS[5], unpack(hold_ids, first, last))
-    redis.call('ZREM', KEYS[6], unpack(hold_ids, first, last))
-  end
-  local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-  if head[1] then redis.call('ZADD', KEYS[7], head[2], account)
-  else redis.call('ZREM', KEYS[7], account) end
-end
-
--- Lazy expiry: releases the holds past their deadline and lowers the account's reserved
--- credits (`r`, as read from KEYS[1]) by what they held, in the hash too. Returns the new r.
--- Nothing is reserved without an open hold (a hold reserves at least 1): r = 0 skips the look.
-local function expire_due(account, now, r)
-  if r <= 0 then return r end
-  local due, credits = due_holds(now)
-  if #due == 0 then return r end
-  drop_holds(account, due)
-  r = r - credits
-  redis.call('HSET', KEYS[1], 'r', s(r))
-  return r
-end
-
--- An open hold of the account: its amount, resource and units; nil when there is none by that
--- id or it is past its deadline (expired: the sweep or a later call releases it).
-local function open_hold(hold_id, now)
-  local h = redis.call('HGET', KEYS[5], hold_id)
-  if not h then return nil end
-  local held, expires, resource, units = string.match(h, '^(%d+)|(%d+)|([^|]*)|(%d+)$')
-  if tonumber(expires) <= now then return nil end
-  return tonumber(held), resource, units
-end
-
--- Ends a hold now, with the others past their deadline (`due`, from due_holds).
-local function end_holds(account, hold_id, due)
-  due[#due + 1] = hold_id
-  drop_holds(account, due)
-end
-
 -- GCRA over Redis TIME: admits `burst` at once, then one per `interval` microseconds. The
 -- tier's limit from its cfg entry, nil when it has none.
 local function tier_rate(tier)
@@ -222,4 +167,121 @@ local function append_shadow(id, account, resource, units, cost, decision, avail
     'dec', decision, 'av', s(available)}
   if description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = description end
   return redis.call('XADD', KEYS[3], '*', unpack(f))
+end
+
+-- A hold as stored in the account's holds hash: "amount|expires_ms|resource|units", and for a
+-- reservation (made by the hook's reserve routes) "|max_overrun|on_expiry|unit_price" after
+-- it: what a settle may charge above the amount, "release" or "capture" at the deadline, and
+-- the price of one unit when the amount was priced by units (0 otherwise).
+local function hold_fields(h)
+  local held, expires, resource, units, rest = string.match(h, '^(%d+)|(%d+)|([^|]*)|(%d+)(.*)$')
+  local hold = {held = tonumber(held), expires = tonumber(expires), resource = resource,
+                units = units, overrun = 0, on_expiry = 'release', price = 0}
+  if rest ~= '' then
+    local overrun, policy, price = string.match(rest, '^|(%d+)|(%a+)|(%d+)$')
+    hold.overrun, hold.on_expiry, hold.price = tonumber(overrun), policy, tonumber(price)
+  end
+  return hold
+end
+
+-- The credits that the account's holds past their deadline at now_ms set aside and give
+-- back (holds that capture at their deadline keep theirs); reads only.
+local function due_release_credits(now)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+  local credits = 0
+  for first = 1, #due, HOLDS_PER_CALL do
+    local last = math.min(first + HOLDS_PER_CALL - 1, #due)
+    for _, h in ipairs(redis.call('HMGET', KEYS[5], unpack(due, first, last))) do
+      if h then
+        local hold = hold_fields(h)
+        if hold.on_expiry ~= 'capture' then credits = credits + hold.held end
+      end
+    end
+  end
+  return credits
+end
+
+-- Drops holds from the account's holds hash and expiry zset, then scores the account in the
+-- partition's hold-expiry index by its earliest hold left, or takes it out.
+local function drop_holds(account, hold_ids)
+  for first = 1, #hold_ids, HOLDS_PER_CALL do
+    local last = math.min(first + HOLDS_PER_CALL - 1, #hold_ids)
+    redis.call('HDEL', KEYS[5], unpack(hold_ids, first, last))
+    redis.call('ZREM', KEYS[6], unpack(hold_ids, first, last))
+  end
+  local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if head[1] then redis.call('ZADD', KEYS[7], head[2], account)
+  else redis.call('ZREM', KEYS[7], account) end
+end
+
+-- The transaction id of a hold captured at its deadline: a UUIDv7 of `now` (ms) carrying the
+-- hold id's own counter and random bits, so it sorts by the time of the charge, is the same
+-- on every replica, and is no other id (the hold id is unique in them).
+local function expiry_transaction_id(hold_id, now)
+  return string.format('%08x-%04x', math.floor(now / 65536), now % 65536)
+    .. string.sub(hold_id, 14)
+end
+
+-- Takes `amount` from the account's credits, monthly ones first; returns m, b and what the
+-- monthly bucket gave.
+local function spend_buckets(m, b, amount)
+  local from_monthly = math.min(math.max(m, 0), amount)
+  return m - from_monthly, b - (amount - from_monthly), from_monthly
+end
+
+-- Ends the holds of the account past their deadline at now_ms, each by its policy: released,
+-- or captured for its amount (as far as the credits of the account allow, apart from what
+-- other holds keep aside), with a spend in the outbox (KEYS[3]). Writes r (and m, b after a
+-- capture) to KEYS[1]. Returns r, m, b, the holds ended, the credits released and captured.
+local function end_due_holds(account, now, r, m, b, od)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
+  if #due == 0 then return r, m, b, 0, 0, 0 end
+  local released, captured = 0, 0
+  for first = 1, #due, HOLDS_PER_CALL do
+    local last = math.min(first + HOLDS_PER_CALL - 1, #due)
+    local values = redis.call('HMGET', KEYS[5], unpack(due, first, last))
+    for i = 1, last - first + 1 do
+      local h = values[i]
+      if h then
+        local hold, hold_id = hold_fields(h), due[first + i - 1]
+        r = r - hold.held
+        if hold.on_expiry == 'capture' then
+          local cost = math.min(hold.held, math.max(0, m + b - r + od))
+          if cost > 0 then
+            local from_monthly
+            m, b, from_monthly = spend_buckets(m, b, cost)
+            append_transaction(expiry_transaction_id(hold_id, now), account, -cost, 'spend',
+              hold.resource, hold.units, 'hold expired', '', nil, m + b, -from_monthly, '',
+              'hold', hold_id)
+            captured = captured + cost
+          end
+        else
+          released = released + hold.held
+        end
+      end
+    end
+  end
+  drop_holds(account, due)
+  if captured > 0 then redis.call('HSET', KEYS[1], 'r', s(r), 'm', s(m), 'b', s(b))
+  else redis.call('HSET', KEYS[1], 'r', s(r)) end
+  return r, m, b, #due, released, captured
+end
+
+-- Lazy expiry: end_due_holds, as every script that changes an account does first. Nothing
+-- is reserved without an open hold (a hold reserves at least 1): r = 0 skips the look.
+-- Returns the new r, m, b.
+local function expire_due(account, now, r, m, b, od)
+  if r <= 0 then return r, m, b end
+  r, m, b = end_due_holds(account, now, r, m, b, od)
+  return r, m, b
+end
+
+-- An open hold of the account (hold_fields), nil when there is none by that id or it is past
+-- its deadline (expired: the sweep or a later call ends it).
+local function open_hold(hold_id, now)
+  local h = redis.call('HGET', KEYS[5], hold_id)
+  if not h then return nil end
+  local hold = hold_fields(h)
+  if hold.expires <= now then return nil end
+  return hold
 end

@@ -2,7 +2,7 @@
 
 KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
-KEYS[3] unused              KEYS[7] partition hold-expiry index
+KEYS[3] partition outbox    KEYS[7] partition hold-expiry index
 KEYS[4] idempotency record  KEYS[8..9] unused
 
 ARGV[1] account id          ARGV[4] request fingerprint (16 characters)
@@ -29,15 +29,15 @@ if not a then return missing end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_ms()
-local held = open_hold(hold_id, now)
-if not held then return {'err', 'hold_not_found'} end
+local hold = open_hold(hold_id, now)
+if not hold then return {'err', 'hold_not_found'} end
 
--- This hold ends now; any others past their deadline end with it.
-local due, due_credits = due_holds(now)
-end_holds(account, hold_id, due)
-r = r - held - due_credits
+-- Holds of the account past their deadline end first, each by its policy.
+r, m, b = expire_due(account, now, r, m, b, od)
+drop_holds(account, {hold_id})
+r = r - hold.held
 redis.call('HSET', KEYS[1], 'r', s(r))
 
-local reply = {'ok', s(held), s(m + b - r + od), '0'}
+local reply = {'ok', s(hold.held), s(m + b - r + od), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3])
 return reply

@@ -47,6 +47,24 @@ export interface Credits {
   overdraft_limit: number;
   last_reset_at: string | null;
   recent_transactions: Transaction[];
+  /** The balance's two buckets: spends take the monthly credits first. */
+  buckets: Buckets;
+  /** Open holds, the soonest to expire first; their sum is `reserved`. */
+  holds: OpenHold[];
+}
+
+export interface Buckets {
+  monthly: number;
+  purchased: number;
+}
+
+export interface OpenHold {
+  hold_id: string;
+  amount: number;
+  expires_at: string;
+  /** The resource it was priced from; null for a hold of a plain amount. */
+  resource: string | null;
+  units: number | null;
 }
 
 /** quotagate's errors are RFC 9457 problem documents with a stable `code`. */

@@ -92,13 +92,27 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``HEAD``, which upstreams answer with their GET handler."""
 
     path: Annotated[str, msgspec.Meta(min_length=1)]
-    resource: str
+    resource: str | None = None
+    """What the request charges (``units`` of it); a reserve route may name a ``cost``
+    instead."""
     method: Method = "*"
     units: PositiveInt = 1
     case_sensitive: bool = False
     shadow: bool = False
     """Price this route's requests as a charge would, record the decision, charge nothing
     and allow (see ``quotagate shadow report``): a new price, watched before it charges."""
+    mode: Literal["charge", "reserve"] = "charge"
+    """``charge``: the hook charges the price. ``reserve``: it holds the estimate, and the
+    upstream settles the actual cost by hold id after its answer."""
+    cost: PositiveInt | None = None
+    """A reserve route's estimate in credits, when it is not priced by a resource."""
+    hold_ttl: int | str | None = None
+    """How long a reserve route's hold lives unsettled: seconds, or a duration such as
+    ``"90s"``, ``"5m"``, ``"2h"``, ``"1d"`` (default: ``holds.default_ttl_seconds``)."""
+    max_overrun: NonNegativeInt = 0
+    """Credits a settle may charge above the estimate, while the balance allows."""
+    on_expiry: Literal["release", "capture"] = "release"
+    """What an unsettled hold comes to at its deadline: freed, or charged the estimate."""
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this route prices ``method`` (upper case) on ``path`` (normalised)."""
@@ -280,6 +294,30 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return self.resources.get(resource)
 
 
+_DURATION = re.compile(r"^([1-9][0-9]{0,9})(s|m|h|d)\Z")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: int | str) -> int | None:
+    """Seconds of a duration (an integer of seconds, or ``"90s"``, ``"5m"``, ``"2h"``,
+    ``"1d"``), or None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 1 else None
+    match = _DURATION.match(value)
+    return int(match[1]) * _DURATION_SECONDS[match[2]] if match else None
+
+
+def hold_ttl_seconds(route: Route, holds: Holds) -> int:
+    """The lifetime of the holds a reserve route makes (the config checked it at start)."""
+    if route.hold_ttl is None:
+        return holds.default_ttl_seconds
+    seconds = duration_seconds(route.hold_ttl)
+    assert seconds is not None  # _check_route refused any other value
+    return seconds
+
+
 def _glob(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
     key = (pattern, case_sensitive)
     compiled = _GLOB_CACHE.get(key)
@@ -308,16 +346,51 @@ def _check(config: Config) -> Config:
             "config: holds must have min_ttl_seconds <= default_ttl_seconds <= max_ttl_seconds"
         )
     for i, route in enumerate(config.authz.routes):
-        if route.resource not in config.resources:
-            raise ConfigError(
-                f"config: authz.routes[{i}].resource {route.resource!r} is not in [resources]"
-            )
+        _check_route(f"authz.routes[{i}]", route, config)
     for name in config.shadow.resources:
         if name not in config.resources:
             raise ConfigError(f"config: shadow.resources names {name!r}, not in [resources]")
     _check_identity(config.identity)
     _check_alerts(config)
     return config
+
+
+def _check_route(name: str, route: Route, config: Config) -> None:
+    if route.resource is not None and route.resource not in config.resources:
+        raise ConfigError(f"config: {name}.resource {route.resource!r} is not in [resources]")
+    if route.mode == "charge":
+        if route.resource is None:
+            raise ConfigError(f"config: {name} needs a resource (what the request charges)")
+        for key, value in (("cost", route.cost), ("hold_ttl", route.hold_ttl)):
+            if value is not None:
+                raise ConfigError(f'config: {name}.{key} is for mode = "reserve" routes')
+        if route.max_overrun or route.on_expiry != "release":
+            raise ConfigError(
+                f'config: {name}.max_overrun and on_expiry are for mode = "reserve" routes'
+            )
+        return
+    if route.shadow:
+        raise ConfigError(f'config: {name}.shadow is for mode = "charge" routes')
+    if (route.cost is None) == (route.resource is None):
+        raise ConfigError(
+            f"config: {name} (reserve) needs its estimate: cost (credits) or resource "
+            "(with units), not both"
+        )
+    if route.cost is not None and route.units != 1:
+        raise ConfigError(f"config: {name}.units goes with resource, not with cost")
+    if route.hold_ttl is not None:
+        seconds = duration_seconds(route.hold_ttl)
+        h = config.holds
+        if seconds is None:
+            raise ConfigError(
+                f"config: {name}.hold_ttl {route.hold_ttl!r} is not a duration "
+                '(seconds, or a number with s, m, h or d: "90s", "5m")'
+            )
+        if not h.min_ttl_seconds <= seconds <= h.max_ttl_seconds:
+            raise ConfigError(
+                f"config: {name}.hold_ttl is {seconds} s, outside holds.min_ttl_seconds "
+                f"({h.min_ttl_seconds}) to holds.max_ttl_seconds ({h.max_ttl_seconds})"
+            )
 
 
 def _check_alerts(config: Config) -> None:

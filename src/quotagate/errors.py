@@ -16,6 +16,9 @@
     │   │   ├── AccountNotFound        no such account                           (404)
     │   │   ├── AccountBanned          the account is banned                     (403)
     │   │   ├── HoldNotFound           unknown, captured, released or expired    (404)
+    │   │   ├── HoldSettled            the reservation was settled already       (409)
+    │   │   ├── HoldExpired            the reservation's deadline passed         (409)
+    │   │   ├── UnitsNotPriced         a settle in units of a hold priced in credits (422)
     │   │   ├── CaptureExceedsHold     capture amount above the held amount      (422)
     │   │   ├── SpendNotFound          refund_of names no spend of this account  (404)
     │   │   ├── RefundExceedsSpend     the spend's refunds would pass its cost   (409)
@@ -165,6 +168,25 @@ class AccountBanned(CreditError):
 class HoldNotFound(CreditError):
     code = "hold_not_found"
     http_status = 404
+
+
+class HoldSettled(CreditError):
+    code = "hold_settled"
+    http_status = 409
+
+
+class HoldExpired(CreditError):
+    """Its deadline passed before the settle: its ``on_expiry`` policy ended it."""
+
+    code = "hold_expired"
+    http_status = 409
+
+
+class UnitsNotPriced(CreditError):
+    """The hold's estimate was a number of credits, not units of a resource."""
+
+    code = "units_not_priced"
+    http_status = 422
 
 
 class CaptureExceedsHold(CreditError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import re
@@ -84,3 +85,38 @@ def check_hold_id(hold_id: str) -> str:
         return str(uuid.UUID(hold_id))
     except (ValueError, TypeError, AttributeError):
         raise ValidationError("hold id must be a UUID", field="hold_id") from None
+
+
+_ACCOUNT_HOLD_ID = re.compile(r"^([A-Za-z0-9_-]{2,171})\.([0-9a-f-]{36})$")
+
+
+def account_hold_id(account_id: str, hold_id: str) -> str:
+    """The id of a hold that names its account: the account id in base64url (no padding), a
+    dot, the hold's UUID. A settle finds the account (and so the partition, one Redis Cluster
+    slot) from it alone, and looks the UUID up among that account's holds only: naming
+    another account finds none of this one's."""
+    encoded = base64.urlsafe_b64encode(account_id.encode()).rstrip(b"=").decode()
+    return f"{encoded}.{hold_id}"
+
+
+def split_account_hold_id(text: str) -> tuple[str, str]:
+    """The account id and hold UUID of :func:`account_hold_id`'s text; ValidationError when
+    ``text`` is not one (only the canonical spelling is: one hold, one id)."""
+    match = _ACCOUNT_HOLD_ID.match(text) if isinstance(text, str) else None
+    account_id = _decoded_account(match[1]) if match else None
+    if match is None or account_id is None or account_hold_id(account_id, match[2]) != text:
+        raise ValidationError(
+            "hold id must be one the hook gave (X-Quota-Hold-Id): the account in base64url, "
+            "a dot, a UUID",
+            field="hold_id",
+        )
+    return account_id, check_hold_id(match[2])
+
+
+def _decoded_account(encoded: str) -> str | None:
+    try:
+        padded = encoded + "=" * (-len(encoded) % 4)
+        account_id = base64.urlsafe_b64decode(padded).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return account_id if ACCOUNT_ID_RE.fullmatch(account_id) else None

@@ -22,6 +22,7 @@ import pytest
 from tests.api.helpers import assert_problem, bearer, create_account
 from tests.support.gateway import GatewayServer
 
+from quotagate import ids
 from quotagate.alerts.store import NewAlert, insert_alerts
 from quotagate.api.front import Front
 
@@ -41,6 +42,7 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "POST /v1/accounts/{id}/holds":                (201, 201, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
     "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
+    "POST /v1/holds/{hold}/settle":                (200, 200, 403, 403, 401),
     "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 401),
     "GET /v1/accounts/{id}/usage":                 (200, 200, 200, 403, 401),
     "GET /v1/usage":                               (200, 403, 403, 403, 401),
@@ -190,6 +192,11 @@ PREPARE: dict[str, Prepare] = {
     ),
     "POST /v1/accounts/{id}/holds/{hold}/release": lambda http, admin, acct: Call(
         "POST", f"/v1/accounts/{acct}/holds/{_hold(http, admin, acct)}/release", {}
+    ),
+    "POST /v1/holds/{hold}/settle": lambda http, admin, acct: Call(
+        "POST",
+        f"/v1/holds/{ids.account_hold_id(acct, _hold(http, admin, acct))}/settle",
+        {"amount": 2},
     ),
     "GET /v1/accounts/{id}/transactions": _fixed("GET", "/v1/accounts/{id}/transactions"),
     "GET /v1/accounts/{id}/usage": _fixed("GET", "/v1/accounts/{id}/usage"),

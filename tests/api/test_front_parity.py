@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.helpers import balance, bearer, create_account
-from tests.api.test_hook_protocol import Conn, Reply, request
+from tests.api.test_hook_protocol import Conn, Reply, hook, request
 from tests.support.gateway import GatewayServer, gateway_settings, new_account_id, running_gateway
 from tests.support.servers import RedisProcess, redis_process
 
@@ -184,3 +184,27 @@ def test_backend_down_is_the_same_as_through_asgi(
             assert (fast.status, fast.json()["code"]) == (503, "backend_unavailable"), name
     finally:
         conn.close()
+
+
+def test_the_hooks_reservations_are_answered_alike_either_way(
+    conn: Conn, gateway: GatewayServer, http: httpx.Client, api_keys: dict[str, str],
+    through_asgi: list[int],
+) -> None:  # fmt: skip
+    """Reserve mode runs as a task beside the charge's callbacks: its answers, refusals and
+    the held reply alike, are the same whichever carrier brought the request."""
+    acct = create_account(http, api_keys["admin"])  # pro: 1000 credits
+    for extra in (
+        {"X_Quota_Mode": "sometimes"},
+        {"X_Quota_Mode": "reserve", "X_Quota_Units": "1001"},
+        {"X_Quota_Mode": "reserve", "X_Request_Id": f"r-{uuid.uuid4()}"},
+    ):
+        fast, slow = both(
+            conn, gateway, through_asgi, "GET", "/v1/authz", hook(api_keys, acct, **extra), None
+        )
+        if fast.status == 200:  # the second is the first's replay: the same hold
+            assert slow.header("idempotent-replayed") == "true"
+            slow.headers.remove(("idempotent-replayed", "true"))
+        same(fast, slow)
+    assert [fast.header(h) for h in ("x-quota-account", "x-quota-held")] == [acct, "1"]
+    assert fast.header("x-quota-hold-id") is not None
+    assert balance(http, api_keys["admin"], acct) == 1000

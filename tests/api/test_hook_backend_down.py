@@ -53,11 +53,14 @@ def stack(
                         redis_server.proc.send_signal(signal.SIGCONT)
 
 
-def ask(gw: GatewayServer, api_keys: dict[str, str], acct: str) -> tuple[httpx.Response, float]:
+def ask(
+    gw: GatewayServer, api_keys: dict[str, str], acct: str, **extra: str
+) -> tuple[httpx.Response, float]:
     headers = {
         "X-Quotagate-Key": api_keys["hook"],
         "X-Account-Id": acct,
         "X-Quota-Resource": "api_call",
+        **{k.replace("_", "-"): v for k, v in extra.items()},
     }
     started = time.monotonic()
     r = httpx.get(f"{gw.url}/v1/authz", headers=headers, timeout=10)
@@ -109,6 +112,12 @@ def test_redis_frozen_then_stopped(
     for gw, status in ((closed, 503), (open_, 200)):
         r, elapsed = ask(gw, api_keys, acct)
         assert elapsed < bound and r.status_code == status, (elapsed, r.text)
+        # A reservation takes the same policy; let through open, it holds nothing to settle.
+        r, elapsed = ask(gw, api_keys, acct, X_Quota_Mode="reserve")
+        assert elapsed < bound and r.status_code == status, (elapsed, r.text)
+        assert "x-quota-hold-id" not in r.headers
+        if status == 200:
+            assert r.headers["x-quota-degraded"] == "1"
     assert httpx.get(f"{closed.url}/readyz").json()["redis"] == "down"
     # The service API says so too, as a problem, quickly.
     started = time.monotonic()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 from tests.support.gateway import GatewayServer, new_account_id
 from tests.support.servers import free_port
 
-from quotagate import errors
+from quotagate import errors, ids
 from quotagate.api.schemas import ChargeOut
 from quotagate.client import (
     ApiError,
@@ -22,6 +23,7 @@ from quotagate.errors import (
     AccountNotFound,
     BackendUnavailable,
     HoldNotFound,
+    HoldSettled,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
@@ -169,3 +171,43 @@ async def test_async_consume_many(gateway: GatewayServer, api_keys: dict[str, st
         outcomes = await admin.consume_many([Charge(acct, "api_call", 60)] * 2)
     assert isinstance(outcomes[0], ChargeOut) and outcomes[0].remaining == 40
     assert isinstance(outcomes[1], InsufficientCredits) and outcomes[1].available == 40
+
+
+def _reserved_at_the_hook(gateway: GatewayServer, key: str, acct: str, units: int) -> str:
+    """A reservation made as a proxy makes one: its hold id, from X-Quota-Hold-Id."""
+    headers = {
+        "X-Quotagate-Key": key, "X-Account-Id": acct, "X-Quota-Mode": "reserve",
+        "X-Quota-Resource": "file_upload", "X-Quota-Units": str(units),
+    }  # fmt: skip
+    r = httpx.get(f"{gateway.url}/v1/authz", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.headers["x-quota-hold-id"]
+
+
+def test_sync_settle(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    with (
+        QuotagateClient(gateway.url, api_keys["admin"]) as admin,
+        QuotagateClient(gateway.url, api_keys["service"]) as service,
+    ):
+        admin.upsert_account(acct, tier="free")
+        hold_id = _reserved_at_the_hook(gateway, api_keys["hook"], acct, 10)
+        settled = service.settle(hold_id, units=4, idempotency_key="s1")
+        assert (settled.charged, settled.released, settled.remaining) == (8, 12, 92)
+        assert service.settle(hold_id, units=4, idempotency_key="s1") == settled
+        with pytest.raises(HoldSettled):
+            service.settle(hold_id, amount=1)
+        other = _reserved_at_the_hook(gateway, api_keys["hook"], acct, 1)
+        assert service.settle(other, amount=0).transaction_id is None
+        assert service.get_account(acct).balance == 92
+
+
+async def test_async_settle(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    async with AsyncQuotagateClient(gateway.url, api_keys["admin"]) as admin:
+        await admin.upsert_account(acct, tier="free")
+        hold_id = _reserved_at_the_hook(gateway, api_keys["hook"], acct, 5)
+        settled = await admin.settle(hold_id, amount=13)
+        assert (settled.charged, settled.shortfall, settled.balance) == (10, 3, 90)
+        with pytest.raises(HoldNotFound):
+            await admin.settle(ids.account_hold_id(acct, ids.new_id()), amount=1)

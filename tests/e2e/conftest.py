@@ -11,18 +11,27 @@ from tests.e2e.harness import Upstream
 from quotagate.auth.store import KeyStore
 
 
-@pytest.fixture(scope="session")
-def hook_key(ledger_url: str) -> str:
-    """A key with the hook scope, as `quotagate keys create --scope hook` makes it."""
-
+def _key(ledger_url: str, name: str, scope: str) -> str:
     async def create() -> str:
         store = KeyStore(ledger_url)
         try:
-            return (await store.create("e2e proxy", ["hook"]))[1]
+            return (await store.create(name, [scope]))[1]
         finally:
             await store.aclose()
 
     return asyncio.run(create())
+
+
+@pytest.fixture(scope="session")
+def hook_key(ledger_url: str) -> str:
+    """A key with the hook scope, as `quotagate keys create --scope hook` makes it."""
+    return _key(ledger_url, "e2e proxy", "hook")
+
+
+@pytest.fixture(scope="session")
+def service_key(ledger_url: str) -> str:
+    """The upstream app's key: it settles the reservations the hook made."""
+    return _key(ledger_url, "e2e app", "service")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -97,12 +97,18 @@ class Hit:
     headers: dict[str, str]
 
 
+Work = Callable[[Hit], Mapping[str, str]]
+"""What an upstream does for a request before it answers; the headers it adds to its answer."""
+
+
 @dataclass
 class Upstream:
-    """An HTTP server that answers 200 "upstream ok" and remembers every request it got."""
+    """An HTTP server that answers 200 "upstream ok" and remembers every request it got;
+    ``work`` runs for each, as the app's own work (it may settle a reservation)."""
 
     port: int = field(default_factory=free_port)
     hits: list[Hit] = field(default_factory=list)
+    work: Work | None = None
 
     @property
     def address(self) -> str:
@@ -110,14 +116,18 @@ class Upstream:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Upstream]:
-        hits = self.hits
+        hits, work = self.hits, self.work
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                hits.append(Hit(self.command, self.path, headers))
+                hit = Hit(self.command, self.path, headers)
+                hits.append(hit)
+                extra = work(hit) if work is not None else {}
                 body = b"upstream ok"
                 self.send_response(200)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -331,6 +341,7 @@ async def run_scenario(
         assert me.json()["recent_transactions"], "the account has transactions"
         for transaction in me.json()["recent_transactions"]:
             assert set(transaction) == react_fields("Transaction")
+        assert set(me.json()["buckets"]) == react_fields("Buckets")
 
         first = await client.get("/api/things/x", auth=auth("carol"))
         assert first.status_code == 200, first.text
@@ -364,3 +375,117 @@ async def run_scenario(
     assert bob.balance == 3, "a forged X-Account-Id was charged"
     carol = await engine.get_account("carol")
     assert carol.balance == 99
+
+
+RESERVE_ROUTES = """
+[[authz.routes]]
+path = "/api/gen/*"
+mode = "reserve"
+cost = 10
+max_overrun = 5
+hold_ttl = "1m"
+
+[[authz.routes]]
+path = "/api/metered/*"
+mode = "reserve"
+cost = 10
+max_overrun = 5
+hold_ttl = "1m"
+"""
+"""A reserve route: the upstream's work costs what it finds out (its last path segment),
+estimated at 10 credits, at most 5 more."""
+
+
+def reserve_config_text(authz_from: Path | None = None) -> str:
+    """e2e_config_text with RESERVE_ROUTES first among the routes."""
+    text = e2e_config_text(authz_from)
+    first = text.index("[[authz.routes]]")
+    return text[:first] + RESERVE_ROUTES.lstrip() + "\n" + text[first:]
+
+
+@dataclass
+class SettlingApp:
+    """The upstream's work on a reserve route: it learns the cost of ``/api/gen/<n>`` (n) and
+    settles the hold the proxy passed on (X-Quota-Hold-Id), keyed by the hold id so that a
+    retry changes nothing. Remembers each settle's answer."""
+
+    gateway_url: str = ""
+    service_key: str = ""
+    settled: list[dict[str, object]] = field(default_factory=list)
+
+    def __call__(self, hit: Hit) -> Mapping[str, str]:
+        hold_id = hit.headers.get("x-quota-hold-id")
+        if not hold_id or not hit.path.startswith("/api/gen/"):
+            return {}
+        r = httpx.post(
+            f"{self.gateway_url}/v1/holds/{hold_id}/settle",
+            json={"amount": int(hit.path.rsplit("/", 1)[1])},
+            headers={"Authorization": f"Bearer {self.service_key}", "Idempotency-Key": hold_id},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        self.settled.append({"hold_id": hold_id, **r.json()})
+        return {}
+
+
+async def run_reserve_scenario(
+    base_url: str,
+    upstream: Upstream,
+    app: SettlingApp,
+    engine: CreditEngine,
+    ledger_url: str,
+    *,
+    other_key: str,
+) -> None:
+    """alice (3 + 100 credits) makes four requests on the reserve route that cost less than,
+    as much as, more than the estimate, and more than it and its overrun together. Each is
+    held at 10, then settled by the upstream; the balance and the ledger are exact, a retried
+    settle changes nothing, and a key of another scope cannot settle."""
+    await engine.credit("alice", 100)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        for actual in (4, 10, 13, 20):
+            forged = {**FORGED, "X-Quota-Hold-Id": "forged", "X-Quota-Mode": "charge"}
+            r = await client.get(f"/api/gen/{actual}", auth=auth("alice"), headers=forged)
+            assert r.status_code == 200, (r.status_code, r.text)
+    hits = [h for h in upstream.hits if h.path.startswith("/api/gen/")]
+    assert [h.headers.get("x-quota-held") for h in hits] == ["10"] * 4
+    assert all(h.headers["x-account-id"] == "alice" for h in hits)
+    assert [(s["charged"], s["shortfall"], s["released"]) for s in app.settled] == [
+        (4, 0, 6), (10, 0, 0), (13, 0, 0), (15, 5, 0),
+    ]  # fmt: skip
+    alice = await engine.get_account("alice")
+    assert (alice.balance, alice.reserved) == (103 - 42, 0)
+
+    first = app.settled[0]
+    hold_id = str(first["hold_id"])
+    async with httpx.AsyncClient(base_url=app.gateway_url, timeout=10) as service:
+        retry = await service.post(
+            f"/v1/holds/{hold_id}/settle", json={"amount": 4},
+            headers={"Authorization": f"Bearer {app.service_key}", "Idempotency-Key": hold_id},
+        )  # fmt: skip
+        assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["transaction_id"] == first["transaction_id"]
+        foreign = await service.post(
+            f"/v1/holds/{hold_id}/settle", json={"amount": 1},
+            headers={"Authorization": f"Bearer {other_key}"},
+        )  # fmt: skip
+        assert foreign.status_code == 403, foreign.text
+    assert (await engine.get_account("alice")).balance == 61
+
+    ledger = await Ledger.connect(ledger_url)
+    try:
+        partition = engine.keys.partition_of("alice")
+        assert (await flush_partition(engine, ledger, partition, time_budget_seconds=None)).drained
+        # The session's ledger holds other tests' alice too: the settles' own rows, by id.
+        settled_ids = [str(s["transaction_id"]) for s in app.settled]
+        async with ledger.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, amount FROM credit_transactions WHERE id = ANY($1::text[]) "
+                "AND account_id = 'alice' AND type = 'spend' ORDER BY id",
+                settled_ids,
+            )
+    finally:
+        await ledger.aclose()
+    assert [(str(r["id"]), r["amount"]) for r in rows] == [
+        (str(s["transaction_id"]), -int(str(s["charged"]))) for s in app.settled
+    ]

@@ -181,9 +181,11 @@ def test_nginx_gets_every_placeholder_and_a_403_config(compose: dict[str, Any]) 
             r"\$\{([A-Z_]+)\}", (ROOT / "examples/nginx/quotagate.conf.template").read_text()
         )
     )
-    given = set(nginx["environment"]) | {"QUOTAGATE_HOOK_KEY"}
+    given = set(nginx["environment"]) | {"QUOTAGATE_HOOK_KEY", "QUOTAGATE_SETTLE_KEY"}
     assert wanted <= given, f"nginx lacks {wanted - given}"
-    assert "export QUOTAGATE_HOOK_KEY=" in " ".join(nginx["entrypoint"])
+    entrypoint = " ".join(nginx["entrypoint"])
+    assert "export QUOTAGATE_HOOK_KEY=" in entrypoint
+    assert 'QUOTAGATE_SETTLE_KEY="$$(cat /var/lib/quotagate/keys/settle-key)"' in entrypoint
     assert mounts["./examples/nginx/htpasswd"] == nginx["environment"]["HTPASSWD_FILE"]
 
     gateway = compose["services"]["gateway"]

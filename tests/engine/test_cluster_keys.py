@@ -96,6 +96,6 @@ async def test_every_operation_runs_on_a_cluster_node(
         assert (state.balance, state.reserved) == (100 - 2 - 4 + 1000, 1)
     await asyncio.sleep(1.05)
     swept = [await engine.expire_due_holds(p) for p in range(engine.config.partitions)]
-    assert sum(h for h, _ in swept) == 4
+    assert sum(h for h, _, _ in swept) == 4
     results = await asyncio.gather(*(engine.consume(a, "unit") for a in ACCOUNTS[:4] * 25))
     assert len(results) == 100

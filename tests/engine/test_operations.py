@@ -120,7 +120,7 @@ async def test_sweep_releases_holds_of_idle_accounts(plain: CreditEngine) -> Non
     await asyncio.sleep(1.1)
     released = [0, 0]
     for p in range(plain.config.partitions):
-        holds, credits = await plain.expire_due_holds(p)
+        holds, credits, _ = await plain.expire_due_holds(p)
         released = [released[0] + holds, released[1] + credits]
     assert released == [3, 12]
     assert [(await plain.get_account(n)).reserved for n in ("a", "b", "c")] == [0, 0, 3]

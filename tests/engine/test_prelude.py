@@ -135,6 +135,6 @@ def test_the_checks_see_a_hand_copy() -> None:
     assert any(re.search(RULES["the idempotency record"], line) for line in replay)
     assert _runs(replay) and _runs(replay) <= _runs(PRELUDE_CODE)
     # The body of a copy, renamed and pasted into two scripts, is work they share.
-    body = _pasted("due_holds", 8)[1:]
+    body = _pasted("due_release_credits", 8)[1:]
     assert any(re.search(RULES["hold expiry"], line) for line in body)
     assert len(_runs(_logic(body))) >= 2

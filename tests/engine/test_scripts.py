@@ -48,7 +48,7 @@ def test_a_script_gets_the_prelude_definitions_it_names_and_no_others() -> None:
     lease = {d.name for d in used_definitions(script_text("lease"))}
     assert lease == {"MAX_TTL_MS", "int_arg", "ttl_arg"}  # ttl_arg, and what it names
     consume = {d.name for d in used_definitions(script_text("consume"))}
-    assert {"replay", "expire_due", "due_holds", "drop_holds", "append_transaction"} <= consume
+    assert {"replay", "expire_due", "end_due_holds", "drop_holds", "append_transaction"} <= consume
     assert not consume & {"open_hold", "end_holds", "append_account_event", "period_arg"}
     # A name mentioned only in a comment brings nothing.
     assert used_definitions("-- replay() is not called here\nreturn 1") == []

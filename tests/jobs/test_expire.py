@@ -6,9 +6,12 @@ import asyncio
 
 from tests.conftest import EngineFactory
 from tests.jobs.configs import HOLDS
+from tests.ledger.support import assert_books_balance, config_text, ledger_rows
 
+from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.jobs.expire import expire_all_async
+from quotagate.ledger import Ledger, flush_all
 
 CONFIG = HOLDS
 
@@ -43,3 +46,29 @@ async def test_sweep_releases_only_what_is_due_on_every_partition(
     # The long holds remain indexed for a later sweep; nothing else is.
     indexed = [await engine.redis.zcard(engine.keys.partition_hold_expiry(p)) for p in range(4)]
     assert sum(indexed) == 20
+
+
+async def test_the_sweep_ends_reservations_by_policy_into_the_ledger(
+    make_engine: EngineFactory, ledger: Ledger, key_prefix: str
+) -> None:
+    """A reservation left unsettled is released, or captured for its estimate with a spend
+    that reaches the ledger as any capture's does."""
+    engine = await make_engine(config_text(4))
+    freed, charged = f"{key_prefix}-freed", f"{key_prefix}-charged"
+    for a in (freed, charged):
+        made = await engine.upsert_account(a, tier="pro")
+        await ledger.write_through(engine, a, list(made.outbox_entry_ids))
+    await engine.reserve(freed, amount=40, ttl_seconds=1)
+    held = await engine.reserve(charged, amount=40, ttl_seconds=1, on_expiry="capture")
+    await asyncio.sleep(1.1)
+    tally = await expire_all_async(engine)
+    assert (tally.holds, tally.credits, tally.captured) == (2, 40, 40)
+    await flush_all(engine, ledger)
+    rows = {r["account_id"]: r for r in await ledger_rows(ledger, [freed, charged])
+            if r["type"] == "spend"}  # fmt: skip
+    assert list(rows) == [charged]
+    assert (rows[charged]["amount"], rows[charged]["description"]) == (-40, "hold expired")
+    hold_uuid = ids.split_account_hold_id(held.hold_id)[1]
+    assert str(rows[charged]["id"])[13:] == hold_uuid[13:]
+    assert [(await engine.get_account(a)).balance for a in (freed, charged)] == [1000, 960]
+    await assert_books_balance(engine, ledger, [freed, charged])

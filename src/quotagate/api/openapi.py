@@ -31,6 +31,14 @@ _HOLD_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
+_ACCOUNT_HOLD_ID = {
+    "name": "hold_id",
+    "in": "path",
+    "required": True,
+    "description": "The hold id the hook answered in X-Quota-Hold-Id: the account id in "
+    "base64url, a dot, the hold's UUID.",
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{2,171}\.[0-9a-f-]{36}$"},
+}
 _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -116,6 +124,11 @@ def _hook_op() -> dict[str, Any]:
             "Units of the resource (default 1).",
             {"type": "string", "pattern": UNITS_PATTERN},
         ),
+        _header(
+            "X-Quota-Mode",
+            "charge or reserve: overrides the route's mode (reserve holds the estimate).",
+            {"type": "string", "enum": ["charge", "reserve"]},
+        ),
         _header("X-Request-Id", "The idempotency key of the charge."),
         _header("X-Original-Method", "nginx: the proxied request's method."),
         _header("X-Original-URI", "nginx: the proxied request's URI."),
@@ -131,7 +144,10 @@ def _hook_op() -> dict[str, Any]:
     )
     op["description"] = (
         "Allowed: 200 with X-Quota-Account, X-Quota-Cost, X-Quota-Remaining (and RateLimit-* "
-        "for rate-limited tiers). Denied for credits: authz.deny_status (402) with X-Quota-Reason; "
+        "for rate-limited tiers). A reserve route (or X-Quota-Mode: reserve) holds its "
+        "estimate instead: 200 with X-Quota-Account, X-Quota-Hold-Id, X-Quota-Held and "
+        "X-Quota-Remaining; the upstream settles it with POST /v1/holds/{hold_id}/settle. "
+        "Denied for credits: authz.deny_status (402) with X-Quota-Reason; "
         "rate limited: authz.rate_limited_status (429) with Retry-After. No identity: 401; "
         "unknown or banned account: 403. A path spelled so that upstreams read it differently "
         "(dot segments, encoded slashes, double encoding, NUL): authz.invalid_path_status (400). "
@@ -253,6 +269,25 @@ def _account_paths() -> dict[str, Any]:
                 params=hold,
                 errors=(404, 409, 413, 422, 503),
             ),
+        },
+        "/v1/holds/{hold_id}/settle": {
+            "post": _op(
+                "Settle a reserved request with its actual cost",
+                "service",
+                (200, s.SettleOut),
+                body=s.SettleRequest,
+                params=[_ACCOUNT_HOLD_ID, _IDEMPOTENCY],
+                errors=(404, 409, 413, 422, 503),
+            )
+            | {
+                "description": "Scope: service. The hold of a reserve route (X-Quota-Hold-Id "
+                "from the hook). Up to the held amount the actual cost is charged and the rest "
+                "released; above it, up to the route's max_overrun more while the credits "
+                "allow, the rest being the shortfall. 0 releases. 404 hold_not_found; 409 "
+                "hold_settled (settled already) or hold_expired (its deadline passed: its "
+                "on_expiry policy ended it); 422 units_not_priced (units for a hold "
+                "estimated in credits).",
+            },
         },
         "/v1/accounts/{account_id}/transactions": {
             "get": _op(

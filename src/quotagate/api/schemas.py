@@ -119,6 +119,14 @@ class ReleaseRequest(_Body):
     pass
 
 
+class SettleRequest(_Body):
+    """The actual cost of a reserved request: ``amount`` credits, or ``units`` of the
+    resource its hold was priced by (at that price). 0 releases the hold."""
+
+    amount: Limit | None = None
+    units: Limit | None = None
+
+
 # -- answers ----------------------------------------------------------------------------
 
 
@@ -240,6 +248,19 @@ class ReleaseOut(_Out):
     available: int
 
 
+class SettleOut(_Out):
+    transaction_id: str | None
+    """The spend, or null when nothing was charged."""
+    charged: int
+    shortfall: int
+    """The actual cost that was not charged: above the estimate plus its max overrun, or
+    above what the account had."""
+    released: int
+    """The held credits given back."""
+    remaining: int
+    balance: int
+
+
 class TransactionsOut(_Out):
     transactions: list[TransactionOut]
     next: str | None
@@ -272,11 +293,11 @@ class Problem(_Out):
 
 REQUESTS: tuple[type[Struct], ...] = (
     AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, BatchCharge, ChargesRequest,
-    HoldRequest, CaptureRequest, ReleaseRequest,
+    HoldRequest, CaptureRequest, ReleaseRequest, SettleRequest,
 )  # fmt: skip
 ANSWERS: tuple[type[Struct], ...] = (
     AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, ChargeItemOut, ChargesOut,
-    HoldOut, ReleaseOut,
+    HoldOut, ReleaseOut, SettleOut,
     TransactionsOut, ResourcesOut, HealthOut, ReadyOut, Problem,
 )  # fmt: skip
 

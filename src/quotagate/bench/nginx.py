@@ -82,6 +82,8 @@ def _site(
         LISTEN=f"127.0.0.1:{listen}", QUOTAGATE_ADDR=gateway_addr,
         APP_ADDR=f"127.0.0.1:{app_port}", QUOTAGATE_HOOK_KEY=key,
         HTPASSWD_FILE=str(work / "htpasswd"),
+        # No request of the run goes to /api/metered/, whose settles would use this key.
+        QUOTAGATE_SETTLE_KEY="unused-by-the-benchmark",
     )  # fmt: skip
 
 

@@ -4,6 +4,8 @@ Rows (``name``: what it measures, compared with):
   http/floor        the gateway's ``GET /healthz``: the HTTP floor every route pays
   http/bare         a one-route Starlette app served the same way: the server's ceiling (floor)
   hook/hot|spread   ``GET /v1/authz`` charging 1 credit, one account or 100k accounts (floor)
+  hook/reserve      the same over 100k accounts on a reserve route: a hold of 1 credit
+                    (hook/spread)
   consume/hot|spread ``POST /v1/accounts/{id}/consume`` with a JSON body (floor)
   postgres/hot|spread the design without quotagate: a Postgres transaction per charge, over the
                     same HTTP server settings, answering the hook's request
@@ -34,6 +36,7 @@ from quotagate.bench.load import Accounts, HttpLoad
 from quotagate.bench.servers import ServeOptions, serving
 from quotagate.bench.stage import CREDITS, HOT, asyncpg_url, spread_accounts
 from quotagate.engine import CreditEngine
+from quotagate.jobs.expire import expire_all_async
 
 if TYPE_CHECKING:
     from quotagate.bench.report import Row
@@ -49,6 +52,15 @@ def hook_load(accounts: Accounts, hook_key: str | None = None) -> HttpLoad:
     headers = {"X-Account-Id": "{account}", "X-Quota-Resource": "api_call", "X-Quota-Units": "1"}
     if hook_key is not None:
         headers["X-Quotagate-Key"] = hook_key
+    return HttpLoad("GET", "/v1/authz", headers, accounts=accounts)
+
+
+def reserve_load(accounts: Accounts, hook_key: str) -> HttpLoad:
+    """The authz hook on the bench config's reserve route: a hold of 1 credit, as nginx asks."""
+    headers = {
+        "X-Account-Id": "{account}", "X-Quotagate-Key": hook_key,
+        "X-Original-Method": "GET", "X-Original-URI": "/reserve/x",
+    }  # fmt: skip
     return HttpLoad("GET", "/v1/authz", headers, accounts=accounts)
 
 
@@ -103,6 +115,7 @@ async def http_group(run: Run, progress: Progress) -> None:
             ("hook/spread", hook_load(spread, keys.hook), app, FLOOR),
             ("consume/hot", consume_load(HOT, keys.service), app, FLOOR),
             ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
+            ("hook/reserve", reserve_load(spread, keys.hook), app, "hook/spread"),
         ):
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
@@ -112,6 +125,9 @@ async def http_group(run: Run, progress: Progress) -> None:
             charged = before - await _balance(engine, HOT.stem)
             if name.endswith("/hot") and charged < row.count:
                 row.note = f"only {charged} credits charged for {row.count} answers"
+            if name == "hook/reserve":  # its holds end a second later: none is left behind
+                await asyncio.sleep(1.1)
+                await expire_all_async(engine)
             await run.stage.clear_outboxes()
 
 

@@ -43,8 +43,19 @@ credit_limit = {CREDITS}
 monthly_grant = {CREDITS}
 renewal = "add"
 
+[holds]
+min_ttl_seconds = 1
+
 [authz]
 unmatched = "allow"
+
+# hook/reserve: holds of 1 credit that end by themselves a second later (the run sweeps them).
+[[authz.routes]]
+method = "*"
+path = "/reserve/*"
+mode = "reserve"
+resource = "api_call"
+hold_ttl = 1
 
 [[authz.routes]]
 method = "*"

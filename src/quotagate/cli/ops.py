@@ -205,7 +205,8 @@ def recover(force: bool, as_json: bool) -> None:
 @click.command("expire-holds")
 @json_option
 def expire_holds(as_json: bool) -> None:
-    """Release every hold past its deadline now (the scheduler does it every few seconds)."""
+    """End every hold past its deadline now, by its policy (the scheduler does it every few
+    seconds)."""
 
     async def work(b: Backends) -> dict[str, int]:
         tally = await expire_all_async(b.engine)
@@ -215,7 +216,10 @@ def expire_holds(as_json: bool) -> None:
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"released {result['holds']} expired holds ({result['credits']} credits)")
+        click.echo(
+            f"ended {result['holds']} expired holds ({result['credits']} credits released, "
+            f"{result['captured']} captured)"
+        )
 
 
 def register(cli: click.Group) -> None:

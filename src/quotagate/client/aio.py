@@ -153,6 +153,18 @@ class AsyncQuotagateClient:
     ) -> s.ReleaseOut:
         return await self._send(rq.release(account_id, hold_id, idempotency_key))
 
+    async def settle(
+        self,
+        hold_id: str,
+        *,
+        amount: int | None = None,
+        units: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> s.SettleOut:
+        """Settle a reservation (``hold_id`` from the hook's X-Quota-Hold-Id) with its actual
+        cost: ``amount`` credits or ``units`` of its resource; 0 releases it."""
+        return await self._send(rq.settle(hold_id, amount, units, idempotency_key))
+
     async def transactions(
         self, account_id: str, *, limit: int = 50, before: str | None = None
     ) -> s.TransactionsOut:

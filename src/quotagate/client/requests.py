@@ -145,6 +145,14 @@ def release(account_id: str, hold_id: str, idempotency_key: str | None) -> Call[
     return Call("POST", path, s.ReleaseOut, {}, headers=_idem(idempotency_key))
 
 
+def settle(
+    hold_id: str, amount: int | None, units: int | None, idempotency_key: str | None
+) -> Call[s.SettleOut]:
+    path = f"/v1/holds/{quote(hold_id, safe='')}/settle"
+    body = _clean({"amount": amount, "units": units})
+    return Call("POST", path, s.SettleOut, body, headers=_idem(idempotency_key))
+
+
 def transactions(account_id: str, limit: int, before: str | None) -> Call[s.TransactionsOut]:
     params = _clean({"limit": limit, "before": before})
     return Call("GET", f"{_acct(account_id)}/transactions", s.TransactionsOut, params=params)

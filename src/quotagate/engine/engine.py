@@ -50,6 +50,7 @@ from quotagate.engine.results import (
     RefundCount,
     ReleaseResult,
     RenewResult,
+    SettleResult,
     ShadowDecision,
     UpsertResult,
 )
@@ -455,10 +456,93 @@ class CreditEngine:
         fp = validate.fingerprint("hold", resource, units, amount, ttl) if idem else ""
         args = [
             ids.new_id(), account_id, str(total), str(ttl * 1000), resource or "",
-            str(units if resource else 1), idem or "", fp, self._idem_ttl_ms,
+            str(units if resource else 1), idem or "", fp, self._idem_ttl_ms, "", "", "",
         ]  # fmt: skip
         r = await self._call("hold", account_id, idem, args)
         return HoldResult(r[0], int(r[1]), _ms_to_dt(r[2]), int(r[3]), r[4] == "1")
+
+    async def reserve(
+        self,
+        account_id: str,
+        *,
+        resource: str | None = None,
+        units: int = 1,
+        amount: int | None = None,
+        ttl_seconds: int | None = None,
+        max_overrun: int = 0,
+        on_expiry: str = "release",
+        idempotency_key: str | None = None,
+        idempotency_scope: idempotency.Scope = "api",
+    ) -> HoldResult:
+        """Hold an estimate until the actual cost is known: the cost of ``units`` of
+        ``resource`` (a settle may then name units, at this price) or an ``amount``. A
+        :meth:`settle` charges the actual cost, up to ``max_overrun`` credits above the
+        estimate; unsettled at its deadline, the hold is released or, with ``on_expiry =
+        "capture"``, charged the estimate. The result's ``hold_id`` names the account too
+        (:func:`quotagate.ids.account_hold_id`): all a settle needs."""
+        ids.check_account_id(account_id)
+        if (resource is None) == (amount is None):
+            raise ValidationError("a hold names either a resource or an amount", field="amount")
+        total = (
+            validate.cost(self.config, resource, units)
+            if resource is not None
+            else validate.amount(amount)
+        )
+        price = self.config.resources[resource] if resource is not None else 0
+        ttl = self._hold_ttl(ttl_seconds)
+        validate.limit(max_overrun, "max_overrun")
+        if on_expiry not in ("release", "capture"):
+            raise ValidationError('on_expiry must be "release" or "capture"', field="on_expiry")
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = ""
+        if idem:
+            fp = validate.fingerprint(
+                "reserve", resource, units, amount, ttl, max_overrun, on_expiry
+            )
+            idem = idempotency.scoped_key(idem, idempotency_scope)
+        ttl_ms = self._idem_ttl_ms_by_scope[idempotency_scope]
+        args = [
+            ids.new_id(), account_id, str(total), str(ttl * 1000), resource or "",
+            str(units if resource else 1), idem or "", fp, ttl_ms, str(max_overrun), on_expiry,
+            str(price),
+        ]  # fmt: skip
+        r = await self._call("hold", account_id, idem, args)
+        hold_id = ids.account_hold_id(account_id, r[0])
+        return HoldResult(hold_id, int(r[1]), _ms_to_dt(r[2]), int(r[3]), r[4] == "1")
+
+    async def settle(
+        self,
+        hold_id: str,
+        *,
+        amount: int | None = None,
+        units: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SettleResult:
+        """End a reservation (``hold_id`` as :meth:`reserve` gave it) with its actual cost,
+        in credits (``amount``) or in units of its resource (``units``); 0 releases it. Up
+        to the held amount it is charged and the rest released; above, up to the hold's
+        ``max_overrun`` more while the credits allow, and the rest is the ``shortfall``."""
+        account_id, hold_uuid = ids.split_account_hold_id(hold_id)
+        if (amount is None) == (units is None):
+            raise ValidationError('a settle names either "amount" or "units"', field="amount")
+        given, name = (amount, "amount") if amount is not None else (units, "units")
+        validate.limit(given, name)  # 0 too: nothing was used, the hold is released
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = validate.fingerprint("settle", hold_uuid, amount, units) if idem else ""
+        args = [
+            ids.new_id(), account_id, hold_uuid, "" if amount is None else str(amount),
+            "" if units is None else str(units), idem or "", fp, self._idem_ttl_ms,
+            self._idem_ttl_ms_by_scope["hook"],
+        ]  # fmt: skip
+        keys = (
+            *self.keys.script_keys(account_id, idem),
+            self.keys.settled_hold(account_id, hold_uuid),
+        )
+        r = unwrap(await self.runner.run(self.scripts["settle"], keys, args))
+        transaction_id = None if r[0] == "-" else r[0]
+        return SettleResult(
+            transaction_id, int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6] == "1"
+        )
 
     def _hold_ttl(self, ttl_seconds: int | None) -> int:
         h = self.config.holds
@@ -510,16 +594,18 @@ class CreditEngine:
         r = await self._call("release", account_id, idem, args)
         return ReleaseResult(int(r[0]), int(r[1]), r[2] == "1")
 
-    async def expire_holds(self, account_id: str) -> tuple[int, int]:
-        """Release the account's holds past their deadline: (holds, credits) released."""
+    async def expire_holds(self, account_id: str) -> tuple[int, int, int]:
+        """End the account's holds past their deadline, each by its policy: (holds ended,
+        credits released, credits captured)."""
         ids.check_account_id(account_id)
         r = await self._call("expire_holds", account_id, None, [account_id])
-        return int(r[0]), int(r[1])
+        return int(r[0]), int(r[1]), int(r[2])
 
-    async def expire_due_holds(self, partition: int, *, batch: int = 500) -> tuple[int, int]:
-        """Sweep one partition: release every hold past its deadline. (holds, credits)."""
+    async def expire_due_holds(self, partition: int, *, batch: int = 500) -> tuple[int, int, int]:
+        """Sweep one partition: end every hold past its deadline by its policy. (holds ended,
+        credits released, credits captured)."""
         now_ms = await self._server_time_ms()
-        holds = credits = 0
+        holds = credits = captured = 0
         while True:
             due = cast(
                 list[str],
@@ -528,12 +614,12 @@ class CreditEngine:
                 ),
             )
             if not due:
-                return holds, credits
+                return holds, credits, captured
             for account_id in due:
-                h, c = await self.expire_holds(account_id)
-                holds, credits = holds + h, credits + c
+                ended, released, charged = await self.expire_holds(account_id)
+                holds, credits, captured = holds + ended, credits + released, captured + charged
             if len(due) < batch:
-                return holds, credits
+                return holds, credits, captured
 
     async def renew(self, account_id: str, period: str | None = None) -> RenewResult:
         """Apply the account's tier renewal policy once for ``period`` (default: this month)."""
@@ -658,9 +744,13 @@ class CreditEngine:
 
 
 def _parse_holds(raw: dict[str, str], now_ms: int) -> list[Hold]:
+    """The holds still reserving credits: open ones, and those past their deadline that will
+    be charged when they end (their credits are not coming back)."""
     holds = []
     for hold_id, value in raw.items():
-        amount, expires, resource, units = value.split("|")
-        if int(expires) > now_ms:
-            holds.append(Hold(hold_id, int(amount), _ms_to_dt(expires), resource, int(units)))
+        amount, expires, resource, units, *reservation = value.split("|")
+        on_expiry = reservation[1] if reservation else "release"
+        if int(expires) > now_ms or on_expiry == "capture":
+            hold = Hold(hold_id, int(amount), _ms_to_dt(expires), resource, int(units), on_expiry)
+            holds.append(hold)
     return holds

@@ -31,6 +31,10 @@ On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
                                   Goes with the last hold (captured, released or expired)
     P:{n}:hz:<acct>        zset   the account's hold ids scored by expiry (lazy expiry); goes
                                   with the last hold
+    P:{n}:hs:<acct>:<hold> string a reservation was settled: a second settle of it is told so
+                                  (409) rather than "no such hold". Expires after the hook's
+                                  idempotency window (``hook_ttl_seconds``): settles follow
+                                  their hook call within it, and every settle leaves one
     P:{n}:rl:<acct>        string GCRA theoretical arrival time, expires when idle
     P:{n}:ss:<acct>        string credits the account's shadow charges took (its shadow
                                   balance is its available credits less this). Kept until
@@ -226,6 +230,10 @@ class KeySpace:
         """The refund count of one spend of the account. Without a spend the name is one no
         script touches: the credit script takes this slot for every credit."""
         return f"{self.tag(self.partition_of(account_id))}:rf:{account_id}:{spend_id}"
+
+    def settled_hold(self, account_id: str, hold_id: str) -> str:
+        """The mark that the account's hold ``hold_id`` (a UUID) was settled."""
+        return f"{self.tag(self.partition_of(account_id))}:hs:{account_id}:{hold_id}"
 
     def account_pattern(self, partition: int) -> str:
         """SCAN pattern matching the account hashes of one partition."""

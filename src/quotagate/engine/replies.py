@@ -91,6 +91,7 @@ def redis_failures() -> Iterator[None]:
 
 
 _AMOUNT_ARGS = {
+    "actual_cost",
     "cost",
     "units",
     "amount",
@@ -124,6 +125,14 @@ _ERRORS: dict[str, Callable[[Sequence[str]], errors.QuotagateError]] = {
         f"the balance would pass the largest allowed ({a[1]})", balance=int(a[0])
     ),
     "hold_not_found": lambda a: errors.HoldNotFound("no such hold: unknown, ended or expired"),
+    "hold_settled": lambda a: errors.HoldSettled("this hold was settled already"),
+    "hold_expired": lambda a: errors.HoldExpired(
+        f"this hold's deadline passed before the settle; it was ended by its policy ({a[0]})",
+        on_expiry=a[0],
+    ),
+    "units_not_priced": lambda a: errors.UnitsNotPriced(
+        'this hold was priced in credits, not units: settle it with "amount"', field="units"
+    ),
     "capture_exceeds_hold": lambda a: errors.CaptureExceedsHold(
         f"capture amount is above the held amount ({a[0]})", held=int(a[0])
     ),

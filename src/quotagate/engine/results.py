@@ -75,6 +75,21 @@ class HoldResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SettleResult:
+    """A settled reservation: what was charged (a spend transaction, unless 0), what could
+    not be (the cost above the held amount and its overrun, or above the credits), and what
+    went back."""
+
+    transaction_id: str | None
+    charged: int
+    shortfall: int
+    released: int
+    remaining: int
+    balance: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseResult:
     released: int
     available: int
@@ -113,6 +128,8 @@ class Hold:
     expires_at: datetime
     resource: str
     units: int
+    on_expiry: str = "release"
+    """What its deadline does to it: "release", or "capture" (a reservation that says so)."""
 
 
 @dataclass(frozen=True, slots=True)

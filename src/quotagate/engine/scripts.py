@@ -17,6 +17,7 @@ SCRIPT_NAMES = (
     "hold",
     "capture",
     "release",
+    "settle",
     "expire_holds",
     "upsert_account",
     "renew",

@@ -25,7 +25,11 @@ PARALLEL_PARTITIONS = 8
 @dataclass
 class ExpiryTally:
     holds: int = 0
+    """Holds ended."""
     credits: int = 0
+    """Credits released (given back)."""
+    captured: int = 0
+    """Credits charged, by holds whose policy captures at the deadline."""
 
 
 async def expire_all_async(
@@ -34,16 +38,17 @@ async def expire_all_async(
     partitions: list[int] | None = None,
     on_partition: Callable[[int, int, int], None] | None = None,
 ) -> ExpiryTally:
-    """Release every due hold of every partition (or the given ones)."""
+    """End every due hold of every partition (or the given ones) by its policy."""
     todo = list(range(engine.config.partitions)) if partitions is None else partitions
     gate = asyncio.Semaphore(PARALLEL_PARTITIONS)
     tally = ExpiryTally()
 
     async def one(p: int) -> None:
         async with gate:
-            holds, credits = await engine.expire_due_holds(p)
+            holds, credits, captured = await engine.expire_due_holds(p)
         tally.holds += holds
         tally.credits += credits
+        tally.captured += captured
         if on_partition is not None:
             on_partition(p, holds, credits)
 
@@ -60,5 +65,8 @@ def expire_holds() -> dict[str, int]:
 
     tally = rt.run(work())
     if tally.holds:
-        log.info("released %d expired holds (%d credits)", tally.holds, tally.credits)
+        log.info(
+            "ended %d expired holds (%d credits released, %d captured)",
+            tally.holds, tally.credits, tally.captured,
+        )  # fmt: skip
     return asdict(tally)

@@ -1,5 +1,6 @@
-"""Holds: capture the actual cost or release them. Setting credits aside (``POST
-/v1/accounts/{account_id}/holds``) is the front's (:mod:`quotagate.api.service_endpoints`)."""
+"""Holds: capture the actual cost or release them, and settle the holds of reserve routes.
+Setting credits aside (``POST /v1/accounts/{account_id}/holds``) is the front's
+(:mod:`quotagate.api.service_endpoints`); the hook's reserve routes make theirs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from quotagate import ids
 from quotagate.api.bodies import decode, read_body
 from quotagate.api.endpoint import (
     bearer,
@@ -22,7 +24,10 @@ from quotagate.api.schemas import (
     ChargeOut,
     ReleaseOut,
     ReleaseRequest,
+    SettleOut,
+    SettleRequest,
 )
+from quotagate.errors import ValidationError
 
 
 def routes(gw: Gateway) -> list[Route]:
@@ -57,7 +62,26 @@ def routes(gw: Gateway) -> list[Route]:
             ReleaseOut(r.released, r.available), headers=replay_headers(r.replayed)
         )
 
+    @endpoint("settle")
+    async def settle(request: Request) -> Response:
+        keys.authorize(bearer(request), "service")
+        body = decode(await read_body(request), SettleRequest)
+        if (body.amount is None) == (body.units is None):
+            raise ValidationError('a settle names either "amount" or "units"')
+        hold_id = request.path_params["hold_id"]
+        r = await engine.settle(
+            hold_id, amount=body.amount, units=body.units,
+            idempotency_key=idempotency_key(request),
+        )  # fmt: skip
+        if r.charged:
+            trigger.note_write(ids.split_account_hold_id(hold_id)[0])
+        answer = SettleOut(
+            r.transaction_id, r.charged, r.shortfall, r.released, r.remaining, r.balance
+        )
+        return json_response(answer, headers=replay_headers(r.replayed))
+
     return [
+        Route("/v1/holds/{hold_id}/settle", settle, methods=["POST"]),
         Route("/v1/accounts/{account_id}/holds/{hold_id}/capture", capture, methods=["POST"]),
         Route("/v1/accounts/{account_id}/holds/{hold_id}/release", release, methods=["POST"]),
     ]

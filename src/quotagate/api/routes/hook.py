@@ -14,8 +14,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from functools import partial
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +34,8 @@ from quotagate.api.priced_path import normalized_path
 from quotagate.api.problems import hook_problem, internal_error
 from quotagate.api.views import account_view
 from quotagate.auth.identity import KeysRefreshing, account_of_request
+from quotagate.config import Route as RouteConfig
+from quotagate.config import hold_ttl_seconds
 from quotagate.engine.results import ChargeResult
 from quotagate.errors import (
     AccountBanned,
@@ -43,6 +46,7 @@ from quotagate.errors import (
     InvalidPath,
     QuotagateError,
     Unauthorized,
+    ValidationError,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +117,22 @@ def _units(raw: str | None) -> int:
     return int(raw)
 
 
+_MODES = frozenset({"charge", "reserve"})
+"""X-Quota-Mode: what the proxy asks of the hook for this request, trusted as X-Quota-Resource
+is (the proxy sets it; its own client's copy never reaches the hook)."""
+
+
+class Reservation(NamedTuple):
+    """What a reserve-mode request holds: ``units`` of ``resource`` or ``amount`` credits."""
+
+    resource: str | None
+    units: int
+    amount: int | None
+    ttl_seconds: int
+    max_overrun: int
+    on_expiry: str
+
+
 class Hook:
     """The hook's decision, apart from any HTTP server: an endpoint of the front
     (:mod:`quotagate.api.front`), which brings it every request to its paths, whatever the
@@ -147,9 +167,11 @@ class Hook:
             account_id = access.account = self._caller(h)
             charge = self._charge_for(request.method, request.raw_path, h)
             if charge is None:  # no route: a read, not a charge; rare enough for a task
-                task = asyncio.ensure_future(self._unmatched_answer(account_id, access))
-                self._tasks.add(task)
-                task.add_done_callback(partial(self._finish_task, access, reply))
+                self._run_task(self._unmatched_answer(account_id, access), access, reply)
+                return
+            if isinstance(charge, Reservation):  # a hold: a task, as the hold endpoint's
+                work = self._reserve(account_id, charge, h.get("x-request-id", ""))
+                self._run_task(work, access, reply)
                 return
             resource, units, description, shadow = charge
             fut = self.gw.engine.consume_soon(
@@ -192,6 +214,11 @@ class Hook:
             answer = internal_error()
         self._finish(access, reply, answer)
 
+    def _run_task(self, work: Coroutine[None, None, Answer], access: Access, reply: Reply) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(partial(self._finish_task, access, reply))
+
     def _finish_task(self, access: Access, reply: Reply, task: asyncio.Task[Answer]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
@@ -215,20 +242,91 @@ class Hook:
 
     def _charge_for(
         self, method: str, path: str, h: Mapping[str, str]
-    ) -> tuple[str, int, str, bool] | None:
-        """(resource, units, description, shadow) of the proxied request; None when no route
-        of the config matches it and the headers name no resource."""
+    ) -> tuple[str, int, str, bool] | Reservation | None:
+        """(resource, units, description, shadow) of the proxied request, or the Reservation
+        it makes in reserve mode (its route's, or the proxy's ``X-Quota-Mode: reserve``); None
+        when no route of the config matches it and the headers name no resource."""
         method, uri = _original(method, path, h)
         method, path = _checked_method(method), normalized_path(uri)
         resource = h.get("x-quota-resource")
         units = _units(h.get("x-quota-units"))
-        shadow = False
+        mode = h.get("x-quota-mode")
+        route = None
         if resource is None:
             route = self.authz.route_for(method, path)
             if route is None:
                 return None
-            resource, units, shadow = route.resource, route.units, route.shadow
-        return resource, units, f"{method} {path}"[:MAX_DESCRIPTION], shadow
+            if mode is None and route.mode == "charge":
+                description = f"{method} {path}"[:MAX_DESCRIPTION]
+                return route.resource or "", route.units, description, route.shadow
+        elif mode is None:
+            return resource, units, f"{method} {path}"[:MAX_DESCRIPTION], False
+        return self._by_mode(mode, route, resource, units, f"{method} {path}"[:MAX_DESCRIPTION])
+
+    def _by_mode(
+        self, mode: str | None, route: RouteConfig | None, resource: str | None, units: int,
+        description: str,
+    ) -> tuple[str, int, str, bool] | Reservation:  # fmt: skip
+        """A reserve route's request, or one whose proxy names the mode (X-Quota-Mode): apart
+        from the charges' path, which it adds no step to."""
+        if mode is not None and mode not in _MODES:
+            raise ValidationError('X-Quota-Mode must be "charge" or "reserve"', field="mode")
+        if mode != "charge":  # "reserve", or a reserve route the proxy names no mode for
+            return self._reservation(route, resource, units)
+        if route is not None:
+            if route.resource is None:
+                raise ValidationError(
+                    "this route's estimate is a cost in credits, not a resource: it can only "
+                    "reserve (X-Quota-Mode: reserve)",
+                    field="mode",
+                )
+            resource, units = route.resource, route.units
+        assert resource is not None  # from the header, or the route's
+        return resource, units, description, route is not None and route.shadow
+
+    def _reservation(
+        self, route: RouteConfig | None, resource: str | None, units: int
+    ) -> Reservation:
+        """What a reserve-mode request holds: the route's estimate and settings, or (the
+        proxy named the resource, or the route charges) its price with the default settings."""
+        ttl_seconds = self.gw.config.holds.default_ttl_seconds
+        if route is None:
+            return Reservation(resource, units, None, ttl_seconds, 0, "release")
+        ttl_seconds = hold_ttl_seconds(route, self.gw.config.holds)
+        if resource is None and route.cost is not None:
+            resource, units, amount = None, 1, route.cost
+        elif resource is None:
+            resource, units, amount = route.resource, route.units, None
+        else:
+            amount = None
+        return Reservation(resource, units, amount, ttl_seconds, route.max_overrun, route.on_expiry)
+
+    async def _reserve(self, account_id: str, plan: Reservation, request_id: str) -> Answer:
+        """Hold the estimate: 200 with the hold's id (what the upstream settles), or the usual
+        refusal; bounded by the deadline as a charge is."""
+        try:
+            with self.deadline.bound():
+                held = await self.gw.engine.reserve(
+                    account_id, resource=plan.resource, units=plan.units, amount=plan.amount,
+                    ttl_seconds=plan.ttl_seconds, max_overrun=plan.max_overrun,
+                    on_expiry=plan.on_expiry, idempotency_key=request_id or None,
+                    idempotency_scope="hook",
+                )  # fmt: skip
+        except (BackendError, TimeoutError) as exc:
+            return self._backend_down(account_id, exc)
+        except QuotagateError as exc:
+            return self._refusal(exc)
+        self.gw.flush_trigger.note_write(account_id)  # ending expired holds may charge
+        metrics.TALLY.inc(_ALLOWED)
+        headers = [
+            (b"x-quota-account", account_id.encode()),
+            (b"x-quota-hold-id", held.hold_id.encode()),
+            (b"x-quota-held", b"%d" % held.amount),
+            (b"x-quota-remaining", b"%d" % held.available),
+        ]
+        if held.replayed:
+            headers.append((b"idempotent-replayed", b"true"))
+        return Answer(200, headers)
 
     async def _unmatched_answer(self, account_id: str, access: Access) -> Answer:
         try:
