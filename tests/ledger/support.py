@@ -80,11 +80,11 @@ def quotagate_command() -> list[str]:
 class WorkerProcess:
     """``quotagate worker`` in a subprocess, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, *options: str) -> None:
         self.log = log_dir / f"{name}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [*quotagate_command(), "worker", "--name", name],
+                [*quotagate_command(), "worker", "--name", name, *options],
                 env={**os.environ, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
