@@ -14,6 +14,7 @@ import asyncio
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +23,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client import multiprocess as _multiprocess
 from prometheus_client.metrics_core import Metric
@@ -188,6 +190,14 @@ def count_request(route: str, status: int, seconds: float) -> None:
     if latency is None:
         latency = _latency_cache[route] = HTTP_LATENCY.labels(route)
     TALLY.observe(latency, seconds)
+
+
+def serve_http(host: str, port: int) -> WSGIServer:
+    """Serve this process's metrics on ``host:port`` from a daemon thread; the server, to
+    shut down. For ``quotagate worker``, whose counters (flush errors, quarantined entries,
+    webhook deliveries) no gateway's /metrics can show: each process keeps its own."""
+    server, _thread = start_http_server(port, addr=host)
+    return server
 
 
 Sampler = Callable[[], Iterable[Metric]]

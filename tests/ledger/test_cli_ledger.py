@@ -140,6 +140,10 @@ async def test_a_burst_worker_runs_the_queued_flushes(
                 QUOTAGATE_CONFIG=str(config),
             )  # fmt: skip
             assert done.returncode == 0, done.stdout + done.stderr
+            # Every record, RQ's too, is one JSON line on stderr (the default log format).
+            lines = [json.loads(line) for line in done.stderr.splitlines()]
+            assert {"rq.worker"} <= {line["logger"] for line in lines}
+            assert all(list(line)[:4] == ["time", "level", "logger", "message"] for line in lines)
             assert queue.count == 0
             for p in range(8):
                 assert await engine.redis.xlen(engine.keys.outbox(p)) == 0

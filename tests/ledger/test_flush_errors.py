@@ -3,11 +3,17 @@ keeps its entries for the next flush."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from prometheus_client import REGISTRY
+from tests.jobs.processes import QuotagateProcess
+from tests.ledger.support import worker_env
+from tests.support.servers import free_port
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
@@ -68,3 +74,28 @@ async def test_a_batch_whose_connection_postgres_ends_counts_one_flush_error(
     result = await flush_partition(lengine, ledger, partition)
     assert result.deleted == waiting
     assert flush_errors("batch") == counted + 1
+
+
+def test_a_worker_serves_its_flush_counters_on_its_metrics_port(
+    lengine: CreditEngine, ledger_url: str, redis_url: str, key_prefix: str, config_file: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    port = free_port()
+    env = worker_env(redis_url, ledger_url, key_prefix, Path(config_file))
+    worker = QuotagateProcess(
+        ["worker", "--name", "metrics", "--metrics-port", str(port)], env, tmp_path / "metrics.log"
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert worker.alive(), worker.output()
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.2)
+        assert "# TYPE quotagate_ledger_flush_errors_total counter" in text
+        assert "# TYPE quotagate_ledger_quarantined_total counter" in text
+    finally:
+        worker.stop()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from tests.support.servers import free_port
 
 from quotagate import metrics
 from quotagate.metrics import HTTP_LATENCY_BUCKETS, Tally
@@ -63,3 +65,17 @@ def test_render_flushes_this_process_first() -> None:
     metrics.TALLY.inc(child)
     metrics.render()
     assert child._value.get() == before + 1
+
+
+def test_a_worker_serves_its_own_counters_over_http() -> None:
+    port = free_port()
+    server = metrics.serve_http("127.0.0.1", port)
+    try:
+        metrics.LEDGER_FLUSH_ERRORS.labels("batch").inc()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        server.shutdown()
+        server.server_close()
+    counted = [line for line in text.splitlines()
+               if line.startswith('quotagate_ledger_flush_errors_total{kind="batch"}')]  # fmt: skip
+    assert counted and float(counted[0].split()[-1]) >= 1

@@ -52,7 +52,19 @@ def migrate() -> None:
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler for delayed jobs.")
 @click.option("--name", default=None, help="Worker name (default: random).")
-def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this worker's Prometheus metrics (flush errors, quarantine, webhooks) here.",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port."
+)
+def worker(
+    burst: bool, with_scheduler: bool, name: str | None, metrics_port: int | None,
+    metrics_host: str,
+) -> None:  # fmt: skip
     """Run an RQ worker on the flush queue, then the jobs queue.
 
     Refuses to start on a ledger database that is behind. Started while PostgreSQL is down,
@@ -69,6 +81,10 @@ def worker(burst: bool, with_scheduler: bool, name: str | None) -> None:
     configure(log_format, log_level)
     rt = runtime.install(settings)
     rt.run(_check_ready(rt) if burst else _wait_until_ready(rt))
+    if metrics_port is not None:
+        from quotagate.metrics import serve_http
+
+        serve_http(metrics_host, metrics_port)  # a daemon thread: it ends with the worker
     conn = queues.connection(settings)
     w = LedgerWorker(queues.worker_queues(settings, conn), connection=conn, name=name)
     w.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level.upper())
