@@ -5,6 +5,7 @@ shadow off, the same requests charge and deny what the shadow report says."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from tests.api.helpers import balance, bearer, create_account
 from tests.support.gateway import GatewayServer, gateway_settings, running_gateway
 
+from quotagate.api import access
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
 from quotagate.ledger import Ledger, flush_all
@@ -194,3 +196,18 @@ def test_the_shadow_report_equals_what_the_same_requests_charge_and_deny(
 def _today() -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     return now - timedelta(hours=1), now + timedelta(hours=1)
+
+
+def test_the_access_line_says_a_charge_was_a_shadow_one(
+    shadow_gateway: GatewayServer, api_keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=access.ACCESS_LOGGER.name)
+    with httpx.Client(base_url=shadow_gateway.url) as http:
+        acct = create_account(http, api_keys["admin"], tier="trial")
+        caplog.clear()
+        http.get("/v1/authz", headers=_hook(api_keys, acct, "/s/big"))
+        http.post(f"/v1/accounts/{acct}/consume", json={"resource": "export", "units": 9},
+                  headers=bearer(api_keys["service"]))  # fmt: skip
+    records = [r.__dict__ for r in caplog.records if r.name == access.ACCESS_LOGGER.name]
+    lines = [(r["decision"], r["cost"]) for r in records]
+    assert lines == [("shadow_charged", 7), ("shadow_insufficient_credits", 27)]

@@ -131,6 +131,8 @@ class Consume(ServiceEndpoint[ChargeResult]):
 
     def note(self, access: Access, result: ChargeResult) -> None:
         access.cost = result.cost
+        if result.shadow is not None:
+            access.decision = f"shadow_{result.shadow}"
 
     def answer(self, request: Request, r: ChargeResult) -> Answer:
         self.gw.flush_trigger.note_write(request.param)

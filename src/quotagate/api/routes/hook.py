@@ -202,6 +202,8 @@ class Hook:
                 self.gw.flush_trigger.note_write(account_id)
                 result = fut.result()
                 access.cost = result.cost
+                if result.shadow is not None:
+                    access.decision = f"shadow_{result.shadow}"
                 answer = self._allowed(account_id, result)
             elif isinstance(exc, BackendError):
                 answer = self._backend_down(account_id, exc)
