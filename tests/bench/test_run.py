@@ -22,7 +22,7 @@ from quotagate.bench.nginx import nginx_binary
 EXPECTED_ROWS = {
     "http": [
         "http/floor", "http/bare", "hook/hot", "hook/spread", "consume/hot", "consume/spread",
-        "hook/reserve",
+        "hook/reserve", "hook/shadow",
     ],
     "postgres": ["postgres/hot", "postgres/spread"],
     "engine": ["engine/in-process", "engine/unbatched"]

@@ -5,6 +5,7 @@ Rows (``name``: what it measures, compared with):
   http/bare         a one-route Starlette app served the same way: the server's ceiling (floor)
   hook/hot|spread   ``GET /v1/authz`` charging 1 credit, one account or 100k accounts (floor)
   hook/reserve      the same over 100k accounts on a reserve route: a hold of 1 credit
+  hook/shadow       the same on a shadow route: decided and recorded, nothing charged
                     (hook/spread)
   consume/hot|spread ``POST /v1/accounts/{id}/consume`` with a JSON body (floor)
   postgres/hot|spread the design without quotagate: a Postgres transaction per charge, over the
@@ -55,11 +56,12 @@ def hook_load(accounts: Accounts, hook_key: str | None = None) -> HttpLoad:
     return HttpLoad("GET", "/v1/authz", headers, accounts=accounts)
 
 
-def reserve_load(accounts: Accounts, hook_key: str) -> HttpLoad:
-    """The authz hook on the bench config's reserve route: a hold of 1 credit, as nginx asks."""
+def route_load(accounts: Accounts, hook_key: str, uri: str) -> HttpLoad:
+    """The authz hook on one of the bench config's routes, as nginx asks: the reserve route (a
+    hold of 1 credit) or the shadow route (1 credit decided and recorded, nothing charged)."""
     headers = {
         "X-Account-Id": "{account}", "X-Quotagate-Key": hook_key,
-        "X-Original-Method": "GET", "X-Original-URI": "/reserve/x",
+        "X-Original-Method": "GET", "X-Original-URI": uri,
     }  # fmt: skip
     return HttpLoad("GET", "/v1/authz", headers, accounts=accounts)
 
@@ -115,7 +117,8 @@ async def http_group(run: Run, progress: Progress) -> None:
             ("hook/spread", hook_load(spread, keys.hook), app, FLOOR),
             ("consume/hot", consume_load(HOT, keys.service), app, FLOOR),
             ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
-            ("hook/reserve", reserve_load(spread, keys.hook), app, "hook/spread"),
+            ("hook/reserve", route_load(spread, keys.hook, "/reserve/x"), app, "hook/spread"),
+            ("hook/shadow", route_load(spread, keys.hook, "/shadow/x"), app, "hook/spread"),
         ):
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)

@@ -57,6 +57,13 @@ mode = "reserve"
 resource = "api_call"
 hold_ttl = 1
 
+# hook/shadow: the charge decided and recorded in the shadow stream, nothing charged.
+[[authz.routes]]
+method = "*"
+path = "/shadow/*"
+resource = "api_call"
+shadow = true
+
 [[authz.routes]]
 method = "*"
 path = "/api/*"
@@ -135,9 +142,11 @@ class Stage:
             await asyncio.gather(*(self.engine.upsert_account(a) for a in names[i : i + chunk]))
 
     async def clear_outboxes(self) -> None:
-        """Drop the outbox entries the load made: they would only fill memory until the end."""
+        """Drop the outbox and shadow entries the load made: they would only fill memory until
+        the end."""
         assert self.engine is not None
         keys = [self.engine.keys.outbox(p) for p in range(self.config.partitions)]
+        keys += [self.engine.keys.shadow(p) for p in range(self.config.partitions)]
         await self.engine.redis.delete(*keys)
 
     async def close(self) -> None:
