@@ -5,7 +5,6 @@ nothing. Header mode through the same proxies is the scenario of test_nginx/trae
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -70,17 +69,6 @@ server {
     }
 }
 """
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
-def jwks(issuer: Issuer) -> Iterator[JwksServer]:
-    with JwksServer(issuer).running() as server:
-        yield server
 
 
 def bearer(token: str) -> dict[str, str]:
