@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from tests.support.cluster import RedisCluster, redis_cli_binary, redis_cluster
+from tests.support.jwt_issuer import Issuer, JwksServer
 from tests.support.secret_watch import WATCH
 from tests.support.servers import RedisProcess, env_url, redis_process
 
@@ -178,6 +179,19 @@ def database_url() -> Iterator[str]:
 def private_redis() -> Iterator[RedisProcess]:
     """A redis-server of this test's own, for tests that stop, restart or flush it."""
     with redis_process() as server:
+        yield server
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    """A token issuer of this test's own (its keys, its JWKS)."""
+    return Issuer()
+
+
+@pytest.fixture
+def jwks(issuer: Issuer) -> Iterator[JwksServer]:
+    """``issuer``'s JWKS served on loopback; it counts its fetches."""
+    with JwksServer(issuer).running() as server:
         yield server
 
 

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +57,6 @@ def build(identity_toml: str, secret: str | None = None) -> TokenIdentity:
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def issuer() -> Issuer:
-    return Issuer()
-
-
-@pytest.fixture
-def jwks(issuer: Issuer) -> Iterator[JwksServer]:
-    with JwksServer(issuer).running() as server:
-        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from tests.e2e.harness import Upstream
+from tests.conftest import EngineFactory
+from tests.e2e.harness import Services, Upstream
 
 from quotagate.auth.store import KeyStore
 
@@ -38,3 +39,11 @@ def service_key(ledger_url: str) -> str:
 def upstream() -> Iterator[Upstream]:
     with Upstream().running() as server:
         yield server
+
+
+@pytest.fixture
+def services(
+    make_engine: EngineFactory, redis_url: str, ledger_url: str, key_prefix: str,
+    hook_key: str, service_key: str,
+) -> Services:  # fmt: skip
+    return Services(make_engine, redis_url, ledger_url, key_prefix, hook_key, service_key)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import http.client
 import os
 import re
@@ -18,17 +17,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from tests.support.servers import free_port
+from tests.conftest import EngineFactory
+from tests.support.servers import free_port, serving_in_a_thread
 
+from quotagate.bench.nginx import htpasswd_line
 from quotagate.config import load_config
 from quotagate.engine import CreditEngine
 from quotagate.ledger import Ledger, flush_partition
@@ -45,9 +47,8 @@ def password(user: str) -> str:
 
 
 def sha_htpasswd_line(user: str) -> str:
-    """nginx, Traefik and Envoy all read the {SHA} form of an htpasswd line."""
-    digest = base64.b64encode(hashlib.sha1(password(user).encode()).digest()).decode()
-    return f"{user}:{{SHA}}{digest}"
+    """The user's htpasswd line, with the password the tests log in with."""
+    return htpasswd_line(user, password(user))
 
 
 def e2e_config_text(authz_from: Path | None = None) -> str:
@@ -138,15 +139,8 @@ class Upstream:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving_in_a_thread(self.port, Handler):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
 
 
 class ProxyProcess:
@@ -229,14 +223,60 @@ def workdir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def proxy(name: str, args: Sequence[str], *, cwd: Path, ready_url: str,
-          env: Mapping[str, str] | None = None) -> Iterator[ProxyProcess]:  # fmt: skip
+def proxy(name: str, args: Sequence[str], *, listen: int, cwd: Path,
+          env: Mapping[str, str] | None = None) -> Iterator[str]:  # fmt: skip
+    """A proxy listening on ``listen``, once its own 401 says its routes are loaded; its base URL."""
     process = ProxyProcess(name, args, cwd=cwd, env=env)
+    base = f"http://127.0.0.1:{listen}"
     try:
-        process.wait_ready(ready_url)
-        yield process
+        process.wait_ready(f"{base}/api/credits")
+        yield base
     finally:
         process.stop()
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a proxy test runs against: Redis on this test's prefix, the ledger, its two keys."""
+
+    make_engine: EngineFactory
+    redis_url: str
+    ledger_url: str
+    key_prefix: str
+    hook_key: str
+    service_key: str
+
+
+class InFront(Protocol):
+    """Starts a proxy in ``work`` in front of the gateway and ``upstream``; yields its base URL."""
+
+    def __call__(
+        self, work: Path, *, gateway_url: str, upstream: Upstream, hook_key: str
+    ) -> AbstractContextManager[str]: ...
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The gateway's URL, and the proxy's in front of it (where clients go)."""
+
+    gateway_url: str
+    base_url: str
+
+
+@contextlib.contextmanager
+def behind_proxy(
+    services: Services, in_front: InFront, upstream: Upstream, config_text: str,
+    *, redis_url: str | None = None,
+) -> Iterator[Stack]:  # fmt: skip
+    """The gateway with ``config_text`` (on ``redis_url``, else the shared Redis), and the proxy
+    in front of it and ``upstream``, in one scratch folder, until the block ends."""
+    with workdir() as work, gateway(
+        redis_url=redis_url or services.redis_url, database_url=services.ledger_url,
+        key_prefix=services.key_prefix, config_text=config_text, work=work,
+    ) as gateway_url, in_front(
+        work, gateway_url=gateway_url, upstream=upstream, hook_key=services.hook_key
+    ) as base_url:  # fmt: skip
+        yield Stack(gateway_url, base_url)
 
 
 def binary(name: str) -> str | None:
@@ -489,3 +529,36 @@ async def run_reserve_scenario(
     assert [(str(r["id"]), r["amount"]) for r in rows] == [
         (str(s["transaction_id"]), -int(str(s["charged"]))) for s in app.settled
     ]
+
+
+async def proxy_charges_until_the_credits_run_out(
+    services: Services, in_front: InFront, upstream: Upstream, *,
+    authz_from: Path | None = None, remaining_to_client: bool = True,
+) -> None:  # fmt: skip
+    """run_scenario through the proxy, then the refused requests leave bob's partition
+    flushable."""
+    config = e2e_config_text(authz_from)
+    engine = await services.make_engine(config)
+    await open_accounts(engine)
+    with behind_proxy(services, in_front, upstream, config) as stack:
+        await run_scenario(
+            stack.base_url, upstream, engine, remaining_to_client=remaining_to_client
+        )
+        await assert_partition_flushes(engine, services.ledger_url, "bob")
+
+
+async def proxy_reserves_and_the_app_settles_the_actual_cost(
+    services: Services, in_front: InFront, *, authz_from: Path | None = None
+) -> None:
+    """run_reserve_scenario through the proxy, with an upstream that settles (SettlingApp)."""
+    config = reserve_config_text(authz_from)
+    engine = await services.make_engine(config)
+    await open_accounts(engine)
+    app = SettlingApp(service_key=services.service_key)
+    with Upstream(work=app).running() as upstream, behind_proxy(
+        services, in_front, upstream, config
+    ) as stack:  # fmt: skip
+        app.gateway_url = stack.gateway_url
+        await run_reserve_scenario(
+            stack.base_url, upstream, app, engine, services.ledger_url, other_key=services.hook_key
+        )

@@ -3,126 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
-import string
+import functools
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 import httpx
 import pytest
-from tests.conftest import EngineFactory
 from tests.e2e.harness import (
     EXAMPLES,
-    USERS,
     Hit,
-    SettlingApp,
+    Services,
     Upstream,
-    assert_partition_flushes,
     auth,
-    binary,
+    behind_proxy,
     e2e_config_text,
-    gateway,
     open_accounts,
-    proxy,
+    proxy_charges_until_the_credits_run_out,
+    proxy_reserves_and_the_app_settles_the_actual_cost,
     reserve_config_text,
-    run_reserve_scenario,
-    run_scenario,
-    sha_htpasswd_line,
-    workdir,
 )
-from tests.support.servers import free_port, redis_process
+from tests.e2e.proxies import NGINX, nginx_in_front
+from tests.support.servers import redis_process
 
-NGINX = binary("nginx")
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (.ci/run installs it)"
 )
 
-MAIN_CONF = """
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log stderr warn;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path $work/client_body;
-    proxy_temp_path $work/proxy;
-    fastcgi_temp_path $work/fastcgi;
-    uwsgi_temp_path $work/uwsgi;
-    scgi_temp_path $work/scgi;
-    include $work/quotagate.conf;
-}
-"""
-
-
-@contextlib.contextmanager
-def nginx_in_front(
-    work: Path, *, gateway_url: str, upstream: Upstream, hook_key: str, settle_key: str = "unused"
-) -> Iterator[str]:
-    """nginx with the example's site filled in for this test; yields its base URL."""
-    assert NGINX is not None
-    listen = free_port()
-    template = (EXAMPLES / "nginx" / "quotagate.conf.template").read_text()
-    site = string.Template(template).safe_substitute(
-        LISTEN=f"127.0.0.1:{listen}",
-        QUOTAGATE_ADDR=gateway_url.removeprefix("http://"),
-        APP_ADDR=upstream.address,
-        QUOTAGATE_HOOK_KEY=hook_key,
-        QUOTAGATE_SETTLE_KEY=settle_key,
-        HTPASSWD_FILE=str(work / "htpasswd"),
-    )
-    assert not re.search(r"\$\{[A-Z_]+\}", site), "a placeholder was left unfilled"
-    (work / "quotagate.conf").write_text(site)
-    (work / "htpasswd").write_text("".join(sha_htpasswd_line(u) + "\n" for u in USERS))
-    (work / "nginx.conf").write_text(string.Template(MAIN_CONF).substitute(work=work))
-    args = [NGINX, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr"]
-    base = f"http://127.0.0.1:{listen}"
-    with proxy("nginx", args, cwd=work, ready_url=f"{base}/api/credits"):
-        yield base
+NGINX_AUTHZ = EXAMPLES / "nginx" / "quotagate.toml"
+"""The example's [authz] statuses: nginx's auth_request passes on only 401 and 403."""
 
 
 async def test_nginx_charges_until_the_credits_run_out(
-    make_engine: EngineFactory,
-    redis_url: str,
-    ledger_url: str,
-    key_prefix: str,
-    hook_key: str,
-    upstream: Upstream,
+    services: Services, upstream: Upstream
 ) -> None:
-    config = e2e_config_text(EXAMPLES / "nginx" / "quotagate.toml")
+    config = e2e_config_text(NGINX_AUTHZ)
     assert "deny_status = 403" in config and "rate_limited_status = 403" in config
-    engine = await make_engine(config)
-    await open_accounts(engine)
-    with workdir() as work, gateway(
-        redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
-        config_text=config, work=work,
-    ) as gateway_url, nginx_in_front(
-        work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
-    ) as base:  # fmt: skip
-        await run_scenario(base, upstream, engine)
-        await assert_partition_flushes(engine, ledger_url, "bob")
+    await proxy_charges_until_the_credits_run_out(
+        services, nginx_in_front, upstream, authz_from=NGINX_AUTHZ
+    )
 
 
 async def test_nginx_answers_503_when_redis_is_down_and_never_calls_the_app(
-    make_engine: EngineFactory,
-    ledger_url: str,
-    key_prefix: str,
-    hook_key: str,
-    upstream: Upstream,
+    services: Services, upstream: Upstream
 ) -> None:
-    config = e2e_config_text(EXAMPLES / "nginx" / "quotagate.toml")
-    with redis_process() as private, workdir() as work:
-        engine = await make_engine(config, url=private.url)
+    config = e2e_config_text(NGINX_AUTHZ)
+    with redis_process() as private:
+        engine = await services.make_engine(config, url=private.url)
         await open_accounts(engine)
-        with gateway(
-            redis_url=private.url, database_url=ledger_url, key_prefix=key_prefix,
-            config_text=config, work=work,
-        ) as gateway_url, nginx_in_front(
-            work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
-        ) as base:  # fmt: skip
-            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        with behind_proxy(
+            services, nginx_in_front, upstream, config, redis_url=private.url
+        ) as stack:  # fmt: skip
+            async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:
                 ok = await client.get("/api/things/1", auth=auth("alice"))
                 assert ok.status_code == 200, ok.text
                 private.stop()
@@ -137,26 +68,10 @@ async def test_nginx_answers_503_when_redis_is_down_and_never_calls_the_app(
             assert len(upstream.hits) == 1
 
 
-async def test_nginx_reserves_and_the_app_settles_the_actual_cost(
-    make_engine: EngineFactory,
-    redis_url: str,
-    ledger_url: str,
-    key_prefix: str,
-    hook_key: str,
-    service_key: str,
-) -> None:
-    config = reserve_config_text(EXAMPLES / "nginx" / "quotagate.toml")
-    engine = await make_engine(config)
-    await open_accounts(engine)
-    app = SettlingApp(service_key=service_key)
-    with Upstream(work=app).running() as upstream, workdir() as work, gateway(
-        redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
-        config_text=config, work=work,
-    ) as gateway_url, nginx_in_front(
-        work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key
-    ) as base:  # fmt: skip
-        app.gateway_url = gateway_url
-        await run_reserve_scenario(base, upstream, app, engine, ledger_url, other_key=hook_key)
+async def test_nginx_reserves_and_the_app_settles_the_actual_cost(services: Services) -> None:
+    await proxy_reserves_and_the_app_settles_the_actual_cost(
+        services, nginx_in_front, authz_from=NGINX_AUTHZ
+    )
 
 
 def _actual_from_path(hit: Hit) -> Mapping[str, str]:
@@ -166,26 +81,16 @@ def _actual_from_path(hit: Hit) -> Mapping[str, str]:
     return {"X-Quota-Actual": last} if last.isdigit() else {}
 
 
-async def test_nginx_settles_from_the_apps_x_quota_actual(
-    make_engine: EngineFactory,
-    redis_url: str,
-    ledger_url: str,
-    key_prefix: str,
-    hook_key: str,
-    service_key: str,
-) -> None:
-    config = reserve_config_text(EXAMPLES / "nginx" / "quotagate.toml")
-    engine = await make_engine(config)
+async def test_nginx_settles_from_the_apps_x_quota_actual(services: Services) -> None:
+    config = reserve_config_text(NGINX_AUTHZ)
+    engine = await services.make_engine(config)
     await open_accounts(engine)
     await engine.credit("alice", 100)
-    with Upstream(work=_actual_from_path).running() as upstream, workdir() as work, gateway(
-        redis_url=redis_url, database_url=ledger_url, key_prefix=key_prefix,
-        config_text=config, work=work,
-    ) as gateway_url, nginx_in_front(
-        work, gateway_url=gateway_url, upstream=upstream, hook_key=hook_key,
-        settle_key=service_key,
-    ) as base:  # fmt: skip
-        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+    in_front = functools.partial(nginx_in_front, settle_key=services.service_key)
+    with Upstream(work=_actual_from_path).running() as upstream, behind_proxy(
+        services, in_front, upstream, config
+    ) as stack:  # fmt: skip
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as client:
             for path in ("/api/metered/4", "/api/metered/13", "/api/metered/20"):
                 r = await client.get(path, auth=auth("alice"))
                 assert r.status_code == 200, r.text

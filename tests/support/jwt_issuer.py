@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serving_in_a_thread
 
 ISSUER = "https://id.quotagate.test/"
 AUDIENCE = "quotagate-test"
@@ -103,16 +102,8 @@ class JwksServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving_in_a_thread(self.port, Handler, daemon_threads=True):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
 
 
 def jwt_config_text(jwks_url: str, **extra: str) -> str:

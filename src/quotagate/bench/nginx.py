@@ -43,10 +43,10 @@ PASSWORD = "bench"
 
 _MAIN = """
 daemon off;
-worker_processes auto;
+worker_processes $workers;
 pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
+error_log $error_log warn;
+events { worker_connections $connections; }
 http {
     access_log off;
     client_body_temp_path $work/client_body;
@@ -54,6 +54,22 @@ http {
     fastcgi_temp_path $work/fastcgi;
     uwsgi_temp_path $work/uwsgi;
     scgi_temp_path $work/scgi;
+$body
+}
+"""
+
+
+def main_conf(
+    work: Path, body: str, *, workers: str = "1", error_log: str = "stderr", connections: int = 64
+) -> str:
+    """An nginx.conf whose pid and temp files live in ``work`` (a scratch prefix, so that
+    nginx runs unprivileged), with ``body`` inside its http block."""
+    return string.Template(_MAIN).substitute(
+        work=work, body=body, workers=workers, error_log=error_log, connections=connections
+    )
+
+
+_BENCH_BODY = """
     server {
         listen 127.0.0.1:$app_port;
         keepalive_requests 1000000;
@@ -61,7 +77,6 @@ http {
     }
     include $work/hook.conf;
     include $work/alone.conf;
-}
 """
 
 
@@ -75,15 +90,26 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "nginx" / "quotagat
 """The shipped example site (in a checkout of the repository; a wheel does not carry it)."""
 
 
+def render_site(
+    template: str, *, listen: int, gateway_addr: str, app_addr: str, hook_key: str,
+    htpasswd_file: Path, settle_key: str,
+) -> str:  # fmt: skip
+    """The example site (``template``) with its placeholders filled in."""
+    return string.Template(template).safe_substitute(
+        LISTEN=f"127.0.0.1:{listen}", QUOTAGATE_ADDR=gateway_addr, APP_ADDR=app_addr,
+        QUOTAGATE_HOOK_KEY=hook_key, HTPASSWD_FILE=str(htpasswd_file),
+        QUOTAGATE_SETTLE_KEY=settle_key,
+    )  # fmt: skip
+
+
 def _site(
     template: str, listen: int, gateway_addr: str, app_port: int, key: str, work: Path
 ) -> str:
-    return string.Template(template).safe_substitute(
-        LISTEN=f"127.0.0.1:{listen}", QUOTAGATE_ADDR=gateway_addr,
-        APP_ADDR=f"127.0.0.1:{app_port}", QUOTAGATE_HOOK_KEY=key,
-        HTPASSWD_FILE=str(work / "htpasswd"),
+    return render_site(
+        template, listen=listen, gateway_addr=gateway_addr, app_addr=f"127.0.0.1:{app_port}",
+        hook_key=key, htpasswd_file=work / "htpasswd",
         # No request of the run goes to /api/metered/, whose settles would use this key.
-        QUOTAGATE_SETTLE_KEY="unused-by-the-benchmark",
+        settle_key="unused-by-the-benchmark",
     )  # fmt: skip
 
 
@@ -94,9 +120,10 @@ def _without_hook(site: str) -> str:
     return site.replace("quotagate_gateway", "alone_gateway").replace("quotagate_app", "alone_app")
 
 
-def _htpasswd_line(user: str, password: str) -> str:
+def htpasswd_line(user: str, password: str) -> str:
+    """The {SHA} form of an htpasswd line, which nginx, Traefik and Envoy all read."""
     digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
-    return f"{user}:{{SHA}}{digest}\n"
+    return f"{user}:{{SHA}}{digest}"
 
 
 @dataclass
@@ -131,9 +158,10 @@ def running_nginx(binary: str, gateway_addr: str, hook_key: str) -> Iterator[Ngi
     (work / "hook.conf").write_text(site)
     alone = _site(template, ports["alone"], gateway_addr, ports["app"], hook_key, work)
     (work / "alone.conf").write_text(_without_hook(alone))
-    (work / "htpasswd").write_text(_htpasswd_line(HOT.stem, PASSWORD))
+    (work / "htpasswd").write_text(htpasswd_line(HOT.stem, PASSWORD) + "\n")
     (work / "htpasswd").chmod(0o644)
-    main = string.Template(_MAIN).substitute(work=work, app_port=ports["app"])
+    body = string.Template(_BENCH_BODY).substitute(work=work, app_port=ports["app"])
+    main = main_conf(work, body, workers="auto", error_log=f"{work}/error.log", connections=4096)
     (work / "nginx.conf").write_text(main)
     args = [binary, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
