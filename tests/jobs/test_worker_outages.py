@@ -30,9 +30,14 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "RETRY_MAX_SECONDS", 0.5)
 
 
-def _worker(server: RedisProcess) -> LedgerWorker:
+@pytest.fixture
+def worker(server: RedisProcess) -> Iterator[LedgerWorker]:
+    """A worker on the private Redis; its connections closed afterwards (a socket left open
+    to a restarted server is a ResourceWarning, an error in this suite)."""
     conn = redis.Redis.from_url(server.url, socket_timeout=5)
-    return LedgerWorker([Queue("qg-outage", connection=conn)], connection=conn, name="qg-outage")
+    yield LedgerWorker([Queue("qg-outage", connection=conn)], connection=conn, name="qg-outage")
+    conn.close()
+    conn.connection_pool.disconnect()
 
 
 def _outage(server: RedisProcess) -> threading.Thread:
@@ -43,10 +48,11 @@ def _outage(server: RedisProcess) -> threading.Thread:
     return timer
 
 
-def test_waiting_for_the_next_job_rides_out_an_outage(server: RedisProcess) -> None:
+def test_waiting_for_the_next_job_rides_out_an_outage(
+    server: RedisProcess, worker: LedgerWorker
+) -> None:
     """The step that marks the worker idle, then waits for a job, with Redis down when it
     starts: it waits for Redis, then for a job, and ends on its idle time without raising."""
-    worker = _worker(server)
     worker.register_birth()  # type: ignore[no-untyped-call]  # RQ leaves it unannotated
     timer = _outage(server)
     try:
@@ -56,8 +62,7 @@ def test_waiting_for_the_next_job_rides_out_an_outage(server: RedisProcess) -> N
     assert worker.connection.hget(worker.key, "state") == b"idle"
 
 
-def test_marking_its_state_rides_out_an_outage(server: RedisProcess) -> None:
-    worker = _worker(server)
+def test_marking_its_state_rides_out_an_outage(server: RedisProcess, worker: LedgerWorker) -> None:
     timer = _outage(server)
     try:
         worker.set_state("busy")
