@@ -14,7 +14,6 @@ gives each side's median round, and the alerts raised.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import threading
@@ -199,24 +198,12 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from quotagate.settings import Settings
+    from quotagate.bench.report import run_measurement
 
-    parser = argparse.ArgumentParser(prog="python -m quotagate.alerts.bench")
-    parser.add_argument("--accounts", type=int, default=2000)
-    parser.add_argument("--charges", type=int, default=40_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    result = asyncio.run(
-        measure_alerts(
-            str(settings.redis_url), str(settings.database_url), accounts=args.accounts,
-            charges=args.charges, rounds=args.rounds,
-        )
+    run_measurement(
+        "python -m quotagate.alerts.bench",
+        {"accounts": 2000, "charges": 40_000, "rounds": 3}, measure_alerts, argv, width=24,
     )  # fmt: skip
-    from quotagate.bench.report import print_measurement
-
-    print_measurement(result, as_json=args.json, width=24)
 
 
 if __name__ == "__main__":

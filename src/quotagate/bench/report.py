@@ -6,8 +6,10 @@ rate of its baseline row from the same run; targets compare two rows of the same
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -279,6 +281,30 @@ def _median(values: Sequence[float]) -> float | None:
 
 def _fmt(ms: float | None) -> str | None:
     return None if ms is None else f"{ms:.2f}"
+
+
+def run_measurement(
+    prog: str,
+    options: Mapping[str, int],
+    measure: Callable[..., Coroutine[Any, Any, Any]],
+    argv: Sequence[str] | None = None,
+    *,
+    width: int = 32,
+) -> None:
+    """The command line of a standalone benchmark (``python -m ...``): its integer options
+    (``--name``, with their defaults) and ``--json``; runs ``measure(redis_url, database_url,
+    **options)`` on the settings' servers and prints what it measured."""
+    from quotagate.settings import Settings
+
+    parser = argparse.ArgumentParser(prog=prog)
+    for name, default in options.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--json", action="store_true")
+    args = vars(parser.parse_args(argv))
+    as_json = bool(args.pop("json"))
+    settings = Settings.from_env()
+    result: Any = asyncio.run(measure(str(settings.redis_url), str(settings.database_url), **args))
+    print_measurement(result, as_json=as_json, width=width)
 
 
 def print_measurement(measurement: Any, *, as_json: bool, width: int = 32) -> None:

@@ -24,8 +24,6 @@ the function the benchmark harness calls.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import random
 import time
 import uuid
@@ -231,25 +229,16 @@ async def _clean_up(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from quotagate.settings import Settings
+    from quotagate.bench.report import run_measurement
 
-    parser = argparse.ArgumentParser(prog="python -m quotagate.ledger.bench")
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--partitions", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    result = asyncio.run(
-        measure_flush(
-            str(settings.redis_url), str(settings.database_url), rows=args.rows,
-            partitions=args.partitions, batch_size=args.batch, repeat=args.repeat,
-        )
+    async def measure(redis_url: str, database_url: str, batch: int, **options: int) -> FlushBench:
+        return await measure_flush(redis_url, database_url, batch_size=batch, **options)
+
+    run_measurement(
+        "python -m quotagate.ledger.bench",
+        {"rows": 50_000, "partitions": 1, "batch": DEFAULT_BATCH_SIZE, "repeat": 3},
+        measure, argv,
     )  # fmt: skip
-    from quotagate.bench.report import print_measurement
-
-    print_measurement(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ queries' Redis part is one empty XRANGE per partition read). In one run:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -183,24 +182,12 @@ async def measure_usage(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from quotagate.settings import Settings
+    from quotagate.bench.report import run_measurement
 
-    parser = argparse.ArgumentParser(prog="python -m quotagate.ledger.usage_bench")
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--accounts", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    result = asyncio.run(
-        measure_usage(
-            str(settings.redis_url), str(settings.database_url), rows=args.rows,
-            accounts=args.accounts, repeat=args.repeat,
-        )
+    run_measurement(
+        "python -m quotagate.ledger.usage_bench",
+        {"rows": 10_000_000, "accounts": 10_000, "repeat": 20}, measure_usage, argv,
     )  # fmt: skip
-    from quotagate.bench.report import print_measurement
-
-    print_measurement(result, as_json=args.json)
 
 
 if __name__ == "__main__":
