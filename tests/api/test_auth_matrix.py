@@ -26,42 +26,42 @@ from quotagate import ids
 from quotagate.alerts.store import NewAlert, insert_alerts
 from quotagate.api.front import Front
 
-COLUMNS = ("admin", "service", "read", "hook", "no key")
+COLUMNS = ("admin", "service", "read", "hook", "settle", "no key")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "scopes.md"
 
-MATRIX: dict[str, tuple[int, int, int, int, int]] = {
-    # endpoint                                     admin service read hook no key
-    "PUT /v1/accounts/{id}":                       (200, 403, 403, 403, 401),
-    "GET /v1/accounts/{id}":                       (200, 200, 200, 403, 401),
-    "POST /v1/accounts/{id}/credits (grant)":      (200, 403, 403, 403, 401),
-    "POST /v1/accounts/{id}/credits (earn)":       (200, 403, 403, 403, 401),
-    "POST /v1/accounts/{id}/credits (refund)":     (200, 200, 403, 403, 401),
-    "POST /v1/accounts/{id}/check":                (200, 200, 403, 403, 401),
-    "POST /v1/accounts/{id}/consume":              (200, 200, 403, 403, 401),
-    "POST /v1/charges":                            (200, 200, 403, 403, 401),
-    "POST /v1/accounts/{id}/holds":                (201, 201, 403, 403, 401),
-    "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 401),
-    "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 401),
-    "POST /v1/holds/{hold}/settle":                (200, 200, 403, 403, 401),
-    "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 401),
-    "GET /v1/accounts/{id}/usage":                 (200, 200, 200, 403, 401),
-    "GET /v1/usage":                               (200, 403, 403, 403, 401),
-    "GET /v1/resources":                           (200, 200, 200, 403, 401),
-    "GET /v1/alerts":                              (200, 403, 403, 403, 401),
-    "GET /v1/webhooks":                            (200, 403, 403, 403, 401),
-    "POST /v1/webhooks":                           (201, 403, 403, 403, 401),
-    "DELETE /v1/webhooks/{webhook_id}":            (200, 403, 403, 403, 401),
-    "GET /v1/webhooks/deliveries":                 (200, 403, 403, 403, 401),
-    "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": (200, 403, 403, 403, 401),
-    "GET /v1/me":                                  (200, 403, 403, 200, 401),
-    "GET /v1/authz":                               (200, 403, 403, 200, 401),
-    "POST /v1/authz/{path}":                       (200, 403, 403, 200, 401),
-    "GET /healthz":                                (200, 200, 200, 200, 200),
-    "GET /readyz":                                 (200, 200, 200, 200, 200),
-    "GET /metrics":                                (200, 200, 200, 200, 200),
-    "GET /openapi.json":                           (200, 200, 200, 200, 200),
-    "GET /ui":                                     (200, 200, 200, 200, 200),
-    "GET /ui/{name}":                              (200, 200, 200, 200, 200),
+MATRIX: dict[str, tuple[int, int, int, int, int, int]] = {
+    # endpoint                                     admin service read hook settle no key
+    "PUT /v1/accounts/{id}":                       (200, 403, 403, 403, 403, 401),
+    "GET /v1/accounts/{id}":                       (200, 200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/credits (grant)":      (200, 403, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/credits (earn)":       (200, 403, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/credits (refund)":     (200, 200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/check":                (200, 200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/consume":              (200, 200, 403, 403, 403, 401),
+    "POST /v1/charges":                            (200, 200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds":                (201, 201, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds/{hold}/capture": (200, 200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/holds/{hold}/release": (200, 200, 403, 403, 403, 401),
+    "POST /v1/holds/{hold}/settle":                (200, 200, 403, 403, 200, 401),
+    "GET /v1/accounts/{id}/transactions":          (200, 200, 200, 403, 403, 401),
+    "GET /v1/accounts/{id}/usage":                 (200, 200, 200, 403, 403, 401),
+    "GET /v1/usage":                               (200, 403, 403, 403, 403, 401),
+    "GET /v1/resources":                           (200, 200, 200, 403, 403, 401),
+    "GET /v1/alerts":                              (200, 403, 403, 403, 403, 401),
+    "GET /v1/webhooks":                            (200, 403, 403, 403, 403, 401),
+    "POST /v1/webhooks":                           (201, 403, 403, 403, 403, 401),
+    "DELETE /v1/webhooks/{webhook_id}":            (200, 403, 403, 403, 403, 401),
+    "GET /v1/webhooks/deliveries":                 (200, 403, 403, 403, 403, 401),
+    "POST /v1/webhooks/deliveries/{delivery_id}/redeliver": (200, 403, 403, 403, 403, 401),
+    "GET /v1/me":                                  (200, 403, 403, 200, 403, 401),
+    "GET /v1/authz":                               (200, 403, 403, 200, 403, 401),
+    "POST /v1/authz/{path}":                       (200, 403, 403, 200, 403, 401),
+    "GET /healthz":                                (200, 200, 200, 200, 200, 200),
+    "GET /readyz":                                 (200, 200, 200, 200, 200, 200),
+    "GET /metrics":                                (200, 200, 200, 200, 200, 200),
+    "GET /openapi.json":                           (200, 200, 200, 200, 200, 200),
+    "GET /ui":                                     (200, 200, 200, 200, 200, 200),
+    "GET /ui/{name}":                              (200, 200, 200, 200, 200, 200),
 }  # fmt: skip
 """Per endpoint, the status for a key of each scope and for no key."""
 
@@ -287,7 +287,7 @@ def test_the_documented_matrix_is_the_tested_one() -> None:
     rows = {}
     for line in DOC.read_text().splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and re.fullmatch(r"\d{3}( \w+)?", cells[1]):
+        if len(cells) == len(COLUMNS) + 1 and re.fullmatch(r"\d{3}( \w+)?", cells[1]):
             rows[cells[0]] = tuple(int(c.split(" ")[0]) for c in cells[1:])
     assert rows == MATRIX
 

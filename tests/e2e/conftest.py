@@ -35,6 +35,12 @@ def service_key(ledger_url: str) -> str:
     return _key(ledger_url, "e2e app", "service")
 
 
+@pytest.fixture(scope="session")
+def settle_key(ledger_url: str) -> str:
+    """nginx's own key for settling from the app's answer: the settle scope, nothing more."""
+    return _key(ledger_url, "e2e nginx settle", "settle")
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     with Upstream().running() as server:
@@ -44,6 +50,8 @@ def upstream() -> Iterator[Upstream]:
 @pytest.fixture
 def services(
     make_engine: EngineFactory, redis_url: str, ledger_url: str, key_prefix: str,
-    hook_key: str, service_key: str,
+    hook_key: str, service_key: str, settle_key: str,
 ) -> Services:  # fmt: skip
-    return Services(make_engine, redis_url, ledger_url, key_prefix, hook_key, service_key)
+    return Services(
+        make_engine, redis_url, ledger_url, key_prefix, hook_key, service_key, settle_key
+    )

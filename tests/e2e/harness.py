@@ -245,6 +245,8 @@ class Services:
     key_prefix: str
     hook_key: str
     service_key: str
+    settle_key: str
+    """Only the settle scope: what nginx keeps to settle from the app's answer."""
 
 
 class InFront(Protocol):

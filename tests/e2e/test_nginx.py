@@ -86,7 +86,7 @@ async def test_nginx_settles_from_the_apps_x_quota_actual(services: Services) ->
     engine = await services.make_engine(config)
     await open_accounts(engine)
     await engine.credit("alice", 100)
-    in_front = functools.partial(nginx_in_front, settle_key=services.service_key)
+    in_front = functools.partial(nginx_in_front, settle_key=services.settle_key)
     with Upstream(work=_actual_from_path).running() as upstream, behind_proxy(
         services, in_front, upstream, config
     ) as stack:  # fmt: skip

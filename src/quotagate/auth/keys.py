@@ -18,8 +18,8 @@ from typing import Literal, cast
 
 from quotagate.errors import ValidationError
 
-Scope = Literal["admin", "service", "read", "hook"]
-SCOPES: tuple[Scope, ...] = ("admin", "service", "read", "hook")
+Scope = Literal["admin", "service", "read", "hook", "settle"]
+SCOPES: tuple[Scope, ...] = ("admin", "service", "read", "hook", "settle")
 """admin: everything. service: check, consume, holds, refunds, reads. read: reads.
 hook: the reverse-proxy authz hook and /v1/me."""
 

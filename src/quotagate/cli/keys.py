@@ -62,7 +62,7 @@ def keys() -> None:
     multiple=True,
     required=True,
     type=click.Choice(SCOPES),
-    help="admin, service, read or hook; repeat for several.",
+    help="admin, service, read, hook or settle; repeat for several.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def create(name: str, scopes: tuple[str, ...], as_json: bool) -> None:

@@ -64,7 +64,7 @@ def routes(gw: Gateway) -> list[Route]:
 
     @endpoint("settle")
     async def settle(request: Request) -> Response:
-        keys.authorize(bearer(request), "service")
+        keys.authorize(bearer(request), "service", "settle")
         body = decode(await read_body(request), SettleRequest)
         if (body.amount is None) == (body.units is None):
             raise ValidationError('a settle names either "amount" or "units"')
