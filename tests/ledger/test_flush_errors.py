@@ -77,11 +77,12 @@ async def test_a_batch_whose_connection_postgres_ends_counts_one_flush_error(
 
 
 def test_a_worker_serves_its_flush_counters_on_its_metrics_port(
-    lengine: CreditEngine, ledger_url: str, redis_url: str, key_prefix: str, config_file: str,
-    tmp_path: Path,
+    lengine: CreditEngine, ledger_url: str, redis_url: str, queue_url: str, key_prefix: str,
+    config_file: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     port = free_port()
     env = worker_env(redis_url, ledger_url, key_prefix, Path(config_file))
+    env["QUOTAGATE_QUEUE_URL"] = queue_url  # a standalone Redis, also when the data is on a cluster
     worker = QuotagateProcess(
         ["worker", "--name", "metrics", "--metrics-port", str(port)], env, tmp_path / "metrics.log"
     )
