@@ -432,6 +432,18 @@ class CreditEngine:
         r = unwrap(await self.runner.run(self.scripts["credit"], keys, args))
         return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1", r[4])
 
+    def _held_amount(
+        self, account_id: str, resource: str | None, units: int, amount: int | None
+    ) -> int:
+        """What a hold or a reservation sets aside: the price of ``units`` of ``resource``, or
+        ``amount``; bad input raises, before anything is sent."""
+        ids.check_account_id(account_id)
+        if (resource is None) == (amount is None):
+            raise ValidationError("a hold names either a resource or an amount", field="amount")
+        if resource is not None:
+            return validate.cost(self.config, resource, units)
+        return validate.amount(amount)
+
     async def hold(
         self,
         account_id: str,
@@ -443,14 +455,7 @@ class CreditEngine:
         idempotency_key: str | None = None,
     ) -> HoldResult:
         """Set credits aside: the cost of ``units`` of ``resource``, or an explicit ``amount``."""
-        ids.check_account_id(account_id)
-        if (resource is None) == (amount is None):
-            raise ValidationError("a hold names either a resource or an amount", field="amount")
-        total = (
-            validate.cost(self.config, resource, units)
-            if resource is not None
-            else validate.amount(amount)
-        )
+        total = self._held_amount(account_id, resource, units, amount)
         ttl = self._hold_ttl(ttl_seconds)
         idem = ids.check_idempotency_key(idempotency_key)
         fp = validate.fingerprint("hold", resource, units, amount, ttl) if idem else ""
@@ -480,14 +485,7 @@ class CreditEngine:
         estimate; unsettled at its deadline, the hold is released or, with ``on_expiry =
         "capture"``, charged the estimate. The result's ``hold_id`` names the account too
         (:func:`quotagate.ids.account_hold_id`): all a settle needs."""
-        ids.check_account_id(account_id)
-        if (resource is None) == (amount is None):
-            raise ValidationError("a hold names either a resource or an amount", field="amount")
-        total = (
-            validate.cost(self.config, resource, units)
-            if resource is not None
-            else validate.amount(amount)
-        )
+        total = self._held_amount(account_id, resource, units, amount)
         price = self.config.resources[resource] if resource is not None else 0
         ttl = self._hold_ttl(ttl_seconds)
         validate.limit(max_overrun, "max_overrun")
