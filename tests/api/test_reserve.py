@@ -3,6 +3,7 @@ and answers its hold id; ``POST /v1/holds/{hold_id}/settle`` charges the actual 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -11,6 +12,7 @@ from tests.api.helpers import account, assert_problem, bearer, create_account
 from tests.support.gateway import GatewayServer, gateway_settings, running_gateway
 
 from quotagate import ids
+from quotagate.api import access
 from quotagate.config import parse_config
 
 RESERVE = """
@@ -214,3 +216,17 @@ def test_bad_settles_are_clear_problems(client: httpx.Client, api_keys: dict[str
     assert _books(client, api_keys["admin"], acct) == (1000, 30, 970)
     assert _settle(client, service, hold_id, {"amount": 0}).json()["released"] == 30
     assert _books(client, api_keys["admin"], acct) == (1000, 0, 1000)
+
+
+def test_a_settles_access_line_names_its_account_and_what_it_charged(
+    client: httpx.Client, api_keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=access.ACCESS_LOGGER.name)
+    acct = create_account(client, api_keys["admin"])
+    hook = client.get("/v1/authz", headers=_hook(api_keys, acct, "POST", "/api/chat/1"))
+    caplog.clear()
+    assert _settle(client, api_keys["service"], hook.headers["x-quota-hold-id"], {"amount": 12})
+    [line] = [r.__dict__ for r in caplog.records if r.name == access.ACCESS_LOGGER.name]
+    assert (line["route"], line["account"], line["decision"], line["cost"]) == (
+        "settle", acct, "allowed", 12,
+    )  # fmt: skip

@@ -55,6 +55,13 @@ def endpoint(route: str, *, charges: bool = False) -> Callable[[Handler], Handle
     return wrap
 
 
+def note_account(request: Request, account_id: str) -> None:
+    """The account a request names other than in its path (a settle's hold id)."""
+    access = access_of_scope(request.scope)
+    if access is not None:
+        access.account = account_id
+
+
 def note_cost(request: Request, cost: int) -> None:
     """The credits a request charged, for its access line."""
     access = access_of_scope(request.scope)

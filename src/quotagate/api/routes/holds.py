@@ -15,6 +15,7 @@ from quotagate.api.endpoint import (
     endpoint,
     idempotency_key,
     json_response,
+    note_account,
     note_cost,
     replay_headers,
 )
@@ -62,19 +63,22 @@ def routes(gw: Gateway) -> list[Route]:
             ReleaseOut(r.released, r.available), headers=replay_headers(r.replayed)
         )
 
-    @endpoint("settle")
+    @endpoint("settle", charges=True)
     async def settle(request: Request) -> Response:
         keys.authorize(bearer(request), "service", "settle")
+        hold_id = request.path_params["hold_id"]
+        account_id = ids.split_account_hold_id(hold_id)[0]
+        note_account(request, account_id)
         body = decode(await read_body(request), SettleRequest)
         if (body.amount is None) == (body.units is None):
             raise ValidationError('a settle names either "amount" or "units"')
-        hold_id = request.path_params["hold_id"]
         r = await engine.settle(
             hold_id, amount=body.amount, units=body.units,
             idempotency_key=idempotency_key(request),
         )  # fmt: skip
+        note_cost(request, r.charged)
         if r.charged:
-            trigger.note_write(ids.split_account_hold_id(hold_id)[0])
+            trigger.note_write(account_id)
         answer = SettleOut(
             r.transaction_id, r.charged, r.shortfall, r.released, r.remaining, r.balance
         )
