@@ -323,6 +323,9 @@ def _child_env(redis_url: str, database_url: str) -> dict[str, str]:
     if not env["QUOTAGATE_QUEUE_URL"]:
         env["QUOTAGATE_QUEUE_URL"] = redis_url
     env["PYTHONUNBUFFERED"] = "1"
+    # A local stack is read by a person in a terminal: text lines, unless told otherwise
+    # (a deployment's `quotagate serve` keeps JSON, for its log collector).
+    env.setdefault("QUOTAGATE_LOG_FORMAT", "text")
     return env
 
 
