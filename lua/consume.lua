@@ -23,6 +23,7 @@ Record (KEYS[4]) the 16-character fingerprint, then the reply's txn, cost, avail
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
+       {"err", "shadow_tier"}: the account's tier is in shadow mode; nothing was done
 Spends monthly credits first, then purchased ones. Writes nothing unless it charges, but
 ends holds found expired, each by its policy (released, or captured into the outbox).
 ]]
@@ -59,12 +60,15 @@ if first then return {'ok', first[1], first[2], first[3], first[4], '1', '-1', '
 
 local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
 if not a then return all(missing) end
+local limit, shadow_tier = tier_rate(a[6])
+-- A tier in shadow mode: nothing here; the engine sends the charges to shadow.lua.
+if shadow_tier then return all({'err', 'shadow_tier'}) end
 if a[5] ~= 'active' then return all({'err', 'account_banned'}) end
 local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
 
 -- TIME only when something needs the clock: a rate limit or an open hold (the outbox entry
 -- takes its time from its stream id).
-local now, limit = nil, tier_rate(a[6])
+local now = nil
 if limit or r > 0 then now = now_us() end
 if limit then rate_start(limit, now) end
 local tat_moved = false

@@ -93,14 +93,16 @@ end
 local function tier_entry(tier) return redis.call('HGET', KEYS[2], 't:' .. tier) end
 
 -- GCRA over Redis TIME: admits `burst` at once, then one per `interval` microseconds. The
--- tier's limit from its cfg entry, nil when it has none.
+-- tier's limit from its cfg entry, nil when it has none; then whether the tier is in shadow
+-- mode (its entry ends with " shadow": its charges are decided, recorded, not charged).
 local function tier_rate(tier)
   local rl = tier_entry(tier)
-  if not rl then return nil end
-  local interval, burst = string.match(rl, '^(%d+) (%d+)$')
+  if not rl then return nil, false end
+  local interval, burst, flag = string.match(rl, '^(%d+) (%d+)( ?%a*)$')
   interval, burst = tonumber(interval), tonumber(burst)
-  if interval == 0 then return nil end
-  return {interval = interval, burst = burst}
+  local shadow = flag == ' shadow'
+  if interval == 0 then return nil, shadow end
+  return {interval = interval, burst = burst}, shadow
 end
 
 -- Reads the limit's state (KEYS[8]): its theoretical arrival time, not before `now`.

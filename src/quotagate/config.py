@@ -49,6 +49,9 @@ class Tier(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     monthly_grant: NonNegativeInt
     renewal: Literal["add", "reset"] = "add"
     rate_limit: RateLimit | None = None
+    shadow: bool = False
+    """Shadow mode for every charge of the tier's accounts: decided and recorded as it would
+    be charged, nothing charged, always allowed (a new tier, watched before it charges)."""
 
 
 IdempotencyTTL = Annotated[int, msgspec.Meta(ge=1, le=30 * 86400)]

@@ -38,6 +38,8 @@
     │   │   └── Redirected             MOVED/ASK: the script did not run; another
     │   │                              cluster node serves its slot
     │   ├── RecoveryRefused            the outboxes hold entries the ledger lacks (409)
+    │   ├── ShadowTier                 consume met a tier in shadow mode: the engine makes
+    │   │                              the charge a shadow charge (never answered)
     │   ├── StackError                 a part of `quotagate up` failed or stopped
     │   ├── ApiError                   the client got a problem code it does not know
     │   └── HttpError                  a request the gateway refuses before the engine sees it
@@ -299,6 +301,13 @@ class RecoveryRefused(QuotagateError):
 
     code = "recovery_refused"
     http_status = 409
+
+
+class ShadowTier(QuotagateError):
+    """consume.lua found the account's tier in shadow mode and did nothing: the engine sends
+    the charge to shadow.lua instead. Caught by the engine; never an answer."""
+
+    code = "shadow_tier"
 
 
 class StackError(QuotagateError):

@@ -31,6 +31,10 @@ export = 3
 [tiers.trial]
 credit_limit = 30
 monthly_grant = 30
+[tiers.team]
+credit_limit = 10
+monthly_grant = 10
+shadow = true
 [shadow]
 resources = ["export"]
 [[authz.routes]]
@@ -211,3 +215,19 @@ def test_the_access_line_says_a_charge_was_a_shadow_one(
     records = [r.__dict__ for r in caplog.records if r.name == access.ACCESS_LOGGER.name]
     lines = [(r["decision"], r["cost"]) for r in records]
     assert lines == [("shadow_charged", 7), ("shadow_insufficient_credits", 27)]
+
+
+def test_a_tier_in_shadow_mode_is_allowed_through_the_hook_and_the_api(
+    shadow_gateway: GatewayServer, api_keys: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=shadow_gateway.url) as http:
+        acct = create_account(http, api_keys["admin"], tier="team")
+        hooked = [http.get("/v1/authz", headers=_hook(api_keys, acct, "/r/big")) for _ in range(2)]
+        assert [r.status_code for r in hooked] == [200, 200]
+        assert [r.headers["x-quota-shadow"] for r in hooked] == ["charged", "insufficient_credits"]
+        consumed = http.post(
+            f"/v1/accounts/{acct}/consume", json={"resource": "api", "units": 3},
+            headers=bearer(api_keys["service"]),
+        )  # fmt: skip
+        assert consumed.status_code == 200 and consumed.json()["shadow"] == "charged"
+        assert balance(http, api_keys["admin"], acct) == 10

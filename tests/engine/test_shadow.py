@@ -3,6 +3,7 @@ account left as it was; and the same decisions as real charges given the same re
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import cast
 
@@ -146,3 +147,49 @@ async def test_charges_of_a_shadow_resource_are_shadow_charges_everywhere(
 def test_a_shadow_resource_must_be_a_resource() -> None:
     with pytest.raises(ConfigError, match=r"shadow\.resources names 'nope'"):
         parse_config(CONFIG + '\n[shadow]\nresources = ["nope"]\n')
+
+
+TIERED = (
+    CONFIG
+    + """
+[tiers.trial]
+credit_limit = 20
+monthly_grant = 20
+shadow = true
+rate_limit = { requests_per_second = 0.01, burst = 3 }
+"""
+)
+
+
+async def test_a_tier_in_shadow_mode_makes_its_accounts_charges_shadow_ones(
+    make_engine: EngineFactory,
+) -> None:
+    """Every charge of an account of a shadow tier, alone, combined with others of the same
+    account or in a batch, is decided (rate limit included) and recorded, never charged; the
+    other tiers charge as ever; a banned account of the tier is recorded, not refused."""
+    engine = await make_engine(TIERED)
+    await _account_with(engine, "sh-trial", 10, "trial")
+    await _account_with(engine, "sh-free", 10, "free")
+    alone = await engine.consume("sh-trial", "unit", 4)
+    assert (alone.shadow, alone.remaining) == ("charged", 6)
+    together = await asyncio.gather(*(engine.consume("sh-trial", "unit", 1) for _ in range(4)))
+    assert [r.shadow for r in together] == ["charged", "charged", "rate_limited", "rate_limited"]
+    [batched] = await engine.consume_many([Charge("sh-trial", "unit", 1)])
+    assert isinstance(batched, ChargeResult) and batched.shadow == "rate_limited"
+    assert (await engine.get_account("sh-trial")).balance == 10
+    real = await engine.consume("sh-free", "unit", 4)
+    assert real.shadow is None and (await engine.get_account("sh-free")).balance == 6
+    await engine.upsert_account("sh-trial", status="banned")
+    assert (await engine.consume("sh-trial", "unit")).shadow == "account_banned"
+    assert len(await _shadow_entries(engine, "sh-trial")) == 7
+    assert await _shadow_entries(engine, "sh-free") == []
+
+
+async def test_cancelling_a_charge_of_a_shadow_tier_cancels_it(make_engine: EngineFactory) -> None:
+    engine = await make_engine(TIERED)
+    await _account_with(engine, "sh-cancel", 10, "trial")
+    fut = engine.consume_soon("sh-cancel", "unit")
+    fut.cancel()
+    await asyncio.sleep(0.05)
+    assert await _shadow_entries(engine, "sh-cancel") == []
+    assert (await engine.consume("sh-cancel", "unit")).shadow == "charged"

@@ -19,6 +19,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
@@ -31,6 +32,7 @@ from quotagate.engine.batching import ScriptRunner
 from quotagate.engine.charge_list import Charge, InFlight, rounds
 from quotagate.engine.connection import is_cluster
 from quotagate.engine.connection import redis_from_url as redis_from_url
+from quotagate.engine.futures import or_else_on
 from quotagate.engine.keys import (
     DEFAULT_PREFIX,
     REFUND_COUNT_TTL_SECONDS,
@@ -61,6 +63,7 @@ from quotagate.errors import (
     AccountNotLoaded,
     ConfigError,
     QuotagateError,
+    ShadowTier,
     UnknownTier,
     ValidationError,
 )
@@ -131,6 +134,7 @@ class CreditEngine:
         self._consume = self.scripts["consume"]
         self._shadow = self.scripts["shadow"]
         self._shadow_resources = frozenset(config.shadow.resources)
+        self._shadow_tiers = frozenset(n for n, tier in config.tiers.items() if tier.shadow)
         self._lists_in_flight = InFlight()
         self._idem_ttl_ms = str(config.idempotency.ttl_seconds * 1000)
         self._refund_count_ttl_ms = str(REFUND_COUNT_TTL_SECONDS * 1000)
@@ -177,7 +181,8 @@ class CreditEngine:
         fields: dict[Any, Any] = {}
         for name, tier in self.config.tiers.items():
             rl = tier.rate_limit
-            fields[f"t:{name}"] = f"{rl.interval_us} {rl.burst}" if rl else "0 0"
+            terms = f"{rl.interval_us} {rl.burst}" if rl else "0 0"
+            fields[f"t:{name}"] = f"{terms} shadow" if tier.shadow else terms
             fields[f"r:{name}"] = f"{tier.renewal} {tier.monthly_grant} {tier.credit_limit}"
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.config.partitions):
@@ -325,7 +330,16 @@ class CreditEngine:
         # Charges of one account that meet in a batch go as one script call; one with an
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
-        return self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+        charged = self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+        if not self._shadow_tiers:
+            return charged
+        # Only the script knows the account's tier: on a tier in shadow mode it does nothing
+        # and says so, and the charge goes to shadow.lua.
+        return or_else_on(
+            ShadowTier,
+            charged,
+            partial(self.shadow_soon, account_id, resource, units, description=description),
+        )
 
     def shadow_soon(
         self,

@@ -111,6 +111,7 @@ def _invalid(args: Sequence[str]) -> errors.QuotagateError:
 
 _ERRORS: dict[str, Callable[[Sequence[str]], errors.QuotagateError]] = {
     "invalid_argument": _invalid,
+    "shadow_tier": lambda a: errors.ShadowTier("the account's tier is in shadow mode"),
     "idempotency_conflict": lambda a: errors.IdempotencyConflict(
         "this Idempotency-Key was used with a different request"
     ),
