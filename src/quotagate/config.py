@@ -374,6 +374,11 @@ def _check_route(name: str, route: Route, config: Config) -> None:
         return
     if route.shadow:
         raise ConfigError(f'config: {name}.shadow is for mode = "charge" routes')
+    if route.resource is not None and route.resource in config.shadow.resources:
+        raise ConfigError(
+            f"config: {name} reserves {route.resource!r}, a resource of [shadow] resources: "
+            "a shadow resource is charged nothing, so it is never held"
+        )
     if (route.cost is None) == (route.resource is None):
         raise ConfigError(
             f"config: {name} (reserve) needs its estimate: cost (credits) or resource "

@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from tests.api.helpers import balance, bearer, create_account
+from tests.api.helpers import account, balance, bearer, create_account
 from tests.support.gateway import GatewayServer, gateway_settings, running_gateway
 
 from quotagate.api import access
 from quotagate.config import Config, parse_config
 from quotagate.engine import CreditEngine
+from quotagate.errors import ConfigError
 from quotagate.ledger import Ledger, flush_all
 from quotagate.ledger.shadow import shadow_report
 
@@ -231,3 +232,30 @@ def test_a_tier_in_shadow_mode_is_allowed_through_the_hook_and_the_api(
         )  # fmt: skip
         assert consumed.status_code == 200 and consumed.json()["shadow"] == "charged"
         assert balance(http, api_keys["admin"], acct) == 10
+
+
+def test_a_proxy_asking_to_reserve_on_a_shadow_route_gets_a_shadow_charge(
+    shadow_gateway: GatewayServer, api_keys: dict[str, str]
+) -> None:
+    """Shadow means nothing charged: no hold (which a settle would charge) on a shadow route
+    or of a shadow resource, whatever X-Quota-Mode says."""
+    with httpx.Client(base_url=shadow_gateway.url) as http:
+        acct = create_account(http, api_keys["admin"], tier="trial")
+        on_route = http.get(
+            "/v1/authz", headers={**_hook(api_keys, acct, "/s/big"), "X-Quota-Mode": "reserve"}
+        )
+        of_resource = http.get("/v1/authz", headers={
+            **_hook(api_keys, acct, "/x"), "X-Quota-Mode": "reserve",
+            "X-Quota-Resource": "export", "X-Quota-Units": "2",
+        })  # fmt: skip
+        for r in (on_route, of_resource):
+            assert r.status_code == 200 and r.headers["x-quota-shadow"] == "charged", r.headers
+            assert "x-quota-hold-id" not in r.headers
+        assert account(http, api_keys["admin"], acct)["reserved"] == 0
+
+
+def test_a_reserve_route_of_a_shadow_resource_is_refused() -> None:
+    with pytest.raises(ConfigError, match="never held"):
+        parse_config(
+            CONFIG + '[[authz.routes]]\npath = "/e"\nresource = "export"\nmode = "reserve"\n'
+        )

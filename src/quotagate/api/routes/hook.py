@@ -273,6 +273,13 @@ class Hook:
         from the charges' path, which it adds no step to."""
         if mode is not None and mode not in _MODES:
             raise ValidationError('X-Quota-Mode must be "charge" or "reserve"', field="mode")
+        # What charges nothing holds nothing either: a shadow route, or a shadow resource, is a
+        # shadow charge whatever the mode (the config lets no reserve route be either).
+        if resource is None and route is not None and route.resource is not None:
+            if route.shadow or route.resource in self.gw.config.shadow.resources:
+                return route.resource, route.units, description, route.shadow
+        elif resource is not None and resource in self.gw.config.shadow.resources:
+            return resource, units, description, False  # the engine makes it a shadow charge
         if mode != "charge":  # "reserve", or a reserve route the proxy names no mode for
             return self._reservation(route, resource, units)
         if route is not None:
