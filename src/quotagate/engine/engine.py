@@ -316,7 +316,7 @@ class CreditEngine:
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
         if shadow or resource in self._shadow_resources:
-            return self.shadow_soon(account_id, resource, units, description=description)
+            return self._shadow_call(account_id, resource, units, total, desc)
         ttl_ms = self._idem_ttl_ms_by_scope[idempotency_scope]
         fp = ""
         if idem:
@@ -338,7 +338,7 @@ class CreditEngine:
         return or_else_on(
             ShadowTier,
             charged,
-            partial(self.shadow_soon, account_id, resource, units, description=description),
+            partial(self._shadow_call, account_id, resource, units, total, desc),
         )
 
     def shadow_soon(
@@ -354,10 +354,17 @@ class CreditEngine:
         ``shadow`` is the decision. Bad input raises here, at once, as it would for a charge."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
-        desc = validate.description(description)
-        args = [ids.new_id(), account_id, str(total), resource, str(units), desc]
-        keys = self.keys.shadow_keys(account_id)
-        return self.runner.submit(self._shadow, keys, args, _shadow_result)
+        return self._shadow_call(
+            account_id, resource, units, total, validate.description(description)
+        )
+
+    def _shadow_call(
+        self, account_id: str, resource: str, units: int, total: int, description: str
+    ) -> asyncio.Future[ChargeResult]:
+        """shadow.lua on arguments already checked (by shadow_soon, or consume_soon)."""
+        args = [ids.new_id(), account_id, str(total), resource, str(units), description]
+        return self.runner.submit(self._shadow, self.keys.shadow_keys(account_id), args,
+                                  _shadow_result)  # fmt: skip
 
     async def shadow(
         self, account_id: str, resource: str, units: int = 1, *, description: str | None = None

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import asyncpg
@@ -84,16 +85,31 @@ async def flush_shadow(
                     "shadow entry %s of partition %d dropped: %s", stream_id, partition, exc
                 )
         if rows:
-            columns = [list(c) for c in zip(*rows, strict=True)]
-
-            async def insert(conn: asyncpg.Connection, columns: list[list[Any]] = columns) -> None:
-                await conn.execute(_INSERT, *columns)
-
-            await in_transaction(ledger.pool, insert)
+            written += await in_transaction(ledger.pool, partial(_insert, rows, partition))
         await engine.redis.xdel(key, *(stream_id for stream_id, _ in raw))
-        written += len(rows)
         if len(raw) < batch_size or not await keep_going():
             return written
+
+
+async def _insert(rows: list[Row], partition: int, conn: asyncpg.Connection) -> int:
+    """Insert the rows in one statement; should PostgreSQL refuse one of them, each in a
+    savepoint of its own, dropping (and counting) those it refuses: the rows kept."""
+    try:
+        async with conn.transaction():
+            await conn.execute(_INSERT, *(list(c) for c in zip(*rows, strict=True)))
+        return len(rows)
+    except asyncpg.DataError:
+        pass
+    kept = 0
+    for row in rows:
+        try:
+            async with conn.transaction():
+                await conn.execute(_INSERT, *([value] for value in row))
+            kept += 1
+        except asyncpg.DataError as exc:
+            SHADOW_ENTRIES_DROPPED.inc()
+            log.warning("shadow entry %s of partition %d dropped: %s", row[0], partition, exc)
+    return kept
 
 
 async def pending_shadow(engine: CreditEngine) -> int:
