@@ -16,6 +16,10 @@ On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:holdexp          zset   accounts of the partition with open holds, scored by the
                                   earliest expiry: the expiry sweep reads it. An account
                                   leaves it with its last hold
+    P:{n}:grantexp         zset   accounts of the partition with an explicit grant that expires,
+                                  scored by the earliest expiry: the grant sweep reads it. A
+                                  score may be early (the grant was spent first): the sweep
+                                  then finds nothing due and scores the account again
     P:{n}:accounts         set    every account id of the partition: jobs walk a partition with
                                   SSCAN here instead of a SCAN of the whole keyspace. Kept for
                                   good, as the accounts are
@@ -204,6 +208,9 @@ class KeySpace:
 
     def partition_hold_expiry(self, partition: int) -> str:
         return f"{self.tag(partition)}:holdexp"
+
+    def grant_expiry(self, partition: int) -> str:
+        return f"{self.tag(partition)}:grantexp"
 
     def accounts(self, partition: int) -> str:
         return f"{self.tag(partition)}:accounts"

@@ -23,6 +23,29 @@ class RateLimitState:
     reset_ms: int
 
 
+GRANT_SOURCES = ("renewal", "purchase", "promotion", "refund", "adjustment")
+"""Where a grant's credits came from."""
+
+STANDING_GRANTS = ("monthly", "purchased")
+"""The ids of the two grants every account has (its monthly and purchased credits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Credits an account holds, spent in order of priority, then expiry, then age."""
+
+    id: str
+    source: str
+    priority: int
+    amount: int
+    """What it granted (for a standing grant: what it holds now)."""
+    remaining: int
+    expires_at: datetime | None
+    """None: never expires."""
+    created_at: datetime | None
+    """None for the standing grants."""
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     allowed: bool
