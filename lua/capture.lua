@@ -39,9 +39,9 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], first[4], '1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_ms()
 local hold = open_hold(hold_id, now)
@@ -51,19 +51,22 @@ if amount == nil then amount = held end
 if amount > held then return {'err', 'capture_exceeds_hold', s(held)} end
 
 -- Holds of the account past their deadline end first, each by its policy.
-r, m, b = expire_due(account, now, r, m, b, od)
-if m + b - amount - (r - held) + od < 0 then
-  return {'err', 'insufficient_credits', s(amount), s(m + b - (r - held) + od)}
+r = expire_due(account, now, r, w, od)
+if wallet_balance(w) - amount - (r - held) + od < 0 then
+  wallet_keep(w)
+  return {'err', 'insufficient_credits', s(amount), s(wallet_balance(w) - (r - held) + od)}
 end
 drop_holds(account, {hold_id})
 r = r - held
 
-local from_monthly
-m, b, from_monthly = spend_buckets(m, b, amount)
-redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
+local from_monthly, draws = wallet_spend(w, amount)
+local balance = wallet_balance(w)
+wallet_save(w, 'r', s(r))
+local extra = {'hold', hold_id}
+if draws then extra[3], extra[4] = draws[1], draws[2] end
 append_transaction(txn, account, -amount, 'spend', hold.resource, hold.units, desc, meta, nil,
-  m + b, -from_monthly, idem, 'hold', hold_id)
+  balance, -from_monthly, idem, extra)
 
-local reply = {'ok', txn, s(amount), s(m + b - r + od), s(m + b), '0'}
+local reply = {'ok', txn, s(amount), s(balance - r + od), s(balance), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5])
 return reply

@@ -24,8 +24,10 @@ Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"} {"err", "account_banned"}
        {"err", "rate_limited", retry after ms} {"err", "insufficient_credits", required, available}
        {"err", "shadow_tier"}: the account's tier is in shadow mode; nothing was done
-Spends monthly credits first, then purchased ones. Writes nothing unless it charges, but
-ends holds found expired, each by its policy (released, or captured into the outbox).
+Takes from the account's grants in spend order (wallet_spend: with no explicit grants,
+monthly credits first, then purchased ones). Writes nothing unless it charges, but expires
+grants found past their expiry and ends holds found past their deadline, each by its policy
+(released, or captured into the outbox).
 ]]
 
 -- Every charge's arguments are checked before anything is read or written.
@@ -58,18 +60,18 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], first[4], '1', '-1', '-1', '-1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g', 'rp')
 if not a then return all(missing) end
 local limit, shadow_tier = tier_rate(a[6])
 -- A tier in shadow mode: nothing here; the engine sends the charges to shadow.lua.
 if shadow_tier then return all({'err', 'shadow_tier'}) end
 if a[5] ~= 'active' then return all({'err', 'account_banned'}) end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[7], a[6], a[8]), tonumber(a[3]), tonumber(a[4])
 
--- TIME only when something needs the clock: a rate limit or an open hold (the outbox entry
--- takes its time from its stream id).
+-- TIME only when something needs the clock: a rate limit, an open hold or a grant that
+-- expires (the outbox entry takes its time from its stream id).
 local now = nil
-if limit or r > 0 then now = now_us() end
+if limit or r > 0 or wallet_expires(w) then now = now_us() end
 if limit then rate_start(limit, now) end
 local tat_moved = false
 
@@ -89,20 +91,19 @@ for i = 1, n do
   end
   if not reply and not expired then
     expired = true  -- once, before the first charge counts (`now` is read when r > 0)
-    if now then r, m, b = expire_due(account, math.floor(now / 1000), r, m, b, od) end
+    if now then r = expire_due(account, math.floor(now / 1000), r, w, od) end
   end
   if not reply then
-    local available = m + b - r + od
+    local available = wallet_balance(w) - r + od
     if available < cost then
       reply = {'err', 'insufficient_credits', s(cost), s(available)}
     else
-      local from_monthly = math.min(m, cost)
-      m = m - from_monthly
-      b = b - (cost - from_monthly)
+      local from_monthly, draws = wallet_spend(w, cost)
+      local balance = wallet_balance(w)
       if new_tat then limit.tat, tat_moved = new_tat, true end
       append_transaction(ARGV[o + 1], account, -cost, 'spend', ARGV[o + 4], s(units[i]),
-        ARGV[o + 6], ARGV[o + 7], nil, m + b, -from_monthly, ARGV[o + 8])
-      reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(m + b), '0', s(rl_burst),
+        ARGV[o + 6], ARGV[o + 7], nil, balance, -from_monthly, ARGV[o + 8], draws)
+      reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(balance), '0', s(rl_burst),
         s(rl_remaining), s(rl_reset)}
       remember(idem, fp, ttls[i], reply[2], reply[3], reply[4], reply[5])
       charged = true
@@ -112,8 +113,10 @@ for i = 1, n do
 end
 
 if charged then
-  redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b))
+  wallet_save(w)
   if tat_moved then rate_save(limit.tat, now) end
+else
+  wallet_keep(w)
 end
 if n == 1 then return replies[1] end
 return replies

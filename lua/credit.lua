@@ -26,7 +26,7 @@ Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "refund_not_counted"}: no refund count in Redis and none given (ARGV[12] "")
        {"err", "refund_exceeds_spend", cost, refunded so far}
        {"err", "adjust_below_floor", available}
-Credits go to the purchased bucket (they do not expire). Banned accounts may be credited.
+Credits go to the purchased grant (they do not expire; an explicit grant is grant.lua's). Banned accounts may be credited.
 A refund's count lives in KEYS[10]: when it is absent the ledger's count (ARGV[12], ARGV[13])
 starts it, when present it wins (a concurrent refund started it after the ledger was read).
 A negative adjustment may not take available (balance - reserved + overdraft) below zero:
@@ -69,9 +69,11 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], '1', first[4]} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
+-- Grants past their expiry go first, so the floor below counts only credits still there.
+if wallet_expires(w) then wallet_expire(w, account, now_ms()) end
 local spend_cost, refunded
 if typ == 'refund' then
   local count = redis.call('HMGET', KEYS[10], 'cost', 'refunded')
@@ -79,27 +81,31 @@ if typ == 'refund' then
   if not spend_cost then spend_cost, refunded = seed_cost, seed_refunded end
   if not spend_cost then return {'err', 'refund_not_counted'} end
   if refunded + amount > spend_cost then
+    wallet_keep(w)
     return {'err', 'refund_exceeds_spend', s(spend_cost), s(refunded)}
   end
 end
-local balance = m + b + amount
+local before = wallet_balance(w)
+local balance = before + amount
 if balance > max_balance or balance < -max_balance then
-  return {'err', 'balance_limit', s(m + b), s(max_balance)}
+  wallet_keep(w)
+  return {'err', 'balance_limit', s(before), s(max_balance)}
 end
 if amount < 0 and balance - r + od < 0 then
-  return {'err', 'adjust_below_floor', s(m + b - r + od)}
+  wallet_keep(w)
+  return {'err', 'adjust_below_floor', s(before - r + od)}
 end
 
-b = b + amount
-redis.call('HSET', KEYS[1], 'b', s(b))
+w.b = w.b + amount
+wallet_save(w)
 local extra = nil
 if typ == 'refund' then
   redis.call('HSET', KEYS[10], 'cost', s(spend_cost), 'refunded', s(refunded + amount))
   redis.call('PEXPIRE', KEYS[10], count_ttl)
-  extra = 'rf'
+  extra = {'rf', spend_id}
 end
 local entry = append_transaction(txn, account, amount, typ, '', '', desc, meta, nil, balance, 0,
-  idem, extra, spend_id)
+  idem, extra)
 
 local reply = {'ok', txn, s(balance), s(balance - r + od), '0', entry}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[6])

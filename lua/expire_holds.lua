@@ -14,7 +14,7 @@ Reply  {"ok", holds ended, credits released, credits captured}
 ]]
 local account = ARGV[1]
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od')
+local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a[1] then
   -- The account is gone: nothing to give back to; drop what pointed at it.
   redis.call('DEL', KEYS[5], KEYS[6])
@@ -22,6 +22,9 @@ if not a[1] then
   return {'ok', '0', '0', '0'}
 end
 
-local _, _, _, ended, released, captured = end_due_holds(account, now_ms(),
-  tonumber(a[3]), tonumber(a[1]), tonumber(a[2]), tonumber(a[4]))
+local w = wallet(a[1], a[2], a[5], a[6], a[7])
+local now = now_ms()
+wallet_expire(w, account, now)
+local _, ended, released, captured = end_due_holds(account, now, tonumber(a[3]), w, tonumber(a[4]))
+wallet_keep(w)
 return {'ok', s(ended), s(released), s(captured)}

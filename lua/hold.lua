@@ -53,10 +53,10 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], first[4], '1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g', 'rp')
 if not a then return missing end
 if a[5] ~= 'active' then return {'err', 'account_banned'} end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[7], a[6], a[8]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_us()
 local now_in_ms = math.floor(now / 1000)
@@ -70,17 +70,21 @@ if limit then
   new_tat = admitted
 end
 
-r, m, b = expire_due(account, now_in_ms, r, m, b, od)
+r = expire_due(account, now_in_ms, r, w, od)
 
-local available = m + b - r + od
+local available = wallet_balance(w) - r + od
 if available < amount then
+  wallet_keep(w)
   return {'err', 'insufficient_credits', s(amount), s(available)}
 end
-if redis.call('HEXISTS', KEYS[5], hold_id) == 1 then return {'err', 'invalid_argument', 'hold_id'} end
+if redis.call('HEXISTS', KEYS[5], hold_id) == 1 then
+  wallet_keep(w)
+  return {'err', 'invalid_argument', 'hold_id'}
+end
 
 local expires = now_in_ms + ttl
 r = r + amount
-redis.call('HSET', KEYS[1], 'r', s(r))
+if w.changed then wallet_save(w, 'r', s(r)) else redis.call('HSET', KEYS[1], 'r', s(r)) end
 redis.call('HSET', KEYS[5], hold_id,
   s(amount) .. '|' .. s(expires) .. '|' .. resource .. '|' .. s(units) .. reservation)
 redis.call('ZADD', KEYS[6], expires, hold_id)

@@ -128,13 +128,13 @@ end
 
 -- Appends a transaction to the outbox (KEYS[3]) and returns its entry id. Only what cannot be
 -- derived: an empty or zero field is left out (no resource means no units, "dm" 0 means the
--- monthly bucket did not move), and the time is the entry id's, unless `time` (ms) is given:
+-- monthly grant did not move), and the time is the entry id's, unless `time` (ms) is given:
 -- a renewal or an opening grant sets the account's last reset to the time of its script, and
--- the ledger must read that same millisecond ("ts"; nil otherwise). `extra`, when given, is
--- one more field's name, with `extra_value` (a capture's hold, a refund's spend). Fields keep
--- one order. Every text argument is a string ('' for none).
+-- the ledger must read that same millisecond ("ts"; nil otherwise). `extra`, when given, is a
+-- list of more fields and their values (a capture's hold, a refund's spend, a spend's grant
+-- draws, a grant's terms). Fields keep one order. Every text argument is a string ('' for none).
 local function append_transaction(id, account, amount, kind, resource, units, description,
-                                  metadata, time, balance, monthly_delta, idem, extra, extra_value)
+                                  metadata, time, balance, monthly_delta, idem, extra)
   local f = {'id', id, 'a', account, 'amt', s(amount), 't', kind}
   if resource ~= '' then f[#f + 1] = 'res'; f[#f + 1] = resource; f[#f + 1] = 'u'; f[#f + 1] = units end
   if description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = description end
@@ -143,7 +143,9 @@ local function append_transaction(id, account, amount, kind, resource, units, de
   f[#f + 1] = 'bal'; f[#f + 1] = s(balance)
   if monthly_delta ~= 0 then f[#f + 1] = 'dm'; f[#f + 1] = s(monthly_delta) end
   if idem ~= '' then f[#f + 1] = 'ik'; f[#f + 1] = idem end
-  if extra then f[#f + 1] = extra; f[#f + 1] = extra_value end
+  if extra then
+    for i = 1, #extra do f[#f + 1] = extra[i] end
+  end
   return redis.call('XADD', KEYS[3], '*', unpack(f))
 end
 
@@ -216,28 +218,199 @@ local function drop_holds(account, hold_ids)
   else redis.call('ZREM', KEYS[7], account) end
 end
 
--- The transaction id of a hold captured at its deadline: a UUIDv7 of `now` (ms) carrying the
--- hold id's own counter and random bits, so it sorts by the time of the charge, is the same
--- on every replica, and is no other id (the hold id is unique in them).
-local function expiry_transaction_id(hold_id, now)
-  return string.format('%08x-%04x', math.floor(now / 65536), now % 65536)
-    .. string.sub(hold_id, 14)
+-- A spend order key for an expiry that never comes: later than any time in ms.
+local NEVER = 1e15
+-- The priority of the standing grants (monthly, purchased), and the default of explicit ones.
+local STANDING_PRIORITY = 50
+-- At most this many explicit grants per account: each charge of it reads them all.
+local MAX_GRANTS = 100
+
+-- The account's credits: w.m its monthly grant, w.b its purchased grant (below zero: its
+-- debt), and w.grants its explicit grants in spend order, parsed from the account hash's `g`
+-- field ("id|remaining|expires_ms|priority|source|amount;..."), nil when it has none (its
+-- charges then take m, then b, as before grants existed). The account's tier and renewed
+-- period place the monthly grant in the spend order (see wallet_monthly_expiry).
+local function wallet(m, b, g, tier, period)
+  local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period}
+  if g and g ~= '' then
+    local list = {}
+    for id, rem, exp, prio, src, amt in string.gmatch(g, '([^|;]+)|(%d+)|(%d+)|(%d+)|(%a+)|(%d+)') do
+      list[#list + 1] = {id = id, rem = tonumber(rem), exp = tonumber(exp), prio = tonumber(prio),
+        src = src, amt = amt}
+    end
+    w.grants = list
+  end
+  return w
 end
 
--- Takes `amount` from the account's credits, monthly ones first; returns m, b and what the
--- monthly bucket gave.
-local function spend_buckets(m, b, amount)
-  local from_monthly = math.min(math.max(m, 0), amount)
-  return m - from_monthly, b - (amount - from_monthly), from_monthly
+-- The wallet's balance: every grant's credits, less its debt.
+local function wallet_balance(w)
+  local total = w.m + w.b
+  if w.grants then
+    for i = 1, #w.grants do total = total + w.grants[i].rem end
+  end
+  return total
+end
+
+-- Whether one of the wallet's grants has an expiry (a script then needs the time).
+local function wallet_expires(w)
+  if not w.grants then return false end
+  for i = 1, #w.grants do
+    if w.grants[i].exp > 0 then return true end
+  end
+  return false
+end
+
+-- The credits of grants past their expiry at now (ms); reads only.
+local function wallet_due(w, now)
+  local due = 0
+  if not w.grants then return due end
+  for i = 1, #w.grants do
+    local gr = w.grants[i]
+    if gr.exp > 0 and gr.exp <= now then due = due + gr.rem end
+  end
+  return due
+end
+
+-- The transaction id of a hold captured, or a grant expired, at `now` (ms): a UUIDv7 of `now`
+-- carrying the hold's or grant's own counter and random bits, so it sorts by the time of the
+-- change, is the same on every replica, and is no other id (hold and grant ids are unique).
+local function expiry_transaction_id(source_id, now)
+  return string.format('%08x-%04x', math.floor(now / 65536), now % 65536)
+    .. string.sub(source_id, 14)
+end
+
+-- Lazy expiry of grants: each explicit grant past its expiry at now (ms) leaves the wallet,
+-- with an "expire" transaction in the outbox (KEYS[3]) for what was left of it. Marks the
+-- wallet changed (wallet_save writes it). Returns the grants expired and their credits.
+local function wallet_expire(w, account, now)
+  if not w.grants or wallet_due(w, now) == 0 then return 0, 0 end
+  local kept, count, credits = {}, 0, 0
+  local balance = wallet_balance(w)
+  for i = 1, #w.grants do
+    local gr = w.grants[i]
+    if gr.exp > 0 and gr.exp <= now then
+      balance = balance - gr.rem
+      append_transaction(expiry_transaction_id(gr.id, now), account, -gr.rem, 'expire', '', '',
+        'grant expired', '', nil, balance, 0, '', {'gr', gr.id})
+      count, credits = count + 1, credits + gr.rem
+    else
+      kept[#kept + 1] = gr
+    end
+  end
+  w.grants, w.changed = kept, true
+  return count, credits
+end
+
+-- The days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+end
+
+-- Where the monthly grant falls in the spend order: it expires at the end of its period (the
+-- account's "rp", UTC) under the tier's renewal policy "reset", never under "add".
+-- Returns its expiry in ms, or NEVER.
+local function wallet_monthly_expiry(w)
+  local terms = w.tier and redis.call('HGET', KEYS[2], 'r:' .. w.tier)
+  local y, mo = string.match(w.period or '', '^(%d%d%d%d)%-(%d%d)$')
+  if not terms or string.sub(terms, 1, 6) ~= 'reset ' or not y then return NEVER end
+  y, mo = tonumber(y), tonumber(mo) + 1
+  if mo == 13 then y, mo = y + 1, 1 end
+  return days_from_civil(y, mo, 1) * 86400000
+end
+
+-- The wallet's grants in spend order: priority, then soonest expiry (never last), then the
+-- oldest (the standing grants first, monthly before purchased; explicit ones by id, a UUIDv7).
+local function spend_order(w)
+  local order = {}
+  if w.m > 0 then order[1] = {STANDING_PRIORITY, wallet_monthly_expiry(w), 0, 'm'} end
+  if w.b > 0 then order[#order + 1] = {STANDING_PRIORITY, NEVER, 1, 'b'} end
+  for i = 1, #w.grants do
+    local gr = w.grants[i]
+    local exp = gr.exp
+    if exp == 0 then exp = NEVER end
+    order[#order + 1] = {gr.prio, exp, 1 + i, gr}
+  end
+  table.sort(order, function(x, y)
+    if x[1] ~= y[1] then return x[1] < y[1] end
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  return order
+end
+
+-- Takes `amount` from the wallet's grants in spend order; what they lack becomes debt on the
+-- purchased grant. Returns what the monthly grant gave and the outbox fields naming the
+-- explicit grants drawn on ({'gd', "id:credits,..."}, nil when none).
+local function wallet_spend(w, amount)
+  if not w.grants or #w.grants == 0 then
+    local from_monthly = math.min(math.max(w.m, 0), amount)
+    w.m, w.b = w.m - from_monthly, w.b - (amount - from_monthly)
+    return from_monthly, nil
+  end
+  local left, from_monthly, draws, kept = amount, 0, {}, {}
+  for _, o in ipairs(spend_order(w)) do
+    if left == 0 then break end
+    local source = o[4]
+    if source == 'm' then
+      from_monthly = math.min(w.m, left)
+      w.m, left = w.m - from_monthly, left - from_monthly
+    elseif source == 'b' then
+      local take = math.min(w.b, left)
+      w.b, left = w.b - take, left - take
+    else
+      local take = math.min(source.rem, left)
+      source.rem, left = source.rem - take, left - take
+      draws[#draws + 1] = source.id .. ':' .. s(take)
+    end
+  end
+  w.b = w.b - left
+  for i = 1, #w.grants do
+    if w.grants[i].rem > 0 then kept[#kept + 1] = w.grants[i] end
+  end
+  w.grants, w.changed = kept, true
+  if #draws == 0 then return from_monthly, nil end
+  return from_monthly, {'gd', table.concat(draws, ',')}
+end
+
+-- Writes the wallet (m, b, and g when its grants changed) and the extra field/value pairs
+-- given to the account hash (KEYS[1]), in one HSET; a wallet left without grants drops `g`.
+local function wallet_save(w, ...)
+  local f = {'m', s(w.m), 'b', s(w.b), ...}
+  if w.changed then
+    if #w.grants == 0 then
+      redis.call('HDEL', KEYS[1], 'g')
+    else
+      local parts = {}
+      for i = 1, #w.grants do
+        local gr = w.grants[i]
+        parts[i] = gr.id .. '|' .. s(gr.rem) .. '|' .. s(gr.exp) .. '|' .. s(gr.prio) .. '|'
+          .. gr.src .. '|' .. gr.amt
+      end
+      f[#f + 1] = 'g'; f[#f + 1] = table.concat(parts, ';')
+    end
+    w.changed = false
+  end
+  redis.call('HSET', KEYS[1], unpack(f))
+end
+
+-- Writes the wallet if its grants changed (an expiry) though nothing was charged: a script
+-- that refuses after expiring grants keeps what it expired, as its outbox rows say.
+local function wallet_keep(w)
+  if w.changed then wallet_save(w) end
 end
 
 -- Ends the holds of the account past their deadline at now_ms, each by its policy: released,
 -- or captured for its amount (as far as the credits of the account allow, apart from what
--- other holds keep aside), with a spend in the outbox (KEYS[3]). Writes r (and m, b after a
--- capture) to KEYS[1]. Returns r, m, b, the holds ended, the credits released and captured.
-local function end_due_holds(account, now, r, m, b, od)
+-- other holds keep aside), with a spend in the outbox (KEYS[3]). Writes r (and the wallet
+-- after a capture) to KEYS[1]. Returns r, the holds ended, the credits released and captured.
+local function end_due_holds(account, now, r, w, od)
   local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)
-  if #due == 0 then return r, m, b, 0, 0, 0 end
+  if #due == 0 then return r, 0, 0, 0 end
   local released, captured = 0, 0
   for first = 1, #due, HOLDS_PER_CALL do
     local last = math.min(first + HOLDS_PER_CALL - 1, #due)
@@ -248,13 +421,14 @@ local function end_due_holds(account, now, r, m, b, od)
         local hold, hold_id = hold_fields(h), due[first + i - 1]
         r = r - hold.held
         if hold.on_expiry == 'capture' then
-          local cost = math.min(hold.held, math.max(0, m + b - r + od))
+          local cost = math.min(hold.held, math.max(0, wallet_balance(w) - r + od))
           if cost > 0 then
-            local from_monthly
-            m, b, from_monthly = spend_buckets(m, b, cost)
+            local from_monthly, draws = wallet_spend(w, cost)
+            local extra = {'hold', hold_id}
+            if draws then extra[3], extra[4] = draws[1], draws[2] end
             append_transaction(expiry_transaction_id(hold_id, now), account, -cost, 'spend',
-              hold.resource, hold.units, 'hold expired', '', nil, m + b, -from_monthly, '',
-              'hold', hold_id)
+              hold.resource, hold.units, 'hold expired', '', nil, wallet_balance(w),
+              -from_monthly, '', extra)
             captured = captured + cost
           end
         else
@@ -264,18 +438,20 @@ local function end_due_holds(account, now, r, m, b, od)
     end
   end
   drop_holds(account, due)
-  if captured > 0 then redis.call('HSET', KEYS[1], 'r', s(r), 'm', s(m), 'b', s(b))
+  if captured > 0 then wallet_save(w, 'r', s(r))
   else redis.call('HSET', KEYS[1], 'r', s(r)) end
-  return r, m, b, #due, released, captured
+  return r, #due, released, captured
 end
 
--- Lazy expiry: end_due_holds, as every script that changes an account does first. Nothing
--- is reserved without an open hold (a hold reserves at least 1): r = 0 skips the look.
--- Returns the new r, m, b.
-local function expire_due(account, now, r, m, b, od)
-  if r <= 0 then return r, m, b end
-  r, m, b = end_due_holds(account, now, r, m, b, od)
-  return r, m, b
+-- Lazy expiry, as every script that changes an account does first: its grants past their
+-- expiry, then its holds past their deadline (end_due_holds; nothing is reserved without an
+-- open hold, so r = 0 skips the look). Returns the new r; the wallet is changed in place
+-- (written by end_due_holds after a capture, else by the caller: see wallet.changed).
+local function expire_due(account, now, r, w, od)
+  wallet_expire(w, account, now)
+  if r <= 0 then return r end
+  r = end_due_holds(account, now, r, w, od)
+  return r
 end
 
 -- An open hold of the account (hold_fields), nil when there is none by that id or it is past

@@ -24,20 +24,20 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], '1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_ms()
 local hold = open_hold(hold_id, now)
 if not hold then return {'err', 'hold_not_found'} end
 
 -- Holds of the account past their deadline end first, each by its policy.
-r, m, b = expire_due(account, now, r, m, b, od)
+r = expire_due(account, now, r, w, od)
 drop_holds(account, {hold_id})
 r = r - hold.held
-redis.call('HSET', KEYS[1], 'r', s(r))
+if w.changed then wallet_save(w, 'r', s(r)) else redis.call('HSET', KEYS[1], 'r', s(r)) end
 
-local reply = {'ok', s(hold.held), s(m + b - r + od), '0'}
+local reply = {'ok', s(hold.held), s(wallet_balance(w) - r + od), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3])
 return reply

@@ -28,34 +28,35 @@ if not expire_txn or not grant_txn or not event_id then
   return {'err', 'invalid_argument', 'transaction_id'}
 end
 
-local a, missing = account_fields('m', 'b', 'st', 'rp', 'tier', 'od', 'ca')
+local a, missing = account_fields('m', 'b', 'st', 'rp', 'tier', 'od', 'ca', 'g')
 if not a then return missing end
 local terms = redis.call('HGET', KEYS[2], 'r:' .. a[5])
 if not terms then return {'err', 'unknown_tier', a[5]} end
 local policy, grant, limit = string.match(terms, '^(%a+) (%d+) (%d+)$')
 grant, limit = tonumber(grant), tonumber(limit)
-local m, b = tonumber(a[1]), tonumber(a[2])
-if a[3] ~= 'active' then return {'ok', '0', '0', '0', s(m + b), 'banned'} end
-if a[4] == period then return {'ok', '0', '0', '0', s(m + b), 'already_renewed'} end
+local w = wallet(a[1], a[2], a[8])
+if a[3] ~= 'active' then return {'ok', '0', '0', '0', s(wallet_balance(w)), 'banned'} end
+if a[4] == period then return {'ok', '0', '0', '0', s(wallet_balance(w)), 'already_renewed'} end
 
 local now = now_ms()
+wallet_expire(w, account, now)
 local granted, expired = 0, 0
 if policy == 'reset' then
-  if m > 0 then
-    expired = m
-    m = 0
+  if w.m > 0 then
+    expired = w.m
+    w.m = 0
     append_transaction(expire_txn, account, -expired, 'expire', '', '',
-      'monthly credits expired (' .. period .. ')', '', now, m + b, -expired, '')
+      'monthly credits expired (' .. period .. ')', '', now, wallet_balance(w), -expired, '')
   end
   granted = grant
 else
-  granted = math.max(0, math.min(grant, limit - (m + b)))
+  granted = math.max(0, math.min(grant, limit - wallet_balance(w)))
 end
 if granted > 0 then
-  m = m + granted
+  w.m = w.m + granted
   append_transaction(grant_txn, account, granted, 'grant', '', '',
-    'monthly grant (' .. period .. ')', '', now, m + b, granted, '')
+    'monthly grant (' .. period .. ')', '', now, wallet_balance(w), granted, '')
 end
-redis.call('HSET', KEYS[1], 'm', s(m), 'rp', period, 'rst', s(now))
+wallet_save(w, 'rp', period, 'rst', s(now))
 append_account_event(event_id, account, a[5], a[3], a[6], s(now), a[7], period)
-return {'ok', '1', s(granted), s(expired), s(m + b), ''}
+return {'ok', '1', s(granted), s(expired), s(wallet_balance(w)), ''}

@@ -49,9 +49,9 @@ if first then
   return {'ok', first[1], first[2], first[3], first[4], first[5], first[6], '1'}
 end
 
-local a, missing = account_fields('m', 'b', 'r', 'od')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
-local m, b, r, od = tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
 
 local now = now_ms()
 local stored = redis.call('HGET', KEYS[5], hold_id)
@@ -62,7 +62,8 @@ end
 local hold = hold_fields(stored)
 if hold.expires <= now then
   -- Its deadline passed: its policy ends it now, as the sweep would have.
-  expire_due(account, now, r, m, b, od)
+  expire_due(account, now, r, w, od)
+  wallet_keep(w)
   return {'err', 'hold_expired', hold.on_expiry}
 end
 local ledger_units = hold.units
@@ -75,28 +76,32 @@ if units then
 end
 
 -- Holds of the account past their deadline end first, each by its policy.
-r, m, b = expire_due(account, now, r, m, b, od)
+r = expire_due(account, now, r, w, od)
 drop_holds(account, {hold_id})
 r = r - hold.held
 
 -- What other holds set aside stays aside: the charge never takes available below zero.
-local affordable = math.max(0, m + b - r + od)
+local affordable = math.max(0, wallet_balance(w) - r + od)
 local charged = math.min(actual, hold.held + hold.overrun, affordable)
 local released = hold.held - math.min(charged, hold.held)
 local reply_txn = '-'
 if charged > 0 then
-  local from_monthly
-  m, b, from_monthly = spend_buckets(m, b, charged)
-  redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', s(r))
+  local from_monthly, draws = wallet_spend(w, charged)
+  wallet_save(w, 'r', s(r))
+  local extra = {'hold', hold_id}
+  if draws then extra[3], extra[4] = draws[1], draws[2] end
   append_transaction(txn, account, -charged, 'spend', hold.resource, ledger_units, '', '', nil,
-    m + b, -from_monthly, idem, 'hold', hold_id)
+    wallet_balance(w), -from_monthly, idem, extra)
   reply_txn = txn
+elseif w.changed then
+  wallet_save(w, 'r', s(r))
 else
   redis.call('HSET', KEYS[1], 'r', s(r))
 end
 redis.call('SET', KEYS[10], '1', 'PX', mark_ttl)
 
-local reply = {'ok', reply_txn, s(charged), s(actual - charged), s(released), s(m + b - r + od),
-  s(m + b), '0'}
+local balance = wallet_balance(w)
+local reply = {'ok', reply_txn, s(charged), s(actual - charged), s(released), s(balance - r + od),
+  s(balance), '0'}
 remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5], reply[6], reply[7])
 return reply

@@ -32,20 +32,25 @@ local function record(decision, available, after)
   return {'ok', id, decision, s(cost), s(after), s(balance)}
 end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g')
 if not a then
   if missing[2] == 'account_not_found' then return record('account_not_found', 0, 0) end
   return missing
 end
-balance = tonumber(a[1]) + tonumber(a[2])
+local w = wallet(a[1], a[2], a[7])
+local now, new_tat = nil, nil
+balance = wallet_balance(w)
+if wallet_expires(w) then
+  now = now_us()
+  balance = balance - wallet_due(w, math.floor(now / 1000))
+end
 local spent = shadow_spent()
-local available = tonumber(a[1]) + tonumber(a[2]) - tonumber(a[3]) + tonumber(a[4]) - spent
+local available = balance - tonumber(a[3]) + tonumber(a[4]) - spent
 if a[5] ~= 'active' then return record('account_banned', available, available) end
 
-local now, new_tat = nil, nil
 local limit = tier_rate(a[6])
 if limit then
-  now = now_us()
+  now = now or now_us()
   rate_start(limit, now)
   new_tat = rate_admit(limit, now)
   if not new_tat then return record('rate_limited', available, available) end

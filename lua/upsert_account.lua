@@ -69,9 +69,9 @@ else
   if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 end
 
-local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier', 'rst', 'ca')
+local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier', 'rst', 'ca', 'g')
 local entries = append_account_event(event_id, account, a[6], a[5], a[4], a[7], a[8])
-local balance = tonumber(a[1]) + tonumber(a[2])
+local balance = wallet_balance(wallet(a[1], a[2], a[9]))
 if created and grant > 0 then
   entries = entries .. ',' .. append_transaction(grant_txn, account, grant, 'grant', '', '',
     'monthly grant (new account)', '', now, balance, grant, '')

@@ -24,6 +24,8 @@
     │   │   ├── RefundExceedsSpend     the spend's refunds would pass its cost   (409)
     │   │   ├── AdjustBelowFloor       a debit would take available below zero   (422)
     │   │   ├── IdempotencyConflict    same key, different request               (409)
+    │   │   ├── GrantNotFound          no explicit grant by that id holds credits (404)
+    │   │   ├── TooManyGrants          the account holds the most grants it may  (409)
     │   │   └── WebhookNotFound        no such webhook endpoint or delivery      (404)
     │   ├── BackendError               a backend could not do its part           (503)
     │   │   ├── AccountNotLoaded       Redis lost its data; recovery pending     (503)
@@ -194,6 +196,22 @@ class UnitsNotPriced(CreditError):
 class CaptureExceedsHold(CreditError):
     code = "invalid_amount"
     http_status = 422
+
+
+class GrantNotFound(CreditError):
+    """No explicit grant of the account by that id holds credits: it was spent, expired or
+    voided, or never was (the standing grants, ``monthly`` and ``purchased``, are adjusted,
+    not voided)."""
+
+    code = "grant_not_found"
+    http_status = 404
+
+
+class TooManyGrants(CreditError):
+    """Every charge of an account reads all its explicit grants: their number is capped."""
+
+    code = "too_many_grants"
+    http_status = 409
 
 
 class WebhookNotFound(CreditError):

@@ -33,6 +33,7 @@ from quotagate.engine.charge_list import Charge, InFlight, rounds
 from quotagate.engine.connection import is_cluster
 from quotagate.engine.connection import redis_from_url as redis_from_url
 from quotagate.engine.futures import or_else_on
+from quotagate.engine.grants import account_grants, period_end
 from quotagate.engine.keys import (
     DEFAULT_PREFIX,
     REFUND_COUNT_TTL_SECONDS,
@@ -46,6 +47,7 @@ from quotagate.engine.results import (
     ChargeResult,
     CheckResult,
     CreditResult,
+    GrantResult,
     Hold,
     HoldResult,
     RateLimitState,
@@ -55,6 +57,7 @@ from quotagate.engine.results import (
     SettleResult,
     ShadowDecision,
     UpsertResult,
+    VoidResult,
 )
 from quotagate.engine.routing import ClusterScriptRunner
 from quotagate.engine.scripts import Script, load_scripts
@@ -453,6 +456,90 @@ class CreditEngine:
         r = unwrap(await self.runner.run(self.scripts["credit"], keys, args))
         return CreditResult(r[0], int(r[1]), int(r[2]), r[3] == "1", r[4])
 
+    async def grant(
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        source: str = "promotion",
+        priority: int = 50,
+        expires_at: datetime | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> GrantResult:
+        """Give the account an explicit grant: ``amount`` credits from ``source``, spent in
+        order of ``priority`` (0..100, lower first), then soonest expiry, then age; what is
+        left of it at ``expires_at`` (None: never) expires. See ``docs/grants.md``."""
+        ids.check_account_id(account_id)
+        validate.amount(amount)
+        source, priority, expires_ms = validate.grant_terms(source, priority, expires_at)
+        desc = validate.description(description)
+        meta = validate.metadata(metadata)
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = (
+            idempotency.grant_fingerprint(amount, source, priority, expires_ms, desc, meta)
+            if idem
+            else ""
+        )
+        args = [
+            ids.new_id(), account_id, ids.new_id(), str(amount),
+            "" if expires_ms is None else str(expires_ms), str(priority), source, desc, meta,
+            idem or "", fp, self._idem_ttl_ms, str(MAX_BALANCE),
+        ]  # fmt: skip
+        keys = (
+            *self.keys.script_keys(account_id, idem),
+            self.keys.grant_expiry(self.keys.partition_of(account_id)),
+        )
+        r = unwrap(await self.runner.run(self.scripts["grant"], keys, args))
+        return GrantResult(r[0], r[1], int(r[2]), int(r[3]), r[4] == "1", r[5])
+
+    async def void_grant(
+        self,
+        account_id: str,
+        grant_id: str,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> VoidResult:
+        """Take back what is left of an explicit grant (an ``adjust`` transaction naming it).
+        GrantNotFound when the account holds no such grant."""
+        ids.check_account_id(account_id)
+        if not isinstance(grant_id, str) or not 1 <= len(grant_id) <= 64:
+            raise ValidationError("grant_id must be a grant's id", field="grant_id")
+        desc = validate.description(description) or "grant voided"
+        idem = ids.check_idempotency_key(idempotency_key)
+        fp = idempotency.void_fingerprint(grant_id, desc) if idem else ""
+        args = [ids.new_id(), account_id, grant_id, desc, idem or "", fp, self._idem_ttl_ms]
+        r = await self._call("void_grant", account_id, idem, args)
+        return VoidResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1")
+
+    async def expire_grants(self, account_id: str) -> tuple[int, int]:
+        """Expire the account's explicit grants past their expiry: (grants, credits)."""
+        ids.check_account_id(account_id)
+        keys = (
+            *self.keys.script_keys(account_id),
+            self.keys.grant_expiry(self.keys.partition_of(account_id)),
+        )
+        r = unwrap(await self.runner.run(self.scripts["expire_grants"], keys, [account_id]))
+        return int(r[0]), int(r[1])
+
+    async def expire_due_grants(self, partition: int, *, batch: int = 500) -> tuple[int, int]:
+        """Sweep one partition: expire every explicit grant past its expiry (grants, credits).
+        Each account swept leaves the index or is scored by its next expiry, so this ends."""
+        now_ms = await self._server_time_ms()
+        grants = credits = 0
+        index = self.keys.grant_expiry(partition)
+        while True:
+            due = cast(
+                list[str], await self.redis.zrangebyscore(index, "-inf", now_ms, start=0, num=batch)
+            )
+            for account_id in due:
+                expired, amount = await self.expire_grants(account_id)
+                grants, credits = grants + expired, credits + amount
+            if len(due) < batch:
+                return grants, credits
+
     def _held_amount(
         self, account_id: str, resource: str | None, units: int, amount: int | None
     ) -> int:
@@ -691,20 +778,27 @@ class CreditEngine:
         holds = tuple(sorted(_parse_holds(raw_holds, now_ms), key=lambda h: h.expires_at))
         m, b, od = int(a["m"]), int(a["b"]), int(a["od"])
         reserved = sum(h.amount for h in holds)
+        renewal = self.config.tiers.get(a["tier"])
+        monthly_expires = (
+            period_end(a.get("rp", "")) if renewal and renewal.renewal == "reset" else None
+        )
+        grants = account_grants(m, b, a.get("g"), monthly_expires=monthly_expires, now_ms=now_ms)
+        balance = m + b + sum(g.remaining for g in grants if g.id not in ("monthly", "purchased"))
         return Account(
             account_id=account_id,
             tier=a["tier"],
             status=a["st"],
-            balance=m + b,
+            balance=balance,
             monthly_credits=m,
             purchased_credits=b,
             reserved=reserved,
-            available=m + b - reserved + od,
+            available=balance - reserved + od,
             overdraft_limit=od,
             created_at=_ms_to_dt(a["ca"]),
             last_reset_at=_ms_to_dt(a["rst"]) if a.get("rst") else None,
             renewed_period=a.get("rp", ""),
             holds=holds,
+            grants=grants,
         )
 
     async def _read_account(self, k: AccountKeys) -> list[Any]:

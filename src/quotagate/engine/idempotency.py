@@ -50,6 +50,19 @@ def credit_fingerprint(
     return validate.fingerprint("credit", amount, type, description, metadata, refund_of)
 
 
+def grant_fingerprint(
+    amount: int, source: str, priority: int, expires_ms: int | None, description: str, metadata: str
+) -> str:
+    """A grant's fingerprint (its terms, description and metadata)."""
+    return validate.fingerprint(
+        "grant", amount, source, priority, expires_ms or 0, description, metadata
+    )
+
+
+def void_fingerprint(grant_id: str, description: str) -> str:
+    return validate.fingerprint("void", grant_id, description)
+
+
 def consume_record(
     fingerprint: str, transaction_id: str, cost: int, available: int, balance: int
 ) -> str:

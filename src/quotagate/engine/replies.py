@@ -125,6 +125,12 @@ _ERRORS: dict[str, Callable[[Sequence[str]], errors.QuotagateError]] = {
     "balance_limit": lambda a: errors.BalanceLimitExceeded(
         f"the balance would pass the largest allowed ({a[1]})", balance=int(a[0])
     ),
+    "grant_not_found": lambda a: errors.GrantNotFound(
+        "no such grant: unknown, spent, expired or voided"
+    ),
+    "too_many_grants": lambda a: errors.TooManyGrants(
+        f"the account holds {a[0]} grants, the most it may: void or spend some first"
+    ),
     "hold_not_found": lambda a: errors.HoldNotFound("no such hold: unknown, ended or expired"),
     "hold_settled": lambda a: errors.HoldSettled("this hold was settled already"),
     "hold_expired": lambda a: errors.HoldExpired(

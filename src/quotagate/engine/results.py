@@ -47,6 +47,29 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantResult:
+    """A new explicit grant."""
+
+    grant_id: str
+    transaction_id: str
+    balance: int
+    available: int
+    replayed: bool
+    outbox_entry_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    """A voided grant: what was left of it was taken back by an adjust transaction."""
+
+    transaction_id: str
+    voided: int
+    balance: int
+    available: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CheckResult:
     allowed: bool
     cost: int
@@ -172,3 +195,10 @@ class Account:
     last_reset_at: datetime | None
     renewed_period: str
     holds: tuple[Hold, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    """Every grant holding credits, in the order a spend takes from them."""
+
+    @property
+    def next_expiry(self) -> datetime | None:
+        """When the next of its grants expires (None: none does)."""
+        return min((g.expires_at for g in self.grants if g.expires_at), default=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -78,6 +79,24 @@ def unstorable(text: str) -> str | None:
         except UnicodeEncodeError:
             return "contains a lone surrogate (U+D800 to U+DFFF), which is not Unicode text"
     return None
+
+
+def grant_terms(source: Any, priority: Any, expires_at: Any) -> tuple[str, int, int | None]:
+    """A grant's source, priority and expiry (ms since the epoch, None for never), checked."""
+    from quotagate.engine.results import GRANT_SOURCES
+
+    if source not in GRANT_SOURCES:
+        raise ValidationError(f"source must be one of {', '.join(GRANT_SOURCES)}", field="source")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 100:
+        raise ValidationError("priority must be an integer from 0 to 100", field="priority")
+    if expires_at is None:
+        return source, priority, None
+    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+        raise ValidationError("expires_at must be a time with a time zone", field="expires_at")
+    ms = int(expires_at.timestamp() * 1000)
+    if not 0 < ms < 10**14:
+        raise ValidationError("expires_at is out of range", field="expires_at")
+    return source, priority, ms
 
 
 def description(value: Any) -> str:
