@@ -16,6 +16,7 @@ import click
 from quotagate.cli.backends import Backends, ready_engine, run
 from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
+from quotagate.engine.grants import stored_balance
 from quotagate.engine.results import Account
 from quotagate.engine.validate import CREDIT_TYPES
 from quotagate.errors import AccountNotFound, ValidationError
@@ -188,16 +189,16 @@ def list_accounts(
                 )  # fmt: skip
         async with b.engine.redis.pipeline(transaction=False) as pipe:
             for r in rows:
-                pipe.hmget(b.engine.keys.account(r["account_id"]).account, "m", "b", "r")
+                pipe.hmget(b.engine.keys.account(r["account_id"]).account, "m", "b", "r", "g")
             live = await pipe.execute()
         out = []
-        for r, (m, b_, reserved) in zip(rows, live, strict=True):
+        for r, (m, b_, reserved, g) in zip(rows, live, strict=True):
             out.append(
                 {
                     "account_id": r["account_id"],
                     "tier": r["tier"],
                     "status": r["status"],
-                    "balance": None if m is None else int(m) + int(b_),
+                    "balance": None if m is None else stored_balance(m, b_, g),
                     "reserved": None if reserved is None else int(reserved),
                     "ledger_balance": int(r["credits"]),
                     "created_at": iso(r["created_at"]),

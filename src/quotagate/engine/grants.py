@@ -32,6 +32,17 @@ def period_end(period: str) -> datetime | None:
     return datetime(year, month, 1, tzinfo=UTC)
 
 
+def stored_balance(monthly: str | int, purchased: str | int, text: str | None) -> int:
+    """The balance the account hash holds, as its outbox rows sum it: monthly, purchased and
+    every explicit grant's remainder, also one past its expiry whose ``expire`` row no script
+    has written yet (that row will take it out)."""
+    total = int(monthly) + int(purchased)
+    for item in (text or "").split(";"):
+        if item:
+            total += int(item.split("|", 2)[1])
+    return total
+
+
 def explicit_grants(text: str | None, now_ms: int) -> list[Grant]:
     """The explicit grants of a ``g`` field still holding credits at ``now_ms`` (a grant past
     its expiry is gone, whether or not a script has written its expiry yet)."""

@@ -25,6 +25,7 @@ import asyncpg
 
 from quotagate import ids
 from quotagate.engine import CreditEngine
+from quotagate.engine.grants import stored_balance
 from quotagate.jobs.pg import postgres_errors
 from quotagate.jobs.reconcile import Drift
 from quotagate.jobs.recover import SNAPSHOT_COLUMNS, restore_row
@@ -115,7 +116,8 @@ async def _adjust(
         return Repair(account_id, "none", None, 0, before, before)
     flushed = {r["id"] for r in await conn.fetch(PRESENT_SQL, [e.id for e in side.pending])}
     pending = [e for e in side.pending if e.id not in flushed]
-    m, b = int(side.state["m"]), int(side.state["b"])
+    m = int(side.state["m"])
+    b = stored_balance(0, side.state["b"], side.state.get("g"))  # purchased and explicit grants
     target = m + b - sum(e.amount for e in pending)
     target_monthly = m - sum(e.monthly_delta for e in pending)
     rows = int(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from quotagate.engine import CreditEngine
+from quotagate.engine.grants import stored_balance
 from quotagate.ledger.ledger import Ledger, Snapshot
 from quotagate.ledger.outbox import RawEntries
 
@@ -101,7 +102,8 @@ def _stream_lt(a: str, b: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class RedisReading:
     balances: dict[str, tuple[int, int] | None]
-    """Account -> (monthly, purchased) credits; None when Redis has no such account."""
+    """Account -> (monthly, the rest: purchased and explicit grants) credits; None when Redis
+    has no such account."""
     last_entry: str
     """Stream id of the newest outbox entry when the balances were read ("" if none)."""
 
@@ -112,12 +114,12 @@ async def read_redis(
     """Balances of some accounts of one partition and the outbox's newest id, atomically."""
     async with engine.redis.pipeline(transaction=True) as pipe:
         for account_id in account_ids:
-            pipe.hmget(engine.keys.account(account_id).account, "m", "b")
+            pipe.hmget(engine.keys.account(account_id).account, "m", "b", "g")
         pipe.xrevrange(engine.keys.outbox(partition), "+", "-", count=1)
         *rows, newest = await pipe.execute()
     balances: dict[str, tuple[int, int] | None] = {
-        account_id: None if m is None else (int(m), int(b))
-        for account_id, (m, b) in zip(account_ids, rows, strict=True)
+        account_id: None if m is None else (int(m), stored_balance(0, b, g))
+        for account_id, (m, b, g) in zip(account_ids, rows, strict=True)
     }
     return RedisReading(balances, newest[0][0] if newest else "")
 
