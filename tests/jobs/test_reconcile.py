@@ -304,3 +304,7 @@ async def test_a_grant_whose_remaining_was_changed_is_named(
     assert drift.cause == CAUSES["grant"]
     others = [p for p in range(engine.config.partitions) if p != drift.partition]
     assert (await reconcile_async(engine, own_ledger, partitions=others)).drifts == []
+
+    await _sql(own_ledger_url, "DELETE FROM credit_grants WHERE id = $1", gone)
+    lost = [d for d in (await reconcile_async(engine, own_ledger)).drifts if d.grant_id == gone]
+    assert [(d.expected, d.found, d.cause) for d in lost] == [(None, 20, CAUSES["grant_unknown"])]

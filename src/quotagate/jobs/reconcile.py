@@ -57,31 +57,33 @@ CAUSES = {
     " credit_transactions rows (one of them was changed outside the flush)",
     "grant": "credit_grants.remaining disagrees with the grant's amount less the draws, expiry"
     " and void its credit_transactions rows record (one of them was changed outside the flush)",
+    "grant_unknown": "credit_transactions rows take credits from a grant that credit_grants"
+    " does not hold for the account (its row was lost, or a row names the wrong grant)",
 }
 
 GRANT_DRIFT_SQL = """
-WITH drawn AS (
-    SELECT d.key AS grant_id, sum(d.value::bigint) AS credits
+WITH taken AS (
+    SELECT t.account_id, d.key AS grant_id, d.value::bigint AS credits
     FROM credit_transactions t CROSS JOIN LATERAL jsonb_each_text(t.grant_draws) AS d
     WHERE t.grant_draws IS NOT NULL
-    GROUP BY d.key
-), ended AS (
-    SELECT grant_id, sum(-amount) AS credits
+    UNION ALL
+    SELECT account_id, grant_id, -amount
     FROM credit_transactions
     WHERE grant_id IS NOT NULL AND type IN ('expire', 'adjust')
-    GROUP BY grant_id
+), per_grant AS (
+    SELECT account_id, grant_id, sum(credits) AS credits
+    FROM taken
+    GROUP BY account_id, grant_id
 )
-SELECT g.id, g.account_id, g.remaining,
-       g.amount - coalesce(drawn.credits, 0) - coalesce(ended.credits, 0) AS expected
+SELECT coalesce(g.id, p.grant_id) AS id, coalesce(g.account_id, p.account_id) AS account_id,
+       g.remaining, g.amount - coalesce(p.credits, 0) AS expected, p.credits AS taken
 FROM credit_grants g
-LEFT JOIN drawn ON drawn.grant_id = g.id
-LEFT JOIN ended ON ended.grant_id = g.id
-WHERE g.remaining <> g.amount - coalesce(drawn.credits, 0) - coalesce(ended.credits, 0)
-ORDER BY g.account_id, g.id
+FULL JOIN per_grant p ON p.grant_id = g.id AND p.account_id = g.account_id
+WHERE g.id IS NULL OR g.remaining <> g.amount - coalesce(p.credits, 0)
 """
-"""The grants whose remaining is not what the ledger's rows leave of them: one pass over the
-rows that name a grant (both kinds are few next to the spends, and the filters read only
-them)."""
+"""The grants whose remaining is not what the ledger's rows leave of them, and the grants rows
+take from that ``credit_grants`` does not hold for their account: one pass over the rows that
+name a grant (few next to the spends; the filters read only them)."""
 
 
 @dataclass(frozen=True)
@@ -280,11 +282,15 @@ async def reconcile_grants(
     drifts = []
     for r in rows:
         partition = engine.keys.partition_of(r["account_id"])
-        if partition in partitions:
-            drifts.append(
-                Drift(r["account_id"], partition, "grant", int(r["expected"]),
-                      int(r["remaining"]), CAUSES["grant"], grant_id=r["id"])
-            )  # fmt: skip
+        if partition not in partitions:
+            continue
+        if r["remaining"] is None:  # no such grant: what the rows took is all there is
+            drift = Drift(r["account_id"], partition, "grant", None, int(r["taken"]),
+                          CAUSES["grant_unknown"], grant_id=r["id"])  # fmt: skip
+        else:
+            drift = Drift(r["account_id"], partition, "grant", int(r["expected"]),
+                          int(r["remaining"]), CAUSES["grant"], grant_id=r["id"])  # fmt: skip
+        drifts.append(drift)
     return drifts
 
 

@@ -8,9 +8,10 @@ renewed period its last renewal recorded) with the account's live explicit grant
 
 It refuses while the outboxes hold entries (the ledger would be behind Redis for those
 accounts) unless forced. Forced, it leaves every account Redis still holds as it is, and
-adds the effect of pending entries to the accounts it restores. Accounts are restored
-with ``force=False``, so a second run, or one racing with traffic, changes nothing that is
-there. Holds are not durable: restored accounts have none.
+adds the effect of pending entries to the accounts it restores (to their balance: what
+pending entries did to explicit grants is not replayed, so those credits count as purchased
+ones). Accounts are restored with ``force=False``, so a second run, or one racing with
+traffic, changes nothing that is there. Holds are not durable: restored accounts have none.
 
 Then it rebuilds the idempotency records of the ledger's consumes and credits still within
 their window (:func:`rebuild_idempotency`), so a retry after the loss replays its first answer
