@@ -95,8 +95,9 @@ def test_a_grant_creation_reads_its_grant() -> None:
     assert (entry.grant_id, entry.grant_expires_ms, entry.grant_priority, entry.grant_source) == (
         "g-1", 1900000000000, 10, "promotion",
     )  # fmt: skip
-    never = parse_entry("1-0", {k: v for k, v in GRANT.items() if k != "gx"})
-    assert isinstance(never, TransactionEntry) and never.grant_expires_ms is None
+    for never in ({k: v for k, v in GRANT.items() if k != "gx"}, {**GRANT, "gx": "0"}):
+        parsed = parse_entry("1-0", never)
+        assert isinstance(parsed, TransactionEntry) and parsed.grant_expires_ms is None
     assert not entry.resets_monthly
 
 
@@ -129,6 +130,7 @@ BAD_GRANT_FIELDS = [
     ("priority below 0", {**GRANT, "gp": "-1"}),
     ("no source", {k: v for k, v in GRANT.items() if k != "gs"}),
     ("expiry past year 9999", {**GRANT, "gx": "253402300800000"}),
+    ("expiry before 1970", {**GRANT, "gx": "-1"}),
     ("a grant of nothing", {**GRANT, "amt": "0"}),
 ]  # fmt: skip
 

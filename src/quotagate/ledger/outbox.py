@@ -9,11 +9,11 @@ two kinds of entries (fields as the Lua scripts write them, ``lua/prelude.lua``)
                    [gd]              on a spend that drew on explicit grants
     account event  id a t=account tier st od [rst] ca [rp]             tier, status, overdraft
 
-(the grant fields are described in docs/grants.md).
-A field in brackets is left out when it is empty (``dm`` when 0; ``u`` goes with ``res``), and
-the time of an entry is its stream id's milliseconds: Redis gives every entry its id from its
-own clock when the script appends it. Entries written by earlier versions carry every field,
-empty or not, and their time in ``ts``; both read the same.
+(docs/grants.md describes the grant fields). A field in brackets is left out when it is
+empty (``dm`` when 0; ``u`` goes with ``res``), and the time of an entry is its stream id's
+milliseconds: Redis gives every entry its id from its own clock when the script appends it.
+Entries written by earlier versions carry every field, empty or not, and their time in
+``ts``; both read the same.
 
 An entry that does not parse raises :class:`OutboxEntryInvalid`: the flush of that partition
 stops there rather than guess (the entry stays in the stream for a person to look at).
@@ -44,6 +44,8 @@ _GRANT_ENDING_TYPES = frozenset(("expire", "adjust"))
 _SOURCES = frozenset(GRANT_SOURCES)
 MAX_CREDITS = 2**63 - 1
 """The largest amount a bigint column holds: a grant field past it cannot be booked."""
+MAX_TIME_MS = 253402300799999
+"""9999-12-31T23:59:59.999Z in ms: the last instant a timestamptz column takes as an expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +216,7 @@ def _grant_creation(entry: TransactionEntry, grant_id: str, f: dict[str, str]) -
     priority = int(f["gp"])
     if not 0 <= priority <= 100:
         raise ValueError(f"grant priority {priority} is not from 0 to 100")
-    expires_ms = int(f["gx"]) if f.get("gx") else None
+    expires_ms = int(f.get("gx") or 0) or None  # 0 means never, as in the account's ``g``
     if expires_ms is not None and not 0 < expires_ms <= MAX_TIME_MS:
         raise ValueError(f"grant expiry {expires_ms} out of range")
     return replace(
@@ -224,10 +226,6 @@ def _grant_creation(entry: TransactionEntry, grant_id: str, f: dict[str, str]) -
         grant_priority=priority,
         grant_source=source,
     )
-
-
-MAX_TIME_MS = 253402300799999
-"""9999-12-31T23:59:59.999Z in ms: the last instant a timestamptz column takes as an expiry."""
 
 
 def parse_grant_draws(text: str, amount: int) -> tuple[tuple[str, int], ...]:
