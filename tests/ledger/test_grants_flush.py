@@ -134,11 +134,13 @@ async def test_a_batch_flushed_again_changes_each_grant_once(
 ) -> None:
     """A worker that died after the commit and before the trim: the next flush reads the same
     entries again (here with new stream ids); the rows are in the ledger, nothing is taken
-    from a grant twice."""
+    from a grant twice. The plain spend is not looked up first: its COPY meets its row and
+    the batch goes the checked way, where ON CONFLICT skips every row."""
     a = acct("rerun")
     out = Outbox(lengine, a)
     promo, _ = await out.grant(100)
     await out.spend(30, {promo: 30})
+    await out.spend(3, {})
     await out.add("expire", -70, gr=promo)
     kept = cast(RawEntries, await lengine.redis.xrange(out.stream))
     await flush_partition(lengine, ledger, out.partition)
@@ -148,25 +150,32 @@ async def test_a_batch_flushed_again_changes_each_grant_once(
 
     again = await flush_partition(lengine, ledger, out.partition)
 
-    assert (again.inserted, again.duplicates, again.quarantined) == (0, 3, 0)
+    assert (again.inserted, again.duplicates, again.quarantined) == (0, 4, 0)
     assert (await grant_rows(ledger, a))[promo] == before
     assert (before["remaining"], before["end_reason"]) == (0, "expired")
-    assert await snapshot_credits(ledger, a) == 0
+    assert await snapshot_credits(ledger, a) == -3
 
 
-async def test_a_grant_written_through_then_flushed_is_created_once(
+async def test_a_grant_and_its_void_written_through_then_flushed_count_once(
     lengine: CreditEngine, ledger: Ledger, acct: Acct
 ) -> None:
+    """The write-through books the grant and the void; the flush finds both in the ledger,
+    leaves them out, and books the spend between them."""
     a = acct("through")
     out = Outbox(lengine, a)
     grant_id = ids.new_id()
-    _, stream_id = await out.add("grant", 80, gr=grant_id, gp="20", gs="refund")
-    assert await ledger.write_through(lengine, a, [stream_id])
-    await out.spend(5, {grant_id: 5})
-    result = await flush_partition(lengine, ledger, out.partition)
-    assert (result.inserted, result.duplicates) == (1, 1)
+    _, granted = await out.add("grant", 80, gr=grant_id, gp="20", gs="refund")
+    assert await ledger.write_through(lengine, a, [granted])
     row = (await grant_rows(ledger, a))[grant_id]
-    assert (row["amount"], row["remaining"], row["source"]) == (80, 75, "refund")
+    assert (row["amount"], row["remaining"], row["source"]) == (80, 80, "refund")
+    await out.spend(5, {grant_id: 5})
+    _, voided = await out.add("adjust", -75, gr=grant_id)
+    assert await ledger.write_through(lengine, a, [voided])
+    result = await flush_partition(lengine, ledger, out.partition)
+    assert (result.inserted, result.duplicates) == (1, 2)
+    row = (await grant_rows(ledger, a))[grant_id]
+    assert (row["remaining"], row["end_reason"]) == (0, "voided")
+    assert await snapshot_credits(ledger, a) == 0
 
 
 BAD_ENTRIES = [
