@@ -247,3 +247,19 @@ async def test_entries_in_the_current_format_flush_as_before(
     assert await grant_rows(ledger, a) == {}
     account = await lengine.get_account(a)
     assert await snapshot_credits(ledger, a) == account.balance
+
+
+async def test_a_large_batch_on_the_checked_path_takes_every_draw_once(
+    lengine: CreditEngine, ledger: Ledger, acct: Acct
+) -> None:
+    """Past COPY_MIN_ROWS the checked path stages the batch by COPY; a bad entry sends it
+    there."""
+    a = acct("large")
+    out = Outbox(lengine, a)
+    promo, _ = await out.grant(1000)
+    for _ in range(150):
+        await out.spend(2, {promo: 2})
+    await out.add("spend", -1, gd=f"{promo}:x")
+    result = await flush_partition(lengine, ledger, out.partition)
+    assert (result.inserted, result.quarantined) == (151, 1)
+    assert (await grant_rows(ledger, a))[promo]["remaining"] == 700
