@@ -4,18 +4,41 @@ KEYS[1] account hash        KEYS[5] account holds hash
 KEYS[2] partition cfg hash  KEYS[6] account hold-expiry zset
 KEYS[3..4], KEYS[7..8]      unused (the account scripts share one KEYS layout)
 KEYS[9] partition account index
+KEYS[10] partition grant-expiry zset
 
 ARGV[1] account id          ARGV[6] purchased credits
 ARGV[2] tier                ARGV[7] renewed period ("YYYY-MM" or "")
 ARGV[3] status              ARGV[8] last reset at (ms, or "")
 ARGV[4] overdraft limit     ARGV[9] created at (ms)
 ARGV[5] monthly credits     ARGV[10] "1" to overwrite an account that exists
+ARGV[11] the explicit grants, as the `g` field holds them (docs/grants.md), in spend order:
+         <id>|<remaining>|<expires_ms or 0>|<priority>|<source>|<amount>;... ("" for none)
 
 Reply  {"ok", restored 0|1}
 Errors {"err", "invalid_argument", name}
 Holds are not durable: a restored account has none. Nothing goes to the outbox: the ledger
-already holds every transaction this state sums up.
+already holds every transaction this state sums up. An account with a grant that expires is
+scored in the grant-expiry index by its earliest expiry, so the sweep finds it.
 ]]
+local GRANT_SOURCES = {renewal = true, purchase = true, promotion = true, refund = true,
+  adjustment = true}
+
+-- The earliest expiry of the grants in `g` (0: none expires), or nil when `g` is malformed.
+local function earliest_grant_expiry(g)
+  if g == '' then return 0 end
+  local earliest = 0
+  for grant in string.gmatch(g .. ';', '([^;]*);') do
+    local id, left, expires, priority, source, amount =
+      string.match(grant, '^([^|]+)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if not id or #id > MAX_ID_LENGTH or not GRANT_SOURCES[source] then return nil end
+    local left_n, amount_n = amount_arg(left), amount_arg(amount)
+    local expires_n, priority_n = int_arg(expires, 0, 1e14), int_arg(priority, 0, 100)
+    if not left_n or not amount_n or not expires_n or not priority_n then return nil end
+    if expires_n > 0 and (earliest == 0 or expires_n < earliest) then earliest = expires_n end
+  end
+  return earliest
+end
+
 local tier, status, force = ARGV[2], ARGV[3], ARGV[10]
 local od = amount_arg(ARGV[4], 0)
 local m = int_arg(ARGV[5], -4e15, 4e15)
@@ -29,10 +52,19 @@ if not m or not b then return {'err', 'invalid_argument', 'credits'} end
 if not ca then return {'err', 'invalid_argument', 'created_at'} end
 if rst ~= '' and not int_arg(rst, 0, 1e14) then return {'err', 'invalid_argument', 'last_reset_at'} end
 if period ~= '' and not period_arg(period) then return {'err', 'invalid_argument', 'period'} end
+local grants = ARGV[11] or ''
+local grant_expiry = earliest_grant_expiry(grants)
+if not grant_expiry then return {'err', 'invalid_argument', 'grants'} end
 
 if force ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', '0'} end
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', '0', 'od', s(od), 'st', status,
   'tier', tier, 'ca', s(ca), 'rp', period, 'rst', rst)
+if grants ~= '' then redis.call('HSET', KEYS[1], 'g', grants) end
+if grant_expiry > 0 then
+  redis.call('ZADD', KEYS[10], grant_expiry, ARGV[1])
+else
+  redis.call('ZREM', KEYS[10], ARGV[1])
+end
 redis.call('SADD', KEYS[9], ARGV[1])
 return {'ok', '1'}

@@ -53,6 +53,7 @@ TABLES = (
     "outbox_flushes",
     "api_keys",
     "ledger_quarantine",
+    "credit_grants",
 )
 
 

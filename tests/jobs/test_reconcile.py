@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Sequence
 
 import asyncpg
@@ -14,6 +15,7 @@ from tests.jobs.configs import FREE_AND_PRO
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import AccountNotLoaded, InsufficientCredits
+from quotagate.ids import new_id
 from quotagate.jobs.reconcile import CAUSES, reconcile_async
 from quotagate.jobs.repair import repair_account
 from quotagate.ledger import Ledger, Snapshot, flush_all
@@ -256,3 +258,53 @@ async def test_reconciliation_refuses_a_redis_that_awaits_recovery(
     await engine.redis.hdel(engine.keys.cfg(2), "ready")
     with pytest.raises(AccountNotLoaded, match="quotagate recover"):
         await reconcile_async(engine, own_ledger)
+
+
+async def test_a_grant_whose_remaining_was_changed_is_named(
+    make_engine: EngineFactory, own_ledger: Ledger, own_ledger_url: str
+) -> None:
+    """A grant of 100, a spend that drew 30 of it and one that drew nothing from it, another
+    grant expired with 20 left: the books of both grants balance until one remaining is
+    changed outside the flush."""
+    engine = await make_engine(CONFIG)
+    account, promo, gone = "granted", new_id(), new_id()
+    rows = [
+        ("grant", 100, promo, None), ("grant", 20, gone, None),
+        ("spend", -30, None, json.dumps({promo: 30})), ("spend", -4, None, None),
+        ("expire", -20, gone, None),
+    ]  # fmt: skip
+    conn = await asyncpg.connect(own_ledger_url)
+    try:
+        for kind, amount, grant_id, draws in rows:
+            await conn.execute(
+                "INSERT INTO credit_transactions (id, account_id, amount, type, balance_after,"
+                " created_at, grant_id, grant_draws) VALUES ($1, $2, $3, $4, 0, now(), $5, $6)",
+                new_id(), account, amount, kind, grant_id, draws,
+            )  # fmt: skip
+        for grant_id, amount, remaining, reason in (
+            (promo, 100, 70, None),
+            (gone, 20, 0, "expired"),
+        ):
+            await conn.execute(
+                "INSERT INTO credit_grants (id, account_id, amount, remaining, source, priority,"
+                " created_at, end_reason, transaction_id)"
+                " VALUES ($1, $2, $3, $4, 'promotion', 50, now(), $5, 't')",
+                grant_id, account, amount, remaining, reason,
+            )  # fmt: skip
+        assert (await reconcile_async(engine, own_ledger)).drifts == []
+
+        await conn.execute("UPDATE credit_grants SET remaining = 75 WHERE id = $1", promo)
+    finally:
+        await conn.close()
+
+    report = await reconcile_async(engine, own_ledger)
+    [drift] = report.drifts
+    assert (drift.account_id, drift.check, drift.grant_id) == (account, "grant", promo)
+    assert (drift.expected, drift.found, drift.difference) == (70, 75, 5)
+    assert drift.cause == CAUSES["grant"]
+    others = [p for p in range(engine.config.partitions) if p != drift.partition]
+    assert (await reconcile_async(engine, own_ledger, partitions=others)).drifts == []
+
+    await _sql(own_ledger_url, "DELETE FROM credit_grants WHERE id = $1", gone)
+    lost = [d for d in (await reconcile_async(engine, own_ledger)).drifts if d.grant_id == gone]
+    assert [(d.expected, d.found, d.cause) for d in lost] == [(None, 20, CAUSES["grant_unknown"])]

@@ -4,21 +4,27 @@ until an account is restored, then every balance is back and charging goes on.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from tests.conftest import EngineFactory
 from tests.jobs.configs import FREE_AND_PRO
 from tests.support.servers import RedisProcess
 
+from quotagate import ids
 from quotagate.config import parse_config
 from quotagate.engine import CreditEngine, current_period
-from quotagate.engine.results import Account
+from quotagate.engine.replies import unwrap
+from quotagate.engine.results import Account, Grant
 from quotagate.errors import (
     AccountNotLoaded,
     IdempotencyConflict,
     InsufficientCredits,
     RecoveryRefused,
+    ValidationError,
 )
 from quotagate.jobs.reconcile import reconcile_async
 from quotagate.jobs.recover import (
@@ -265,3 +271,110 @@ async def test_recovery_rebuilds_the_idempotency_records_still_within_their_wind
     assert capture.cost == 2
     assert (await restarted.get_account("u-idem")).balance == balance  # nothing charged again
     assert await own_ledger.write_through(restarted, "u-idem", [grant_again.outbox_entry_id])
+
+
+async def _ledger_grant(
+    conn: asyncpg.Connection, account_id: str, *, amount: int, remaining: int, priority: int,
+    source: str = "promotion", expires_at: datetime | None = None, end_reason: str | None = None,
+) -> str:  # fmt: skip
+    """A grant as the flush leaves it: its grant row, its credit_grants row, the snapshot
+    raised by what is left of a live one (what it lost went with rows this test leaves out;
+    an ended one gave up the rest)."""
+    grant_id, txn_id = ids.new_id(), ids.new_id()
+    await conn.execute(
+        "INSERT INTO credit_transactions (id, account_id, amount, type, balance_after,"
+        " created_at, grant_id) VALUES ($1, $2, $3, 'grant', 0, now(), $4)",
+        txn_id, account_id, remaining, grant_id,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO credit_grants (id, account_id, amount, remaining, source, priority,"
+        " expires_at, created_at, ended_at, end_reason, transaction_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, now(), CASE WHEN $8::text IS NULL THEN NULL"
+        " ELSE now() END, $8, $9)",
+        grant_id, account_id, amount, remaining, source, priority, expires_at, end_reason, txn_id,
+    )  # fmt: skip
+    await conn.execute(
+        "UPDATE user_credits SET credits = credits + $2 WHERE account_id = $1",
+        account_id, remaining if end_reason is None else 0,
+    )  # fmt: skip
+    return grant_id
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+async def test_explicit_grants_survive_a_wipe_and_recovery_in_spend_order(
+    engine: CreditEngine, restarted: CreditEngine, own_ledger: Ledger, private_redis: RedisProcess
+) -> None:
+    with_grants, without = "granted", "plain"
+    for a in (with_grants, without):
+        made = await engine.upsert_account(a)
+        await own_ledger.write_through(engine, a, made.outbox_entry_ids)
+        await engine.consume(a, "unit", 10)
+    await flush_all(engine, own_ledger)
+    before = await engine.redis.hgetall(engine.keys.account(with_grants).account)
+    now = datetime.now(UTC).replace(microsecond=0)
+    later, sooner = now + timedelta(days=30), now + timedelta(days=1)
+    async with own_ledger.pool.acquire() as conn:
+        pack = await _ledger_grant(
+            conn, with_grants, amount=50, remaining=50, priority=50, source="purchase"
+        )
+        promo = await _ledger_grant(
+            conn, with_grants, amount=100, remaining=60, priority=10, expires_at=later
+        )
+        trial = await _ledger_grant(
+            conn, with_grants, amount=20, remaining=20, priority=10, expires_at=sooner
+        )
+        await _ledger_grant(conn, with_grants, amount=30, remaining=0, priority=0,
+                            end_reason="spent")  # fmt: skip
+        await _ledger_grant(conn, with_grants, amount=40, remaining=40, priority=0,
+                            end_reason="voided")  # ended, whatever its remaining says  # fmt: skip
+
+    await _flushall(private_redis)
+    await recover_async(restarted, own_ledger)
+
+    state = await restarted.redis.hgetall(restarted.keys.account(with_grants).account)
+    assert state["g"] == ";".join([
+        f"{trial}|20|{_ms(sooner)}|10|promotion|20",
+        f"{promo}|60|{_ms(later)}|10|promotion|100",
+        f"{pack}|50|0|50|purchase|50",
+    ])  # fmt: skip
+    # The snapshot's credits count the grants': the buckets are as they were.
+    assert (state["m"], state["b"]) == (before["m"], before["b"])
+    index = restarted.keys.grant_expiry(restarted.keys.partition_of(with_grants))
+    assert await restarted.redis.zscore(index, with_grants) == _ms(sooner)
+    plain = await restarted.redis.hgetall(restarted.keys.account(without).account)
+    assert "g" not in plain and plain["b"] == "0"
+    assert await restarted.redis.zscore(restarted.keys.grant_expiry(
+        restarted.keys.partition_of(without)), without) is None  # fmt: skip
+
+
+async def test_restore_refuses_grants_it_cannot_write_and_writes_nothing(
+    engine: CreditEngine,
+) -> None:
+    state = {
+        "tier": "free", "status": "active", "overdraft_limit": 0, "monthly_credits": 10,
+        "purchased_credits": 0, "renewed_period": "", "last_reset_at": None,
+        "created_at": datetime.now(UTC),
+    }  # fmt: skip
+    good = Grant("g-1", "promotion", 10, 5, 5, None, None)
+    for bad in (
+        replace(good, source="gift"),
+        replace(good, priority=101),
+        replace(good, id="g|1"),
+        replace(good, remaining=0),
+        replace(good, id="monthly"),
+    ):
+        with pytest.raises(ValidationError):
+            await engine.restore("refused", grants=[bad], **state)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        await engine.restore("refused", grants=[good, good], **state)  # type: ignore[arg-type]
+    # The script checks the field too, before its first write.
+    keys = (*engine.keys.script_keys("refused"),
+            engine.keys.grant_expiry(engine.keys.partition_of("refused")))  # fmt: skip
+    args = ["refused", "free", "active", "0", "10", "0", "", "",
+            str(_ms(datetime.now(UTC))), "0", "g-1|5|0|50|gift|5"]  # fmt: skip
+    with pytest.raises(ValidationError, match="grants"):
+        unwrap(await engine.runner.run(engine.scripts["restore"], keys, args))
+    assert await engine.redis.exists(engine.keys.account("refused").account) == 0

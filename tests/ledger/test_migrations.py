@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -90,3 +91,44 @@ async def test_a_database_without_the_schema_is_refused_until_migrated(
             await ledger.ensure_current()
     finally:
         await ledger.aclose()
+
+
+async def test_the_grants_migration_goes_down_to_0004_and_up_again(
+    empty_database_url: str,
+) -> None:
+    """0005 adds credit_grants and the grant columns; its downgrade takes exactly those away,
+    and the ledger keeps its rows."""
+    grant_columns = (
+        "SELECT column_name FROM information_schema.columns WHERE table_name = "
+        "'credit_transactions' AND column_name IN ('grant_id', 'grant_draws') ORDER BY 1"
+    )
+    conn = None
+    try:
+        await asyncio.to_thread(upgrade, empty_database_url)
+        conn = await asyncpg.connect(empty_database_url)
+        await conn.execute(
+            "INSERT INTO credit_transactions (id, account_id, amount, type, balance_after,"
+            " created_at, grant_id) VALUES ('t1', 'a', 5, 'grant', 5, now(), 'g1')"
+        )
+        await conn.execute(
+            "INSERT INTO credit_grants (id, account_id, amount, remaining, source, priority,"
+            " created_at, transaction_id) VALUES ('g1', 'a', 5, 5, 'promotion', 50, now(), 't1')"
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO credit_grants (id, account_id, amount, remaining, source, priority,"
+                " created_at, transaction_id) VALUES ('g2', 'a', 5, 5, 'gift', 50, now(), 't1')"
+            )
+        assert [r[0] for r in await conn.fetch(grant_columns)] == ["grant_draws", "grant_id"]
+
+        await asyncio.to_thread(downgrade, empty_database_url, "0004")
+        assert await conn.fetchval("SELECT to_regclass('credit_grants')") is None
+        assert await conn.fetch(grant_columns) == []
+        assert await conn.fetchval("SELECT count(*) FROM credit_transactions") == 1
+
+        await asyncio.to_thread(upgrade, empty_database_url)
+        assert await conn.fetchval("SELECT count(*) FROM credit_grants") == 0
+        assert [r[0] for r in await conn.fetch(grant_columns)] == ["grant_draws", "grant_id"]
+    finally:
+        if conn is not None:
+            await conn.close()

@@ -76,3 +76,66 @@ def test_stream_positions_sort_like_stream_ids() -> None:
     ids = ["9-10", "10-0", "9-2", "1700000000000-0", "1700000000000-11", "1700000000000-9"]
     expected = sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-")))
     assert sorted(ids, key=stream_position) == expected
+
+
+GRANT = {"id": "01900000-0000-7000-8000-000000000009", "a": "alice", "amt": "40", "t": "grant",
+         "bal": "140", "gr": "g-1", "gx": "1900000000000", "gp": "10", "gs": "promotion"}  # fmt: skip
+
+
+def test_entries_without_grant_fields_read_as_before() -> None:
+    entry = parse_entry("1700000000123-0", SPEND)
+    assert isinstance(entry, TransactionEntry)
+    assert (entry.grant_id, entry.grant_draws, entry.grant_source) == (None, (), None)
+    assert not entry.touches_grants
+
+
+def test_a_grant_creation_reads_its_grant() -> None:
+    entry = parse_entry("1-0", GRANT)
+    assert isinstance(entry, TransactionEntry) and entry.creates_grant
+    assert (entry.grant_id, entry.grant_expires_ms, entry.grant_priority, entry.grant_source) == (
+        "g-1", 1900000000000, 10, "promotion",
+    )  # fmt: skip
+    for never in ({k: v for k, v in GRANT.items() if k != "gx"}, {**GRANT, "gx": "0"}):
+        parsed = parse_entry("1-0", never)
+        assert isinstance(parsed, TransactionEntry) and parsed.grant_expires_ms is None
+    assert not entry.resets_monthly
+
+
+def test_a_spend_reads_its_draws_in_order() -> None:
+    entry = parse_entry("1-0", {**SPEND, "amt": "-9", "gd": "g-2:4,g-1:5"})
+    assert isinstance(entry, TransactionEntry)
+    assert entry.grant_draws == (("g-2", 4), ("g-1", 5)) and entry.touches_grants
+
+
+def test_an_expiry_of_a_grant_is_no_monthly_reset() -> None:
+    fields = {"id": "x", "a": "alice", "amt": "-7", "t": "expire", "bal": "3", "gr": "g-1"}
+    entry = parse_entry("1-0", fields)
+    assert isinstance(entry, TransactionEntry) and entry.grant_id == "g-1"
+    assert not entry.resets_monthly
+    without = parse_entry("1-0", {k: v for k, v in fields.items() if k != "gr"})
+    assert isinstance(without, TransactionEntry) and without.resets_monthly
+
+
+BAD_GRANT_FIELDS = [
+    ("gd not pairs", {**SPEND, "gd": "g-1"}),
+    ("gd credits zero", {**SPEND, "gd": "g-1:0"}),
+    ("gd a grant twice", {**SPEND, "amt": "-9", "gd": "g-1:1,g-1:2"}),
+    ("gd past the spend", {**SPEND, "gd": "g-1:4"}),
+    ("gd on a refund", {**SPEND, "t": "refund", "amt": "3", "gd": "g-1:1"}),
+    ("gx without gr", {**SPEND, "gx": "5"}),
+    ("gr on a spend", {**SPEND, "gr": "g-1"}),
+    ("gs on an expiry", {"id": "x", "a": "a", "amt": "-1", "t": "expire", "bal": "0",
+                         "gr": "g", "gs": "promotion"}),
+    ("priority not a number", {**GRANT, "gp": "high"}),
+    ("priority below 0", {**GRANT, "gp": "-1"}),
+    ("no source", {k: v for k, v in GRANT.items() if k != "gs"}),
+    ("expiry past year 9999", {**GRANT, "gx": "253402300800000"}),
+    ("expiry before 1970", {**GRANT, "gx": "-1"}),
+    ("a grant of nothing", {**GRANT, "amt": "0"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "fields"), BAD_GRANT_FIELDS, ids=[c[0] for c in BAD_GRANT_FIELDS])
+def test_bad_grant_fields_are_refused(name: str, fields: dict[str, str]) -> None:
+    with pytest.raises(OutboxEntryInvalid, match="cannot be read"):
+        parse_entry("1-0", fields)

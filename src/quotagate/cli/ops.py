@@ -73,7 +73,7 @@ def _drift_rows(drifts: list[Drift]) -> list[dict[str, Any]]:
     return [
         {
             "account": d.account_id,
-            "check": d.check,
+            "check": f"grant {d.grant_id}" if d.grant_id else d.check,
             "expected": d.expected,
             "found": d.found,
             "difference": d.difference,

@@ -42,11 +42,13 @@ from quotagate.engine.keys import (
 )
 from quotagate.engine.memory import refuse_evicting_redis
 from quotagate.engine.replies import redis_failures, unwrap
+from quotagate.engine.restored_grants import grants_field
 from quotagate.engine.results import (
     Account,
     ChargeResult,
     CheckResult,
     CreditResult,
+    Grant,
     GrantResult,
     Hold,
     HoldResult,
@@ -748,16 +750,23 @@ class CreditEngine:
         last_reset_at: datetime | None,
         created_at: datetime,
         force: bool = False,
+        grants: Sequence[Grant] = (),
     ) -> bool:
-        """Write an account's state rebuilt from the ledger. False if it exists (unless forced)."""
+        """Write an account's state rebuilt from the ledger. False if it exists (unless forced).
+
+        ``grants``: its live explicit grants, written in spend order; ``purchased_credits``
+        is then what the account holds besides its monthly credits and these."""
         ids.check_account_id(account_id)
         args = [
             account_id, tier, status, str(overdraft_limit), str(monthly_credits),
             str(purchased_credits), renewed_period,
             str(int(last_reset_at.timestamp() * 1000)) if last_reset_at else "",
             str(int(created_at.timestamp() * 1000)), "1" if force else "0",
+            grants_field(grants),
         ]  # fmt: skip
-        r = await self._call("restore", account_id, None, args)
+        keys = self.keys.script_keys(account_id)
+        grant_expiry = self.keys.grant_expiry(self.keys.partition_of(account_id))
+        r = unwrap(await self.runner.run(self.scripts["restore"], (*keys, grant_expiry), args))
         return r[0] == "1"
 
     # -- reads ------------------------------------------------------------------------------

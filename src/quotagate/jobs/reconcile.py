@@ -8,6 +8,12 @@ Two checks per account (see :mod:`quotagate.ledger.books` for how each side is r
 - ``ledger``: the snapshot against the sum of the ledger rows. A difference means a row or
   the snapshot was changed outside the flush.
 
+And one per explicit grant, in PostgreSQL alone:
+
+- ``grant``: a grant's ``remaining`` against its amount less what the ledger's rows took from
+  it (the spends' ``grant_draws``, its expire or void row). The flush changes both in one
+  transaction, so a difference means a row or the grant was changed outside it.
+
 Accounts are walked per partition with SCAN; accounts the ledger knows and Redis does not are
 found by one pass over ``user_credits``. A ``redis`` difference can be a flush committing
 between the two readings, so such an account is read again, alone, before it is reported.
@@ -49,7 +55,35 @@ CAUSES = {
     " (created behind the engine's back, or its outbox entries were lost)",
     "ledger": "the user_credits snapshot disagrees with the sum of the account's"
     " credit_transactions rows (one of them was changed outside the flush)",
+    "grant": "credit_grants.remaining disagrees with the grant's amount less the draws, expiry"
+    " and void its credit_transactions rows record (one of them was changed outside the flush)",
+    "grant_unknown": "credit_transactions rows take credits from a grant that credit_grants"
+    " does not hold for the account (its row was lost, or a row names the wrong grant)",
 }
+
+GRANT_DRIFT_SQL = """
+WITH taken AS (
+    SELECT t.account_id, d.key AS grant_id, d.value::bigint AS credits
+    FROM credit_transactions t CROSS JOIN LATERAL jsonb_each_text(t.grant_draws) AS d
+    WHERE t.grant_draws IS NOT NULL
+    UNION ALL
+    SELECT account_id, grant_id, -amount
+    FROM credit_transactions
+    WHERE grant_id IS NOT NULL AND type IN ('expire', 'adjust')
+), per_grant AS (
+    SELECT account_id, grant_id, sum(credits) AS credits
+    FROM taken
+    GROUP BY account_id, grant_id
+)
+SELECT coalesce(g.id, p.grant_id) AS id, coalesce(g.account_id, p.account_id) AS account_id,
+       g.remaining, g.amount - coalesce(p.credits, 0) AS expected, p.credits AS taken
+FROM credit_grants g
+FULL JOIN per_grant p ON p.grant_id = g.id AND p.account_id = g.account_id
+WHERE g.id IS NULL OR g.remaining <> g.amount - coalesce(p.credits, 0)
+"""
+"""The grants whose remaining is not what the ledger's rows leave of them, and the grants rows
+take from that ``credit_grants`` does not hold for their account: one pass over the rows that
+name a grant (few next to the spends; the filters read only them)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +93,13 @@ class Drift:
     account_id: str
     partition: int
     check: str
-    """ "redis" (Redis vs snapshot + pending) or "ledger" (snapshot vs sum of rows)."""
+    """ "redis" (Redis vs snapshot + pending), "ledger" (snapshot vs sum of rows) or
+    "grant" (an explicit grant's remaining vs what its rows leave of it)."""
     expected: int | None
     found: int | None
     cause: str
+    grant_id: str | None = None
+    """For a ``grant`` drift: the grant's id."""
 
     @property
     def difference(self) -> int:
@@ -229,8 +266,32 @@ async def reconcile_async(
 
     await asyncio.gather(*(one(p) for p in todo))
     total.drifts.extend((await reconcile_missing(engine, ledger, set(todo))).drifts)
-    total.drifts.sort(key=lambda d: (d.account_id, d.check))
+    total.drifts.extend(await reconcile_grants(engine, ledger, set(todo)))
+    total.drifts.sort(key=lambda d: (d.account_id, d.check, d.grant_id or ""))
     return total
+
+
+async def reconcile_grants(
+    engine: CreditEngine, ledger: Ledger, partitions: set[int]
+) -> list[Drift]:
+    """The explicit grants (of accounts in ``partitions``) whose remaining disagrees with the
+    ledger's rows."""
+    with postgres_errors():
+        async with ledger.pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(GRANT_DRIFT_SQL)
+    drifts = []
+    for r in rows:
+        partition = engine.keys.partition_of(r["account_id"])
+        if partition not in partitions:
+            continue
+        if r["remaining"] is None:  # no such grant: what the rows took is all there is
+            drift = Drift(r["account_id"], partition, "grant", None, int(r["taken"]),
+                          CAUSES["grant_unknown"], grant_id=r["id"])  # fmt: skip
+        else:
+            drift = Drift(r["account_id"], partition, "grant", int(r["expected"]),
+                          int(r["remaining"]), CAUSES["grant"], grant_id=r["id"])  # fmt: skip
+        drifts.append(drift)
+    return drifts
 
 
 def reconcile_report() -> dict[str, object]:

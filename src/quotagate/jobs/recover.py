@@ -3,13 +3,15 @@
 While a partition's ``ready`` flag is missing, the scripts answer ``account_not_loaded`` for
 any account they cannot find: a charge is refused, never run against a zero balance. This
 pass copies each ``user_credits`` row into Redis (both buckets, tier, status, overdraft, the
-renewed period its last renewal recorded), then opens the partitions.
+renewed period its last renewal recorded) with the account's live explicit grants from
+``credit_grants`` (each with what is left of it), then opens the partitions.
 
 It refuses while the outboxes hold entries (the ledger would be behind Redis for those
 accounts) unless forced. Forced, it leaves every account Redis still holds as it is, and
-adds the effect of pending entries to the accounts it restores. Accounts are restored
-with ``force=False``, so a second run, or one racing with traffic, changes nothing that is
-there. Holds are not durable: restored accounts have none.
+adds the effect of pending entries to the accounts it restores (to their balance: what
+pending entries did to explicit grants is not replayed, so those credits count as purchased
+ones). Accounts are restored with ``force=False``, so a second run, or one racing with
+traffic, changes nothing that is there. Holds are not durable: restored accounts have none.
 
 Then it rebuilds the idempotency records of the ledger's consumes and credits still within
 their window (:func:`rebuild_idempotency`), so a retry after the loss replays its first answer
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
 from quotagate.engine import CreditEngine, idempotency, validate
+from quotagate.engine.results import Grant
 from quotagate.errors import RecoveryRefused
 from quotagate.jobs import runtime
 from quotagate.jobs.pg import postgres_errors
@@ -61,10 +64,41 @@ def renewed_period(recorded: str | None, last_reset_at: datetime | None) -> str:
     return last_reset_at.astimezone(UTC).strftime("%Y-%m") if last_reset_at else ""
 
 
+LIVE_GRANTS_SQL = """
+SELECT account_id, id, source, priority, amount, remaining, expires_at, created_at
+FROM credit_grants
+WHERE account_id = ANY($1::text[]) AND remaining > 0 AND ended_at IS NULL
+"""
+"""The explicit grants of these accounts that still hold credits. A grant past its expiry is
+among them until its expire row reaches the ledger: restored, it expires at the account's
+next script or in the sweep, which writes that row."""
+
+
+async def live_grants(
+    conn: asyncpg.Connection, account_ids: Sequence[str]
+) -> dict[str, list[Grant]]:
+    """The live explicit grants of each account (accounts without any left out)."""
+    found: dict[str, list[Grant]] = {}
+    for r in await conn.fetch(LIVE_GRANTS_SQL, list(account_ids)):
+        found.setdefault(r["account_id"], []).append(
+            Grant(
+                id=r["id"], source=r["source"], priority=int(r["priority"]),
+                amount=int(r["amount"]), remaining=int(r["remaining"]),
+                expires_at=r["expires_at"], created_at=r["created_at"],
+            )
+        )  # fmt: skip
+    return found
+
+
 async def restore_row(
-    engine: CreditEngine, row: asyncpg.Record, pending: PendingEffect | None = None
+    engine: CreditEngine,
+    row: asyncpg.Record,
+    pending: PendingEffect | None = None,
+    grants: Sequence[Grant] = (),
 ) -> bool:
-    """Write one snapshot row (plus pending effects) into Redis unless the account is there."""
+    """Write one snapshot row (plus pending effects) and the account's live explicit grants
+    into Redis unless the account is there. The snapshot's credits count the grants': what
+    neither the monthly credits nor the grants hold is the purchased credits."""
     a = row["account_id"]
     pending = pending or PendingEffect()
     credits = int(row["credits"]) + pending.credits
@@ -75,10 +109,11 @@ async def restore_row(
         status=row["status"],
         overdraft_limit=int(row["overdraft_limit"]),
         monthly_credits=monthly,
-        purchased_credits=credits - monthly,
+        purchased_credits=credits - monthly - sum(g.remaining for g in grants),
         renewed_period=renewed_period(row["renewed_period"], row["last_reset_at"]),
         last_reset_at=row["last_reset_at"],
         created_at=row["created_at"],
+        grants=grants,
     )
 
 
@@ -117,9 +152,9 @@ async def recover_async(
             async for row in conn.cursor(f"SELECT {SNAPSHOT_COLUMNS} FROM user_credits"):
                 page.append(row)
                 if len(page) >= RESTORE_PAGE:
-                    await _restore_page(engine, page, pending, tally, on_batch)
+                    await _restore_page(engine, conn, page, pending, tally, on_batch)
                     page = []
-            await _restore_page(engine, page, pending, tally, on_batch)
+            await _restore_page(engine, conn, page, pending, tally, on_batch)
         tally.idempotency_records = await rebuild_idempotency(engine, ledger)
     await engine.mark_ready()
     tally.partitions_opened = engine.config.partitions
@@ -128,6 +163,7 @@ async def recover_async(
 
 async def _restore_page(
     engine: CreditEngine,
+    conn: asyncpg.Connection,
     page: list[asyncpg.Record],
     pending: dict[str, PendingEffect],
     tally: RecoveryTally,
@@ -135,8 +171,13 @@ async def _restore_page(
 ) -> None:
     if not page:
         return
+    # Read in the snapshot rows' transaction, so grants and balances are of one moment.
+    grants = await live_grants(conn, [r["account_id"] for r in page])
     restored = await asyncio.gather(
-        *(restore_row(engine, r, pending.get(r["account_id"])) for r in page)
+        *(
+            restore_row(engine, r, pending.get(r["account_id"]), grants.get(r["account_id"], ()))
+            for r in page
+        )
     )
     tally.ledger_accounts += len(page)
     tally.restored += sum(restored)

@@ -28,7 +28,7 @@ from quotagate.engine import CreditEngine
 from quotagate.engine.grants import stored_balance
 from quotagate.jobs.pg import postgres_errors
 from quotagate.jobs.reconcile import Drift
-from quotagate.jobs.recover import SNAPSHOT_COLUMNS, restore_row
+from quotagate.jobs.recover import SNAPSHOT_COLUMNS, live_grants, restore_row
 from quotagate.ledger import Ledger
 from quotagate.ledger.history import PRESENT_SQL
 from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entries
@@ -99,7 +99,10 @@ async def _restore(engine: CreditEngine, conn: asyncpg.Connection, account_id: s
     row = await conn.fetchrow(
         f"SELECT {SNAPSHOT_COLUMNS} FROM user_credits WHERE account_id = $1", account_id
     )
-    return row is not None and await restore_row(engine, row)
+    if row is None:
+        return False
+    grants = await live_grants(conn, [account_id])
+    return await restore_row(engine, row, grants=grants.get(account_id, ()))
 
 
 async def _adjust(

@@ -9,7 +9,9 @@ Inside one transaction (the caller's):
 2. transactions: inserted once each, and in the same transaction the balance changes of the
    rows actually inserted added to the snapshots. A transaction that is already in the ledger
    (written through, or flushed by a worker that died before it could delete the entries)
-   changes nothing the second time.
+   changes nothing the second time;
+3. explicit grants: the rows actually inserted that create, draw on, expire or void a grant
+   change ``credit_grants`` (``quotagate.ledger.grants``), after the snapshots.
 
 Two ways to do step 2:
 
@@ -37,7 +39,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from quotagate.ledger.batch import COPY_COLUMNS, COPY_OPTIONS, FlushBatch
+from quotagate.ledger.batch import COPY_COLUMNS, COPY_OPTIONS, FlushBatch, grant_draws_json
+from quotagate.ledger.grants import apply_grant_effects
 from quotagate.ledger.outbox import AccountEvent, Entry, TransactionEntry
 
 Staging = Literal["unnest", "copy"]
@@ -69,6 +72,8 @@ _STAGE_COLUMNS = (
     ("monthly_delta", "bigint"),
     ("resets", "boolean"),
     ("refund_of", "text"),
+    ("grant_id", "text"),
+    ("grant_draws", "text"),
 )
 
 _UNNEST_SOURCE = "unnest({}) AS b({})".format(
@@ -81,9 +86,10 @@ STAGE_TABLE = "qg_flush_stage"
 _INSERT_TRANSACTIONS = f"""
     INSERT INTO credit_transactions AS t
         (id, account_id, amount, type, resource, units, description, metadata,
-         idempotency_key, balance_after, created_at, refund_of)
+         idempotency_key, balance_after, created_at, refund_of, grant_id, grant_draws)
     SELECT id, account_id, amount, type, resource, units, description, metadata::jsonb,
-           idempotency_key, balance_after, {_ts("created_ms")}, refund_of
+           idempotency_key, balance_after, {_ts("created_ms")}, refund_of, grant_id,
+           grant_draws::jsonb
     FROM batch"""
 
 _EFFECT_COLUMNS = """account_id,
@@ -124,7 +130,9 @@ effect AS (
     GROUP BY account_id
 ),
 {_SNAPSHOTS}
-SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM snapshots) AS accounts
+SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM snapshots) AS accounts,
+       (SELECT array_agg(id) FROM batch JOIN inserted USING (id)
+        WHERE grant_id IS NOT NULL OR grant_draws IS NOT NULL) AS grant_rows
 """
 # A transaction whose account has no row yet (its account event not in the ledger) creates
 # one with the default tier and no event position: the account event, when it comes, sets
@@ -241,6 +249,8 @@ def transaction_columns(rows: Sequence[TransactionEntry]) -> list[list[Any]]:
         [r.monthly_delta for r in rows],
         [r.resets_monthly for r in rows],
         [r.refund_of for r in rows],
+        [r.grant_id for r in rows],
+        [grant_draws_json(r) for r in rows],
     ]
 
 
@@ -272,6 +282,9 @@ async def apply_entries(
             )
         assert row is not None
         inserted = int(row["inserted"])
+        if row["grant_rows"]:
+            grant_rows = set(row["grant_rows"])
+            await apply_grant_effects(conn, [t for t in transactions if t.id in grant_rows])
     return Applied(len(transactions), inserted, len(events))
 
 
@@ -323,6 +336,7 @@ async def apply_rows(conn: asyncpg.Connection, batch: FlushBatch, *, default_tie
             [effects[a].reset_ms for a in accounts],
             default_tier,
         )
+        await apply_grant_effects(conn, batch.grant_changes(skip))
     return Applied(batch.transactions, count, len(batch.events))
 
 

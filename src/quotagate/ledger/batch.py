@@ -8,7 +8,9 @@ snapshots need is read in Python (amount, monthly change, time), summed per acco
 batch is built. Every other entry (account events, a transaction in another layout, one that
 does not parse) goes through :func:`quotagate.ledger.outbox.parse_entry`, so an unreadable
 entry raises OutboxEntryInvalid before anything is written (the flush then takes the checked
-path, which quarantines it).
+path, which quarantines it). So do the transactions that touch explicit grants (their ``gr``
+and ``gd`` fields are another layout): their grant effects are applied from the parsed
+entries (``quotagate.ledger.grants``).
 
 The COPY data is CSV with control characters for separator (US, 0x1f) and quote (SOH, 0x01),
 so that backslashes and quotes, which JSON metadata is full of, need no escaping; a value that
@@ -18,6 +20,7 @@ quoted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +37,7 @@ from quotagate.ledger.outbox import (
 
 COPY_COLUMNS = (
     "id", "account_id", "amount", "type", "resource", "units", "description", "metadata",
-    "created_at", "balance_after", "idempotency_key", "refund_of",
+    "created_at", "balance_after", "idempotency_key", "refund_of", "grant_id", "grant_draws",
 )  # fmt: skip
 """The ``credit_transactions`` columns of each COPY line, in order. The COPY reads an empty
 value as NULL, as ``parse_entry`` reads an empty field as None."""
@@ -128,6 +131,9 @@ class FlushBatch:
     """By line index: transactions a write-through may have put in the ledger already (all
     but spends, which nothing writes through), with their id, account and effect. The flush
     looks these up before the COPY and leaves out those it finds."""
+    grant_entries: dict[int, TransactionEntry] = field(default_factory=dict)
+    """By line index: the transactions that create, draw on, expire or void explicit grants
+    (their effects on ``credit_grants`` follow the rows the COPY writes)."""
     events: list[AccountEvent] = field(default_factory=list)
     """The newest account event of each account in the batch."""
     readable: bool = True
@@ -166,6 +172,10 @@ class FlushBatch:
             else:
                 effects[account] = effect.copy()
         return effects
+
+    def grant_changes(self, skip: set[int]) -> list[TransactionEntry]:
+        """The grant-touching transactions of the lines not in ``skip``."""
+        return [entry for i, entry in self.grant_entries.items() if i not in skip]
 
 
 def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
@@ -207,7 +217,7 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
                             acc.first_ms = ms
                     units = units if res else b""
                     row = (txn_id, account, amt, kind, res, units, desc, meta, created, bal, ikey,
-                           refund_of)  # fmt: skip
+                           refund_of, b"", b"")  # fmt: skip
                     lines.append(_SEP.join(row))
                     sources.append(j)
                     continue
@@ -217,6 +227,8 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
         elif (txn := entry.id.encode()) not in seen:
             seen.add(txn)
             batch.maybe_present[len(lines)] = (txn, entry.account_id.encode(), _effect(entry))
+            if entry.touches_grants:
+                batch.grant_entries[len(lines)] = entry
             lines.append(_SEP.join(_row(entry)))
             sources.append(j)
     batch.events = list(events.values())
@@ -241,7 +253,15 @@ def _row(e: TransactionEntry) -> Row:
         e.metadata or "",
     )  # fmt: skip
     return (*[v.encode() for v in text], created, str(e.balance_after).encode(),
-            (e.idempotency_key or "").encode(), (e.refund_of or "").encode())  # fmt: skip
+            (e.idempotency_key or "").encode(), (e.refund_of or "").encode(),
+            (e.grant_id or "").encode(), (grant_draws_json(e) or "").encode())  # fmt: skip
+
+
+def grant_draws_json(e: TransactionEntry) -> str | None:
+    """The ``grant_draws`` column of a transaction: JSON, grant id to credits (None: none)."""
+    if not e.grant_draws:
+        return None
+    return json.dumps(dict(e.grant_draws), separators=(",", ":"))
 
 
 def _effect(e: TransactionEntry) -> Effect:

@@ -7,6 +7,8 @@ and column names below in their SQL.
     user_credits          one row per account: tier, status, and the balance as of the last
                           transaction that reached the ledger (the snapshot)
     credit_transactions   every transaction Redis accepted, exactly once (id = UUIDv7 text)
+    credit_grants         one row per explicit grant (docs/grants.md): what it granted, what
+                          is left of it, and how it ended
     outbox_flushes        per outbox partition: the last stream id a flush committed and when
     ledger_quarantine     outbox entries PostgreSQL refused as they were, kept raw
     usage_hourly          credit_transactions summed per account, hour, resource and type
@@ -39,8 +41,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from quotagate.engine.results import GRANT_SOURCES
+
 TRANSACTION_TYPES = ("earn", "spend", "refund", "grant", "expire", "adjust")
 """Every ``type`` a transaction may have (the outbox's ``t`` field, account events aside)."""
+
+GRANT_END_REASONS = ("expired", "voided", "spent")
+"""Why an explicit grant ended: its expiry passed, an admin voided it, or draws used it up."""
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -110,10 +117,22 @@ class CreditTransaction(Base):
     """Redis server time when the script ran (millisecond precision)."""
     refund_of: Mapped[str | None] = mapped_column(Text)
     """For a refund: the spend it returns (all refunds of one spend return at most its cost)."""
+    grant_id: Mapped[str | None] = mapped_column(Text)
+    """The explicit grant this row created (a grant), expired (an expire) or voided (an
+    adjust); NULL for every other row."""
+    grant_draws: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    """For a spend: credits it drew from each explicit grant, by grant id (NULL: it drew on
+    the standing grants only)."""
 
     __table_args__ = (
         CheckConstraint(
             "type IN (" + ", ".join(f"'{t}'" for t in TRANSACTION_TYPES) + ")", name="type"
+        ),
+        # Reconciliation sums each grant's expiry and void.
+        Index(
+            "ix_credit_transactions_grant_id",
+            "grant_id",
+            postgresql_where=text("grant_id IS NOT NULL"),
         ),
         # History reads one account newest first; the reconciliation sums one account's
         # amounts. Carrying amount in the index lets that sum be an index-only scan.
@@ -136,6 +155,50 @@ class CreditTransaction(Base):
             "ix_credit_transactions_refund_of",
             "refund_of",
             postgresql_where=text("refund_of IS NOT NULL"),
+        ),
+    )
+
+
+class CreditGrant(Base):
+    """An explicit grant (docs/grants.md): written by the flush from its ``grant`` transaction,
+    its ``remaining`` lowered by the draws, expiry and void of later transactions. Recovery
+    gives Redis back the grants that are still live (remaining credits, not ended)."""
+
+    __tablename__ = "credit_grants"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account_id: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    """What it granted."""
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    """What is left of it, as of the last transaction in the ledger."""
+    source: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    """0..100, lower is spent first."""
+    expires_at: Mapped[datetime | None] = mapped_column(TZ)
+    """NULL: never expires."""
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    ended_at: Mapped[datetime | None] = mapped_column(TZ)
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    transaction_id: Mapped[str] = mapped_column(Text)
+    """The ``grant`` transaction that created it."""
+
+    __table_args__ = (
+        CheckConstraint(
+            "source IN (" + ", ".join(f"'{s}'" for s in GRANT_SOURCES) + ")", name="source"
+        ),
+        CheckConstraint("priority BETWEEN 0 AND 100", name="priority"),
+        CheckConstraint(
+            "end_reason IS NULL OR end_reason IN ("
+            + ", ".join(f"'{r}'" for r in GRANT_END_REASONS)
+            + ")",
+            name="end_reason",
+        ),
+        # Recovery reads the live grants of each account it restores.
+        Index(
+            "ix_credit_grants_account_id_live",
+            "account_id",
+            postgresql_where=text("remaining > 0 AND ended_at IS NULL"),
         ),
     )
 

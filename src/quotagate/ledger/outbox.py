@@ -4,12 +4,16 @@ Each partition's stream (``engine.keys.outbox(p)``) holds, in the order Redis ra
 two kinds of entries (fields as the Lua scripts write them, ``lua/prelude.lua``):
 
     transaction    id a amt t [res u] [d] [md] bal [dm] [ik] [hold|rf]   t: earn|spend|refund|...
+                   [gr [gx] gp gs]   on a grant that creates an explicit grant
+                   [gr]              on an expire or adjust that expires or voids one
+                   [gd]              on a spend that drew on explicit grants
     account event  id a t=account tier st od [rst] ca [rp]             tier, status, overdraft
 
-A field in brackets is left out when it is empty (``dm`` when 0; ``u`` goes with ``res``), and
-the time of an entry is its stream id's milliseconds: Redis gives every entry its id from its
-own clock when the script appends it. Entries written by earlier versions carry every field,
-empty or not, and their time in ``ts``; both read the same.
+(docs/grants.md describes the grant fields). A field in brackets is left out when it is
+empty (``dm`` when 0; ``u`` goes with ``res``), and the time of an entry is its stream id's
+milliseconds: Redis gives every entry its id from its own clock when the script appends it.
+Entries written by earlier versions carry every field, empty or not, and their time in
+``ts``; both read the same.
 
 An entry that does not parse raises :class:`OutboxEntryInvalid`: the flush of that partition
 stops there rather than guess (the entry stays in the stream for a person to look at).
@@ -30,10 +34,18 @@ from redis.client import NEVER_DECODE
 
 from quotagate.engine import CreditEngine
 from quotagate.engine.connection import is_cluster
+from quotagate.engine.results import GRANT_SOURCES
 from quotagate.errors import ConfigError, OutboxEntryInvalid
 from quotagate.ledger.models import TRANSACTION_TYPES
 
 _TYPES = frozenset(TRANSACTION_TYPES)
+_GRANT_FIELDS = frozenset(("gr", "gx", "gp", "gs", "gd"))
+_GRANT_ENDING_TYPES = frozenset(("expire", "adjust"))
+_SOURCES = frozenset(GRANT_SOURCES)
+MAX_CREDITS = 2**63 - 1
+"""The largest amount a bigint column holds: a grant field past it cannot be booked."""
+MAX_TIME_MS = 253402300799999
+"""9999-12-31T23:59:59.999Z in ms: the last instant a timestamptz column takes as an expiry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +67,34 @@ class TransactionEntry:
     """Signed change of the monthly bucket (renewal grants and expiries, spends from it)."""
     refund_of: str | None = None
     """For a refund: the transaction id of the spend it returns (the entry's ``rf``)."""
+    grant_id: str | None = None
+    """The explicit grant a grant creates, an expire expires or an adjust voids (``gr``)."""
+    grant_expires_ms: int | None = None
+    """A created grant's expiry (``gx``); None: it never expires."""
+    grant_priority: int | None = None
+    """A created grant's priority (``gp``)."""
+    grant_source: str | None = None
+    """A created grant's source (``gs``)."""
+    grant_draws: tuple[tuple[str, int], ...] = ()
+    """A spend's draws on explicit grants (``gd``): grant id and credits, in the entry's
+    order."""
 
     @property
     def resets_monthly(self) -> bool:
-        """Written by a renewal or an opening grant: the account's last reset moves here."""
-        return (self.type == "grant" and self.monthly_delta > 0) or self.type == "expire"
+        """Written by a renewal or an opening grant: the account's last reset moves here. The
+        expiry of an explicit grant is not a reset."""
+        if self.type == "expire":
+            return self.grant_id is None
+        return self.type == "grant" and self.monthly_delta > 0
+
+    @property
+    def creates_grant(self) -> bool:
+        return self.type == "grant" and self.grant_id is not None
+
+    @property
+    def touches_grants(self) -> bool:
+        """It creates, draws on, expires or voids an explicit grant."""
+        return self.grant_id is not None or bool(self.grant_draws)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +159,7 @@ def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
     if not txn_id or not account_id:
         raise ValueError("empty id or account")
     resource = f.get("res") or None
-    return TransactionEntry(
+    entry = TransactionEntry(
         stream_id,
         txn_id,
         account_id,
@@ -140,6 +175,77 @@ def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
         int(f.get("dm") or 0),
         f.get("rf") or None,
     )
+    if f.keys() & _GRANT_FIELDS:
+        return _with_grant_fields(entry, f)
+    return entry
+
+
+def _with_grant_fields(entry: TransactionEntry, f: dict[str, str]) -> TransactionEntry:
+    """The entry with its grant fields, checked against its type. Raises ValueError."""
+    grant_id = f.get("gr") or None
+    creation = {name for name in ("gx", "gp", "gs") if f.get(name)}
+    if grant_id is None and creation:
+        raise ValueError(f"{', '.join(sorted(creation))} without gr")
+    if grant_id is not None:
+        if entry.type == "grant":
+            return _grant_creation(entry, grant_id, f)
+        if entry.type not in _GRANT_ENDING_TYPES:
+            raise ValueError(f"gr on a {entry.type} transaction")
+        if creation:
+            raise ValueError(f"{', '.join(sorted(creation))} on a {entry.type} transaction")
+        if entry.amount > 0:
+            raise ValueError(f"a grant's {entry.type} of a positive amount")
+        if f.get("gd"):
+            raise ValueError(f"gd on a {entry.type} transaction")
+        return replace(entry, grant_id=grant_id)
+    if not f.get("gd"):
+        return entry
+    if entry.type != "spend":
+        raise ValueError(f"gd on a {entry.type} transaction")
+    return replace(entry, grant_draws=parse_grant_draws(f["gd"], entry.amount))
+
+
+def _grant_creation(entry: TransactionEntry, grant_id: str, f: dict[str, str]) -> TransactionEntry:
+    if f.get("gd"):
+        raise ValueError("gd on a grant transaction")
+    if not 0 < entry.amount <= MAX_CREDITS:
+        raise ValueError(f"a grant of {entry.amount} credits")
+    source = f["gs"]
+    if source not in _SOURCES:
+        raise ValueError(f"unknown grant source {source!r}")
+    priority = int(f["gp"])
+    if not 0 <= priority <= 100:
+        raise ValueError(f"grant priority {priority} is not from 0 to 100")
+    expires_ms = int(f.get("gx") or 0) or None  # 0 means never, as in the account's ``g``
+    if expires_ms is not None and not 0 < expires_ms <= MAX_TIME_MS:
+        raise ValueError(f"grant expiry {expires_ms} out of range")
+    return replace(
+        entry,
+        grant_id=grant_id,
+        grant_expires_ms=expires_ms,
+        grant_priority=priority,
+        grant_source=source,
+    )
+
+
+def parse_grant_draws(text: str, amount: int) -> tuple[tuple[str, int], ...]:
+    """``<grant id>:<credits>,...`` as pairs. Raises ValueError: an empty id, credits that are
+    not a positive number a bigint holds, a grant named twice, or draws past what the spend
+    charged (``amount`` is the spend's, negative)."""
+    draws: list[tuple[str, int]] = []
+    for part in text.split(","):
+        grant_id, sep, credits_text = part.rpartition(":")
+        if not sep or not grant_id:
+            raise ValueError(f"gd part {part!r} is not <grant id>:<credits>")
+        credits = int(credits_text)
+        if not 0 < credits <= MAX_CREDITS:
+            raise ValueError(f"gd draws {credits} credits from grant {grant_id!r}")
+        draws.append((grant_id, credits))
+    if len({grant_id for grant_id, _ in draws}) != len(draws):
+        raise ValueError("gd names a grant twice")
+    if sum(credits for _, credits in draws) > -amount:
+        raise ValueError(f"gd draws more than the spend's {-amount} credits")
+    return tuple(draws)
 
 
 def _account_event(stream_id: str, f: dict[str, str]) -> AccountEvent:
