@@ -60,13 +60,13 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], first[4], '1', '-1', '-1', '-1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g', 'rp')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g')
 if not a then return all(missing) end
 local limit, shadow_tier = tier_rate(a[6])
 -- A tier in shadow mode: nothing here; the engine sends the charges to shadow.lua.
 if shadow_tier then return all({'err', 'shadow_tier'}) end
 if a[5] ~= 'active' then return all({'err', 'account_banned'}) end
-local w, r, od = wallet(a[1], a[2], a[7], a[6], a[8]), tonumber(a[3]), tonumber(a[4])
+local w, r, od = wallet(a[1], a[2], a[7], a[6]), tonumber(a[3]), tonumber(a[4])
 
 -- TIME only when something needs the clock: a rate limit, an open hold or a grant that
 -- expires (the outbox entry takes its time from its stream id).

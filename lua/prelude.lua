@@ -229,7 +229,8 @@ local MAX_GRANTS = 100
 -- debt), and w.grants its explicit grants in spend order, parsed from the account hash's `g`
 -- field ("id|remaining|expires_ms|priority|source|amount;..."), nil when it has none (its
 -- charges then take m, then b, as before grants existed). The account's tier and renewed
--- period place the monthly grant in the spend order (see wallet_monthly_expiry).
+-- period place the monthly grant in the spend order (see wallet_monthly_expiry); a period
+-- not given is read when it is needed.
 local function wallet(m, b, g, tier, period)
   local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period}
   if g and g ~= '' then
@@ -316,18 +317,39 @@ end
 -- Returns its expiry in ms, or NEVER.
 local function wallet_monthly_expiry(w)
   local terms = w.tier and redis.call('HGET', KEYS[2], 'r:' .. w.tier)
-  local y, mo = string.match(w.period or '', '^(%d%d%d%d)%-(%d%d)$')
+  if not terms or string.sub(terms, 1, 6) ~= 'reset ' then return NEVER end
+  local y, mo = string.match(w.period or redis.call('HGET', KEYS[1], 'rp') or '',
+    '^(%d%d%d%d)%-(%d%d)$')
   if not terms or string.sub(terms, 1, 6) ~= 'reset ' or not y then return NEVER end
   y, mo = tonumber(y), tonumber(mo) + 1
   if mo == 13 then y, mo = y + 1, 1 end
   return days_from_civil(y, mo, 1) * 86400000
 end
 
+-- Whether spend order key x comes before y: {priority, expiry, age rank, source}.
+local function spends_before(x, y)
+  if x[1] ~= y[1] then return x[1] < y[1] end
+  if x[2] ~= y[2] then return x[2] < y[2] end
+  return x[3] < y[3]
+end
+
 -- The wallet's grants in spend order: priority, then soonest expiry (never last), then the
 -- oldest (the standing grants first, monthly before purchased; explicit ones by id, a UUIDv7).
+-- The monthly grant's expiry is looked up only when an explicit grant of its priority that
+-- expires makes it matter (else it comes first among its priority either way).
 local function spend_order(w)
   local order = {}
-  if w.m > 0 then order[1] = {STANDING_PRIORITY, wallet_monthly_expiry(w), 0, 'm'} end
+  if w.m > 0 then
+    local mexp = NEVER
+    for i = 1, #w.grants do
+      local gr = w.grants[i]
+      if gr.prio == STANDING_PRIORITY and gr.exp > 0 then
+        mexp = wallet_monthly_expiry(w)
+        break
+      end
+    end
+    order[1] = {STANDING_PRIORITY, mexp, 0, 'm'}
+  end
   if w.b > 0 then order[#order + 1] = {STANDING_PRIORITY, NEVER, 1, 'b'} end
   for i = 1, #w.grants do
     local gr = w.grants[i]
@@ -335,12 +357,14 @@ local function spend_order(w)
     if exp == 0 then exp = NEVER end
     order[#order + 1] = {gr.prio, exp, 1 + i, gr}
   end
-  table.sort(order, function(x, y)
-    if x[1] ~= y[1] then return x[1] < y[1] end
-    if x[2] ~= y[2] then return x[2] < y[2] end
-    return x[3] < y[3]
-  end)
-  return order
+  -- Most spends take from one grant: find the first; sort only when it is not enough.
+  local first = 1
+  for i = 2, #order do
+    if spends_before(order[i], order[first]) then first = i end
+  end
+  local top = order[first]
+  local has = top[4] == 'm' and w.m or top[4] == 'b' and w.b or top[4].rem
+  return order, first, has
 end
 
 -- Takes `amount` from the wallet's grants in spend order; what they lack becomes debt on the
@@ -353,7 +377,13 @@ local function wallet_spend(w, amount)
     return from_monthly, nil
   end
   local left, from_monthly, draws, kept = amount, 0, {}, {}
-  for _, o in ipairs(spend_order(w)) do
+  local order, first, has = spend_order(w)
+  if has >= amount then
+    order = {order[first]}
+  else
+    table.sort(order, spends_before)
+  end
+  for _, o in ipairs(order) do
     if left == 0 then break end
     local source = o[4]
     if source == 'm' then
