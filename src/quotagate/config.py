@@ -232,7 +232,8 @@ class Consumption(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class Expiry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[alerts.expiry]``: for tiers with ``renewal = "reset"``, warn ``warn_hours_before``
-    the end of the month, once per account and month, when unused monthly credits remain."""
+    the end of the month, once per account and month, when unused monthly credits remain; and
+    ``warn_hours_before`` an explicit grant's expiry, once per grant, when it still holds some."""
 
     warn_hours_before: Annotated[int, msgspec.Meta(ge=1, le=27 * 24)] = 72
 

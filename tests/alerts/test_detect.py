@@ -119,6 +119,30 @@ async def test_unused_monthly_credits_get_one_warning_per_month(
     assert [x.account_id for x in next_month] == [unused]
 
 
+async def test_an_explicit_grant_about_to_expire_gets_one_warning(
+    aengine: CreditEngine, own_ledger: Ledger, acct: Acct
+) -> None:
+    soon, later, spent = acct("grant-soon"), acct("grant-later"), acct("grant-spent")
+    for a in (soon, later, spent):
+        await aengine.upsert_account(a, tier="pro")
+    now = datetime.now(UTC)
+    expiring = await aengine.grant(
+        soon, 30, source="promotion", expires_at=now + timedelta(hours=5)
+    )
+    await aengine.grant(later, 30, expires_at=now + timedelta(days=20))  # past the window
+    await aengine.grant(spent, 10, priority=0, expires_at=now + timedelta(hours=5))
+    await aengine.consume(spent, "api_call", 10)  # the grant is gone: nothing to warn of
+    await flush_all(aengine, own_ledger)
+    first = await expiry_warnings(aengine.config, own_ledger, now)
+    mine = [x for x in first if x.account_id in (soon, later, spent)]
+    assert [
+        (x.account_id, x.rule, x.details["grant_id"], x.details["remaining"]) for x in mine
+    ] == [(soon, "grant_expiry", expiring.grant_id, 30)]
+    assert mine[0].details["source"] == "promotion"
+    again = await expiry_warnings(aengine.config, own_ledger, now + timedelta(hours=1))
+    assert [x for x in again if x.account_id in (soon, later, spent)] == []
+
+
 async def test_alert_detection_failing_never_fails_the_flush(
     aengine: CreditEngine, own_ledger: Ledger, acct: Acct, own_ledger_url: str
 ) -> None:

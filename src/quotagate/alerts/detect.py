@@ -287,39 +287,78 @@ ORDER BY account_id
 """
 
 
+_GRANT_EXPIRY_SQL = """
+SELECT g.account_id, g.id, g.source, g.remaining, g.expires_at FROM credit_grants g
+JOIN user_credits u ON u.account_id = g.account_id AND u.status = 'active'
+WHERE g.remaining > 0 AND g.ended_at IS NULL AND g.expires_at > $1 AND g.expires_at <= $2
+  AND NOT EXISTS (
+    SELECT 1 FROM alerts WHERE dedupe_key = 'grant-expiry|' || g.account_id || '|' || g.id)
+ORDER BY g.expires_at, g.id
+"""
+
+
 async def expiry_warnings(
     config: Config, ledger: Ledger, now: datetime | None = None
 ) -> list[Alert]:
-    """Warn the accounts of ``reset`` tiers whose monthly credits expire within the configured
-    time, once per account and month."""
+    """Warn, within the configured time before they expire, the accounts of ``reset`` tiers
+    whose monthly credits are unused (once per account and month), and the accounts with an
+    explicit grant that still holds credits (once per grant)."""
     expiry = config.alerts.expiry
+    if expiry is None:
+        return []
     now = now or datetime.now(UTC)
-    end = _month_end(now)
-    if expiry is None or now < end - timedelta(hours=expiry.warn_hours_before):
-        return []
-    reset_tiers = sorted(name for name, tier in config.tiers.items() if tier.renewal == "reset")
-    if not reset_tiers:
-        return []
-    period = now.astimezone(UTC).strftime("%Y-%m")
+    warn = timedelta(hours=expiry.warn_hours_before)
 
     async def work(conn: asyncpg.Connection) -> list[Alert]:
         new = [
-            NewAlert(
-                "credits_expiring",
-                r["account_id"],
-                "expiry",
-                f"expiry|{r['account_id']}|{period}",
-                {
-                    "tier": r["tier"],
-                    "monthly_credits": r["monthly_credits"],
-                    "period": period,
-                    "expires_at": end.isoformat(),
-                },
-            )
-            for r in await conn.fetch(_EXPIRY_SQL, reset_tiers, period)
+            *await _monthly_expiry(conn, config, now, warn),
+            *await _grant_expiry(conn, now, warn),
         ]
         return await insert_alerts(conn, new)
 
     raised = await in_transaction(ledger.pool, work)
     announce(raised)
     return raised
+
+
+async def _grant_expiry(conn: asyncpg.Connection, now: datetime, warn: timedelta) -> list[NewAlert]:
+    return [
+        NewAlert(
+            "credits_expiring",
+            r["account_id"],
+            "grant_expiry",
+            f"grant-expiry|{r['account_id']}|{r['id']}",
+            {
+                "grant_id": r["id"],
+                "source": r["source"],
+                "remaining": r["remaining"],
+                "expires_at": r["expires_at"].isoformat(),
+            },
+        )
+        for r in await conn.fetch(_GRANT_EXPIRY_SQL, now, now + warn)
+    ]
+
+
+async def _monthly_expiry(
+    conn: asyncpg.Connection, config: Config, now: datetime, warn: timedelta
+) -> list[NewAlert]:
+    end = _month_end(now)
+    reset_tiers = sorted(name for name, tier in config.tiers.items() if tier.renewal == "reset")
+    if now < end - warn or not reset_tiers:
+        return []
+    period = now.astimezone(UTC).strftime("%Y-%m")
+    return [
+        NewAlert(
+            "credits_expiring",
+            r["account_id"],
+            "expiry",
+            f"expiry|{r['account_id']}|{period}",
+            {
+                "tier": r["tier"],
+                "monthly_credits": r["monthly_credits"],
+                "period": period,
+                "expires_at": end.isoformat(),
+            },
+        )
+        for r in await conn.fetch(_EXPIRY_SQL, reset_tiers, period)
+    ]
