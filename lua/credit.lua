@@ -72,8 +72,6 @@ if first then return {'ok', first[1], first[2], first[3], '1', first[4]} end
 local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
 local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
--- Grants past their expiry go first, so the floor below counts only credits still there.
-if wallet_expires(w) then wallet_expire(w, account, now_ms()) end
 local spend_cost, refunded
 if typ == 'refund' then
   local count = redis.call('HMGET', KEYS[10], 'cost', 'refunded')
@@ -81,10 +79,12 @@ if typ == 'refund' then
   if not spend_cost then spend_cost, refunded = seed_cost, seed_refunded end
   if not spend_cost then return {'err', 'refund_not_counted'} end
   if refunded + amount > spend_cost then
-    wallet_keep(w)
     return {'err', 'refund_exceeds_spend', s(spend_cost), s(refunded)}
   end
 end
+-- Grants past their expiry go first, so the floor below counts only credits still there
+-- (every refusal after this point keeps what it expired: wallet_keep).
+if wallet_expires(w) then wallet_expire(w, account, now_ms()) end
 local before = wallet_balance(w)
 local balance = before + amount
 if balance > max_balance or balance < -max_balance then

@@ -51,7 +51,8 @@ if not partition_ready() then return {'err', 'account_not_loaded'} end
 -- look unknown.
 if tier ~= '' and not tier_entry(tier) then return {'err', 'unknown_tier', tier} end
 
-local now = s(now_ms())
+local now_n = now_ms()
+local now = s(now_n)
 local created = redis.call('EXISTS', KEYS[1]) == 0
 
 if created then
@@ -71,7 +72,11 @@ end
 
 local a = redis.call('HMGET', KEYS[1], 'm', 'b', 'r', 'od', 'st', 'tier', 'rst', 'ca', 'g')
 local entries = append_account_event(event_id, account, a[6], a[5], a[4], a[7], a[8])
-local balance = wallet_balance(wallet(a[1], a[2], a[9]))
+-- Grants past their expiry are not counted (the next script that changes the account
+-- writes their expiry); an opening grant's row is the only one written here, and a new
+-- account has no explicit grants.
+local w = wallet(a[1], a[2], a[9])
+local balance = wallet_balance(w) - wallet_due(w, now_n)
 if created and grant > 0 then
   entries = entries .. ',' .. append_transaction(grant_txn, account, grant, 'grant', '', '',
     'monthly grant (new account)', '', now, balance, grant, '')

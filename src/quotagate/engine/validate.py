@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -81,6 +81,9 @@ def unstorable(text: str) -> str | None:
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def grant_terms(source: Any, priority: Any, expires_at: Any) -> tuple[str, int, int | None]:
     """A grant's source, priority and expiry (ms since the epoch, None for never), checked."""
     from quotagate.engine.results import GRANT_SOURCES
@@ -93,7 +96,7 @@ def grant_terms(source: Any, priority: Any, expires_at: Any) -> tuple[str, int, 
         return source, priority, None
     if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
         raise ValidationError("expires_at must be a time with a time zone", field="expires_at")
-    ms = int(expires_at.timestamp() * 1000)
+    ms = (expires_at - _EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
     if not 0 < ms < 10**14:
         raise ValidationError("expires_at is out of range", field="expires_at")
     return source, priority, ms
