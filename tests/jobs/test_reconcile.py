@@ -18,7 +18,8 @@ from quotagate.errors import AccountNotLoaded, InsufficientCredits
 from quotagate.ids import new_id
 from quotagate.jobs.reconcile import CAUSES, reconcile_async
 from quotagate.jobs.repair import repair_account
-from quotagate.ledger import Ledger, Snapshot, flush_all
+from quotagate.ledger import Ledger, flush_all
+from quotagate.ledger.ledger import BooksReading
 
 CONFIG = FREE_AND_PRO
 
@@ -197,7 +198,7 @@ class FlushBetweenReadings(Ledger):
 
     async def read_books(
         self, account_ids: Sequence[str], transaction_ids: Sequence[str]
-    ) -> tuple[dict[str, Snapshot], dict[str, int], set[str]]:
+    ) -> BooksReading:
         self.readings += self.account_id in account_ids
         if self.armed and self.account_id in account_ids:
             self.armed = False
@@ -308,3 +309,30 @@ async def test_a_grant_whose_remaining_was_changed_is_named(
     await _sql(own_ledger_url, "DELETE FROM credit_grants WHERE id = $1", gone)
     lost = [d for d in (await reconcile_async(engine, own_ledger)).drifts if d.grant_id == gone]
     assert [(d.expected, d.found, d.cause) for d in lost] == [(None, 20, CAUSES["grant_unknown"])]
+
+
+async def test_what_redis_holds_of_each_grant_is_checked_against_the_ledger(
+    make_engine: EngineFactory, own_ledger: Ledger
+) -> None:
+    """Grants made, drawn on, expired and voided through the engine, some flushed and some
+    still pending: the books balance; then one grant's remainder in the account hash is
+    changed behind the engine's back (the balance with it) and that grant is named."""
+    engine = await make_engine(CONFIG)
+    account = "grants-redis"
+    await engine.upsert_account(account)
+    kept = await engine.grant(account, 50, priority=10)  # before the monthly credits
+    voided = await engine.grant(account, 40, priority=0)
+    await engine.consume(account, "unit", 15)  # 15 from the priority-0 grant
+    await flush_all(engine, own_ledger)
+    await engine.void_grant(account, voided.grant_id)  # pending: not flushed yet
+    await engine.consume(account, "unit", 5)  # pending: 5 from the other grant
+    assert (await reconcile_async(engine, own_ledger)).drifts == []
+
+    key = engine.keys.account(account).account
+    g = await engine.redis.hget(key, "g")
+    assert g is not None and g.startswith(f"{kept.grant_id}|45|")
+    await engine.redis.hset(key, "g", g.replace(f"{kept.grant_id}|45|", f"{kept.grant_id}|47|"))
+    drifts = (await reconcile_async(engine, own_ledger)).drifts
+    grant_drifts = [d for d in drifts if d.check == "redis_grant"]
+    assert [(d.grant_id, d.expected, d.found) for d in grant_drifts] == [(kept.grant_id, 45, 47)]
+    assert {d.check for d in drifts} == {"redis", "redis_grant"}  # the balance moved with it

@@ -43,6 +43,17 @@ def stored_balance(monthly: str | int, purchased: str | int, text: str | None) -
     return total
 
 
+def grant_remainders(text: str | None) -> dict[str, int]:
+    """Grant id -> what is left of it, for every explicit grant of a ``g`` field (also one
+    past its expiry whose ``expire`` row no script has written yet)."""
+    out = {}
+    for item in (text or "").split(";"):
+        if item:
+            gid, remaining, _ = item.split("|", 2)
+            out[gid] = int(remaining)
+    return out
+
+
 def explicit_grants(text: str | None, now_ms: int) -> list[Grant]:
     """The explicit grants of a ``g`` field still holding credits at ``now_ms`` (a grant past
     its expiry is gone, whether or not a script has written its expiry yet)."""

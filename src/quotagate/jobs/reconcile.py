@@ -8,7 +8,13 @@ Two checks per account (see :mod:`quotagate.ledger.books` for how each side is r
 - ``ledger``: the snapshot against the sum of the ledger rows. A difference means a row or
   the snapshot was changed outside the flush.
 
-And one per explicit grant, in PostgreSQL alone:
+And two per explicit grant:
+
+- ``redis_grant``: what Redis holds left of the grant against ``credit_grants`` plus the
+  outbox entries not yet in the ledger (its creation, the spends' draws, its expiry or void):
+  the sum of the grants is the balance, so this checks each part of it.
+
+In PostgreSQL alone:
 
 - ``grant``: a grant's ``remaining`` against its amount less what the ledger's rows took from
   it (the spends' ``grant_draws``, its expire or void row). The flush changes both in one
@@ -41,6 +47,10 @@ RECHECKS = 3
 
 RECHECK_PAUSE_SECONDS = 0.2
 
+RECHECKED = frozenset({"redis", "redis_grant"})
+"""The checks that compare Redis with the ledger: a flush committing between the two readings
+can make them differ for a moment, so an account is read again before it is reported."""
+
 PARALLEL_PARTITIONS = 4
 """Partitions reconciled at once."""
 
@@ -55,6 +65,9 @@ CAUSES = {
     " (created behind the engine's back, or its outbox entries were lost)",
     "ledger": "the user_credits snapshot disagrees with the sum of the account's"
     " credit_transactions rows (one of them was changed outside the flush)",
+    "redis_grant": "what Redis holds left of an explicit grant disagrees with credit_grants"
+    " plus the outbox entries not yet in the ledger (the account hash's grants were changed"
+    " behind the engine's back, or Redis lost writes the ledger has)",
     "grant": "credit_grants.remaining disagrees with the grant's amount less the draws, expiry"
     " and void its credit_transactions rows record (one of them was changed outside the flush)",
     "grant_unknown": "credit_transactions rows take credits from a grant that credit_grants"
@@ -142,6 +155,12 @@ def judge(account_id: str, partition: int, books: AccountBooks) -> list[Drift]:
             Drift(account_id, partition, "redis", books.expected_in_redis, books.redis_credits,
                   CAUSES[cause])
         )  # fmt: skip
+    if books.redis_credits is not None:
+        for grant_id, expected, found in books.grant_drifts():
+            drifts.append(
+                Drift(account_id, partition, "redis_grant", expected, found,
+                      CAUSES["redis_grant"], grant_id)
+            )  # fmt: skip
     if books.ledger_drift:
         snapshot = books.snapshot.credits if books.snapshot else None
         drifts.append(
@@ -174,7 +193,7 @@ async def confirm(
         still: list[str] = []
         for a in remaining:
             drifts = judge(a, partition, books[a])
-            if any(d.check == "redis" for d in drifts) and attempt < RECHECKS - 1:
+            if any(d.check in RECHECKED for d in drifts) and attempt < RECHECKS - 1:
                 still.append(a)
             else:
                 found.extend(drifts)
@@ -186,7 +205,7 @@ async def reconcile_partition(engine: CreditEngine, ledger: Ledger, partition: i
     """Check every account Redis holds in one partition."""
     report = Report()
     index = OutboxIndex(engine, partition)
-    seen: set[tuple[str, str]] = set()  # SCAN may return a key twice; report each account once
+    seen: set[tuple[str, str, str | None]] = set()  # SCAN may return a key twice: report once
     async for batch in account_batches_by_scan(engine, partition):
         batch = list(dict.fromkeys(batch))
         books = await read_books(engine, ledger, partition, batch, index)
@@ -194,14 +213,14 @@ async def reconcile_partition(engine: CreditEngine, ledger: Ledger, partition: i
         suspects: list[str] = []
         for account_id, b in books.items():
             first = judge(account_id, partition, b)
-            if any(d.check == "redis" for d in first):
+            if any(d.check in RECHECKED for d in first):
                 suspects.append(account_id)
             else:
                 drifts.extend(first)
         drifts.extend(await confirm(engine, ledger, partition, suspects, index))
         for d in drifts:
-            if (d.account_id, d.check) not in seen:
-                seen.add((d.account_id, d.check))
+            if (d.account_id, d.check, d.grant_id) not in seen:
+                seen.add((d.account_id, d.check, d.grant_id))
                 report.drifts.append(d)
         report.accounts += len(batch)
     return report

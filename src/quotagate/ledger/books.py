@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from quotagate.engine import CreditEngine
-from quotagate.engine.grants import stored_balance
+from quotagate.engine.grants import grant_remainders, stored_balance
 from quotagate.ledger.ledger import Ledger, Snapshot
 from quotagate.ledger.outbox import RawEntries
 
@@ -44,13 +44,20 @@ class PendingEffect:
     credits: int = 0
     monthly_credits: int = 0
     transactions: int = 0
+    grants: tuple[tuple[str, int], ...] = ()
+    """What they did to explicit grants: (grant id, credits added or taken), in order."""
 
     def __add__(self, other: PendingEffect) -> PendingEffect:
         return PendingEffect(
             self.credits + other.credits,
             self.monthly_credits + other.monthly_credits,
             self.transactions + other.transactions,
+            self.grants + other.grants,
         )
+
+    @staticmethod
+    def of(txn: OutboxTransaction) -> PendingEffect:
+        return PendingEffect(txn.amount, txn.monthly_delta, 1, txn.grants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,9 @@ class OutboxTransaction:
     id: str
     amount: int
     monthly_delta: int
+    grants: tuple[tuple[str, int], ...] = ()
+    """Its effect on explicit grants: a grant's creation adds to it, a spend's draws, an
+    expiry and a void take from it."""
 
 
 @dataclass
@@ -85,12 +95,28 @@ class OutboxIndex:
             for _, f in page:
                 # Leniently: an entry the flush will quarantine still carries its money.
                 if f.get("t") != "account" and "amt" in f and "a" in f:
-                    txn = OutboxTransaction(f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)))
+                    txn = OutboxTransaction(
+                        f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)), _grant_effects(f)
+                    )
                     self.entries.setdefault(f["a"], []).append(txn)
             self.read_to = page[-1][0]
 
     def of(self, account_id: str) -> list[OutboxTransaction]:
         return self.entries.get(account_id, [])
+
+
+def _grant_effects(f: dict[str, str]) -> tuple[tuple[str, int], ...]:
+    """What an outbox transaction did to explicit grants (leniently, as its money is read)."""
+    try:
+        if f.get("gd"):
+            return tuple(
+                (gid, -int(n)) for gid, _, n in (d.rpartition(":") for d in f["gd"].split(","))
+            )
+        if f.get("gr"):
+            return ((f["gr"], int(f["amt"])),)
+    except ValueError:
+        pass
+    return ()
 
 
 def _stream_lt(a: str, b: str) -> bool:
@@ -101,6 +127,8 @@ def _stream_lt(a: str, b: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RedisReading:
+    grants: dict[str, dict[str, int]]
+    """Account -> explicit grant id -> what is left of it, as the account hash holds them."""
     balances: dict[str, tuple[int, int] | None]
     """Account -> (monthly, the rest: purchased and explicit grants) credits; None when Redis
     has no such account."""
@@ -121,7 +149,11 @@ async def read_redis(
         account_id: None if m is None else (int(m), stored_balance(0, b, g))
         for account_id, (m, b, g) in zip(account_ids, rows, strict=True)
     }
-    return RedisReading(balances, newest[0][0] if newest else "")
+    grants = {
+        account_id: grant_remainders(g)
+        for account_id, (_, _, g) in zip(account_ids, rows, strict=True)
+    }
+    return RedisReading(grants, balances, newest[0][0] if newest else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +169,22 @@ class AccountBooks:
     pending: PendingEffect
     ledger_credits: int
     """Sum of the account's rows in credit_transactions."""
+    redis_grants: dict[str, int] = field(default_factory=dict)
+    """Explicit grant id -> what Redis holds left of it."""
+    ledger_grants: dict[str, int] = field(default_factory=dict)
+    """Explicit grant id -> what ``credit_grants`` holds left of it."""
+
+    def grant_drifts(self) -> list[tuple[str, int, int]]:
+        """(grant id, what the ledger and the pending entries leave of it, what Redis holds)
+        for each explicit grant where the two differ."""
+        expected = dict(self.ledger_grants)
+        for gid, change in self.pending.grants:
+            expected[gid] = expected.get(gid, 0) + change
+        return [
+            (gid, expected.get(gid, 0), self.redis_grants.get(gid, 0))
+            for gid in sorted(expected.keys() | self.redis_grants.keys())
+            if expected.get(gid, 0) != self.redis_grants.get(gid, 0)
+        ]
 
     @property
     def snapshot_credits(self) -> int:
@@ -181,13 +229,13 @@ async def read_books(
     reading = await read_redis(engine, partition, account_ids)
     await index.extend_to(reading.last_entry)
     candidates = [txn.id for a in account_ids for txn in index.of(a)]
-    snaps, sums, flushed = await ledger.read_books(account_ids, candidates)
+    snaps, sums, flushed, grants = await ledger.read_books(account_ids, candidates)
     out = {}
     for account_id in account_ids:
         pending = PendingEffect()
         for txn in index.of(account_id):
             if txn.id not in flushed:
-                pending += PendingEffect(txn.amount, txn.monthly_delta, 1)
+                pending += PendingEffect.of(txn)
         balance = reading.balances[account_id]
         out[account_id] = AccountBooks(
             account_id=account_id,
@@ -196,6 +244,8 @@ async def read_books(
             snapshot=snaps.get(account_id),
             pending=pending,
             ledger_credits=int(sums.get(account_id, 0)),
+            redis_grants=reading.grants[account_id],
+            ledger_grants=grants.get(account_id, {}),
         )
     return out
 
@@ -231,7 +281,7 @@ async def pending_effects(
         effect = PendingEffect()
         for txn in txns:
             if txn.id not in present:
-                effect += PendingEffect(txn.amount, txn.monthly_delta, 1)
+                effect += PendingEffect.of(txn)
         if effect.transactions:
             out[account_id] = effect
     return out

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -208,13 +209,11 @@ class Ledger:
 
     async def read_books(
         self, account_ids: Sequence[str], transaction_ids: Sequence[str]
-    ) -> tuple[dict[str, Snapshot], dict[str, int], set[str]]:
-        """In one snapshot: the accounts' rows, their ledger sums, and which of the
-        transaction ids the ledger holds."""
+    ) -> BooksReading:
+        """In one snapshot: the accounts' rows, their ledger sums, which of the transaction
+        ids the ledger holds, and what is left of each of their explicit grants."""
 
-        async def read(
-            conn: asyncpg.Connection,
-        ) -> tuple[dict[str, Snapshot], dict[str, int], set[str]]:
+        async def read(conn: asyncpg.Connection) -> BooksReading:
             snaps = await _snapshots(conn, account_ids)
             rows = await conn.fetch(
                 "SELECT account_id, sum(amount)::bigint AS total FROM credit_transactions "
@@ -222,7 +221,17 @@ class Ledger:
                 list(account_ids),
             )
             present = await conn.fetch(hist.PRESENT_SQL, list(transaction_ids))
-            return snaps, {r["account_id"]: r["total"] for r in rows}, {r["id"] for r in present}
+            grants: dict[str, dict[str, int]] = {}
+            for g in await conn.fetch(
+                "SELECT account_id, id, remaining FROM credit_grants"
+                " WHERE account_id = ANY($1::text[]) AND remaining <> 0",
+                list(account_ids),
+            ):
+                grants.setdefault(g["account_id"], {})[g["id"]] = g["remaining"]
+            return BooksReading(
+                snaps, {r["account_id"]: r["total"] for r in rows}, {r["id"] for r in present},
+                grants,
+            )  # fmt: skip
 
         return await in_transaction(self.pool, read, isolation="repeatable_read", readonly=True)
 
@@ -236,6 +245,18 @@ class Ledger:
             return {r["partition"]: FlushState(**dict(r)) for r in rows}
 
         return await in_transaction(self.pool, read, readonly=True)
+
+
+class BooksReading(NamedTuple):
+    """What :meth:`Ledger.read_books` read, in one snapshot of PostgreSQL."""
+
+    snapshots: dict[str, Snapshot]
+    sums: dict[str, int]
+    """Account -> the sum of its rows."""
+    present: set[str]
+    """The transaction ids asked about that the ledger holds."""
+    grants: dict[str, dict[str, int]]
+    """Account -> grant id -> what is left of it (grants with nothing left are not named)."""
 
 
 async def _snapshots(conn: asyncpg.Connection, account_ids: Sequence[str]) -> dict[str, Snapshot]:
