@@ -1,4 +1,6 @@
-"""`quotagate accounts create|update|show|list`, `grant`, `history`: accounts for operators.
+"""`quotagate accounts create|update|show|list`, `grant`, `history`: accounts for operators
+(an account's explicit grants, `accounts grant|grants|void-grant`, are in
+:mod:`quotagate.cli.grants`).
 
 Writes go through the engine like any request, and money in is written through to the
 ledger before the command returns (``durable: no`` when PostgreSQL could not take it: the
@@ -83,7 +85,9 @@ _status = click.option("--status", type=click.Choice(["active", "banned"]))
 _overdraft = click.option(
     "--overdraft-limit", type=click.IntRange(min=0), help="Credits it may go below zero."
 )
-_idem = click.option("--idempotency-key", help="Retry safely: the same key does it once.")
+idempotency_option = click.option(
+    "--idempotency-key", help="Retry safely: the same key does it once."
+)
 
 
 @accounts.command()
@@ -91,7 +95,7 @@ _idem = click.option("--idempotency-key", help="Retry safely: the same key does 
 @_tier
 @_status
 @_overdraft
-@_idem
+@idempotency_option
 @json_option
 def create(
     account_id: str,
@@ -111,7 +115,7 @@ def create(
 @_tier
 @_status
 @_overdraft
-@_idem
+@idempotency_option
 @json_option
 def update(
     account_id: str,
@@ -223,7 +227,7 @@ def list_accounts(
               show_default=True, help="adjust takes a signed amount.")  # fmt: skip
 @click.option("--refund-of", help="refund: the transaction id of the spend it returns.")
 @click.option("--description", help="Shown in the history.")
-@_idem
+@idempotency_option
 @json_option
 def grant(
     account_id: str,
