@@ -184,7 +184,8 @@ class BucketsOut(_Out):
     monthly: int
     """Credits of the tier's monthly grant (``reset`` tiers expire what is left of them)."""
     purchased: int
-    """Everything else: grants, earnings, refunds, and ``add`` tiers' renewals."""
+    """Everything else: credit grants, earnings, refunds, and ``add`` tiers' renewals; the
+    explicit grants are in neither bucket (see ``grants``)."""
 
 
 class GrantOut(_Out):
