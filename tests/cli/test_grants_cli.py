@@ -53,6 +53,10 @@ def test_grant_list_and_void(env: dict[str, str], own_ledger_url: str) -> None: 
     assert text[1].split()[:4] == [made["grant_id"], "purchase", "10", "40/40"]
     assert text[3].split() == [never["grant_id"], "promotion", "90", "5/5", "never"]
     assert text[-1] == f"next expiry: {expires.isoformat()}"
+    shown = ok_json(["accounts", "show", "ann"], env)
+    assert (shown["grants"], shown["next_expiry"]) == (listed["grants"], listed["next_expiry"])
+    assert shown["balance"] == 145
+    assert f"{made['grant_id']}  purchase" in ok(["accounts", "show", "ann"], env)
 
     voided = ok_json(["accounts", "void-grant", "ann", made["grant_id"]], env)
     assert (voided["voided"], voided["balance"], voided["replayed"]) == (40, 105, False)

@@ -18,7 +18,7 @@ import click
 from quotagate.cli.backends import Backends, ready_engine, run
 from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
-from quotagate.engine.results import Account
+from quotagate.engine.results import Account, Grant
 from quotagate.engine.validate import CREDIT_TYPES
 from quotagate.errors import AccountNotFound, ValidationError
 from quotagate.jobs.pg import postgres_errors
@@ -41,7 +41,24 @@ def _account_dict(a: Account) -> dict[str, Any]:
     out["created_at"] = iso(a.created_at)
     out["last_reset_at"] = iso(a.last_reset_at)
     out["holds"] = [{**asdict(h), "expires_at": iso(h.expires_at)} for h in a.holds]
+    out["grants"] = [grant_dict(g) for g in a.grants]
+    out["next_expiry"] = iso(a.next_expiry)
     return out
+
+
+def grant_dict(g: Grant) -> dict[str, Any]:
+    return {**asdict(g), "expires_at": iso(g.expires_at), "created_at": iso(g.created_at)}
+
+
+def grant_row(g: Grant) -> dict[str, Any]:
+    """A grant as a line of a table for people."""
+    return {
+        "id": g.id,
+        "source": g.source,
+        "priority": g.priority,
+        "remaining": f"{g.remaining}/{g.amount}",
+        "expires": iso(g.expires_at) or "never",
+    }
 
 
 def _upsert(
@@ -151,7 +168,7 @@ async def _refuse_existing(b: Backends, account_id: str) -> None:
 @click.argument("account_id")
 @json_option
 def show(account_id: str, as_json: bool) -> None:
-    """An account as Redis holds it now: balance, buckets, holds."""
+    """An account as Redis holds it now: balance, buckets, grants, holds."""
 
     async def work(b: Backends) -> Account:
         return await b.engine.get_account(account_id)
@@ -162,7 +179,9 @@ def show(account_id: str, as_json: bool) -> None:
         return
     a = _account_dict(account)
     holds = a.pop("holds")
+    a.pop("grants")
     click.echo(fields(a))
+    click.echo("\ngrants, in spend order:\n" + table([grant_row(g) for g in account.grants]))
     if holds:
         click.echo("\nopen holds:\n" + table(holds))
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import click
 
-from quotagate.cli.accounts import accounts, idempotency_option
+from quotagate.cli.accounts import accounts, grant_dict, grant_row, idempotency_option
 from quotagate.cli.backends import Backends, ready_engine, run
 from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
 from quotagate.engine.grants import STANDING_PRIORITY
-from quotagate.engine.results import GRANT_SOURCES, Account, Grant
+from quotagate.engine.results import GRANT_SOURCES, Account
 from quotagate.errors import ValidationError
 from quotagate.ledger.usage import parse_instant
 
@@ -107,16 +107,6 @@ def grant_command(
     click.echo(fields(out))
 
 
-def _grant_row(g: Grant) -> dict[str, Any]:
-    return {
-        "id": g.id,
-        "source": g.source,
-        "priority": g.priority,
-        "remaining": f"{g.remaining}/{g.amount}",
-        "expires": iso(g.expires_at) or "never",
-    }
-
-
 @accounts.command("grants")
 @click.argument("account_id")
 @json_option
@@ -130,15 +120,12 @@ def list_grants(account_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(
             {
-                "grants": [
-                    {**asdict(g), "expires_at": iso(g.expires_at), "created_at": iso(g.created_at)}
-                    for g in account.grants
-                ],
+                "grants": [grant_dict(g) for g in account.grants],
                 "next_expiry": iso(account.next_expiry),
             }
         )
         return
-    click.echo(table([_grant_row(g) for g in account.grants]))
+    click.echo(table([grant_row(g) for g in account.grants]))
     click.echo(f"\nnext expiry: {iso(account.next_expiry) or 'none'}")
 
 
