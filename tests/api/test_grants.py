@@ -270,4 +270,6 @@ def test_the_openapi_document_lists_the_grant_endpoints(http: httpx.Client) -> N
     assert {"201", "200", "403", "404", "422"} <= set(made["responses"])
     request = doc["components"]["schemas"]["GrantRequest"]["properties"]
     assert request["priority"]["maximum"] == 100
+    one_expiry = {"required": ["expires_at", "expires_in_seconds"]}
+    assert doc["components"]["schemas"]["GrantRequest"]["not"] == one_expiry
     assert "next_expiry" in doc["components"]["schemas"]["AccountOut"]["properties"]
