@@ -4,6 +4,7 @@ terms refused with the field named and nothing written."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from tests.api.helpers import account, assert_problem, bearer, create_account
 from tests.support.gateway import new_account_id
+
+from quotagate.engine.grants import MAX_GRANTS
 
 
 def grant(
@@ -273,3 +276,29 @@ def test_the_openapi_document_lists_the_grant_endpoints(http: httpx.Client) -> N
     one_expiry = {"required": ["expires_at", "expires_in_seconds"]}
     assert doc["components"]["schemas"]["GrantRequest"]["not"] == one_expiry
     assert "next_expiry" in doc["components"]["schemas"]["AccountOut"]["properties"]
+
+
+def test_an_expired_grant_leaves_the_list_and_the_balance(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    admin = api_keys["admin"]
+    acct = create_account(http, admin)
+    made = grant(http, admin, acct, {"amount": 60, "expires_in_seconds": 1}).json()
+    assert account(http, admin, acct)["balance"] == 1060
+    time.sleep(1.1)
+    listed = grants(http, admin, acct)
+    assert ([g["id"] for g in listed["grants"]], listed["next_expiry"]) == (["monthly"], None)
+    assert account(http, admin, acct)["balance"] == 1000
+    assert_problem(void(http, admin, acct, made["grant_id"]), 404, "grant_not_found")
+
+
+def test_the_grant_past_the_most_an_account_may_hold_is_409(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    admin = api_keys["admin"]
+    acct = create_account(http, admin)
+    for _ in range(MAX_GRANTS):
+        assert grant(http, admin, acct, {"amount": 1}).status_code == 201
+    assert_problem(grant(http, admin, acct, {"amount": 1}), 409, "too_many_grants")
+    view = account(http, admin, acct)
+    assert (view["balance"], len(view["grants"])) == (1000 + MAX_GRANTS, MAX_GRANTS + 1)
