@@ -45,16 +45,17 @@ async def expire_all_async(
     on_partition: Callable[[int, int, int], None] | None = None,
 ) -> ExpiryTally:
     """End every due hold of every partition (or the given ones) by its policy, and expire
-    every grant past its expiry. Holds go first: a hold's capture takes from the grants as
-    they are, and the grant sweep then expires what is left."""
+    every grant past its expiry. Grants go first: every account script, the hold sweep's too,
+    expires an account's due grants before its own work, so a grant the hold sweep met first
+    would expire uncounted here; the order changes nothing else."""
     todo = list(range(engine.config.partitions)) if partitions is None else partitions
     gate = asyncio.Semaphore(PARALLEL_PARTITIONS)
     tally = ExpiryTally()
 
     async def one(p: int) -> None:
         async with gate:
-            holds, credits, captured = await engine.expire_due_holds(p)
             grants, grant_credits = await engine.expire_due_grants(p)
+            holds, credits, captured = await engine.expire_due_holds(p)
         tally.holds += holds
         tally.credits += credits
         tally.captured += captured
