@@ -51,6 +51,26 @@ export interface Credits {
   buckets: Buckets;
   /** Open holds, the soonest to expire first; their sum is `reserved`. */
   holds: OpenHold[];
+  /** The grants holding credits, in the order spends take from them (docs/grants.md). */
+  grants: Grant[];
+  /** When the next grant expires (RFC 3339), or null when none does. */
+  next_expiry: string | null;
+}
+
+export type GrantSource = "renewal" | "purchase" | "promotion" | "refund" | "adjustment";
+
+/** "monthly" and "purchased" are the standing grants; the others are explicit ones. */
+export interface Grant {
+  id: string;
+  source: GrantSource;
+  /** 0..100, lower is spent first. */
+  priority: number;
+  amount: number;
+  remaining: number;
+  /** RFC 3339, or null: never expires. */
+  expires_at: string | null;
+  /** Null for the standing grants. */
+  created_at: string | null;
 }
 
 export interface Buckets {

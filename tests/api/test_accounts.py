@@ -117,10 +117,12 @@ def test_get_account_view(http: httpx.Client, api_keys: dict[str, str]) -> None:
     view = account(http, api_keys["read"], acct)
     assert set(view) == {
         "account_id", "tier", "status", "balance", "reserved", "available", "overdraft_limit",
-        "last_reset_at", "recent_transactions", "buckets", "holds",
+        "last_reset_at", "recent_transactions", "buckets", "holds", "grants", "next_expiry",
     }  # fmt: skip
     assert (view["balance"], view["reserved"], view["available"]) == (988, 7, 981)
     assert view["buckets"] == {"monthly": 988, "purchased": 0}
+    assert [(g["id"], g["remaining"]) for g in view["grants"]] == [("monthly", 988)]
+    assert view["next_expiry"] is None  # a monthly grant under renewal = "add" never expires
     assert [(h["hold_id"], h["amount"]) for h in view["holds"]] == [(r.json()["hold_id"], 7)]
     recent = view["recent_transactions"]
     assert len(recent) == 10

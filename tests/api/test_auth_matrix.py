@@ -36,6 +36,9 @@ MATRIX: dict[str, tuple[int, int, int, int, int, int]] = {
     "POST /v1/accounts/{id}/credits (grant)":      (200, 403, 403, 403, 403, 401),
     "POST /v1/accounts/{id}/credits (earn)":       (200, 403, 403, 403, 403, 401),
     "POST /v1/accounts/{id}/credits (refund)":     (200, 200, 403, 403, 403, 401),
+    "POST /v1/accounts/{id}/grants":               (201, 403, 403, 403, 403, 401),
+    "GET /v1/accounts/{id}/grants":                (200, 200, 200, 403, 403, 401),
+    "POST /v1/accounts/{id}/grants/{grant_id}/void": (200, 403, 403, 403, 403, 401),
     "POST /v1/accounts/{id}/check":                (200, 200, 403, 403, 403, 401),
     "POST /v1/accounts/{id}/consume":              (200, 200, 403, 403, 403, 401),
     "POST /v1/charges":                            (200, 200, 403, 403, 403, 401),
@@ -108,6 +111,13 @@ def _spend(http: httpx.Client, admin: str, acct: str) -> str:
     return spend
 
 
+def _grant(http: httpx.Client, admin: str, acct: str) -> str:
+    r = http.post(f"/v1/accounts/{acct}/grants", json={"amount": 3}, headers=bearer(admin))
+    assert r.status_code == 201, r.text
+    grant_id: str = r.json()["grant_id"]
+    return grant_id
+
+
 def _webhook(http: httpx.Client, admin: str) -> str:
     body = {"url": UNREACHABLE, "events": ["balance_below"]}
     r = http.post("/v1/webhooks", json=body, headers=bearer(admin))
@@ -176,6 +186,11 @@ PREPARE: dict[str, Prepare] = {
         "POST",
         f"/v1/accounts/{acct}/credits",
         {"amount": 1, "type": "refund", "refund_of": _spend(http, admin, acct)},
+    ),
+    "POST /v1/accounts/{id}/grants": _fixed("POST", "/v1/accounts/{id}/grants", {"amount": 1}),
+    "GET /v1/accounts/{id}/grants": _fixed("GET", "/v1/accounts/{id}/grants"),
+    "POST /v1/accounts/{id}/grants/{grant_id}/void": lambda http, admin, acct: Call(
+        "POST", f"/v1/accounts/{acct}/grants/{_grant(http, admin, acct)}/void", {}
     ),
     "POST /v1/accounts/{id}/check": _fixed(
         "POST", "/v1/accounts/{id}/check", {"resource": "api_call"}
@@ -320,10 +335,17 @@ def test_non_admin_keys_cannot_grant(http: httpx.Client, api_keys: dict[str, str
     refund needs a spend to return."""
     acct = create_account(http, api_keys["admin"], tier="free")
     url = f"/v1/accounts/{acct}/credits"
-    for scope in ("service", "read", "hook"):
+    for scope in ("service", "read", "hook", "settle"):
         for kind in ("grant", "earn"):
             r = http.post(
                 url, json={"amount": 10**6, "type": kind}, headers=bearer(api_keys[scope])
+            )
+            assert_problem(r, 403, "forbidden")
+        for source in ("refund", "purchase"):
+            r = http.post(
+                f"/v1/accounts/{acct}/grants",
+                json={"amount": 10**6, "source": source},
+                headers=bearer(api_keys[scope]),
             )
             assert_problem(r, 403, "forbidden")
         r = http.put(

@@ -121,6 +121,10 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
     # Purchased credits, beside the monthly ones; and two holds, of an amount and of a resource.
     grant = {"amount": 40, "type": "grant"}
     http.post(f"/v1/accounts/{acct}/credits", json=grant, headers=bearer(admin))
+    # And an explicit grant that is spent first and expires in a week.
+    promo = {"amount": 25, "priority": 10, "expires_in_seconds": 7 * 86400}
+    granted = http.post(f"/v1/accounts/{acct}/grants", json=promo, headers=bearer(admin))
+    assert granted.status_code == 201, granted.text
     for hold in ({"amount": 12, "ttl_seconds": 600}, {"resource": "premium_feature", "units": 2}):
         made = http.post(f"/v1/accounts/{acct}/holds", json=hold, headers=service)
         assert made.status_code == 201, made.text
@@ -132,13 +136,21 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
         str(view["balance"]),
         str(view["available"]),
     )
-    assert view["balance"] == 1000 - 6 - 15 - 2 + 40
+    assert view["balance"] == 1000 - 6 - 15 - 2 + 40 + 25
     assert len(page.tables["transactions"]) - 1 == len(view["recent_transactions"]) == 10
     buckets = view["buckets"]
     assert page.tables["buckets"][1:] == [
         ["monthly", str(buckets["monthly"])], ["purchased", str(buckets["purchased"])],
     ]  # fmt: skip
-    assert buckets["monthly"] + buckets["purchased"] == view["balance"]
+    assert buckets["monthly"] + buckets["purchased"] + 25 == view["balance"]
+    grants = [[g["id"], g["source"], str(g["priority"]), str(g["remaining"]), str(g["amount"]),
+               g["expires_at"] or "never"] for g in view["grants"]]  # fmt: skip
+    assert page.tables["grants"][1:] == grants
+    assert [g[0] for g in grants] == [granted.json()["grant_id"], "monthly", "purchased"]
+    assert sum(g["remaining"] for g in view["grants"]) == view["balance"]
+    assert page.texts["next-expiry"] == (
+        f"3 grants, {view['balance']} credits; next expiry: {view['next_expiry']}"
+    )
     assert buckets["purchased"] >= 40
     holds = [[h["hold_id"], str(h["amount"]), h["expires_at"], h["resource"] or "-",
               "-" if h["units"] is None else str(h["units"])] for h in view["holds"]]  # fmt: skip
@@ -165,6 +177,7 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
         assert refused.texts["status"].startswith(f"refused: {status}")
         assert refused.bars == [] and refused.fields == {}
         assert refused.tables["holds"] == refused.tables["buckets"] == [[]]  # headers only
+        assert refused.tables["grants"] == [[]]
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)

@@ -238,7 +238,7 @@ def test_renew_and_expire_holds(
     client.close()
 
     swept = ok_json(["expire-holds"], env)
-    assert swept == {"holds": 0, "credits": 0, "captured": 0}
+    assert swept == {"holds": 0, "credits": 0, "captured": 0, "grants": 0, "grant_credits": 0}
 
 
 def test_backends_down_or_behind_are_one_sentence(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from tests.support.gateway import GatewayServer, new_account_id
 from tests.support.servers import free_port
 
 from quotagate import errors, ids
-from quotagate.api.schemas import ChargeOut
+from quotagate.api.schemas import ChargeOut, GrantMadeOut, GrantsOut, VoidOut
 from quotagate.client import (
     ApiError,
     AsyncQuotagateClient,
@@ -211,3 +212,62 @@ async def test_async_settle(gateway: GatewayServer, api_keys: dict[str, str]) ->
         assert (settled.charged, settled.shortfall, settled.balance) == (10, 3, 90)
         with pytest.raises(HoldNotFound):
             await admin.settle(ids.account_hold_id(acct, ids.new_id()), amount=1)
+
+
+def test_sync_grants(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=7)
+    with (
+        QuotagateClient(gateway.url, api_keys["admin"]) as admin,
+        QuotagateClient(gateway.url, api_keys["service"]) as service,
+    ):
+        admin.upsert_account(acct, tier="free")
+        made = admin.grant(acct, 40, source="promotion", priority=10, expires_at=expires,
+                           idempotency_key="promo")  # fmt: skip
+        assert isinstance(made, GrantMadeOut)
+        assert (made.balance, made.available, made.replayed, made.durable) == (
+            140,
+            140,
+            False,
+            True,
+        )
+        again = admin.grant(acct, 40, source="promotion", priority=10, expires_at=expires,
+                            idempotency_key="promo")  # fmt: skip
+        assert (again.grant_id, again.replayed) == (made.grant_id, True)
+        listed = service.grants(acct)
+        assert isinstance(listed, GrantsOut)
+        assert [(g.id, g.remaining, g.expires_at) for g in listed.grants] == [
+            (made.grant_id, 40, expires), ("monthly", 100, None),
+        ]  # fmt: skip
+        assert listed.next_expiry == expires
+        assert admin.get_account(acct).grants == listed.grants
+        with pytest.raises(ValidationError) as bad:
+            admin.grant(acct, 5, priority=101)
+        assert bad.value.extra["field"] == "priority"
+        with pytest.raises(errors.Forbidden):
+            service.grant(acct, 5)
+        voided = admin.void_grant(acct, made.grant_id, description="ended early")
+        assert isinstance(voided, VoidOut)
+        assert (voided.voided, voided.balance, voided.replayed) == (40, 100, False)
+        with pytest.raises(errors.GrantNotFound):
+            admin.void_grant(acct, made.grant_id)
+
+
+async def test_async_grants(gateway: GatewayServer, api_keys: dict[str, str]) -> None:
+    acct = new_account_id()
+    async with AsyncQuotagateClient(gateway.url, api_keys["admin"]) as admin:
+        await admin.upsert_account(acct, tier="free")
+        made = await admin.grant(acct, 25, source="purchase", expires_in_seconds=3600)
+        assert made.balance == 125
+        listed = await admin.grants(acct)
+        [explicit] = [g for g in listed.grants if g.id == made.grant_id]
+        assert (explicit.source, explicit.priority, explicit.amount) == ("purchase", 50, 25)
+        assert listed.next_expiry == explicit.expires_at
+        assert explicit.expires_at is not None
+        assert explicit.expires_at - datetime.now(UTC) <= timedelta(hours=1)
+        voided = await admin.void_grant(acct, made.grant_id, idempotency_key="v")
+        assert (voided.voided, voided.balance) == (25, 100)
+        assert (await admin.void_grant(acct, made.grant_id, idempotency_key="v")).replayed
+        with pytest.raises(errors.GrantNotFound):
+            await admin.void_grant(acct, "monthly")
+        assert (await admin.grants(acct)).next_expiry is None

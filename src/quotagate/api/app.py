@@ -22,7 +22,18 @@ from quotagate.api.access import ASGI_SCOPE_KEY, Access, caller_request_id
 from quotagate.api.front import Front, raw_path
 from quotagate.api.gateway import Gateway
 from quotagate.api.problems import INTERNAL_ERROR, problem_response
-from quotagate.api.routes import accounts, alerts, charges, credits, holds, hook, ops, ui, usage
+from quotagate.api.routes import (
+    accounts,
+    alerts,
+    charges,
+    credits,
+    grants,
+    holds,
+    hook,
+    ops,
+    ui,
+    usage,
+)
 from quotagate.api.routes.hook import Hook
 from quotagate.api.service_endpoints import account_endpoints
 from quotagate.config import Config
@@ -141,6 +152,7 @@ def create_app(settings: Settings | None = None, *, config: Config | None = None
             *charges.routes(gw),
             *holds.routes(gw),
             *credits.routes(gw),
+            *grants.routes(gw),
             *accounts.routes(gw),
             *usage.routes(gw),
             *alerts.routes(gw),

@@ -26,6 +26,8 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _FIELD_RE = re.compile(r"at `\$\.([A-Za-z_]+)")
+_UNKNOWN_FIELD_RE = re.compile(r"^Object contains unknown field `([A-Za-z_]+)`$")
+"""An unknown top-level field: msgspec names it, but not with ``at `$.``."""
 
 
 def declared_length_error(
@@ -74,8 +76,9 @@ def decode(data: bytes, into: type[T], *, empty_ok: bool = False) -> T:
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _FIELD_RE.search(message)
-        field = match.group(1) if match else None
-        if field in AMOUNT_FIELDS:
+        unknown = _UNKNOWN_FIELD_RE.match(message)
+        field = match.group(1) if match else unknown.group(1) if unknown else None
+        if match and field in AMOUNT_FIELDS:
             raise InvalidAmount(message, field=field) from None
         raise ValidationError(message, **({"field": field} if field else {})) from None
     except msgspec.DecodeError as exc:

@@ -31,6 +31,13 @@ _HOLD_ID = {
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
+_GRANT_ID = {
+    "name": "grant_id",
+    "in": "path",
+    "required": True,
+    "description": "An explicit grant's id (as its creation answered it).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+}
 _ACCOUNT_HOLD_ID = {
     "name": "hold_id",
     "in": "path",
@@ -68,7 +75,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         400: "Bad request",
         401: "Missing or unknown key",
         403: "The key lacks the scope",
-        404: "Unknown account or hold",
+        404: "Unknown account, hold or grant",
         409: "Idempotency-Key reused with another request",
         402: "Insufficient credits (required, available)",
         413: "Body above the size cap",
@@ -218,6 +225,7 @@ def _account_paths() -> dict[str, Any]:
                 "refund_exceeds_spend).",
             },
         },
+        **_grant_paths(),
         "/v1/accounts/{account_id}/check": {
             "post": _op(
                 "Would a charge be allowed now",
@@ -307,6 +315,43 @@ def _account_paths() -> dict[str, Any]:
     return paths
 
 
+def _grant_paths() -> dict[str, Any]:
+    p = _parameters()
+    make = _op(
+        "Give an account an explicit grant", "admin", (201, s.GrantMadeOut), body=s.GrantRequest,
+        params=p["write"], errors=(404, 409, 413, 422, 503),
+    )  # fmt: skip
+    make["description"] = (
+        "Scope: admin. Credits from a source, spent by priority (0..100, lower first), then "
+        "soonest expiry, then age; what is left at expires_at (or expires_in_seconds from now; "
+        "neither: never) expires. 201 with the grant's id; a replay of its Idempotency-Key "
+        "answers 200 with replayed: true. 409 too_many_grants when the account holds the most "
+        "explicit grants it may. Written through to PostgreSQL before the answer (durable)."
+    )
+    make["responses"]["200"] = {
+        "description": "A replay (Idempotency-Key): the first answer again",
+        "content": {"application/json": {"schema": _ref(s.GrantMadeOut)}},
+    }
+    listed = _op(
+        "An account's grants in spend order, and its next expiry", "read", (200, s.GrantsOut),
+        params=p["acct"], errors=(404, 422, 503),
+    )  # fmt: skip
+    void = _op(
+        "Void an explicit grant: take back what is left of it", "admin", (200, s.VoidOut),
+        body=s.VoidGrantRequest, body_required=False,
+        params=[_ACCOUNT_ID, _GRANT_ID, _IDEMPOTENCY], errors=(404, 409, 413, 422, 503),
+    )  # fmt: skip
+    void["description"] = (
+        "Scope: admin. An adjust transaction takes back what is left (voided); the available "
+        "credits may go below zero. 404 grant_not_found for an id the account holds no credits "
+        "under (spent, expired, voided, or a standing grant: monthly, purchased)."
+    )
+    return {
+        "/v1/accounts/{account_id}/grants": {"post": make, "get": listed},
+        "/v1/accounts/{account_id}/grants/{grant_id}/void": {"post": void},
+    }
+
+
 def _batch_paths(config: Config) -> dict[str, Any]:
     op = _op(
         "Charge many resources, for any accounts",
@@ -332,6 +377,11 @@ def _batch_paths(config: Config) -> dict[str, Any]:
 def _limit_batches(components: dict[str, Any], config: Config) -> None:
     """The batch size is the config's: the document says it, as the server enforces it."""
     components["ChargesRequest"]["properties"]["charges"]["maxItems"] = config.batch.max_charges
+
+
+def _one_expiry(components: dict[str, Any]) -> None:
+    """A grant names at most one of its two expiries, which msgspec's schema cannot say."""
+    components["GrantRequest"]["not"] = {"required": ["expires_at", "expires_in_seconds"]}
 
 
 def _hook_paths() -> dict[str, Any]:
@@ -420,6 +470,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
     )
     _name_the_configured(components, config)
     _limit_batches(components, config)
+    _one_expiry(components)
     paths = {
         **_account_paths(),
         **_batch_paths(config),

@@ -8,13 +8,14 @@ again behind them, and appear in ``/openapi.json``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
 from quotagate.config import MAX_AMOUNT
-from quotagate.engine.results import ShadowDecision
+from quotagate.engine.grants import STANDING_PRIORITY
+from quotagate.engine.results import GRANT_SOURCES, ShadowDecision
 from quotagate.engine.validate import MAX_DESCRIPTION_CHARS
 
 Amount = Annotated[int, Meta(ge=1, le=MAX_AMOUNT, description="A JSON integer from 1 to 10^12.")]
@@ -30,6 +31,14 @@ TransactionId = Annotated[
     ),
 ]
 Metadata = Annotated[dict[str, Any], Meta(description="A JSON object, at most 4 KiB once encoded.")]
+
+GrantSource = Literal["renewal", "purchase", "promotion", "refund", "adjustment"]
+assert get_args(GrantSource) == GRANT_SOURCES  # the engine's list, spelled for the schema
+Priority = Annotated[
+    int, Meta(ge=0, le=100, description="0 to 100: lower is spent first (the standing grants: 50).")
+]
+MAX_GRANT_LIFETIME_SECONDS = 10**10
+"""The longest ``expires_in_seconds`` (about 300 years): beyond it, leave the expiry out."""
 
 AMOUNT_FIELDS = frozenset({"amount", "units", "overdraft_limit"})
 """Fields whose refusal is an ``invalid_amount`` (the rest are ``invalid_request``)."""
@@ -56,6 +65,27 @@ class CreditRequest(_Body):
     refund_of: TransactionId | None = None
     description: Description | None = None
     metadata: Metadata | None = None
+
+
+class GrantRequest(_Body):
+    """An explicit grant: what it gives, where it came from, when its rest expires (at most
+    one of ``expires_at`` and ``expires_in_seconds``; neither: never)."""
+
+    amount: Amount
+    source: GrantSource = "promotion"
+    priority: Priority = STANDING_PRIORITY
+    expires_at: (
+        Annotated[datetime, Meta(tz=True, description="RFC 3339 with a zone, in the future.")]
+        | None
+    ) = None
+    expires_in_seconds: Annotated[int, Meta(ge=1, le=MAX_GRANT_LIFETIME_SECONDS)] | None = None
+    description: Description | None = None
+    metadata: Metadata | None = None
+
+
+class VoidGrantRequest(_Body):
+    description: Description | None = None
+    """Shown in the history (default: "grant voided")."""
 
 
 class CheckRequest(_Body):
@@ -154,7 +184,51 @@ class BucketsOut(_Out):
     monthly: int
     """Credits of the tier's monthly grant (``reset`` tiers expire what is left of them)."""
     purchased: int
-    """Everything else: grants, earnings, refunds, and ``add`` tiers' renewals."""
+    """Everything else: credit grants, earnings, refunds, and ``add`` tiers' renewals; the
+    explicit grants are in neither bucket (see ``grants``)."""
+
+
+class GrantOut(_Out):
+    """A grant holding credits. ``monthly`` and ``purchased`` are the standing grants (no
+    ``created_at``); the others are explicit grants, by their UUIDv7 id."""
+
+    id: str
+    source: str
+    priority: int
+    amount: int
+    """What it granted (a standing grant: what it holds now)."""
+    remaining: int
+    expires_at: datetime | None
+    """Null: never expires."""
+    created_at: datetime | None
+
+
+class GrantsOut(_Out):
+    grants: list[GrantOut]
+    """In the order a spend takes from them: priority, then soonest expiry, then age."""
+    next_expiry: datetime | None
+    """When the next of them expires (null: none does)."""
+
+
+class GrantMadeOut(_Out):
+    grant_id: str
+    transaction_id: str
+    """The ``grant`` transaction that records it."""
+    balance: int
+    available: int
+    replayed: bool
+    durable: bool
+    """False when PostgreSQL did not take it now (the flush will copy it)."""
+
+
+class VoidOut(_Out):
+    transaction_id: str
+    """The ``adjust`` transaction that took the rest back."""
+    voided: int
+    """The credits taken back (what was left of the grant)."""
+    balance: int
+    available: int
+    replayed: bool
 
 
 class OpenHoldOut(_Out):
@@ -181,6 +255,10 @@ class AccountOut(_Out):
     buckets: BucketsOut
     holds: list[OpenHoldOut]
     """Open holds, the soonest to expire first; their sum is ``reserved``."""
+    grants: list[GrantOut] = []
+    """The grants holding credits, in spend order (as ``GET .../grants``)."""
+    next_expiry: datetime | None = None
+    """When the next grant expires (null: none does)."""
 
 
 class AccountWritten(_Out):
@@ -292,12 +370,12 @@ class Problem(_Out):
 
 
 REQUESTS: tuple[type[Struct], ...] = (
-    AccountUpsert, CreditRequest, CheckRequest, ConsumeRequest, BatchCharge, ChargesRequest,
-    HoldRequest, CaptureRequest, ReleaseRequest, SettleRequest,
+    AccountUpsert, CreditRequest, GrantRequest, VoidGrantRequest, CheckRequest, ConsumeRequest,
+    BatchCharge, ChargesRequest, HoldRequest, CaptureRequest, ReleaseRequest, SettleRequest,
 )  # fmt: skip
 ANSWERS: tuple[type[Struct], ...] = (
-    AccountOut, AccountWritten, CreditOut, CheckOut, ChargeOut, ChargeItemOut, ChargesOut,
-    HoldOut, ReleaseOut, SettleOut,
+    AccountOut, AccountWritten, CreditOut, GrantOut, GrantsOut, GrantMadeOut, VoidOut, CheckOut,
+    ChargeOut, ChargeItemOut, ChargesOut, HoldOut, ReleaseOut, SettleOut,
     TransactionsOut, ResourcesOut, HealthOut, ReadyOut, Problem,
 )  # fmt: skip
 

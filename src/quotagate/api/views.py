@@ -7,8 +7,15 @@ import logging
 
 from quotagate import ids
 from quotagate.api.gateway import Gateway
-from quotagate.api.schemas import AccountOut, BucketsOut, OpenHoldOut, TransactionOut
-from quotagate.engine.results import Hold
+from quotagate.api.schemas import (
+    AccountOut,
+    BucketsOut,
+    GrantOut,
+    GrantsOut,
+    OpenHoldOut,
+    TransactionOut,
+)
+from quotagate.engine.results import Account, Grant, Hold
 from quotagate.errors import BackendError
 from quotagate.ledger import HistoryPage, Transaction
 
@@ -51,8 +58,19 @@ async def account_view(gw: Gateway, account_id: str) -> tuple[AccountOut, bool]:
         recent_transactions=[transaction_out(t) for t in page.transactions] if page else [],
         buckets=BucketsOut(monthly=a.monthly_credits, purchased=a.purchased_credits),
         holds=[_open_hold(h) for h in a.holds],
+        grants=[grant_out(g) for g in a.grants],
+        next_expiry=a.next_expiry,
     )
     return view, page is None
+
+
+def grant_out(g: Grant) -> GrantOut:
+    return GrantOut(g.id, g.source, g.priority, g.amount, g.remaining, g.expires_at, g.created_at)
+
+
+def grants_out(account: Account) -> GrantsOut:
+    """An account's grants in spend order, and when the next of them expires."""
+    return GrantsOut([grant_out(g) for g in account.grants], account.next_expiry)
 
 
 def _open_hold(h: Hold) -> OpenHoldOut:

@@ -1,4 +1,6 @@
-"""`quotagate accounts create|update|show|list`, `grant`, `history`: accounts for operators.
+"""`quotagate accounts create|update|show|list`, `grant`, `history`: accounts for operators
+(an account's explicit grants, `accounts grant|grants|void-grant`, are in
+:mod:`quotagate.cli.grants`).
 
 Writes go through the engine like any request, and money in is written through to the
 ledger before the command returns (``durable: no`` when PostgreSQL could not take it: the
@@ -17,7 +19,7 @@ from quotagate.cli.backends import Backends, ready_engine, run
 from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
 from quotagate.engine.grants import stored_balance
-from quotagate.engine.results import Account
+from quotagate.engine.results import Account, Grant
 from quotagate.engine.validate import CREDIT_TYPES
 from quotagate.errors import AccountNotFound, ValidationError
 from quotagate.jobs.pg import postgres_errors
@@ -40,7 +42,24 @@ def _account_dict(a: Account) -> dict[str, Any]:
     out["created_at"] = iso(a.created_at)
     out["last_reset_at"] = iso(a.last_reset_at)
     out["holds"] = [{**asdict(h), "expires_at": iso(h.expires_at)} for h in a.holds]
+    out["grants"] = [grant_dict(g) for g in a.grants]
+    out["next_expiry"] = iso(a.next_expiry)
     return out
+
+
+def grant_dict(g: Grant) -> dict[str, Any]:
+    return {**asdict(g), "expires_at": iso(g.expires_at), "created_at": iso(g.created_at)}
+
+
+def grant_row(g: Grant) -> dict[str, Any]:
+    """A grant as a line of a table for people."""
+    return {
+        "id": g.id,
+        "source": g.source,
+        "priority": g.priority,
+        "remaining": f"{g.remaining}/{g.amount}",
+        "expires": iso(g.expires_at) or "never",
+    }
 
 
 def _upsert(
@@ -84,7 +103,9 @@ _status = click.option("--status", type=click.Choice(["active", "banned"]))
 _overdraft = click.option(
     "--overdraft-limit", type=click.IntRange(min=0), help="Credits it may go below zero."
 )
-_idem = click.option("--idempotency-key", help="Retry safely: the same key does it once.")
+idempotency_option = click.option(
+    "--idempotency-key", help="Retry safely: the same key does it once."
+)
 
 
 @accounts.command()
@@ -92,7 +113,7 @@ _idem = click.option("--idempotency-key", help="Retry safely: the same key does 
 @_tier
 @_status
 @_overdraft
-@_idem
+@idempotency_option
 @json_option
 def create(
     account_id: str,
@@ -112,7 +133,7 @@ def create(
 @_tier
 @_status
 @_overdraft
-@_idem
+@idempotency_option
 @json_option
 def update(
     account_id: str,
@@ -148,7 +169,7 @@ async def _refuse_existing(b: Backends, account_id: str) -> None:
 @click.argument("account_id")
 @json_option
 def show(account_id: str, as_json: bool) -> None:
-    """An account as Redis holds it now: balance, buckets, holds."""
+    """An account as Redis holds it now: balance, buckets, grants, holds."""
 
     async def work(b: Backends) -> Account:
         return await b.engine.get_account(account_id)
@@ -159,7 +180,9 @@ def show(account_id: str, as_json: bool) -> None:
         return
     a = _account_dict(account)
     holds = a.pop("holds")
+    a.pop("grants")
     click.echo(fields(a))
+    click.echo("\ngrants, in spend order:\n" + table([grant_row(g) for g in account.grants]))
     if holds:
         click.echo("\nopen holds:\n" + table(holds))
 
@@ -224,7 +247,7 @@ def list_accounts(
               show_default=True, help="adjust takes a signed amount.")  # fmt: skip
 @click.option("--refund-of", help="refund: the transaction id of the spend it returns.")
 @click.option("--description", help="Shown in the history.")
-@_idem
+@idempotency_option
 @json_option
 def grant(
     account_id: str,

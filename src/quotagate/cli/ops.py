@@ -205,8 +205,8 @@ def recover(force: bool, as_json: bool) -> None:
 @click.command("expire-holds")
 @json_option
 def expire_holds(as_json: bool) -> None:
-    """End every hold past its deadline now, by its policy (the scheduler does it every few
-    seconds)."""
+    """End every hold past its deadline now, by its policy, and expire every grant past its
+    expiry (the scheduler does both every few seconds)."""
 
     async def work(b: Backends) -> dict[str, int]:
         tally = await expire_all_async(b.engine)
@@ -218,7 +218,8 @@ def expire_holds(as_json: bool) -> None:
     else:
         click.echo(
             f"ended {result['holds']} expired holds ({result['credits']} credits released, "
-            f"{result['captured']} captured)"
+            f"{result['captured']} captured); expired {result['grants']} grants "
+            f"({result['grant_credits']} credits)"
         )
 
 

@@ -51,6 +51,8 @@ _BY_CODE: dict[str, Factory] = {
     "units_not_priced": _plain(errors.UnitsNotPriced),
     "spend_not_found": _plain(errors.SpendNotFound),
     "refund_exceeds_spend": _refund_exceeds,
+    "grant_not_found": _plain(errors.GrantNotFound),
+    "too_many_grants": _plain(errors.TooManyGrants),
     "idempotency_conflict": _plain(errors.IdempotencyConflict),
     "account_not_loaded": _plain(errors.AccountNotLoaded),
     "backend_unavailable": _plain(errors.BackendUnavailable),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -71,6 +72,47 @@ def credit(
     )  # fmt: skip
     path = f"{_acct(account_id)}/credits"
     return Call("POST", path, s.CreditOut, body, headers=_idem(idempotency_key))
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """A grant's terms as a call gives them; None leaves a term to the gateway's default
+    (source "promotion", priority 50, never expires)."""
+
+    source: str | None = None
+    priority: int | None = None
+    expires_at: datetime | None = None
+    expires_in_seconds: int | None = None
+
+
+def grant(
+    account_id: str,
+    amount: int,
+    terms: GrantTerms,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[s.GrantMadeOut]:
+    body = _clean(
+        {"amount": amount, "source": terms.source, "priority": terms.priority,
+         "expires_at": terms.expires_at.isoformat() if terms.expires_at else None,
+         "expires_in_seconds": terms.expires_in_seconds, "description": description,
+         "metadata": metadata}
+    )  # fmt: skip
+    path = f"{_acct(account_id)}/grants"
+    return Call("POST", path, s.GrantMadeOut, body, headers=_idem(idempotency_key))
+
+
+def grants(account_id: str) -> Call[s.GrantsOut]:
+    return Call("GET", f"{_acct(account_id)}/grants", s.GrantsOut)
+
+
+def void_grant(
+    account_id: str, grant_id: str, description: str | None, idempotency_key: str | None
+) -> Call[s.VoidOut]:
+    path = f"{_acct(account_id)}/grants/{quote(grant_id, safe='')}/void"
+    body = _clean({"description": description})
+    return Call("POST", path, s.VoidOut, body, headers=_idem(idempotency_key))
 
 
 def check(account_id: str, resource: str, units: int) -> Call[s.CheckOut]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -96,6 +97,43 @@ class QuotagateClient:
         return self._send(
             rq.credit(account_id, amount, type, description, metadata, idempotency_key, refund_of)
         )
+
+    def grant(
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        source: str | None = None,
+        priority: int | None = None,
+        expires_at: datetime | None = None,
+        expires_in_seconds: int | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> s.GrantMadeOut:
+        """Give the account an explicit grant (admin keys): ``amount`` credits from
+        ``source``, spent by ``priority`` (0..100, lower first), whose rest expires at
+        ``expires_at`` or ``expires_in_seconds`` from now (neither: never)."""
+        terms = rq.GrantTerms(source, priority, expires_at, expires_in_seconds)
+        return self._send(
+            rq.grant(account_id, amount, terms, description, metadata, idempotency_key)
+        )
+
+    def grants(self, account_id: str) -> s.GrantsOut:
+        """The account's grants in spend order, and when the next of them expires."""
+        return self._send(rq.grants(account_id))
+
+    def void_grant(
+        self,
+        account_id: str,
+        grant_id: str,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> s.VoidOut:
+        """Take back what is left of an explicit grant (admin keys); GrantNotFound when the
+        account holds no credits under that id."""
+        return self._send(rq.void_grant(account_id, grant_id, description, idempotency_key))
 
     def check(self, account_id: str, resource: str, units: int = 1) -> s.CheckOut:
         return self._send(rq.check(account_id, resource, units))

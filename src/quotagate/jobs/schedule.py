@@ -2,7 +2,7 @@
 
     what                    when                queue   job (in quotagate.jobs)
     flush every partition   every 1 s           flush   flush.enqueue_flushes
-    release expired holds   every 5 s           flush   expire.expire_holds
+    expire holds, grants    every 5 s           flush   expire.expire_holds
     monthly renewal         cron "15 0 * * *"   jobs    renew.renew_all
     reconciliation report   cron "30 3 * * *"   jobs    reconcile.reconcile_report
     webhook deliveries      every 2 s           jobs    webhooks.deliver_webhooks

@@ -52,6 +52,14 @@ function showAccount(account) {
     { bucket: "monthly", credits: account.buckets.monthly },
     { bucket: "purchased", credits: account.buckets.purchased },
   ], [["bucket"], ["credits", true]]);
+  // The balance by grant, in the order spends take from them; expires "never" when it does not.
+  const grants = account.grants.map((g) => ({ ...g, expires: g.expires_at || "never" }));
+  fill("grants", grants, [
+    ["id"], ["source"], ["priority", true], ["remaining", true], ["amount", true], ["expires"],
+  ]);
+  const granted = account.grants.reduce((sum, g) => sum + g.remaining, 0);
+  $("next-expiry").textContent =
+    `${account.grants.length} grants, ${granted} credits; next expiry: ${account.next_expiry || "none"}`;
   fill("holds", account.holds, [
     ["hold_id"], ["amount", true], ["expires_at"], ["resource"], ["units", true],
   ]);
