@@ -9,15 +9,15 @@ ARGV[1] transaction id      ARGV[7] source: renewal | purchase | promotion | ref
 ARGV[2] account id          ARGV[8] description
 ARGV[3] grant id            ARGV[9] metadata (JSON text, "" for none)
 ARGV[4] amount (credits)    ARGV[10] idempotency key ("" for none)
-ARGV[5] expires at, ms ("" for never)
+ARGV[5] expires at, ms ("" for never; "+<ms>": that long after the script runs)
 ARGV[6] priority, 0..100    ARGV[11] request fingerprint (16 characters)
                             ARGV[12] idempotency TTL in ms
                             ARGV[13] largest balance allowed
 
 Reply  {"ok", grant id, transaction id, balance after, available after, replayed 0|1,
-        outbox entry id}
+        outbox entry id, expires at in ms (0: never)}
 Record (KEYS[4]) the 16-character fingerprint, then the reply's grant, txn, balance, available,
-       entry, space-separated: what a replay answers
+       entry, expiry, space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "balance_limit", balance, max} {"err", "too_many_grants", max}
@@ -31,8 +31,11 @@ local amount = amount_arg(ARGV[4])
 local priority = int_arg(ARGV[6], 0, 100)
 local idem_ttl = ttl_arg(ARGV[12])
 local max_balance = int_arg(ARGV[13], 1, 4e15)
-local expires = 0
-if ARGV[5] ~= '' then
+local expires, expires_in = 0, nil
+if string.sub(ARGV[5], 1, 1) == '+' then
+  expires_in = int_arg(string.sub(ARGV[5], 2), 1, 1e13)
+  if not expires_in then return {'err', 'invalid_argument', 'expires_at'} end
+elseif ARGV[5] ~= '' then
   expires = int_arg(ARGV[5], 1, 1e14)
   if not expires then return {'err', 'invalid_argument', 'expires_at'} end
 end
@@ -51,12 +54,15 @@ if not max_balance then return {'err', 'invalid_argument', 'max_balance'} end
 
 local refused, first = replay(idem, fp)
 if refused then return refused end
-if first then return {'ok', first[1], first[2], first[3], first[4], '1', first[5]} end
+if first then return {'ok', first[1], first[2], first[3], first[4], '1', first[5], first[6]} end
 
 local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
 local w, r, od = wallet(a[1], a[2], a[5], a[6], a[7]), tonumber(a[3]), tonumber(a[4])
 local now = now_ms()
+-- A relative expiry counts from this script's time, so a retry under the same idempotency
+-- key asks for the same grant (and replays it above) however late it comes.
+if expires_in then expires = now + expires_in end
 if expires > 0 and expires <= now then return {'err', 'invalid_argument', 'expires_at'} end
 wallet_expire(w, account, now)
 w.grants = w.grants or {}
@@ -99,6 +105,6 @@ terms[#terms + 1] = 'gs'; terms[#terms + 1] = source
 local entry = append_transaction(txn, account, amount, 'grant', '', '', desc, meta, nil, balance, 0,
   idem, terms)
 
-local reply = {'ok', gid, txn, s(balance), s(balance - r + od), '0', entry}
-remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5], reply[7])
+local reply = {'ok', gid, txn, s(balance), s(balance - r + od), '0', entry, s(expires)}
+remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5], reply[7], reply[8])
 return reply

@@ -205,3 +205,20 @@ async def test_captures_settles_and_overdrafts_draw_on_grants(make_engine: Engin
     assert (await _entries(engine, "a"))[-1]["gd"] == f"{g.grant_id}:4"
     await engine.credit("a", 10, "earn")  # pays the debt first
     assert (await engine.get_account("a")).purchased_credits == 7
+
+
+async def test_a_relative_expiry_counts_from_redis_and_replays(make_engine: EngineFactory) -> None:
+    engine = await _account(make_engine, "a")
+    before = datetime.now(UTC)
+    first = await engine.grant("a", 10, expires_in=timedelta(hours=1), idempotency_key="trial")
+    await asyncio.sleep(0.02)
+    again = await engine.grant("a", 10, expires_in=timedelta(hours=1), idempotency_key="trial")
+    assert again.replayed and (again.grant_id, again.expires_at) == (first.grant_id,
+                                                                     first.expires_at)  # fmt: skip
+    assert first.expires_at is not None
+    assert timedelta(0) <= first.expires_at - (before + timedelta(hours=1)) < timedelta(seconds=5)
+    with pytest.raises(ValidationError):
+        await engine.grant("a", 1, expires_in=timedelta(0))
+    with pytest.raises(ValidationError):
+        await engine.grant("a", 1, expires_in=timedelta(hours=1), expires_at=_soon())
+    assert (await engine.get_account("a")).balance == 10

@@ -219,6 +219,8 @@ class GrantMadeOut(_Out):
     replayed: bool
     durable: bool
     """False when PostgreSQL did not take it now (the flush will copy it)."""
+    expires_at: datetime | None = None
+    """When what is left of it expires, as the gateway fixed it (null: never)."""
 
 
 class VoidOut(_Out):

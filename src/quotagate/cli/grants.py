@@ -41,20 +41,24 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * DURATION_UNITS[match.group(2)])
 
 
-def expiry(expires_in: str | None, expires_at: str | None, now: datetime) -> datetime | None:
-    """When the grant's rest expires (None: never), from one of the two options."""
+def expiry(
+    expires_in: str | None, expires_at: str | None, now: datetime
+) -> tuple[datetime | None, timedelta | None]:
+    """When the grant's rest expires, from one of the two options: an instant, or a time
+    from when Redis makes it (so that a retry under the same key asks for the same grant);
+    (None, None): never."""
     if expires_in is not None and expires_at is not None:
         raise ValidationError("give either --expires-in or --expires-at, not both")
     if expires_in is not None:
-        return now + parse_duration(expires_in)
+        return None, parse_duration(expires_in)
     if expires_at is None:
-        return None
+        return None, None
     moment = parse_instant(expires_at, "--expires-at")
     if moment <= now:
         raise ValidationError(
             f"--expires-at {expires_at} is in the past: a grant must expire later"
         )
-    return moment
+    return moment, None
 
 
 @accounts.command("grant")
@@ -82,23 +86,21 @@ def grant_command(
 ) -> None:
     """Give an account an explicit grant: credits spent by priority, then soonest expiry,
     then age, whose rest expires at its expiry (none given: never)."""
-    expires = expiry(expires_in, expires_at, datetime.now(UTC))
-    if expires is not None:  # the engine keeps whole milliseconds: print the instant it keeps
-        expires = expires.replace(microsecond=expires.microsecond // 1000 * 1000)
+    expires, lifetime = expiry(expires_in, expires_at, datetime.now(UTC))
 
     async def work(b: Backends) -> dict[str, Any]:
         assert b.ledger is not None
         engine = await ready_engine(b)
         result = await engine.grant(
             account_id, amount, source=source, priority=priority, expires_at=expires,
-            description=description, idempotency_key=idempotency_key,
+            expires_in=lifetime, description=description, idempotency_key=idempotency_key,
         )  # fmt: skip
         durable = await b.ledger.write_through(engine, account_id, [result.outbox_entry_id])
         out = asdict(result)
         out.pop("outbox_entry_id")
+        out["expires_at"] = iso(result.expires_at)  # as Redis fixed it
         return {"account_id": account_id, "amount": amount, "source": source,
-                "priority": priority, "expires_at": iso(expires), **out,
-                "durable": durable}  # fmt: skip
+                "priority": priority, **out, "durable": durable}  # fmt: skip
 
     out = run(work)
     if as_json:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
@@ -466,35 +466,45 @@ class CreditEngine:
         source: str = "promotion",
         priority: int = 50,
         expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> GrantResult:
         """Give the account an explicit grant: ``amount`` credits from ``source``, spent in
         order of ``priority`` (0..100, lower first), then soonest expiry, then age; what is
-        left of it at ``expires_at`` (None: never) expires. See ``docs/grants.md``."""
+        left of it at ``expires_at``, or ``expires_in`` after Redis makes it (neither: never),
+        expires. A retry of a relative expiry under its idempotency key replays the grant the
+        first call made. See ``docs/grants.md``."""
         ids.check_account_id(account_id)
         validate.amount(amount)
         source, priority, expires_ms = validate.grant_terms(source, priority, expires_at)
+        expiry = "" if expires_ms is None else str(expires_ms)
+        if expires_in is not None:
+            if expires_at is not None:
+                raise ValidationError(
+                    "give either expires_at or expires_in, not both", field="expires_at"
+                )
+            expiry = "+" + str(validate.grant_lifetime_ms(expires_in))
         desc = validate.description(description)
         meta = validate.metadata(metadata)
         idem = ids.check_idempotency_key(idempotency_key)
         fp = (
-            idempotency.grant_fingerprint(amount, source, priority, expires_ms, desc, meta)
+            idempotency.grant_fingerprint(amount, source, priority, expiry, desc, meta)
             if idem
             else ""
         )
         args = [
-            ids.new_id(), account_id, ids.new_id(), str(amount),
-            "" if expires_ms is None else str(expires_ms), str(priority), source, desc, meta,
-            idem or "", fp, self._idem_ttl_ms, str(MAX_BALANCE),
+            ids.new_id(), account_id, ids.new_id(), str(amount), expiry, str(priority), source,
+            desc, meta, idem or "", fp, self._idem_ttl_ms, str(MAX_BALANCE),
         ]  # fmt: skip
         keys = (
             *self.keys.script_keys(account_id, idem),
             self.keys.grant_expiry(self.keys.partition_of(account_id)),
         )
         r = unwrap(await self.runner.run(self.scripts["grant"], keys, args))
-        return GrantResult(r[0], r[1], int(r[2]), int(r[3]), r[4] == "1", r[5])
+        expires = _ms_to_dt(r[6]) if r[6] != "0" else None
+        return GrantResult(r[0], r[1], int(r[2]), int(r[3]), r[4] == "1", r[5], expires)
 
     async def void_grant(
         self,

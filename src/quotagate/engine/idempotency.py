@@ -51,12 +51,11 @@ def credit_fingerprint(
 
 
 def grant_fingerprint(
-    amount: int, source: str, priority: int, expires_ms: int | None, description: str, metadata: str
+    amount: int, source: str, priority: int, expiry: str, description: str, metadata: str
 ) -> str:
-    """A grant's fingerprint (its terms, description and metadata)."""
-    return validate.fingerprint(
-        "grant", amount, source, priority, expires_ms or 0, description, metadata
-    )
+    """A grant's fingerprint (its terms, description and metadata; ``expiry`` as the script
+    takes it: "" never, "<ms>" at that time, "+<ms>" that long after it runs)."""
+    return validate.fingerprint("grant", amount, source, priority, expiry, description, metadata)
 
 
 def void_fingerprint(grant_id: str, description: str) -> str:

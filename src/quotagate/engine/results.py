@@ -56,6 +56,8 @@ class GrantResult:
     available: int
     replayed: bool
     outbox_entry_id: str
+    expires_at: datetime | None = None
+    """When what is left of it expires (None: never), as Redis fixed it."""
 
 
 @dataclass(frozen=True, slots=True)

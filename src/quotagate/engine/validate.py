@@ -102,6 +102,16 @@ def grant_terms(source: Any, priority: Any, expires_at: Any) -> tuple[str, int, 
     return source, priority, ms
 
 
+def grant_lifetime_ms(value: Any) -> int:
+    """A relative grant expiry (a timedelta) in whole milliseconds, at least 1."""
+    if not isinstance(value, timedelta):
+        raise ValidationError("expires_in must be a duration", field="expires_in")
+    ms = value // timedelta(milliseconds=1)
+    if not 1 <= ms <= 10**13:
+        raise ValidationError("expires_in must be from 1 ms to about 300 years", field="expires_in")
+    return ms
+
+
 def description(value: Any) -> str:
     if value is None:
         return ""

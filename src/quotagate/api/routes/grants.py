@@ -12,7 +12,7 @@ to guess which sources or priorities exist.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -45,14 +45,16 @@ def routes(gw: Gateway) -> list[Route]:
         account_id = request.path_params["account_id"]
         r = await engine.grant(
             account_id, body.amount, source=body.source, priority=body.priority,
-            expires_at=expiry_of(body), description=body.description, metadata=body.metadata,
+            expires_at=body.expires_at, expires_in=lifetime_of(body),
+            description=body.description, metadata=body.metadata,
             idempotency_key=idempotency_key(request),
         )  # fmt: skip
         durable = await gw.ledger.write_through(engine, account_id, [r.outbox_entry_id])
         gw.flush_trigger.note_write(account_id)
         answer = GrantMadeOut(
-            r.grant_id, r.transaction_id, r.balance, r.available, r.replayed, durable
-        )
+            r.grant_id, r.transaction_id, r.balance, r.available, r.replayed, durable,
+            r.expires_at,
+        )  # fmt: skip
         return json_response(answer, 200 if r.replayed else 201, replay_headers(r.replayed))
 
     @endpoint("grants")
@@ -104,8 +106,9 @@ def grant_request(data: bytes) -> GrantRequest:
     return body
 
 
-def expiry_of(body: GrantRequest) -> datetime | None:
-    """When the grant's rest expires (None: never)."""
-    if body.expires_in_seconds is not None:
-        return datetime.now(UTC) + timedelta(seconds=body.expires_in_seconds)
-    return body.expires_at
+def lifetime_of(body: GrantRequest) -> timedelta | None:
+    """A relative expiry: counted from when Redis makes the grant, so that a retry under the
+    same Idempotency-Key asks for the same grant and is replayed."""
+    if body.expires_in_seconds is None:
+        return None
+    return timedelta(seconds=body.expires_in_seconds)
