@@ -216,7 +216,8 @@ async def test_a_relative_expiry_counts_from_redis_and_replays(make_engine: Engi
     assert again.replayed and (again.grant_id, again.expires_at) == (first.grant_id,
                                                                      first.expires_at)  # fmt: skip
     assert first.expires_at is not None
-    assert timedelta(0) <= first.expires_at - (before + timedelta(hours=1)) < timedelta(seconds=5)
+    late = first.expires_at - (before + timedelta(hours=1))  # Redis and our clock may differ
+    assert -timedelta(milliseconds=100) < late < timedelta(seconds=5)
     with pytest.raises(ValidationError):
         await engine.grant("a", 1, expires_in=timedelta(0))
     with pytest.raises(ValidationError):
