@@ -9,10 +9,10 @@ ARGV[2] account id          ARGV[6] request fingerprint (16 characters)
 ARGV[3] grant id            ARGV[7] idempotency TTL in ms
 ARGV[4] description
 
-Reply  {"ok", transaction id ("-" when nothing was left), credits voided, balance after,
-        available after, replayed 0|1}
+Reply  {"ok", transaction id, credits voided, balance after, available after, replayed 0|1,
+        outbox entry id}
 Record (KEYS[4]) the 16-character fingerprint, then the reply's txn, voided, balance, available,
-       space-separated: what a replay answers
+       entry, space-separated: what a replay answers
 Errors {"err", "invalid_argument", name} {"err", "idempotency_conflict"}
        {"err", "account_not_loaded"} {"err", "account_not_found"}
        {"err", "grant_not_found"}: no such explicit grant (spent, expired, voided, or never)
@@ -28,7 +28,7 @@ if not idem_ttl then return {'err', 'invalid_argument', 'idempotency_ttl'} end
 
 local refused, first = replay(idem, fp)
 if refused then return refused end
-if first then return {'ok', first[1], first[2], first[3], first[4], '1'} end
+if first then return {'ok', first[1], first[2], first[3], first[4], '1', first[5]} end
 
 local a, missing = account_fields('m', 'b', 'r', 'od', 'g', 'tier', 'rp')
 if not a then return missing end
@@ -46,9 +46,9 @@ end
 w.grants, w.changed = kept, true
 wallet_save(w)
 local balance = wallet_balance(w)
-append_transaction(txn, account, -found.rem, 'adjust', '', '', desc, '', nil, balance, 0, idem,
-  {'gr', gid})
+local entry = append_transaction(txn, account, -found.rem, 'adjust', '', '', desc, '', nil,
+  balance, 0, idem, {'gr', gid})
 
-local reply = {'ok', txn, s(found.rem), s(balance), s(balance - r + od), '0'}
-remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5])
+local reply = {'ok', txn, s(found.rem), s(balance), s(balance - r + od), '0', entry}
+remember(idem, fp, idem_ttl, reply[2], reply[3], reply[4], reply[5], reply[7])
 return reply

@@ -199,7 +199,9 @@ def test_a_grant_for_an_unknown_account_is_404(
     assert_problem(r, 404, "account_not_found")
 
 
-def test_void_takes_back_what_is_left(http: httpx.Client, api_keys: dict[str, str]) -> None:
+def test_void_takes_back_what_is_left(
+    http: httpx.Client, api_keys: dict[str, str], migrated_database_url: str
+) -> None:
     admin = api_keys["admin"]
     acct = create_account(http, admin)
     made = grant(http, admin, acct, {"amount": 50, "priority": 0}).json()
@@ -207,9 +209,11 @@ def test_void_takes_back_what_is_left(http: httpx.Client, api_keys: dict[str, st
     r = void(http, admin, acct, made["grant_id"], **{"Idempotency-Key": "v-1"})
     assert r.status_code == 200, r.text
     voided = r.json()
-    assert set(voided) == {"transaction_id", "voided", "balance", "available", "replayed"}
+    assert set(voided) == {"transaction_id", "voided", "balance", "available", "replayed",
+                           "durable"}  # fmt: skip
     assert (voided["voided"], voided["balance"], voided["available"]) == (30, 1000, 1000)
-    assert voided["replayed"] is False
+    assert voided["replayed"] is False and voided["durable"] is True
+    assert ledger_row(migrated_database_url, voided["transaction_id"]) == [(acct, -30, "adjust")]
     again = void(http, admin, acct, made["grant_id"], **{"Idempotency-Key": "v-1"})
     assert again.json() == {**voided, "replayed": True}
     assert again.headers["idempotent-replayed"] == "true"

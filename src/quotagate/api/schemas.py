@@ -231,6 +231,8 @@ class VoidOut(_Out):
     balance: int
     available: int
     replayed: bool
+    durable: bool = True
+    """False when PostgreSQL did not take it now (the flush will copy it)."""
 
 
 class OpenHoldOut(_Out):

@@ -148,11 +148,15 @@ def void_grant(
     credits may go below zero; exit 2 when the account holds no such grant."""
 
     async def work(b: Backends) -> dict[str, Any]:
+        assert b.ledger is not None
         engine = await ready_engine(b)
         result = await engine.void_grant(
             account_id, grant_id, description=description, idempotency_key=idempotency_key
         )
-        return {"account_id": account_id, "grant_id": grant_id, **asdict(result)}
+        durable = await b.ledger.write_through(engine, account_id, [result.outbox_entry_id])
+        out = asdict(result)
+        out.pop("outbox_entry_id")
+        return {"account_id": account_id, "grant_id": grant_id, **out, "durable": durable}
 
     out = run(work)
     if as_json:

@@ -524,7 +524,7 @@ class CreditEngine:
         fp = idempotency.void_fingerprint(grant_id, desc) if idem else ""
         args = [ids.new_id(), account_id, grant_id, desc, idem or "", fp, self._idem_ttl_ms]
         r = await self._call("void_grant", account_id, idem, args)
-        return VoidResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1")
+        return VoidResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", r[5])
 
     async def expire_grants(self, account_id: str) -> tuple[int, int]:
         """Expire the account's explicit grants past their expiry: (grants, credits)."""

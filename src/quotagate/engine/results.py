@@ -69,6 +69,9 @@ class VoidResult:
     balance: int
     available: int
     replayed: bool
+    outbox_entry_id: str = ""
+    """The stream id of the adjust transaction in its partition's outbox (for the
+    write-through)."""
 
 
 @dataclass(frozen=True, slots=True)

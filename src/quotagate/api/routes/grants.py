@@ -72,8 +72,9 @@ def routes(gw: Gateway) -> list[Route]:
             account_id, request.path_params["grant_id"], description=body.description,
             idempotency_key=idempotency_key(request),
         )  # fmt: skip
+        durable = await gw.ledger.write_through(engine, account_id, [r.outbox_entry_id])
         gw.flush_trigger.note_write(account_id)
-        answer = VoidOut(r.transaction_id, r.voided, r.balance, r.available, r.replayed)
+        answer = VoidOut(r.transaction_id, r.voided, r.balance, r.available, r.replayed, durable)
         return json_response(answer, headers=replay_headers(r.replayed))
 
     async def make_or_list(request: Request) -> Response:
