@@ -35,8 +35,14 @@ if not terms then return {'err', 'unknown_tier', a[5]} end
 local policy, grant, limit = string.match(terms, '^(%a+) (%d+) (%d+)$')
 grant, limit = tonumber(grant), tonumber(limit)
 local w = wallet(a[1], a[2], a[8])
-if a[3] ~= 'active' then return {'ok', '0', '0', '0', s(wallet_balance(w)), 'banned'} end
-if a[4] == period then return {'ok', '0', '0', '0', s(wallet_balance(w)), 'already_renewed'} end
+if a[3] ~= 'active' or a[4] == period then
+  -- Nothing to do: the balance answered leaves out grants past their expiry, as reads do.
+  local balance = wallet_balance(w)
+  if wallet_expires(w) then balance = balance - wallet_due(w, now_ms()) end
+  local why = 'already_renewed'
+  if a[3] ~= 'active' then why = 'banned' end
+  return {'ok', '0', '0', '0', s(balance), why}
+end
 
 local now = now_ms()
 wallet_expire(w, account, now)
