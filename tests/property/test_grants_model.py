@@ -23,6 +23,7 @@ import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -130,6 +131,19 @@ def _sorted_row(row: Row) -> Row:
     return Row(row.type, row.amount, row.balance, tuple(sorted(row.extra)))
 
 
+@dataclass
+class Observed:
+    """What Redis holds right after an operation."""
+
+    now_ms: int
+    rows: list[Row]
+    stored: tuple[int, int, int, str | None]
+    """The account hash's m, b, r and g."""
+    holds: list[str]
+    index_score: float | None
+    """The account's score in the partition's grant-expiry index."""
+
+
 class Sequence:
     """One seeded sequence: draws each operation, runs it on both sides, compares."""
 
@@ -165,8 +179,8 @@ class Sequence:
             monthly_expires_ms=_period_end_ms(period) if tier == "pro" else None,
         )
         self.trace.append(f"open tier={tier} overdraft={overdraft} period={period} b={purchased}")
-        await self._new_rows()  # the setup's rows are not under test
-        await self.check_state()
+        seen = await self._observe()  # the setup's rows are not under test
+        await self.check_state(seen)
 
     # -- the comparison of one operation --------------------------------------------------
 
@@ -174,13 +188,27 @@ class Sequence:
         seconds, micros = await self.engine.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
-    async def _new_rows(self) -> list[Row]:
-        entries = cast(
-            RawEntries, await self.engine.redis.xrange(self.outbox, min=f"({self.last_entry}")
-        )
+    async def _observe(self) -> Observed:
+        """The server's time, the outbox rows since the last look and the account's keys,
+        read in one round trip (in this order, after the operation)."""
+        redis = self.engine.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.xrange(self.outbox, min=f"({self.last_entry}")
+            pipe.hmget(self.keys.account, ["m", "b", "r", "g"])
+            pipe.hkeys(self.keys.holds)
+            pipe.zscore(self.index, ACCOUNT)
+            (seconds, micros), entries, fields, holds, score = await pipe.execute()
         if entries:
             self.last_entry = entries[-1][0]
-        return [_row(fields) for _, fields in entries if fields.get("a") == ACCOUNT]
+        m, b, r, g = cast(list[str | None], fields)
+        return Observed(
+            now_ms=int(seconds) * 1000 + int(micros) // 1000,
+            rows=[_row(f) for _, f in cast(RawEntries, entries) if f.get("a") == ACCOUNT],
+            stored=(int(m or "0"), int(b or "0"), int(r or "0"), g),
+            holds=sorted(holds),
+            index_score=score,
+        )
 
     def _fail(self, message: str) -> str:
         recent = "\n  ".join(self.trace[-12:])
@@ -217,8 +245,8 @@ class Sequence:
         self.trace.append(label)
         before = await self._server_ms()
         answers = await call()
-        after = await self._server_ms()
-        rows = await self._new_rows()
+        seen = await self._observe()
+        after, rows = seen.now_ms, seen.rows
         refused_as_past = answers[0].error == "invalid_argument"
         floor = past_expiry if refused_as_past else None
         if refused_as_past and past_expiry is not None:
@@ -235,7 +263,7 @@ class Sequence:
             f"outbox rows {rows} != model {expected_rows} (instant {instant}, "
             f"window {before}..{after}: a grant due at or before {before} must expire)"
         )
-        await self.check_state()
+        await self.check_state(seen)
         return answers
 
     async def _answers(
@@ -250,28 +278,28 @@ class Sequence:
 
     # -- what the account must be after each operation -------------------------------------
 
-    async def check_state(self) -> None:
+    async def check_state(self, seen: Observed) -> None:
         model = self.model
-        fields = await self.engine.redis.hmget(self.keys.account, ["m", "b", "r", "g"])
-        m, b, r, g = cast(list[str | None], fields)
-        stored = (int(m or "0"), int(b or "0"), int(r or "0"), g)
         expected = (model.monthly, model.purchased, model.reserved, model.grant_field())
-        assert stored == expected, self._fail(f"account hash (m, b, r, g) {stored} != {expected}")
-        holds = sorted(cast(list[str], await self.engine.redis.hkeys(self.keys.holds)))
-        assert holds == sorted(model.holds), self._fail(f"holds {holds} != {sorted(model.holds)}")
+        assert seen.stored == expected, self._fail(
+            f"account hash (m, b, r, g) {seen.stored} != {expected}"
+        )
+        assert seen.holds == sorted(model.holds), self._fail(
+            f"holds {seen.holds} != {sorted(model.holds)}"
+        )
         next_expiry = model.next_expiry_ms()
+        score = seen.index_score
         if next_expiry is not None:
-            score = await self.engine.redis.zscore(self.index, ACCOUNT)
             assert score is not None and score <= next_expiry, self._fail(
                 f"grant-expiry index scores the account {score}, its next expiry is "
                 f"{next_expiry}: the sweep would miss it"
             )
-        await self._check_read()
+        await self._check_read(seen.now_ms)
 
-    async def _check_read(self) -> None:
+    async def _check_read(self, before: int) -> None:
         """get_account counts a grant past its expiry as gone, expired yet or not: the grants
-        due inside the read's window may show either way, the rest as the model has them."""
-        before = await self._server_ms()
+        due inside the read's window (from ``before``, a time read earlier) may show either
+        way, the rest as the model has them."""
         account = await self.engine.get_account(ACCOUNT)
         after = await self._server_ms()
         shown = {g.id for g in account.grants} - {MONTHLY, PURCHASED}
