@@ -49,6 +49,7 @@ from quotagate.errors import (
     CaptureExceedsHold,
     GrantNotFound,
     HoldNotFound,
+    IdempotencyConflict,
     InsufficientCredits,
     QuotagateError,
     RefundExceedsSpend,
@@ -114,6 +115,8 @@ def _refusal(exc: QuotagateError) -> Answer:
         return Answer(error="grant_not_found")
     if isinstance(exc, HoldNotFound):
         return Answer(error="hold_not_found")
+    if isinstance(exc, IdempotencyConflict):
+        return Answer(error="idempotency_conflict")
     if isinstance(exc, TooManyGrants):
         return Answer(error="too_many_grants")
     if isinstance(exc, ValidationError) and exc.extra.get("field") == "expires_at":
@@ -144,6 +147,22 @@ class Observed:
     """The account's score in the partition's grant-expiry index."""
 
 
+@dataclass
+class Keyed:
+    """A call made with an idempotency key, to send again: ``send(key, changed)`` makes it
+    (with other arguments when ``changed``), ``values`` reads its answer; ``first`` is what
+    it answered first, ``first_id`` the id it made (its ``id_field`` on the result)."""
+
+    send: Callable[[str, bool], Awaitable[Any]]
+    values: Callable[[Any], tuple[int, ...]]
+    first: Answer
+    first_id: str
+    id_field: str = "transaction_id"
+
+    def ident(self, result: Any) -> str:
+        return str(getattr(result, self.id_field))
+
+
 class Sequence:
     """One seeded sequence: draws each operation, runs it on both sides, compares."""
 
@@ -157,6 +176,7 @@ class Sequence:
         self.index = engine.keys.grant_expiry(self.partition)
         self.model = AccountModel(overdraft=0)
         self.grant_ids: list[str] = []  # every grant ever made, for voids of gone ones
+        self.keyed: dict[str, Keyed] = {}  # idempotency keys whose first call was charged
         self.last_entry = "0-0"
         self.trace: list[str] = []
 
@@ -360,17 +380,24 @@ class Sequence:
             "past": now - rng.randint(1, 50),
         }[kind]
         expires_at = None if expires_ms is None else _at(expires_ms)
+        key = self._maybe_key()
         made: list[str] = []
 
+        def send(idempotency_key: str | None, changed: bool = False) -> Awaitable[Any]:
+            return self.engine.grant(
+                ACCOUNT, amount + (1 if changed else 0), source=source, priority=priority,
+                expires_at=expires_at, idempotency_key=idempotency_key,
+            )  # fmt: skip
+
+        def values(result: Any) -> tuple[int, ...]:
+            return (result.balance, result.available)
+
         async def call() -> list[Answer]:
-            answers, result = await self._answers(
-                self.engine.grant(
-                    ACCOUNT, amount, source=source, priority=priority, expires_at=expires_at
-                ),
-                lambda res: (res.balance, res.available),
-            )
+            answers, result = await self._answers(send(key), values)
             if result is not None:
                 made.append(result.grant_id)
+                if key is not None:
+                    self.keyed[key] = Keyed(send, values, answers[0], result.grant_id, "grant_id")
             return answers
 
         def apply(model: AccountModel, instant: int) -> list[Outcome]:
@@ -382,7 +409,7 @@ class Sequence:
                 )
             ]  # fmt: skip
 
-        label = f"grant {amount} prio={priority} {source} expires={expires_ms} ({kind})"
+        label = f"grant {amount} prio={priority} {source} expires={expires_ms} ({kind}) key={key}"
         await self.run(label, call, apply, past_expiry=expires_ms)
         self.grant_ids += made
 
@@ -401,19 +428,56 @@ class Sequence:
 
     async def consume(self) -> None:
         cost = self.rng.randint(1, 50)
+        key = self._maybe_key()
         charged: list[str] = []
 
-        async def call() -> list[Answer]:
-            answers, result = await self._answers(
-                self.engine.consume(ACCOUNT, "unit", cost),
-                lambda res: (res.cost, res.remaining, res.balance),
+        def send(idempotency_key: str | None, changed: bool = False) -> Awaitable[Any]:
+            return self.engine.consume(
+                ACCOUNT, "unit", cost + (1 if changed else 0), idempotency_key=idempotency_key
             )
+
+        def values(result: Any) -> tuple[int, ...]:
+            return (result.cost, result.remaining, result.balance)
+
+        async def call() -> list[Answer]:
+            answers, result = await self._answers(send(key), values)
             if result is not None:
                 charged.append(result.transaction_id)
+                if key is not None:
+                    self.keyed[key] = Keyed(send, values, answers[0], result.transaction_id)
             return answers
 
-        await self.run(f"consume {cost}", call, lambda model, now: [model.consume(cost, now)])
+        label = f"consume {cost} key={key}"
+        await self.run(label, call, lambda model, now: [model.consume(cost, now)])
         self._remember_spends(charged, [cost])
+
+    def _maybe_key(self) -> str | None:
+        """An idempotency key for one call in four: a later retry may send it again."""
+        return f"key-{self.seed}-{len(self.trace)}" if self.rng.random() < 0.25 else None
+
+    async def retry(self) -> None:
+        """A keyed call sent again: the first answer, replayed, nothing written; or with other
+        arguments under the same key: refused as a conflict, nothing written."""
+        if not self.keyed:
+            return await self.consume()
+        key = self.rng.choice(sorted(self.keyed))
+        keyed, changed = self.keyed[key], self.rng.random() < 0.25
+        replays: list[tuple[bool, str]] = []
+
+        async def call() -> list[Answer]:
+            answers, result = await self._answers(keyed.send(key, changed), keyed.values)
+            if result is not None:
+                replays.append((result.replayed, keyed.ident(result)))
+            return answers
+
+        def apply(model: AccountModel, instant: int) -> list[Outcome]:
+            conflict = Answer(error="idempotency_conflict")
+            return [Outcome(conflict if changed else keyed.first)]
+
+        await self.run(f"retry {key} changed={changed}", call, apply)
+        if not changed:
+            assert replays == [(True, keyed.first_id)], self._fail(f"replay {replays}")
+        return None
 
     async def consume_many(self) -> None:
         """Several charges of the account in one script run (one instant)."""
@@ -572,6 +636,7 @@ class Sequence:
             self.release: 4,
             self.expire_grants: 4,
             self.sweep: 3,
+            self.retry: 5,
             self.wait: 14,
         }
         operation = self.rng.choices(list(operations), weights=list(operations.values()))[0]
