@@ -623,6 +623,21 @@ class Sequence:
         self.trace.append(f"sleep {pause_ms} ms")
         await asyncio.sleep(pause_ms / 1000)
 
+    async def on_the_edge(self) -> None:
+        """Waits until a grant's expiry is a millisecond or two away, then runs an operation
+        that expires lazily: its expiry then often falls inside the operation's window, where
+        the outbox decides."""
+        now = await self._server_ms()
+        coming = [g.expires_ms for g in self.model.grants if g.expires_ms and g.expires_ms > now]
+        soonest = min(coming, default=None)
+        if soonest is None or soonest - now > 400:
+            return await self.wait()
+        pause_ms = max(0, soonest - now - self.rng.randint(1, 4))
+        self.trace.append(f"sleep {pause_ms} ms, to {soonest}")
+        await asyncio.sleep(pause_ms / 1000)
+        operation = self.rng.choice([self.consume, self.void, self.credit, self.expire_grants])
+        return await operation()
+
     async def step(self) -> None:
         operations = {
             self.grant: 20,
@@ -637,7 +652,8 @@ class Sequence:
             self.expire_grants: 4,
             self.sweep: 3,
             self.retry: 5,
-            self.wait: 14,
+            self.wait: 10,
+            self.on_the_edge: 6,
         }
         operation = self.rng.choices(list(operations), weights=list(operations.values()))[0]
         await operation()
