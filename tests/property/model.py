@@ -10,8 +10,9 @@ The model is deliberately plain: a list of grants sorted on every spend, no cach
 shortcuts. Where it disagrees with the scripts, one of the two is wrong, and the test that
 drives both says which operation and which field.
 
-Holds here never pass their deadline (the tests give them minutes), so holds only set
-credits aside; their own expiry is covered by the hold tests.
+Holds here never pass their deadline (the tests give them minutes), so holds and reservations
+only set credits aside until a capture, settle or release; their own expiry is covered by the
+hold tests.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class AccountModel:
     monthly_expires_ms: int | None = None
     grants: list[ModelGrant] = field(default_factory=list)
     holds: dict[str, int] = field(default_factory=dict)
+    overruns: dict[str, int] = field(default_factory=dict)
+    """The reservations among the holds: what a settle may charge above the held amount."""
+    settled: set[str] = field(default_factory=set)
     spends: dict[str, Spend] = field(default_factory=dict)
 
     # -- what the account is --------------------------------------------------------------
@@ -271,6 +275,39 @@ class AccountModel:
         self.holds[hold_id] = amount
         return Outcome(_ok(amount, available - amount), rows)
 
+    def check(self, cost: int, now_ms: int) -> Answer:
+        """Would a charge of ``cost`` be allowed: (allowed 0|1, cost, available). Reads only;
+        grants past their expiry do not count, written or not."""
+        due = sum(g.remaining for g in self.grants if g.due(now_ms))
+        available = self.available - due
+        return _ok(int(available >= cost), cost, available)
+
+    def reserve(self, hold_id: str, amount: int, max_overrun: int, now_ms: int) -> Outcome:
+        """A hold that a settle ends with its actual cost, up to ``max_overrun`` above it."""
+        outcome = self.hold(hold_id, amount, now_ms)
+        if outcome.answer.ok:
+            self.overruns[hold_id] = max_overrun
+        return outcome
+
+    def settle(self, hold_id: str, actual: int, now_ms: int) -> Outcome:
+        """Ends a reservation: charges the actual cost up to the held amount and its overrun,
+        as far as the credits allow (what other holds set aside stays aside); the rest of the
+        hold goes back. Answers (charged a spend 0|1, charged, shortfall, released,
+        available, balance)."""
+        if hold_id not in self.holds:
+            return Outcome(_error("hold_settled" if hold_id in self.settled else "hold_not_found"))
+        rows = self._expire(now_ms)
+        held = self.holds.pop(hold_id)
+        overrun = self.overruns.pop(hold_id, 0)
+        affordable = max(0, self.available)
+        charged = min(actual, held + overrun, affordable)
+        released = held - min(charged, held)
+        if charged > 0:
+            rows.append(self._spend_row(charged, hold_id))
+        self.settled.add(hold_id)
+        values = (int(charged > 0), charged, actual - charged, released)
+        return Outcome(_ok(*values, self.available, self.balance), rows)
+
     def capture(self, hold_id: str, amount: int | None, now_ms: int) -> Outcome:
         """Charges a hold (all of it by default) and gives the rest back; refused, and the
         hold kept, when the account's credits fell behind it."""
@@ -288,6 +325,7 @@ class AccountModel:
                 rows,
             )
         del self.holds[hold_id]
+        self.overruns.pop(hold_id, None)
         rows.append(self._spend_row(amount, hold_id))
         return Outcome(_ok(amount, self.available, self.balance), rows)
 
@@ -297,6 +335,7 @@ class AccountModel:
             return Outcome(_error("hold_not_found"))
         rows = self._expire(now_ms)
         del self.holds[hold_id]
+        self.overruns.pop(hold_id, None)
         return Outcome(_ok(held, self.available), rows)
 
     def expire_grants(self, now_ms: int) -> Outcome:
@@ -313,5 +352,7 @@ class AccountModel:
             self,
             grants=[dataclasses.replace(g) for g in self.grants],
             holds=dict(self.holds),
+            overruns=dict(self.overruns),
+            settled=set(self.settled),
             spends={k: dataclasses.replace(v) for k, v in self.spends.items()},
         )

@@ -1,4 +1,5 @@
-"""Random sequences of grant, spend, hold and refund operations, run against the real scripts
+"""Random sequences of grant, void, spend, hold, reserve, settle, refund and credit operations
+(some keyed and sent again), run against the real scripts
 (CreditEngine on real Redis) and against the reference model (tests/property/model.py): both
 must give the same answers, leave the same account (monthly, purchased, reserved, the `g`
 field byte for byte, the holds) and write the same outbox rows, expire rows included.
@@ -41,6 +42,7 @@ from tests.property.model import (
     Spend,
 )
 
+from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.engine.charge_list import Charge
 from quotagate.engine.results import GRANT_SOURCES, Account, RefundCount
@@ -49,6 +51,7 @@ from quotagate.errors import (
     CaptureExceedsHold,
     GrantNotFound,
     HoldNotFound,
+    HoldSettled,
     IdempotencyConflict,
     InsufficientCredits,
     QuotagateError,
@@ -115,6 +118,8 @@ def _refusal(exc: QuotagateError) -> Answer:
         return Answer(error="grant_not_found")
     if isinstance(exc, HoldNotFound):
         return Answer(error="hold_not_found")
+    if isinstance(exc, HoldSettled):
+        return Answer(error="hold_settled")
     if isinstance(exc, IdempotencyConflict):
         return Answer(error="idempotency_conflict")
     if isinstance(exc, TooManyGrants):
@@ -591,6 +596,61 @@ class Sequence:
         )
         self._remember_spends(charged, [held if amount is None else amount])
 
+    async def reserve(self) -> None:
+        amount, overrun = self.rng.randint(1, 30), self.rng.choice([0, 5, 20])
+        made: list[str] = []
+
+        async def call() -> list[Answer]:
+            answers, result = await self._answers(
+                self.engine.reserve(
+                    ACCOUNT, amount=amount, ttl_seconds=HOLD_TTL_SECONDS, max_overrun=overrun
+                ),
+                lambda res: (res.amount, res.available),
+            )
+            if result is not None:
+                made.append(ids.split_account_hold_id(result.hold_id)[1])
+            return answers
+
+        def apply(model: AccountModel, instant: int) -> list[Outcome]:
+            return [model.reserve(made[0] if made else "refused", amount, overrun, instant)]
+
+        await self.run(f"reserve {amount} overrun={overrun}", call, apply)
+
+    async def settle(self) -> None:
+        """A reservation's settle, or a settle of a hold settled, captured or never made."""
+        known = sorted(self.model.overruns) + sorted(self.model.settled)
+        hold_id = self.rng.choice(known) if known else str(uuid.uuid4())
+        actual = self.rng.randint(0, 50)
+
+        async def call() -> list[Answer]:
+            answers, _ = await self._answers(
+                self.engine.settle(ids.account_hold_id(ACCOUNT, hold_id), amount=actual),
+                lambda res: (
+                    int(res.transaction_id is not None), res.charged, res.shortfall,
+                    res.released, res.remaining, res.balance,
+                ),
+            )  # fmt: skip
+            return answers
+
+        await self.run(
+            f"settle {actual} of {hold_id}",
+            call,
+            lambda model, now: [model.settle(hold_id, actual, now)],
+        )
+
+    async def check(self) -> None:
+        """check reads only: a grant due inside its window may count either way."""
+        cost = self.rng.randint(1, 60)
+        self.trace.append(f"check {cost}")
+        before = await self._server_ms()
+        result = await self.engine.check(ACCOUNT, "unit", cost)
+        seen = await self._observe()
+        answer = Answer(values=(int(result.allowed), result.cost, result.available))
+        either = {self.model.check(cost, before), self.model.check(cost, seen.now_ms)}
+        assert answer in either, self._fail(f"check {answer} not in {either}")
+        assert seen.rows == [], self._fail(f"check wrote {seen.rows}")
+        await self.check_state(seen)
+
     async def release(self) -> None:
         hold_id = self._some_hold()
 
@@ -649,6 +709,9 @@ class Sequence:
             self.hold: 8,
             self.capture: 7,
             self.release: 4,
+            self.reserve: 5,
+            self.settle: 5,
+            self.check: 4,
             self.expire_grants: 4,
             self.sweep: 3,
             self.retry: 5,
