@@ -1,13 +1,17 @@
 """Random sequences of grant, void, spend, hold, reserve, settle, refund and credit operations
-(some keyed and sent again), run against the real scripts
-(CreditEngine on real Redis) and against the reference model (tests/property/model.py): both
-must give the same answers, leave the same account (monthly, purchased, reserved, the `g`
-field byte for byte, the holds) and write the same outbox rows, expire rows included.
+(some keyed and sent again), run against the real scripts (CreditEngine on real Redis) and
+against the reference model (tests/property/model.py): both must give the same answers, leave
+the same account (monthly, purchased, reserved, the `g` field byte for byte, the holds) and
+write the same outbox rows, expire rows included.
 
-Each sequence comes from ``random.Random(seed)``, so a failure names its seed and replays.
-The suite runs a short form (25 seeds of 40 steps). For a long run::
+Each sequence comes from ``random.Random(seed)``: a failure names its seed and its last
+steps, and the same seed draws the same operations again (ids and times differ, and with
+them what expired when). The suite runs a short form (25 seeds of 40 steps). For a long run
+(QUOTAGATE_PROPERTY_SEEDS seeds, 0 to N-1, of QUOTAGATE_PROPERTY_STEPS steps)::
 
     QUOTAGATE_PROPERTY_SEEDS=500 QUOTAGATE_PROPERTY_STEPS=200 pytest tests/property
+
+and one seed alone: ``pytest 'tests/property/test_grants_model.py::test_scripts_follow_the_model[7]'``.
 
 Time. Redis TIME cannot be faked, so grants expire tens to hundreds of ms ahead and short
 real sleeps let time pass. The server's time is read just before and just after each
