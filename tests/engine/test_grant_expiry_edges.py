@@ -102,3 +102,19 @@ async def test_an_upsert_answers_the_balance_without_expired_grants(
     await _account_with_grant_past_expiry(engine)
     answered = await engine.upsert_account("acct", status="active")
     assert answered.balance == (await engine.get_account("acct")).balance == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="renew.lua answers already_renewed (and banned) with wallet_balance before "
+    "wallet_expire: its balance counts credits of grants past their expiry",
+)
+async def test_a_renewal_already_done_answers_the_balance_without_expired_grants(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(CONFIG)
+    await _account_with_grant_past_expiry(engine)
+    period = (await engine.get_account("acct")).renewed_period
+    answered = await engine.renew("acct", period)
+    assert answered.reason == "already_renewed"
+    assert answered.balance == (await engine.get_account("acct")).balance == 0

@@ -343,6 +343,23 @@ class AccountModel:
         rows = self._expire(now_ms)
         return Outcome(_ok(len(rows), -sum(row.amount for row in rows)), rows)
 
+    def renew(self, monthly_grant: int, *, reset: bool, period_end_ms: int, now_ms: int) -> Outcome:
+        """A renewal for a new period: under reset, what is left of the monthly credits expires
+        and the grant replaces it (expiring at the new period's end); under add, the grant
+        is added (capped by the tier's credit limit, not reached here). Answers (renewed,
+        granted, expired, balance); an account event row follows its transactions."""
+        rows = self._expire(now_ms)
+        expired = 0
+        if reset and self.monthly > 0:
+            expired, self.monthly = self.monthly, 0
+            rows.append(Row("expire", -expired, self.balance, (("dm", str(-expired)),)))
+        self.monthly += monthly_grant
+        rows.append(Row("grant", monthly_grant, self.balance, (("dm", str(monthly_grant)),)))
+        rows.append(Row("account", 0, 0))
+        if reset:
+            self.monthly_expires_ms = period_end_ms
+        return Outcome(_ok(1, monthly_grant, expired, self.balance), rows)
+
     def next_expiry_ms(self) -> int | None:
         return min((g.expires_ms for g in self.grants if g.expires_ms is not None), default=None)
 

@@ -83,6 +83,9 @@ renewal = "reset"
 """`free` renews by adding (its monthly grant never expires), `pro` by reset (its monthly
 grant expires at its period's end, which places it in the spend order)."""
 
+MONTHLY_GRANT = 80
+"""Both tiers' monthly grant (in CONFIG)."""
+
 ACCOUNT = "acct"
 HOLD_TTL_SECONDS = 600
 """Holds outlive every sequence: their own expiry is the hold tests' subject."""
@@ -105,6 +108,12 @@ def _period_end_ms(period: str) -> int:
     year, month = (int(part) for part in period.split("-"))
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return _ms(datetime(year, month, 1, tzinfo=UTC))
+
+
+def _next_period(period: str) -> str:
+    year, month = (int(part) for part in period.split("-"))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{year:04d}-{month:02d}"
 
 
 def _refusal(exc: QuotagateError) -> Answer:
@@ -185,6 +194,7 @@ class Sequence:
         self.index = engine.keys.grant_expiry(self.partition)
         self.model = AccountModel(overdraft=0)
         self.grant_ids: list[str] = []  # every grant ever made, for voids of gone ones
+        self.tier, self.period = "free", ""  # chosen by open_account
         self.keyed: dict[str, Keyed] = {}  # idempotency keys whose first call was charged
         self.last_entry = "0-0"
         self.trace: list[str] = []
@@ -196,6 +206,7 @@ class Sequence:
         tier = rng.choice(["free", "pro"])
         overdraft = rng.choice([0, 0, 30])
         period = rng.choice(["2020-01", "2099-01"])
+        self.tier, self.period = tier, period
         await engine.upsert_account(ACCOUNT, tier=tier, overdraft_limit=overdraft)
         await engine.renew(ACCOUNT, period)
         purchased = rng.randint(0, 60)
@@ -203,7 +214,7 @@ class Sequence:
             await engine.credit(ACCOUNT, purchased)
         self.model = AccountModel(
             overdraft=overdraft,
-            monthly=80,
+            monthly=MONTHLY_GRANT,
             purchased=purchased,
             monthly_expires_ms=_period_end_ms(period) if tier == "pro" else None,
         )
@@ -249,9 +260,9 @@ class Sequence:
         expiries = {g.id: g.expires_ms for g in self.model.grants}
         instant = before if floor is None else max(before, floor)
         for row in rows:
-            if row.type != "expire":
+            gid = dict(row.extra).get("gr")
+            if row.type != "expire" or gid is None:  # not a grant's (a renewal's monthly)
                 continue
-            gid = dict(row.extra)["gr"]
             assert gid in expiries, self._fail(f"expired {gid}, which the model does not hold")
             expiry = expiries[gid]
             assert expiry is not None, self._fail(f"expired {gid}, which never expires")
@@ -682,6 +693,23 @@ class Sequence:
 
         await self.run("sweep", call, lambda model, now: [model.expire_grants(now)])
 
+    async def renew(self) -> None:
+        """A renewal for the next period (a period renewed already answers without looking
+        at the grants: tests/engine/test_grant_expiry_edges.py)."""
+        self.period = _next_period(self.period)
+        period, reset = self.period, self.tier == "pro"
+
+        async def call() -> list[Answer]:
+            result = await self.engine.renew(ACCOUNT, period)
+            values = (int(result.renewed), result.granted, result.expired, result.balance)
+            return [Answer(values=values)]
+
+        def apply(model: AccountModel, instant: int) -> list[Outcome]:
+            end = _period_end_ms(period)
+            return [model.renew(MONTHLY_GRANT, reset=reset, period_end_ms=end, now_ms=instant)]
+
+        await self.run(f"renew {period}", call, apply)
+
     async def wait(self) -> None:
         pause_ms = self.rng.randint(10, 120)
         self.trace.append(f"sleep {pause_ms} ms")
@@ -716,6 +744,7 @@ class Sequence:
             self.reserve: 5,
             self.settle: 5,
             self.check: 4,
+            self.renew: 2,
             self.expire_grants: 4,
             self.sweep: 3,
             self.retry: 5,
