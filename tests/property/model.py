@@ -1,4 +1,5 @@
-"""A reference model of one account's credits, written from docs/grants.md and nothing else.
+"""A reference model of one account's credits, written from docs/grants.md and the scripts'
+headers (what each answers and refuses), not from their code.
 
 The account holds its monthly credits, its purchased credits (below zero: its debt, within
 its overdraft), its explicit grants and its holds. Each operation takes the instant it runs
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 
 STANDING_PRIORITY = 50
 """The priority of the monthly and purchased grants (docs/grants.md)."""
+
+MAX_GRANTS = 100
+"""Explicit grants an account may hold at once (each charge reads them all)."""
 
 NEVER_MS = 10**15
 """A spend-order expiry for "never": later than any expiry a grant can have."""
@@ -230,6 +234,8 @@ class AccountModel:
         if expires_ms is not None and expires_ms <= now_ms:
             return Outcome(_error("invalid_argument"))
         rows = self._expire(now_ms)
+        if len(self.grants) >= MAX_GRANTS:
+            return Outcome(_error("too_many_grants"), rows)
         new = ModelGrant(grant_id, amount, expires_ms, priority, source, amount)
         self.grants.append(new)
         terms = [("gr", grant_id)]

@@ -78,3 +78,12 @@ def test_a_grant_already_past_its_expiry_is_refused_and_changes_nothing() -> Non
     outcome = account.grant("new", 5, expires_ms=NOW, priority=50, source="promotion", now_ms=NOW)
     assert (outcome.answer, outcome.rows) == (Answer(error="invalid_argument"), [])
     assert [g.id for g in account.grants] == ["old"]  # not even expired: nothing ran
+
+
+def test_an_account_holds_at_most_100_explicit_grants() -> None:
+    account = AccountModel(overdraft=0)
+    account.grants = [_grant(f"g{i:03d}", 1) for i in range(99)] + [_grant("due", 1, NOW)]
+    kept = account.grant("new", 5, expires_ms=None, priority=50, source="refund", now_ms=NOW)
+    assert kept.answer.ok and len(account.grants) == 100  # the due one expired first
+    refused = account.grant("more", 5, expires_ms=None, priority=50, source="refund", now_ms=NOW)
+    assert refused.answer == Answer(error="too_many_grants")
