@@ -1,5 +1,5 @@
-"""A reference model of one account's credits, written from docs/grants.md and the scripts'
-headers (what each answers and refuses), not from their code.
+"""A reference model of one account's credits, after docs/grants.md and the scripts' headers
+(what each operation answers and refuses).
 
 The account holds its monthly credits, its purchased credits (below zero: its debt, within
 its overdraft), its explicit grants and its holds. Each operation takes the instant it runs
@@ -18,7 +18,6 @@ hold tests.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 STANDING_PRIORITY = 50
@@ -368,14 +367,3 @@ class AccountModel:
 
     def next_expiry_ms(self) -> int | None:
         return min((g.expires_ms for g in self.grants if g.expires_ms is not None), default=None)
-
-    def copy(self) -> AccountModel:
-        """A deep copy: the test tries an operation on it when the instant is in doubt."""
-        return dataclasses.replace(
-            self,
-            grants=[dataclasses.replace(g) for g in self.grants],
-            holds=dict(self.holds),
-            overruns=dict(self.overruns),
-            settled=set(self.settled),
-            spends={k: dataclasses.replace(v) for k, v in self.spends.items()},
-        )
