@@ -12,6 +12,8 @@ Rows (``name``: what it measures, compared with):
                     same HTTP server settings, answering the hook's request
   engine/in-process ``CreditEngine.consume`` from concurrent tasks, no HTTP (redis-benchmark)
   engine/unbatched  the same with the engine's pipeline batching off (redis-benchmark)
+  engine/grants-2|20 engine/in-process on an account holding 2 or 20 explicit grants, which
+                    every charge reads, draws on and writes back (engine/in-process)
   redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
   batch/spread      POST /v1/charges, charges/s over 100k accounts (redis-benchmark/pipelined)
   redis-benchmark/pipelined the same EVALSHA pipelined 16 deep over 100k accounts
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -176,6 +179,8 @@ async def engine_group(run: Run, progress: Progress) -> None:
             await run.stage.clear_outboxes()
     finally:
         await unbatched.aclose()
+    for count in GRANT_COUNTS:
+        await _grants_row(run, progress, count)
     if not shutil.which("redis-benchmark"):
         progress("redis-benchmark is not installed (apt-get install redis-tools): no baseline")
         return
@@ -191,6 +196,46 @@ async def engine_group(run: Run, progress: Progress) -> None:
     await _redis_time(engine, row, stats)
     if before - await _balance(engine, HOT.stem) < row.count:
         row.note = "fewer credits charged than calls sent: the script refused some"
+    await run.stage.clear_outboxes()
+
+
+GRANT_COUNTS = (2, 20)
+"""The explicit grants of the accounts of the engine/grants-N rows."""
+
+GRANT_CREDITS = 10**9
+"""What each of those grants holds: no run spends the first one out."""
+
+
+async def _open_with_grants(engine: CreditEngine, account: str, count: int) -> None:
+    """An account holding ``count`` explicit grants besides its monthly credits, as a busy
+    one might: priority 40, so that each charge draws on one and writes the list back, and
+    every other one expiring in 30 days, so that each charge reads the clock and checks
+    them all for expiry."""
+    await engine.upsert_account(account)
+    expires = datetime.now(UTC) + timedelta(days=30)
+    for i in range(count):
+        await engine.grant(
+            account, GRANT_CREDITS, priority=40, expires_at=expires if i % 2 else None
+        )
+
+
+async def _grants_row(run: Run, progress: Progress, count: int) -> None:
+    """engine/in-process on an account of ``count`` explicit grants (engine/in-process)."""
+    engine = run.stage.engine
+    assert engine is not None
+    name, account = f"engine/grants-{count}", f"bench-grants{count}"
+    await _open_with_grants(engine, account, count)
+    progress(f"measuring {name}")
+    before = await _balance(engine, account)
+    stats = await redis_cpu.snapshot(engine)
+    o = run.options
+    result = await engine_load.engine_load(
+        engine, account, duration_s=o.duration_s, concurrency=o.concurrency, warmup_s=o.warmup_s
+    )
+    row = run.add(name, result, "engine/in-process")
+    await _redis_time(engine, row, stats)
+    if before - await _balance(engine, account) < row.count:
+        row.note = "fewer credits charged than calls answered"
     await run.stage.clear_outboxes()
 
 
