@@ -299,7 +299,7 @@ local function wallet_expire(w, account, now)
       kept[#kept + 1] = gr
     end
   end
-  w.grants, w.changed = kept, true
+  w.grants, w.changed, w.order = kept, true, nil
   return count, credits
 end
 
@@ -326,18 +326,13 @@ local function wallet_monthly_expiry(w)
   return days_from_civil(y, mo, 1) * 86400000
 end
 
--- Whether spend order key x comes before y: {priority, expiry, age rank, source}.
-local function spends_before(x, y)
-  if x[1] ~= y[1] then return x[1] < y[1] end
-  if x[2] ~= y[2] then return x[2] < y[2] end
-  return x[3] < y[3]
-end
-
 -- The wallet's grants in spend order: priority, then soonest expiry (never last), then the
 -- oldest (the standing grants first, monthly before purchased; explicit ones by id, a UUIDv7).
--- The monthly grant's expiry is looked up only when an explicit grant of its priority that
--- expires makes it matter (else it comes first among its priority either way).
+-- The monthly grant's expiry is looked up only when an expiring grant of its priority makes
+-- it matter (else it comes first among its priority either way). Built once per script: a
+-- spend only lowers what grants hold, which never changes their order.
 local function spend_order(w)
+  if w.order then return w.order end
   local order = {}
   if w.m > 0 then
     local mexp = NEVER
@@ -357,52 +352,47 @@ local function spend_order(w)
     if exp == 0 then exp = NEVER end
     order[#order + 1] = {gr.prio, exp, 1 + i, gr}
   end
-  -- Most spends take from one grant: find the first; sort only when it is not enough.
-  local first = 1
-  for i = 2, #order do
-    if spends_before(order[i], order[first]) then first = i end
-  end
-  local top = order[first]
-  local has = top[4] == 'm' and w.m or top[4] == 'b' and w.b or top[4].rem
-  return order, first, has
+  table.sort(order, function(x, y)
+    if x[1] ~= y[1] then return x[1] < y[1] end
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  w.order = order
+  return order
 end
 
 -- Takes `amount` from the wallet's grants in spend order; what they lack becomes debt on the
 -- purchased grant. Returns what the monthly grant gave and the outbox fields naming the
--- explicit grants drawn on ({'gd', "id:credits,..."}, nil when none).
+-- explicit grants drawn on ({'gd', "id:credits,..."}, nil when none). A grant spent to 0
+-- stays in w.grants until wallet_save leaves it out.
 local function wallet_spend(w, amount)
   if not w.grants or #w.grants == 0 then
     local from_monthly = math.min(math.max(w.m, 0), amount)
     w.m, w.b = w.m - from_monthly, w.b - (amount - from_monthly)
     return from_monthly, nil
   end
-  local left, from_monthly, draws, kept = amount, 0, {}, {}
-  local order, first, has = spend_order(w)
-  if has >= amount then
-    order = {order[first]}
-  else
-    table.sort(order, spends_before)
-  end
-  for _, o in ipairs(order) do
+  local left, from_monthly, draws = amount, 0, {}
+  for _, o in ipairs(spend_order(w)) do
     if left == 0 then break end
     local source = o[4]
     if source == 'm' then
-      from_monthly = math.min(w.m, left)
-      w.m, left = w.m - from_monthly, left - from_monthly
+      if w.m > 0 then
+        from_monthly = math.min(w.m, left)
+        w.m, left = w.m - from_monthly, left - from_monthly
+      end
     elseif source == 'b' then
-      local take = math.min(w.b, left)
-      w.b, left = w.b - take, left - take
-    else
+      if w.b > 0 then
+        local take = math.min(w.b, left)
+        w.b, left = w.b - take, left - take
+      end
+    elseif source.rem > 0 then
       local take = math.min(source.rem, left)
       source.rem, left = source.rem - take, left - take
       draws[#draws + 1] = source.id .. ':' .. s(take)
     end
   end
   w.b = w.b - left
-  for i = 1, #w.grants do
-    if w.grants[i].rem > 0 then kept[#kept + 1] = w.grants[i] end
-  end
-  w.grants, w.changed = kept, true
+  w.changed = true
   if #draws == 0 then return from_monthly, nil end
   return from_monthly, {'gd', table.concat(draws, ',')}
 end
@@ -412,17 +402,16 @@ end
 local function wallet_save(w, ...)
   local f = {'m', s(w.m), 'b', s(w.b), ...}
   if w.changed then
-    if #w.grants == 0 then
-      redis.call('HDEL', KEYS[1], 'g')
-    else
-      local parts = {}
-      for i = 1, #w.grants do
-        local gr = w.grants[i]
-        parts[i] = gr.id .. '|' .. s(gr.rem) .. '|' .. s(gr.exp) .. '|' .. s(gr.prio) .. '|'
-          .. gr.src .. '|' .. gr.amt
+    local parts = {}
+    for i = 1, #w.grants do
+      local gr = w.grants[i]
+      if gr.rem > 0 then
+        parts[#parts + 1] = gr.id .. '|' .. s(gr.rem) .. '|' .. s(gr.exp) .. '|' .. s(gr.prio)
+          .. '|' .. gr.src .. '|' .. gr.amt
       end
-      f[#f + 1] = 'g'; f[#f + 1] = table.concat(parts, ';')
     end
+    if #parts == 0 then redis.call('HDEL', KEYS[1], 'g')
+    else f[#f + 1] = 'g'; f[#f + 1] = table.concat(parts, ';') end
     w.changed = false
   end
   redis.call('HSET', KEYS[1], unpack(f))
