@@ -29,12 +29,14 @@ async def _entries(engine: CreditEngine, account: str) -> list[dict[str, str]]:
     return [f for _, f in cast(RawEntries, await engine.redis.xrange(stream)) if f["a"] == account]
 
 
-async def _account(make_engine: EngineFactory, name: str, **credits: int) -> CreditEngine:
+async def _account(
+    make_engine: EngineFactory, name: str, *, purchased: int = 0, monthly: bool = False
+) -> CreditEngine:
     engine = await make_engine(PLAIN)
-    await engine.upsert_account(name, tier=credits.pop("tier_name", "free"))
-    if credits.get("purchased"):
-        await engine.credit(name, credits["purchased"], "earn")
-    if credits.get("monthly"):
+    await engine.upsert_account(name, tier="free")
+    if purchased:
+        await engine.credit(name, purchased, "earn")
+    if monthly:
         await engine.renew(name, "2099-01")
     return engine
 
@@ -50,7 +52,7 @@ async def _remaining(engine: CreditEngine, account: str) -> list[tuple[str, int]
 async def test_an_account_without_explicit_grants_spends_as_before(
     make_engine: EngineFactory,
 ) -> None:
-    engine = await _account(make_engine, "a", purchased=30, monthly=1)
+    engine = await _account(make_engine, "a", purchased=30, monthly=True)
     await engine.consume("a", "unit", 80)  # the renewal added 70 (limit 100): then 10 purchased
     state = await engine.get_account("a")
     assert (state.monthly_credits, state.purchased_credits) == (0, 20)

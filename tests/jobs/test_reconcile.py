@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
+from typing import cast
 
 import asyncpg
 import pytest
@@ -329,7 +330,7 @@ async def test_what_redis_holds_of_each_grant_is_checked_against_the_ledger(
     assert (await reconcile_async(engine, own_ledger)).drifts == []
 
     key = engine.keys.account(account).account
-    g = await engine.redis.hget(key, "g")
+    g = cast(str | None, await engine.redis.hget(key, "g"))
     assert g is not None and g.startswith(f"{kept.grant_id}|45|")
     await engine.redis.hset(key, "g", g.replace(f"{kept.grant_id}|45|", f"{kept.grant_id}|47|"))
     drifts = (await reconcile_async(engine, own_ledger)).drifts

@@ -41,8 +41,9 @@ class Outbox:
         txn_id = ids.new_id()
         fields: dict[FieldT, EncodableT] = {
             "id": txn_id, "a": self.account_id, "amt": str(amount), "t": kind,
-            "bal": str(self.balance), **grant_fields,
+            "bal": str(self.balance),
         }  # fmt: skip
+        fields.update(grant_fields)
         stream_id = await self.engine.redis.xadd(self.stream, fields)
         return txn_id, str(stream_id)
 

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -67,9 +68,11 @@ async def main() -> None:
             tables[t] = [json.loads(r["j"]) for r in rows]
         revision = await conn.fetchval("SELECT version_num FROM alembic_version")
     await ledger.aclose()
-    dump = []
-    async for key in e.redis.scan_iter(f"{PREFIX}:*"):
-        kind = await e.redis.type(key)
+    dump: list[dict[str, Any]] = []
+    async for raw_key in e.redis.scan_iter(f"{PREFIX}:*"):
+        key = str(raw_key)
+        kind = str(await e.redis.type(key))
+        value: Any
         if kind == "hash":
             value = await e.redis.hgetall(key)
         elif kind == "zset":
