@@ -52,6 +52,9 @@ REQUESTS = 10_000
 NO_ANSWER = 0
 """The status counted for a request that got no HTTP answer (the connection failed)."""
 
+ANSWER_ATTEMPTS = 3
+"""Sends of one request that got no answer at all before it counts as NO_ANSWER."""
+
 LIGHT_LOAD = 3
 """Requests per account while slots move or a master hands over: within every balance, so
 each one not charged is a failure the test sees."""
@@ -147,7 +150,12 @@ async def deployment(
 
 
 async def _charge_all(deployment: Deployment, requests: list[str]) -> Counter[int]:
-    """POST every request's consume of 1 credit, spread over the gateways; status counts."""
+    """POST every request's consume of 1 credit, spread over the gateways; status counts.
+
+    Each request carries an Idempotency-Key and is sent again, as a client would, when no
+    answer came back (a connection the busy machine dropped): the key makes a charge that did
+    happen answer again rather than charge twice, so the books still show each request once.
+    """
     headers = {"Authorization": f"Bearer {deployment.key}"}
     limits = httpx.Limits(max_connections=CONCURRENCY // 2, max_keepalive_connections=CONCURRENCY)
     clients = [
@@ -156,18 +164,23 @@ async def _charge_all(deployment: Deployment, requests: list[str]) -> Counter[in
     ]
     sem = asyncio.Semaphore(CONCURRENCY)
     statuses: Counter[int] = Counter()
+    run = uuid.uuid4().hex[:8]  # keys of this call's own: another call's never replay
 
     async def charge(i: int, account_id: str) -> None:
         async with sem:
-            try:
-                r = await clients[i % 2].post(
-                    f"/v1/accounts/{account_id}/consume", json={"resource": "unit"}
-                )
-            except httpx.TransportError as exc:  # no answer: counted apart, as not charged
-                statuses[NO_ANSWER] += 1
-                deployment.transport_errors.append(f"{deployment.urls[i % 2]}: {exc!r}")
+            for attempt in range(ANSWER_ATTEMPTS):
+                try:
+                    r = await clients[i % 2].post(
+                        f"/v1/accounts/{account_id}/consume", json={"resource": "unit"},
+                        headers={"Idempotency-Key": f"req-{run}-{i}"},
+                    )  # fmt: skip
+                except httpx.TransportError as exc:  # no answer: counted apart, as not charged
+                    deployment.transport_errors.append(f"{deployment.urls[i % 2]}: {exc!r}")
+                    if attempt == ANSWER_ATTEMPTS - 1:
+                        statuses[NO_ANSWER] += 1
+                    continue
+                statuses[r.status_code] += 1
                 return
-            statuses[r.status_code] += 1
 
     try:
         await asyncio.gather(*(charge(i, a) for i, a in enumerate(requests)))
@@ -264,7 +277,7 @@ async def test_resharding_under_load_loses_and_doubles_nothing(deployment: Deplo
     assert deployment.moved >= 64 // 3 - 1
     # Every request is charged: each account's balance covers its requests, and none fails
     # (a slot's move takes milliseconds, well inside the retry budget).
-    assert statuses == Counter({200: LIGHT_LOAD * ACCOUNTS})
+    assert statuses == Counter({200: LIGHT_LOAD * ACCOUNTS}), deployment.transport_errors[:5]
     await _assert_books(deployment, charged=LIGHT_LOAD * ACCOUNTS)
 
 
