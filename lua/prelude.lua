@@ -126,6 +126,9 @@ local function rate_save(tat, now)
   redis.call('SET', KEYS[8], s(tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
 
+-- Whether the account is a member of a pool: its id is "<pool>~<name>".
+local function is_member(account) return string.find(account, '~', 1, true) ~= nil end
+
 -- Appends a transaction to the outbox (KEYS[3]) and returns its entry id. Only what cannot be
 -- derived: an empty or zero field is left out (no resource means no units, "dm" 0 means the
 -- monthly grant did not move), and the time is the entry id's, unless `time` (ms) is given:
@@ -150,12 +153,17 @@ local function append_transaction(id, account, amount, kind, resource, units, de
 end
 
 -- Appends an account event (tier, status, overdraft, last reset, created; a renewal adds its
--- period) to the outbox and returns its entry id. An empty last reset is left out.
-local function append_account_event(id, account, tier, status, od, rst, ca, period)
+-- period) to the outbox and returns its entry id. An empty last reset is left out. The event
+-- of a pool's member also carries its settings: `pl` its limit (left out: none) and `pf`.
+local function append_account_event(id, account, tier, status, od, rst, ca, period, pl, pf)
   local f = {'id', id, 'a', account, 't', 'account', 'tier', tier, 'st', status, 'od', od}
   if rst and rst ~= '' then f[#f + 1] = 'rst'; f[#f + 1] = rst end
   f[#f + 1] = 'ca'; f[#f + 1] = ca
   if period then f[#f + 1] = 'rp'; f[#f + 1] = period end
+  if is_member(account) then
+    if pl then f[#f + 1] = 'pl'; f[#f + 1] = pl end
+    f[#f + 1] = 'pf'; f[#f + 1] = pf or '0'
+  end
   return redis.call('XADD', KEYS[3], '*', unpack(f))
 end
 
@@ -230,9 +238,10 @@ local MAX_GRANTS = 100
 -- field ("id|remaining|expires_ms|priority|source|amount;..."), nil when it has none (its
 -- charges then take m, then b, as before grants existed). The account's tier and renewed
 -- period place the monthly grant in the spend order (see wallet_monthly_expiry); a period
--- not given is read when it is needed.
-local function wallet(m, b, g, tier, period)
-  local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period}
+-- not given is read when it is needed. `key` is the account hash it is read from and saved
+-- to: KEYS[1] unless given (a member's charge also spends its pool's wallet).
+local function wallet(m, b, g, tier, period, key)
+  local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period, key = key or KEYS[1]}
   if g and g ~= '' then
     local list = {}
     for id, rem, exp, prio, src, amt in string.gmatch(g, '([^|;]+)|(%d+)|(%d+)|(%d+)|(%a+)|(%d+)') do
@@ -318,7 +327,7 @@ end
 local function wallet_monthly_expiry(w)
   local terms = w.tier and redis.call('HGET', KEYS[2], 'r:' .. w.tier)
   if not terms or string.sub(terms, 1, 6) ~= 'reset ' then return NEVER end
-  local y, mo = string.match(w.period or redis.call('HGET', KEYS[1], 'rp') or '',
+  local y, mo = string.match(w.period or redis.call('HGET', w.key, 'rp') or '',
     '^(%d%d%d%d)%-(%d%d)$')
   if not terms or string.sub(terms, 1, 6) ~= 'reset ' or not y then return NEVER end
   y, mo = tonumber(y), tonumber(mo) + 1
@@ -398,7 +407,7 @@ local function wallet_spend(w, amount)
 end
 
 -- Writes the wallet (m, b, and g when its grants changed) and the extra field/value pairs
--- given to the account hash (KEYS[1]), in one HSET; a wallet left without grants drops `g`.
+-- given to the account hash (w.key), in one HSET; a wallet left without grants drops `g`.
 local function wallet_save(w, ...)
   local f = {'m', s(w.m), 'b', s(w.b), ...}
   if w.changed then
@@ -410,11 +419,11 @@ local function wallet_save(w, ...)
           .. '|' .. gr.src .. '|' .. gr.amt
       end
     end
-    if #parts == 0 then redis.call('HDEL', KEYS[1], 'g')
+    if #parts == 0 then redis.call('HDEL', w.key, 'g')
     else f[#f + 1] = 'g'; f[#f + 1] = table.concat(parts, ';') end
     w.changed = false
   end
-  redis.call('HSET', KEYS[1], unpack(f))
+  redis.call('HSET', w.key, unpack(f))
 end
 
 -- Writes the wallet if its grants changed (an expiry) though nothing was charged: a script
@@ -482,3 +491,39 @@ local function open_hold(hold_id, now)
   if hold.expires <= now then return nil end
   return hold
 end
+
+-- The pool of a member (KEYS[11] is the pool's hash) as its charges see it: the pool's id,
+-- wallet (saved to KEYS[11]), reserved credits and overdraft; the member's limit (nil: none),
+-- what the pool paid for it in the pool's period (`pu`, counted afresh once the pool's `rp`
+-- is not the `pp` it was counted in), and whether its own credits go first. The member's
+-- pl, pf, pu, pp are given. Nil and the error reply when the pool is missing or banned.
+local function member_pool(member, pl, pf, pu, pp)
+  local p = redis.call('HMGET', KEYS[11], 'm', 'b', 'r', 'od', 'st', 'tier', 'g', 'rp')
+  if not p[1] then return nil, {'err', 'pool_not_found'} end
+  if p[5] ~= 'active' then return nil, {'err', 'pool_banned'} end
+  local period = p[8] or ''
+  local used = 0
+  if pp == period then used = tonumber(pu) or 0 end
+  return {id = string.sub(member, 1, string.find(member, '~', 1, true) - 1),
+    w = wallet(p[1], p[2], p[7], p[6], p[8], KEYS[11]), r = tonumber(p[3]), od = tonumber(p[4]),
+    period = period, used = used, limit = tonumber(pl), own_first = pf == '1', due = 0}
+end
+
+-- What the pool may still pay for the member now: its available credits (less grants past
+-- their expiry not yet expired: pool.due), within the member's limit left in the period.
+local function pool_share(pool)
+  local share = math.max(0, wallet_balance(pool.w) - pool.due - pool.r + pool.od)
+  if pool.limit then share = math.min(share, math.max(0, pool.limit - pool.used)) end
+  return share
+end
+
+-- The part of a member's charge its own credits pay (its wallet w, reserved r): none unless
+-- its own credits go first, and never its overdraft.
+local function member_own_share(pool, w, r)
+  if not pool.own_first then return 0 end
+  return math.max(0, wallet_balance(w) - r)
+end
+
+-- The transaction id of the pool's row when a charge is split between member and pool: the
+-- charge's UUIDv7 with version 8, so it is derived, stable and no other transaction's id.
+local function pool_part_id(id) return string.sub(id, 1, 14) .. '8' .. string.sub(id, 16) end

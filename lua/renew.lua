@@ -28,7 +28,7 @@ if not expire_txn or not grant_txn or not event_id then
   return {'err', 'invalid_argument', 'transaction_id'}
 end
 
-local a, missing = account_fields('m', 'b', 'st', 'rp', 'tier', 'od', 'ca', 'g')
+local a, missing = account_fields('m', 'b', 'st', 'rp', 'tier', 'od', 'ca', 'g', 'pl', 'pf')
 if not a then return missing end
 local terms = redis.call('HGET', KEYS[2], 'r:' .. a[5])
 if not terms then return {'err', 'unknown_tier', a[5]} end
@@ -64,5 +64,5 @@ if granted > 0 then
     'monthly grant (' .. period .. ')', '', now, wallet_balance(w), granted, '')
 end
 wallet_save(w, 'rp', period, 'rst', s(now))
-append_account_event(event_id, account, a[5], a[3], a[6], s(now), a[7], period)
+append_account_event(event_id, account, a[5], a[3], a[6], s(now), a[7], period, a[9], a[10])
 return {'ok', '1', s(granted), s(expired), s(wallet_balance(w)), ''}

@@ -12,9 +12,11 @@
     │   │   └── BalanceLimitExceeded   the change would pass MAX_BALANCE         (422)
     │   ├── CreditError                a well-formed request the books refuse
     │   │   ├── InsufficientCredits    available < required                      (402)
+    │   │   │   └── MemberLimitReached  the pool would pass the member's limit (402)
     │   │   ├── RateLimited            the tier's request rate is exceeded       (429)
     │   │   ├── AccountNotFound        no such account                           (404)
-    │   │   ├── AccountBanned          the account is banned                     (403)
+    │   │   ├── AccountBanned          the account (or a member's pool) is banned (403)
+    │   │   ├── PoolNotFound           a member of a pool that does not exist    (404)
     │   │   ├── HoldNotFound           unknown, captured, released or expired    (404)
     │   │   ├── HoldSettled            the reservation was settled already       (409)
     │   │   ├── HoldExpired            the reservation's deadline passed         (409)
@@ -167,6 +169,31 @@ class AccountNotFound(CreditError):
 class AccountBanned(CreditError):
     code = "account_banned"
     http_status = 403
+
+
+class MemberLimitReached(InsufficientCredits):
+    """A member's charge would make its pool pay more than the member's limit for the pool's
+    period: ``available`` is what the member may still spend."""
+
+    code = "member_limit_reached"
+
+    def __init__(self, required: int, available: int) -> None:
+        CreditError.__init__(
+            self,
+            f"this needs {required} credits and the member may spend {available} more this "
+            "period (its limit in its pool)",
+            required=required,
+            available=available,
+        )
+        self.required = required
+        self.available = available
+
+
+class PoolNotFound(CreditError):
+    """A member (``<pool>~<name>``) of a pool that does not exist."""
+
+    code = "pool_not_found"
+    http_status = 404
 
 
 class HoldNotFound(CreditError):

@@ -12,10 +12,14 @@ import uuid
 
 from quotagate.errors import InvalidAccountId, ValidationError
 
-ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{0,127}[A-Za-z0-9_:@-]$")
+_PLAIN_ID = r"[A-Za-z0-9._:@-]{0,127}[A-Za-z0-9_:@-]"
+ACCOUNT_ID_RE = re.compile(rf"^{_PLAIN_ID}(?:~{_PLAIN_ID})?$")
 """1 to 128 characters of A-Z a-z 0-9 . _ : @ -, not ending with a dot: an id is a segment of
 URL paths, where ``.`` and ``..`` are dot segments that clients resolve before sending, and
-servers that drop a segment's trailing dots (Windows) would read ``alice.`` as ``alice``."""
+servers that drop a segment's trailing dots (Windows) would read ``alice.`` as ``alice``.
+A member of a pool is the pool's id, ``~`` and the member's name, each such an id (``~`` is in
+no other id, and only once: pools do not nest)."""
+MEMBER_SEPARATOR = "~"
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 """Idempotency keys: 1-255 printable ASCII characters, no spaces (request ids, UUIDs...)."""
 
@@ -63,10 +67,16 @@ def check_account_id(account_id: str) -> str:
     if not isinstance(account_id, str) or not ACCOUNT_ID_RE.fullmatch(account_id):
         raise InvalidAccountId(
             "account id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -, "
-            "not ending with a dot",
+            "not ending with a dot (a pool's member: <pool>~<name>, each such an id)",
             field="account_id",
         )
     return account_id
+
+
+def pool_of(account_id: str) -> str | None:
+    """The pool an account is a member of (the part of its id before ``~``), or None."""
+    pool, sep, _ = account_id.partition(MEMBER_SEPARATOR)
+    return pool if sep else None
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -27,6 +27,10 @@ def _insufficient(detail: str, extra: dict[str, Any]) -> errors.QuotagateError:
     return errors.InsufficientCredits(int(extra.get("required", 0)), int(extra.get("available", 0)))
 
 
+def _member_limit(detail: str, extra: dict[str, Any]) -> errors.QuotagateError:
+    return errors.MemberLimitReached(int(extra.get("required", 0)), int(extra.get("available", 0)))
+
+
 def _rate_limited(detail: str, extra: dict[str, Any]) -> errors.QuotagateError:
     return errors.RateLimited(int(extra.get("retry_after_ms", 1000)))
 
@@ -37,6 +41,7 @@ def _refund_exceeds(detail: str, extra: dict[str, Any]) -> errors.QuotagateError
 
 _BY_CODE: dict[str, Factory] = {
     "insufficient_credits": _insufficient,
+    "member_limit_reached": _member_limit,
     "rate_limited": _rate_limited,
     "invalid_request": _plain(errors.ValidationError),
     "invalid_amount": _plain(errors.InvalidAmount),
@@ -45,6 +50,7 @@ _BY_CODE: dict[str, Factory] = {
     "balance_limit_exceeded": _plain(errors.BalanceLimitExceeded),
     "account_not_found": _plain(errors.AccountNotFound),
     "account_banned": _plain(errors.AccountBanned),
+    "pool_not_found": _plain(errors.PoolNotFound),
     "hold_not_found": _plain(errors.HoldNotFound),
     "hold_settled": _plain(errors.HoldSettled),
     "hold_expired": _plain(errors.HoldExpired),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, cast
@@ -52,6 +52,8 @@ from quotagate.engine.results import (
     GrantResult,
     Hold,
     HoldResult,
+    Membership,
+    PoolPayment,
     RateLimitState,
     RefundCount,
     ReleaseResult,
@@ -63,6 +65,7 @@ from quotagate.engine.results import (
 )
 from quotagate.engine.routing import ClusterScriptRunner
 from quotagate.engine.scripts import Script, load_scripts
+from quotagate.engine.validate import KEEP, Keep
 from quotagate.errors import (
     AccountNotFound,
     AccountNotLoaded,
@@ -81,6 +84,16 @@ def _charge_result(reply: list[str]) -> ChargeResult:
     r = unwrap(reply)
     rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
     return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
+
+
+def _member_charge_result(pool_id: str, reply: list[str]) -> ChargeResult:
+    """A member's charge: consume.lua adds what the pool paid, unless it replays."""
+    r = unwrap(reply)
+    rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
+    pool = None
+    if len(r) > 8:
+        pool = PoolPayment(pool_id, int(r[8]), int(r[9]), None if r[10] == "-1" else int(r[10]))
+    return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate, pool=pool)
 
 
 def _shadow_result(reply: list[str]) -> ChargeResult:
@@ -235,10 +248,24 @@ class CreditEngine:
         tier: str | None = None,
         status: str | None = None,
         overdraft_limit: int | None = None,
+        member_limit: int | Keep | None = KEEP,
+        own_credits_first: bool | None = None,
         idempotency_key: str | None = None,
     ) -> UpsertResult:
-        """Create the account (active, default tier, opening grant), or change what is given."""
+        """Create the account (active, default tier, opening grant), or change what is given.
+
+        For a member of a pool (``<pool>~<name>``, see docs/pools.md), ``member_limit`` is the
+        most its pool pays for it per period of the pool (None: no limit; left out: as it was,
+        none for a new member) and ``own_credits_first`` whether its own credits go first."""
         ids.check_account_id(account_id)
+        member = ids.pool_of(account_id) is not None
+        if not member and (member_limit is not KEEP or own_credits_first is not None):
+            field = "member_limit" if member_limit is not KEEP else "own_credits_first"
+            raise ValidationError(
+                f"{field} is a setting of a pool's member (an account <pool>~<name>)", field=field
+            )
+        if member_limit is not KEEP and member_limit is not None:
+            validate.limit(member_limit, "member_limit")
         idem = ids.check_idempotency_key(idempotency_key)
         if tier is not None and tier not in self.config.tiers:
             raise UnknownTier(f"unknown tier {tier!r}", field="tier")
@@ -248,14 +275,23 @@ class CreditEngine:
             validate.limit(overdraft_limit, "overdraft_limit")
         grant_tier = self.config.tiers[tier or self.config.default_tier]
         grant = grant_tier.monthly_grant if self.config.opening_grant else 0
+        limit_arg = (
+            "" if member_limit is KEEP else "none" if member_limit is None else str(member_limit)
+        )
+        first_arg = "" if own_credits_first is None else "1" if own_credits_first else "0"
         fp = validate.fingerprint("account", tier, status, overdraft_limit)
+        if member:
+            fp = validate.fingerprint(
+                "account", tier, status, overdraft_limit, limit_arg, first_arg
+            )
         args = [
             account_id, tier or "", status or "",
             "" if overdraft_limit is None else str(overdraft_limit),
             ids.new_id(), str(grant), ids.new_id(), current_period(),
-            idem or "", fp, self._idem_ttl_ms, self.config.default_tier,
+            idem or "", fp, self._idem_ttl_ms, self.config.default_tier, limit_arg, first_arg,
         ]  # fmt: skip
-        r = await self._call("upsert_account", account_id, idem, args)
+        keys = (*self.keys.script_keys(account_id, idem), *self.keys.member_keys(account_id))
+        r = unwrap(await self.runner.run(self.scripts["upsert_account"], keys, args))
         entries = tuple(r[7].split(","))
         return UpsertResult(
             account_id,
@@ -273,7 +309,8 @@ class CreditEngine:
         """Would a charge be allowed now? Reads only."""
         ids.check_account_id(account_id)
         total = validate.cost(self.config, resource, units)
-        r = await self._call("check", account_id, None, [str(total)])
+        keys = (*self.keys.script_keys(account_id), *self.keys.member_keys(account_id))
+        r = unwrap(await self.runner.run(self.scripts["check"], keys, [str(total), account_id]))
         return CheckResult(r[0] == "1", int(r[1]), int(r[2]))
 
     async def consume(
@@ -332,10 +369,14 @@ class CreditEngine:
             idem or "", fp, ttl_ms,
         ]  # fmt: skip
         keys = self.keys.script_keys(account_id, idem)
+        parse: Callable[[list[str]], ChargeResult] = _charge_result
+        if "~" in account_id:  # a member of a pool: the script charges the pool too
+            keys = (*keys, *self.keys.member_keys(account_id))
+            parse = partial(_member_charge_result, account_id.partition("~")[0])
         # Charges of one account that meet in a batch go as one script call; one with an
         # idempotency key goes alone (its record is a key of its own).
         combine = None if idem else account_id
-        charged = self.runner.submit(self._consume, keys, args, _charge_result, combine=combine)
+        charged = self.runner.submit(self._consume, keys, args, parse, combine=combine)
         if not self._shadow_tiers:
             return charged
         # Only the script knows the account's tier: on a tier in shadow mode it does nothing
@@ -785,8 +826,9 @@ class CreditEngine:
         """The account as Redis holds it now (holds past their deadline not counted)."""
         ids.check_account_id(account_id)
         k = self.keys.account(account_id)
+        pool_key = self.keys.member_keys(account_id)[1:]
         with redis_failures():  # LOADING, READONLY...: unavailable, not an internal error
-            a, raw_holds, (sec, usec), ready = await self._read_account(k)
+            a, raw_holds, (sec, usec), ready, *pool_period = await self._read_account(k, pool_key)
         if not a:
             if ready != "1":
                 raise AccountNotLoaded(
@@ -818,12 +860,14 @@ class CreditEngine:
             renewed_period=a.get("rp", ""),
             holds=holds,
             grants=grants,
+            membership=_membership(account_id, a, pool_period),
         )
 
-    async def _read_account(self, k: AccountKeys) -> list[Any]:
+    async def _read_account(self, k: AccountKeys, pool: Sequence[str] = ()) -> list[Any]:
         """The account, its holds, the server's time and the partition's ready flag, read
-        together. On a cluster TIME names no key, which a MULTI on one slot cannot hold: it is
-        read first, from the account's master, and so is at most a round trip older."""
+        together, and the renewed period of a member's pool (``pool``: its hash). On a cluster
+        TIME names no key, which a MULTI on one slot cannot hold: it is read first, from the
+        account's master, and so is at most a round trip older."""
         if is_cluster(self.redis):
             cluster = cast(RedisCluster, self.redis)
             node = cluster.get_node_from_key(k.account)
@@ -832,13 +876,17 @@ class CreditEngine:
                 pipe.hgetall(k.account)
                 pipe.hgetall(k.holds)
                 pipe.hget(k.cfg, "ready")
-                a, raw_holds, ready = await pipe.execute()
-            return [a, raw_holds, now, ready]
+                for key in pool:
+                    pipe.hget(key, "rp")
+                a, raw_holds, ready, *pool_period = await pipe.execute()
+            return [a, raw_holds, now, ready, *pool_period]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(k.account)
             pipe.hgetall(k.holds)
             pipe.time()
             pipe.hget(k.cfg, "ready")
+            for key in pool:
+                pipe.hget(key, "rp")
             return await pipe.execute()
 
     async def account_ids(self, partition: int, *, count: int = 1000) -> AsyncIterator[list[str]]:
@@ -873,6 +921,22 @@ class CreditEngine:
     async def _server_time_ms(self) -> int:
         sec, usec = await self.redis.time()
         return int(sec) * 1000 + int(usec) // 1000
+
+
+def _membership(account_id: str, a: dict[str, str], pool_period: list[Any]) -> Membership | None:
+    """A member's settings and what its pool paid for it in the pool's period (its usage
+    counts from 0 once the pool renewed since it was counted: ``pp`` is then not the pool's
+    ``rp``)."""
+    pool_id = ids.pool_of(account_id)
+    if pool_id is None:
+        return None
+    current = bool(pool_period) and pool_period[0] is not None and a.get("pp") == pool_period[0]
+    return Membership(
+        pool_id=pool_id,
+        limit=int(a["pl"]) if "pl" in a else None,
+        own_credits_first=a.get("pf") == "1",
+        used=int(a.get("pu", 0)) if current else 0,
+    )
 
 
 def _parse_holds(raw: dict[str, str], now_ms: int) -> list[Hold]:

@@ -100,9 +100,11 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 def partition_of(account_id: str, partitions: int) -> int:
     """The partition an account lives in. The only place this is decided.
 
-    CRC32 is stable across processes and Python versions (``hash()`` is not).
+    CRC32 is stable across processes and Python versions (``hash()`` is not). A member of a
+    pool (``<pool>~<name>``) lives in its pool's partition: the part before ``~`` is hashed,
+    so one script can charge both, also on Redis Cluster.
     """
-    return zlib.crc32(account_id.encode()) % partitions
+    return zlib.crc32(account_id.partition("~")[0].encode()) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,7 @@ class KeySpace:
         if keys is None:
             if len(self._script_keys) >= MAX_REMEMBERED_ACCOUNTS:
                 self._script_keys.clear()
-            p = zlib.crc32(account_id.encode()) % self.partitions
+            p = partition_of(account_id, self.partitions)
             t, cfg, outbox, holdexp, index = self._partition_names[p]
             keys = self._script_keys[account_id] = (
                 f"{t}:a:{account_id}", cfg, outbox, _idempotency_stem(t, account_id),
@@ -173,6 +175,16 @@ class KeySpace:
         if not idempotency_key:
             return keys
         return (*keys[:3], keys[3] + idempotency_key, *keys[4:])
+
+    def member_keys(self, account_id: str) -> tuple[str, ...]:
+        """What the scripts that charge take after an account's keys when it is a member of a
+        pool: KEYS[10], the partition's grant-expiry index (a name of the slot, unused by
+        them), and KEYS[11], the pool's account hash. Nothing for other accounts."""
+        pool, sep, _ = account_id.partition("~")
+        if not sep:
+            return ()
+        p = partition_of(account_id, self.partitions)
+        return (self.grant_expiry(p), f"{self.tag(p)}:a:{pool}")
 
     @property
     def meta(self) -> str:

@@ -120,6 +120,9 @@ _ERRORS: dict[str, Callable[[Sequence[str]], errors.QuotagateError]] = {
     ),
     "account_not_found": lambda a: errors.AccountNotFound("no such account"),
     "account_banned": lambda a: errors.AccountBanned("the account is banned"),
+    "pool_banned": lambda a: errors.AccountBanned("the account's pool is banned"),
+    "pool_not_found": lambda a: errors.PoolNotFound("the account's pool does not exist"),
+    "member_limit": lambda a: errors.MemberLimitReached(int(a[0]), int(a[1])),
     "rate_limited": lambda a: errors.RateLimited(int(a[0])),
     "insufficient_credits": lambda a: errors.InsufficientCredits(int(a[0]), int(a[1])),
     "balance_limit": lambda a: errors.BalanceLimitExceeded(

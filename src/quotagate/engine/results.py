@@ -82,6 +82,19 @@ class CheckResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolPayment:
+    """What a member's pool paid of one of its charges."""
+
+    pool_id: str
+    paid: int
+    """Credits the pool paid (the rest, if any, came from the member's own credits)."""
+    pool_balance: int
+    """The pool's balance after the charge."""
+    limit_remaining: int | None
+    """What the pool may still pay for the member this period; None: the member has no limit."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChargeResult:
     """A consume or a capture: a spend transaction was written."""
 
@@ -95,6 +108,9 @@ class ChargeResult:
     """A shadow charge (nothing charged): what the charge would have done, one of
     :data:`SHADOW_DECISIONS`; ``transaction_id`` is then the shadow entry's id, ``cost`` what
     it would have cost and ``remaining`` the shadow balance after it. None for a charge."""
+    pool: PoolPayment | None = None
+    """For a member of a pool: what its pool paid (None for other accounts, and for a
+    replayed charge)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +200,18 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Membership:
+    """An account's place in its pool (it is ``<pool_id>~<name>``)."""
+
+    pool_id: str
+    limit: int | None
+    """The most credits the pool pays for it per period of the pool; None: no limit."""
+    own_credits_first: bool
+    used: int
+    """What the pool paid for it in the pool's current period."""
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """An account as Redis holds it now."""
 
@@ -202,6 +230,8 @@ class Account:
     holds: tuple[Hold, ...] = ()
     grants: tuple[Grant, ...] = ()
     """Every grant holding credits, in the order a spend takes from them."""
+    membership: Membership | None = None
+    """For a member of a pool: its limit and what the pool paid for it this period."""
 
     @property
     def next_expiry(self) -> datetime | None:

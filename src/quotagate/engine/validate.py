@@ -7,6 +7,7 @@ the caller a precise message and saves the round trip.
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,15 @@ import msgspec
 
 from quotagate.config import MAX_AMOUNT, Config
 from quotagate.errors import InvalidAmount, UnknownResource, ValidationError
+
+
+class Keep(enum.Enum):
+    """A setting left as it is (where None means something: no member limit)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 MAX_DESCRIPTION_CHARS = 1000
 MAX_METADATA_BYTES = 4096
