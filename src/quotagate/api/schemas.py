@@ -40,7 +40,7 @@ Priority = Annotated[
 MAX_GRANT_LIFETIME_SECONDS = 10**10
 """The longest ``expires_in_seconds`` (about 300 years): beyond it, leave the expiry out."""
 
-AMOUNT_FIELDS = frozenset({"amount", "units", "overdraft_limit"})
+AMOUNT_FIELDS = frozenset({"amount", "units", "overdraft_limit", "member_limit"})
 """Fields whose refusal is an ``invalid_amount`` (the rest are ``invalid_request``)."""
 
 
@@ -55,6 +55,11 @@ class AccountUpsert(_Body):
     tier: str | None = None
     status: Literal["active", "banned"] | None = None
     overdraft_limit: Limit | None = None
+    member_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
+    """A pool's member only: the most credits its pool pays for it per period of the pool;
+    null: no limit; left out: as it was (none for a new member)."""
+    own_credits_first: bool | None = None
+    """A pool's member only: its own credits go first, the pool pays the rest."""
 
 
 class CreditRequest(_Body):
@@ -246,6 +251,28 @@ class OpenHoldOut(_Out):
     units: int | None
 
 
+class MembershipOut(_Out):
+    """An account's place in its pool (its id is ``<pool_id>~<name>``)."""
+
+    pool_id: str
+    member_limit: int | None
+    """The most credits the pool pays for it per period of the pool; null: no limit."""
+    own_credits_first: bool
+    used: int
+    """What the pool paid for it in the pool's current period."""
+
+
+class PoolPaymentOut(_Out):
+    """What a member's pool paid of the charge."""
+
+    pool_id: str
+    paid: int
+    pool_balance: int
+    """The pool's balance after the charge."""
+    limit_remaining: int | None
+    """What the pool may still pay for the member this period; null: no limit."""
+
+
 class AccountOut(_Out):
     account_id: str
     tier: str
@@ -263,6 +290,8 @@ class AccountOut(_Out):
     """The grants holding credits, in spend order (as ``GET .../grants``)."""
     next_expiry: datetime | None = None
     """When the next grant expires (null: none does)."""
+    membership: MembershipOut | None = None
+    """For a member of a pool only."""
 
 
 class AccountWritten(_Out):
@@ -296,6 +325,9 @@ class ChargeOut(_Out, omit_defaults=True):
     shadow: ShadowDecision | None = None
     """Present for a shadow charge only (nothing was charged): what the charge would have
     done. ``transaction_id`` is then the shadow record's id, ``remaining`` the shadow balance."""
+    pool: PoolPaymentOut | None = None
+    """Present for a member of a pool (not on a replay): what its pool paid. ``remaining``
+    is then what the member may still spend."""
 
 
 class ChargeItemOut(_Out, omit_defaults=True):
@@ -311,6 +343,8 @@ class ChargeItemOut(_Out, omit_defaults=True):
     shadow: ShadowDecision | None = None
     """As in a consume's answer: present for a shadow charge only."""
     problem: dict[str, Any] | None = None
+    pool: PoolPaymentOut | None = None
+    """As in a consume's answer: present for a member of a pool."""
 
 
 class ChargesOut(_Out):

@@ -33,6 +33,7 @@ from quotagate.api.schemas import (
     HoldOut,
     HoldRequest,
 )
+from quotagate.api.views import pool_payment_out
 from quotagate.engine.results import ChargeResult, CheckResult, HoldResult, RateLimitState
 from quotagate.errors import BackendUnavailable, QuotagateError, ValidationError
 
@@ -142,7 +143,7 @@ class Consume(ServiceEndpoint[ChargeResult]):
         if r.shadow is not None:
             metrics.count_shadow(r.shadow, "api")
             headers.append((b"x-quota-shadow", r.shadow.encode()))
-        out = ChargeOut(r.transaction_id, r.cost, r.remaining, r.shadow)
+        out = ChargeOut(r.transaction_id, r.cost, r.remaining, r.shadow, pool_payment_out(r.pool))
         return json_answer(out, headers=headers)
 
 

@@ -12,10 +12,12 @@ from quotagate.api.schemas import (
     BucketsOut,
     GrantOut,
     GrantsOut,
+    MembershipOut,
     OpenHoldOut,
+    PoolPaymentOut,
     TransactionOut,
 )
-from quotagate.engine.results import Account, Grant, Hold
+from quotagate.engine.results import Account, Grant, Hold, Membership, PoolPayment
 from quotagate.errors import BackendError
 from quotagate.ledger import HistoryPage, Transaction
 
@@ -60,8 +62,22 @@ async def account_view(gw: Gateway, account_id: str) -> tuple[AccountOut, bool]:
         holds=[_open_hold(h) for h in a.holds],
         grants=[grant_out(g) for g in a.grants],
         next_expiry=a.next_expiry,
+        membership=_membership_out(a.membership),
     )
     return view, page is None
+
+
+def _membership_out(m: Membership | None) -> MembershipOut | None:
+    if m is None:
+        return None
+    return MembershipOut(m.pool_id, m.limit, m.own_credits_first, m.used)
+
+
+def pool_payment_out(p: PoolPayment | None) -> PoolPaymentOut | None:
+    """What a member's pool paid of a charge, as the consume and batch answers say it."""
+    if p is None:
+        return None
+    return PoolPaymentOut(p.pool_id, p.paid, p.pool_balance, p.limit_remaining)
 
 
 def grant_out(g: Grant) -> GrantOut:

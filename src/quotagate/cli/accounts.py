@@ -10,7 +10,7 @@ with the live balance read from Redis.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
@@ -20,7 +20,7 @@ from quotagate.cli.ops_support import fields, iso, json_option
 from quotagate.cli.output import emit_json, table
 from quotagate.engine.grants import stored_balance
 from quotagate.engine.results import Account, Grant
-from quotagate.engine.validate import CREDIT_TYPES
+from quotagate.engine.validate import CREDIT_TYPES, KEEP, Keep
 from quotagate.errors import AccountNotFound, ValidationError
 from quotagate.jobs.pg import postgres_errors
 from quotagate.ledger import HistoryPage
@@ -62,11 +62,34 @@ def grant_row(g: Grant) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What create and update set (None and KEEP: as it is, or the default for a new one)."""
+
+    tier: str | None
+    status: str | None
+    overdraft_limit: int | None
+    member_limit: int | Keep | None
+    own_credits_first: bool | None
+
+    def empty(self) -> bool:
+        return self == _Settings(None, None, None, KEEP, None)
+
+
+def _member_limit(text: str | None) -> int | Keep | None:
+    """--member-limit: credits, or "none" to lift the limit; left out: as it is."""
+    if text is None:
+        return KEEP
+    if text == "none":
+        return None
+    if not text.isdigit():
+        raise ValidationError('--member-limit is a number of credits, or "none" for no limit')
+    return int(text)
+
+
 def _upsert(
     account_id: str,
-    tier: str | None,
-    status: str | None,
-    overdraft_limit: int | None,
+    settings: _Settings,
     idempotency_key: str | None,
     *,
     must_be_new: bool,
@@ -77,8 +100,9 @@ def _upsert(
         if must_be_new and idempotency_key is None:
             await _refuse_existing(b, account_id)
         result = await engine.upsert_account(
-            account_id, tier=tier, status=status, overdraft_limit=overdraft_limit,
-            idempotency_key=idempotency_key,
+            account_id, tier=settings.tier, status=settings.status,
+            overdraft_limit=settings.overdraft_limit, member_limit=settings.member_limit,
+            own_credits_first=settings.own_credits_first, idempotency_key=idempotency_key,
         )  # fmt: skip
         durable = await b.ledger.write_through(engine, account_id, result.outbox_entry_ids)
         out = asdict(result)
@@ -103,6 +127,16 @@ _status = click.option("--status", type=click.Choice(["active", "banned"]))
 _overdraft = click.option(
     "--overdraft-limit", type=click.IntRange(min=0), help="Credits it may go below zero."
 )
+_member_limit_option = click.option(
+    "--member-limit",
+    metavar="CREDITS|none",
+    help="A pool's member (<pool>~<name>): the most its pool pays for it per period.",
+)
+_own_first_option = click.option(
+    "--own-credits-first/--pool-pays-all",
+    default=None,
+    help="A pool's member: its own credits go first, or the pool pays all (the default).",
+)
 idempotency_option = click.option(
     "--idempotency-key", help="Retry safely: the same key does it once."
 )
@@ -113,6 +147,8 @@ idempotency_option = click.option(
 @_tier
 @_status
 @_overdraft
+@_member_limit_option
+@_own_first_option
 @idempotency_option
 @json_option
 def create(
@@ -120,11 +156,18 @@ def create(
     tier: str | None,
     status: str | None,
     overdraft_limit: int | None,
+    member_limit: str | None,
+    own_credits_first: bool | None,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
-    """Create an account (active, with its tier's opening grant). Exit 2 if it exists."""
-    out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=True)
+    """Create an account (active, with its tier's opening grant). Exit 2 if it exists.
+
+    A member of a pool is created as <pool>~<name>, once the pool exists."""
+    settings = _Settings(
+        tier, status, overdraft_limit, _member_limit(member_limit), own_credits_first
+    )
+    out = _upsert(account_id, settings, idempotency_key, must_be_new=True)
     _print_upsert(out, as_json)
 
 
@@ -133,6 +176,8 @@ def create(
 @_tier
 @_status
 @_overdraft
+@_member_limit_option
+@_own_first_option
 @idempotency_option
 @json_option
 def update(
@@ -140,18 +185,25 @@ def update(
     tier: str | None,
     status: str | None,
     overdraft_limit: int | None,
+    member_limit: str | None,
+    own_credits_first: bool | None,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
-    """Change an account's tier, status (ban, unban) or overdraft limit."""
-    if tier is None and status is None and overdraft_limit is None:
-        raise ValidationError("give --tier, --status or --overdraft-limit")
+    """Change an account's tier, status (ban, unban), overdraft limit or member settings."""
+    settings = _Settings(
+        tier, status, overdraft_limit, _member_limit(member_limit), own_credits_first
+    )
+    if settings.empty():
+        raise ValidationError(
+            "give --tier, --status, --overdraft-limit, --member-limit or --own-credits-first"
+        )
 
     async def exists(b: Backends) -> None:
         await b.engine.get_account(account_id)  # AccountNotFound: exit 2, nothing written
 
     run(exists, ledger=None)
-    out = _upsert(account_id, tier, status, overdraft_limit, idempotency_key, must_be_new=False)
+    out = _upsert(account_id, settings, idempotency_key, must_be_new=False)
     _print_upsert(out, as_json)
 
 
@@ -181,6 +233,11 @@ def show(account_id: str, as_json: bool) -> None:
     a = _account_dict(account)
     holds = a.pop("holds")
     a.pop("grants")
+    member = a.pop("membership")
+    if member is not None:  # a member of a pool: its pool, limit and use this period
+        limit = "none" if member["limit"] is None else member["limit"]
+        a.update(pool=member["pool_id"], member_limit=limit, pool_paid_this_period=member["used"],
+                 own_credits_first=member["own_credits_first"])  # fmt: skip
     click.echo(fields(a))
     click.echo("\ngrants, in spend order:\n" + table([grant_row(g) for g in account.grants]))
     if holds:

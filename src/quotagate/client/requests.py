@@ -13,6 +13,7 @@ import msgspec
 from quotagate.api import schemas as s
 from quotagate.client.errors import error_from_document
 from quotagate.engine.charge_list import Charge
+from quotagate.engine.validate import KEEP, Keep
 from quotagate.errors import QuotagateError
 
 R = TypeVar("R")
@@ -42,14 +43,29 @@ def _idem(key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": key} if key else {}
 
 
+@dataclass(frozen=True, slots=True)
+class MemberSettings:
+    """A pool member's settings as a call gives them: ``KEEP`` and None leave them as they are,
+    except that a ``member_limit`` of None lifts the limit."""
+
+    member_limit: int | Keep | None = KEEP
+    own_credits_first: bool | None = None
+
+
 def upsert_account(
     account_id: str,
     tier: str | None,
     status: str | None,
     overdraft_limit: int | None,
     idempotency_key: str | None,
+    member: MemberSettings | None = None,
 ) -> Call[s.AccountWritten]:
     body = _clean({"tier": tier, "status": status, "overdraft_limit": overdraft_limit})
+    if member is not None:
+        if member.member_limit is not KEEP:
+            body["member_limit"] = member.member_limit  # None (JSON null) lifts the limit
+        if member.own_credits_first is not None:
+            body["own_credits_first"] = member.own_credits_first
     return Call("PUT", _acct(account_id), s.AccountWritten, body, headers=_idem(idempotency_key))
 
 

@@ -19,6 +19,7 @@ from quotagate.client.base import (
     unreachable,
 )
 from quotagate.engine.charge_list import Charge
+from quotagate.engine.validate import KEEP, Keep
 from quotagate.errors import QuotagateError
 
 R = TypeVar("R")
@@ -72,10 +73,15 @@ class QuotagateClient:
         tier: str | None = None,
         status: str | None = None,
         overdraft_limit: int | None = None,
+        member_limit: int | Keep | None = KEEP,
+        own_credits_first: bool | None = None,
         idempotency_key: str | None = None,
     ) -> s.AccountWritten:
+        """Create or change an account. A pool's member (``<pool>~<name>``) also takes
+        ``member_limit`` (None: no limit; left out: as it was) and ``own_credits_first``."""
+        member = rq.MemberSettings(member_limit, own_credits_first)
         return self._send(
-            rq.upsert_account(account_id, tier, status, overdraft_limit, idempotency_key)
+            rq.upsert_account(account_id, tier, status, overdraft_limit, idempotency_key, member)
         )
 
     def get_account(self, account_id: str) -> s.AccountOut:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,6 +26,7 @@ from quotagate.api.schemas import (
     TransactionsOut,
 )
 from quotagate.api.views import account_view, transaction_out
+from quotagate.engine.validate import KEEP
 from quotagate.errors import ValidationError
 
 MAX_PAGE = 200
@@ -44,6 +46,8 @@ def routes(gw: Gateway) -> list[Route]:
             tier=body.tier,
             status=body.status,
             overdraft_limit=body.overdraft_limit,
+            member_limit=KEEP if body.member_limit is msgspec.UNSET else body.member_limit,
+            own_credits_first=body.own_credits_first,
             idempotency_key=idempotency_key(request),
         )
         # The account event and the opening grant (money in) go to Postgres now.

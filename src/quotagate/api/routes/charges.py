@@ -27,6 +27,7 @@ from quotagate.api.schemas import (
     ChargesOut,
     ChargesRequest,
 )
+from quotagate.api.views import pool_payment_out
 from quotagate.config import Batch
 from quotagate.engine import Charge, ChargeOutcome
 from quotagate.errors import QuotagateError, ValidationError
@@ -85,5 +86,5 @@ def item_out(outcome: ChargeOutcome) -> ChargeItemOut:
         return ChargeItemOut(outcome.http_status, problem=problem_body(outcome))
     return ChargeItemOut(
         200, outcome.transaction_id, outcome.cost, outcome.remaining, outcome.replayed,
-        outcome.shadow,
+        outcome.shadow, pool=pool_payment_out(outcome.pool),
     )  # fmt: skip
