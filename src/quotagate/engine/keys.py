@@ -29,7 +29,9 @@ On the credit Redis (``P`` is the key prefix, ``{n}`` the partition's hash tag):
     P:{n}:flushlease       string who flushes partition n (a random token): at most one flush
                                   per partition. Expires after the lease length unless renewed,
                                   so a dead worker's lease goes by itself; released at the end
-    P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft.
+    P:{n}:a:<acct>         hash   the account: buckets, reserved, tier, status, overdraft,
+                                  grants; for a pool's member (``<pool>~<name>``, in its
+                                  pool's partition) its limit and use in the pool's period.
                                   Kept for good
     P:{n}:h:<acct>         hash   the account's open holds: hold id -> "amount|expires_ms|..".
                                   Goes with the last hold (captured, released or expired)
