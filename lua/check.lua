@@ -19,13 +19,13 @@ what its pool may still pay it within its limit.
 local cost = amount_arg(ARGV[1])
 if not cost then return {'err', 'invalid_argument', 'cost'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'g', 'pl', 'pf', 'pu', 'pp')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'g')
 if not a then return missing end
 if a[5] ~= 'active' then return {'err', 'account_banned'} end
 local w, r = wallet(a[1], a[2], a[6]), tonumber(a[3])
 local pool = nil
 if KEYS[11] then
-  pool, missing = member_pool(ARGV[2], a[7], a[8], a[9], a[10])
+  pool, missing = member_pool(ARGV[2])
   if not pool then return missing end
 end
 local due = 0

@@ -71,7 +71,7 @@ local refused, first = replay(idem, fp)
 if refused then return refused end
 if first then return {'ok', first[1], first[2], first[3], first[4], '1', '-1', '-1', '-1'} end
 
-local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g', 'pl', 'pf', 'pu', 'pp')
+local a, missing = account_fields('m', 'b', 'r', 'od', 'st', 'tier', 'g')
 if not a then return all(missing) end
 local limit, shadow_tier = tier_rate(a[6])
 -- A tier in shadow mode: nothing here; the engine sends the charges to shadow.lua.
@@ -80,7 +80,7 @@ if a[5] ~= 'active' then return all({'err', 'account_banned'}) end
 local w, r, od = wallet(a[1], a[2], a[7], a[6]), tonumber(a[3]), tonumber(a[4])
 local pool = nil
 if KEYS[11] then
-  pool, missing = member_pool(account, a[8], a[9], a[10], a[11])
+  pool, missing = member_pool(account)
   if not pool then return all(missing) end
 end
 

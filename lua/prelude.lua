@@ -495,9 +495,11 @@ end
 -- The pool of a member (KEYS[11] is the pool's hash) as its charges see it: the pool's id,
 -- wallet (saved to KEYS[11]), reserved credits and overdraft; the member's limit (nil: none),
 -- what the pool paid for it in the pool's period (`pu`, counted afresh once the pool's `rp`
--- is not the `pp` it was counted in), and whether its own credits go first. The member's
--- pl, pf, pu, pp are given. Nil and the error reply when the pool is missing or banned.
-local function member_pool(member, pl, pf, pu, pp)
+-- is not the `pp` it was counted in), and whether its own credits go first (read from the
+-- member's hash, KEYS[1], apart from what every account script reads: other accounts' charges
+-- read nothing more). Nil and the error reply when the pool is missing or banned.
+local function member_pool(member)
+  local pl, pf, pu, pp = unpack(redis.call('HMGET', KEYS[1], 'pl', 'pf', 'pu', 'pp'))
   local p = redis.call('HMGET', KEYS[11], 'm', 'b', 'r', 'od', 'st', 'tier', 'g', 'rp')
   if not p[1] then return nil, {'err', 'pool_not_found'} end
   if p[5] ~= 'active' then return nil, {'err', 'pool_banned'} end
