@@ -1,0 +1,38 @@
+"""`quotagate accounts create|update|show` for a pool's members: the limit and the order of
+credits set and shown, lifted with `none`; settings refused on plain accounts, members of a
+missing pool refused, each in one sentence with nothing written."""
+
+from __future__ import annotations
+
+from tests.cli.test_ops_cli import _consume, env, fails, ok, ok_json  # noqa: F401 - env is a fixture
+
+
+def test_a_member_is_created_shown_and_changed(
+    env: dict[str, str], redis_url: str, key_prefix: str  # noqa: F811
+) -> None:
+    ok(["accounts", "create", "acme", "--tier", "pro"], env)
+    made = ok_json(["accounts", "create", "acme~ann", "--tier", "free", "--member-limit", "40",
+                    "--own-credits-first"], env)  # fmt: skip
+    assert made["created"] is True
+    _consume(redis_url, key_prefix, "acme~ann", 130)  # 100 of its own, 30 from the pool
+    shown = ok_json(["accounts", "show", "acme~ann"], env)
+    assert shown["membership"] == {
+        "pool_id": "acme", "limit": 40, "own_credits_first": True, "used": 30,
+    }  # fmt: skip
+    text = ok(["accounts", "show", "acme~ann"], env)
+    assert "pool" in text and "acme" in text and "pool_paid_this_period" in text
+
+    ok(["accounts", "update", "acme~ann", "--member-limit", "none", "--pool-pays-all"], env)
+    membership = ok_json(["accounts", "show", "acme~ann"], env)["membership"]
+    assert (membership["limit"], membership["own_credits_first"]) == (None, False)
+    assert ok_json(["accounts", "show", "acme"], env)["membership"] is None
+
+
+def test_member_settings_and_missing_pools_are_refused(env: dict[str, str]) -> None:  # noqa: F811
+    ok(["accounts", "create", "solo", "--tier", "free"], env)
+    assert "member" in fails(["accounts", "update", "solo", "--member-limit", "5"], env, 2)
+    assert "member-limit" in fails(["accounts", "create", "solo~x", "--member-limit", "lots"],
+                                   env, 2)  # fmt: skip
+    assert "pool" in fails(["accounts", "create", "ghost~x"], env, 2)
+    assert "give" in fails(["accounts", "update", "solo"], env, 2)
+    fails(["accounts", "show", "ghost~x"], env, 2)
