@@ -38,3 +38,13 @@ def test_member_settings_and_missing_pools_are_refused(env: dict[str, str]) -> N
     assert "pool" in fails(["accounts", "create", "ghost~x"], env, 2)
     assert "give" in fails(["accounts", "update", "solo"], env, 2)
     fails(["accounts", "show", "ghost~x"], env, 2)
+
+
+def test_the_members_of_a_pool_are_listed(env: dict[str, str]) -> None:  # noqa: F811
+    ok(["accounts", "create", "a_b", "--tier", "free"], env)
+    ok(["accounts", "create", "axb", "--tier", "free"], env)  # `_` is no wildcard here
+    for member in ("a_b~one", "a_b~two", "axb~three"):
+        ok(["accounts", "create", member, "--tier", "free"], env)
+    listed = ok_json(["accounts", "list", "--pool", "a_b"], env)["accounts"]
+    assert [a["account_id"] for a in listed] == ["a_b~one", "a_b~two"]
+    assert "nest" in fails(["accounts", "list", "--pool", "a_b~one"], env, 2)

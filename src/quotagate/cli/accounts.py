@@ -22,6 +22,7 @@ from quotagate.engine.grants import stored_balance
 from quotagate.engine.results import Account, Grant
 from quotagate.engine.validate import CREDIT_TYPES, KEEP, Keep
 from quotagate.errors import AccountNotFound, ValidationError
+from quotagate.ids import check_account_id, pool_of
 from quotagate.jobs.pg import postgres_errors
 from quotagate.ledger import HistoryPage
 from quotagate.ledger.refunds import refund
@@ -247,13 +248,23 @@ def show(account_id: str, as_json: bool) -> None:
 @accounts.command("list")
 @click.option("--tier", help="Only accounts of this tier.")
 @click.option("--status", type=click.Choice(["active", "banned"]))
+@click.option("--pool", help="Only the members of this pool (accounts POOL~NAME).")
 @click.option("--after", help="Start after this account id (the next page).")
 @click.option("--limit", type=click.IntRange(1, LIST_MAX), default=50, show_default=True)
 @json_option
 def list_accounts(
-    tier: str | None, status: str | None, after: str | None, limit: int, as_json: bool
+    tier: str | None,
+    status: str | None,
+    pool: str | None,
+    after: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """Accounts the ledger knows, by id, with the live balance from Redis."""
+    if pool is not None:
+        check_account_id(pool)
+        if pool_of(pool) is not None:
+            raise ValidationError(f"{pool} is a member, not a pool: pools do not nest")
 
     async def work(b: Backends) -> list[dict[str, Any]]:
         assert b.ledger is not None
@@ -264,8 +275,10 @@ def list_accounts(
                     " WHERE ($1::text IS NULL OR tier = $1)"
                     " AND ($2::text IS NULL OR status = $2)"
                     " AND ($3::text IS NULL OR account_id > $3)"
+                    # starts_with, not LIKE: an id may hold _, a LIKE wildcard
+                    " AND ($5::text IS NULL OR starts_with(account_id, $5 || '~'))"
                     " ORDER BY account_id LIMIT $4",
-                    tier, status, after, limit,
+                    tier, status, after, limit, pool,
                 )  # fmt: skip
         async with b.engine.redis.pipeline(transaction=False) as pipe:
             for r in rows:
