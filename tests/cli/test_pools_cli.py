@@ -8,9 +8,9 @@ from tests.cli.test_ops_cli import _consume, env, fails, ok, ok_json  # noqa: F4
 
 
 def test_a_member_is_created_shown_and_changed(
-    env: dict[str, str],
+    env: dict[str, str],  # noqa: F811
     redis_url: str,
-    key_prefix: str,  # noqa: F811
+    key_prefix: str,
 ) -> None:
     ok(["accounts", "create", "acme", "--tier", "pro"], env)
     made = ok_json(["accounts", "create", "acme~ann", "--tier", "free", "--member-limit", "40",
