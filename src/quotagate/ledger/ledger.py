@@ -23,10 +23,10 @@ from typing import NamedTuple
 import asyncpg
 from redis.exceptions import RedisError
 
-from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import history as hist
+from quotagate.ledger import members
 from quotagate.ledger.apply import Applied, Staging, apply_entries, record_flush
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.migrate import check_current
@@ -143,7 +143,7 @@ class Ledger:
         after its commit). False, logged, when PostgreSQL failed: the outbox still has them
         and the flush will copy them later. The entries stay in the stream either way.
         """
-        ids.check_account_id(account_id)
+        members.check_account_or_member_id(account_id)
         if not entry_ids:
             return True
         partition = engine.keys.partition_of(account_id)
@@ -177,8 +177,9 @@ class Ledger:
         limit: int = 50,
         before: str | None = None,
     ) -> hist.HistoryPage:
-        """The account's transactions newest first, pending ones (outbox only) included."""
-        ids.check_account_id(account_id)
+        """The account's transactions newest first, pending ones (outbox only) included; a
+        member's include its pool's spends that name it."""
+        members.check_account_or_member_id(account_id)
         hist.check_page(limit, before)
         outbox = await hist.outbox_transactions(engine, account_id)
         return await in_transaction(
