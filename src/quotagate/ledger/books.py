@@ -30,6 +30,7 @@ from typing import cast
 
 from quotagate.engine import CreditEngine
 from quotagate.engine.grants import grant_remainders, stored_balance
+from quotagate.ledger import members
 from quotagate.ledger.ledger import Ledger, Snapshot
 from quotagate.ledger.outbox import RawEntries
 
@@ -46,6 +47,8 @@ class PendingEffect:
     transactions: int = 0
     grants: tuple[tuple[str, int], ...] = ()
     """What they did to explicit grants: (grant id, credits added or taken), in order."""
+    paid_for_members: tuple[tuple[str, int, int], ...] = ()
+    """A pool's spends for its members: (member id, credits the pool paid, time in ms)."""
 
     def __add__(self, other: PendingEffect) -> PendingEffect:
         return PendingEffect(
@@ -53,11 +56,24 @@ class PendingEffect:
             self.monthly_credits + other.monthly_credits,
             self.transactions + other.transactions,
             self.grants + other.grants,
+            self.paid_for_members + other.paid_for_members,
         )
 
     @staticmethod
     def of(txn: OutboxTransaction) -> PendingEffect:
-        return PendingEffect(txn.amount, txn.monthly_delta, 1, txn.grants)
+        paid: tuple[tuple[str, int, int], ...] = ()
+        if txn.member_id is not None:
+            paid = ((txn.member_id, -txn.amount, txn.created_ms),)
+        return PendingEffect(txn.amount, txn.monthly_delta, 1, txn.grants, paid)
+
+    def paid_for(self, member_id: str, since_ms: int | None) -> int:
+        """Credits these pool's spends paid for ``member_id`` from ``since_ms`` on (None:
+        all of them)."""
+        return sum(
+            credits
+            for member, credits, created_ms in self.paid_for_members
+            if member == member_id and (since_ms is None or created_ms >= since_ms)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,9 @@ class OutboxTransaction:
     grants: tuple[tuple[str, int], ...] = ()
     """Its effect on explicit grants: a grant's creation adds to it, a spend's draws, an
     expiry and a void take from it."""
+    member_id: str | None = None
+    """On a pool's spend: the member it paid for."""
+    created_ms: int = 0
 
 
 @dataclass
@@ -80,6 +99,9 @@ class OutboxIndex:
     partition: int
     read_to: str = ""
     entries: dict[str, list[OutboxTransaction]] = field(default_factory=dict)
+    resets_ms: dict[str, int] = field(default_factory=dict)
+    """Account -> the newest last reset (``rst``) its account events carry: a renewal the
+    ledger may not hold yet opens a pool's new period."""
 
     async def extend_to(self, last_entry: str) -> None:
         stream = self.engine.keys.outbox(self.partition)
@@ -92,17 +114,30 @@ class OutboxIndex:
             if not page:
                 self.read_to = last_entry
                 return
-            for _, f in page:
+            for stream_id, f in page:
                 # Leniently: an entry the flush will quarantine still carries its money.
                 if f.get("t") != "account" and "amt" in f and "a" in f:
                     txn = OutboxTransaction(
-                        f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)), _grant_effects(f)
-                    )
+                        f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)), _grant_effects(f),
+                        _paid_for(f), int(stream_id.partition("-")[0]),
+                    )  # fmt: skip
                     self.entries.setdefault(f["a"], []).append(txn)
+                elif f.get("t") == "account" and f.get("rst", "").isdigit() and "a" in f:
+                    reset_ms = max(int(f["rst"]), self.resets_ms.get(f["a"], 0))
+                    self.resets_ms[f["a"]] = reset_ms
             self.read_to = page[-1][0]
 
     def of(self, account_id: str) -> list[OutboxTransaction]:
         return self.entries.get(account_id, [])
+
+
+def _paid_for(f: dict[str, str]) -> str | None:
+    """The member a pool's spend paid for, if it names one of the pool's (else the flush
+    books the spend without it)."""
+    member_id = f.get("pm")
+    if f.get("t") != "spend" or not member_id or not members.is_member_of(member_id, f["a"]):
+        return None
+    return member_id
 
 
 def _grant_effects(f: dict[str, str]) -> tuple[tuple[str, int], ...]:
