@@ -43,7 +43,7 @@ async def redis_ms(engine: CreditEngine) -> int:
 
 async def member_fields(engine: CreditEngine, account_id: str) -> dict[str, str]:
     values = await engine.redis.hmget(engine.keys.account(account_id).account, *MEMBER_FIELDS)
-    return {name: v for name, v in zip(MEMBER_FIELDS, values, strict=True) if v is not None}
+    return {name: str(v) for name, v in zip(MEMBER_FIELDS, values, strict=True) if v is not None}
 
 
 async def renewed_pool(engine: CreditEngine, pool: str) -> PoolOutbox:
