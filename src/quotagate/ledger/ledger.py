@@ -31,6 +31,7 @@ from quotagate.ledger.apply import Applied, Staging, apply_entries, record_flush
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.migrate import check_current
 from quotagate.ledger.outbox import Entry, read_ids
+from quotagate.ledger.pool_usage import MemberPeriod, member_periods
 from quotagate.ledger.postgres import create_pool, describe, in_transaction
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ class Ledger:
         self, account_ids: Sequence[str], transaction_ids: Sequence[str]
     ) -> BooksReading:
         """In one snapshot: the accounts' rows, their ledger sums, which of the transaction
-        ids the ledger holds, and what is left of each of their explicit grants."""
+        ids the ledger holds, what is left of each of their explicit grants, and, for those
+        that are a pool's members, what the pool paid for them in its period."""
 
         async def read(conn: asyncpg.Connection) -> BooksReading:
             snaps = await _snapshots(conn, account_ids)
@@ -229,9 +231,10 @@ class Ledger:
                 list(account_ids),
             ):
                 grants.setdefault(g["account_id"], {})[g["id"]] = g["remaining"]
+            periods = await member_periods(conn, account_ids)
             return BooksReading(
                 snaps, {r["account_id"]: r["total"] for r in rows}, {r["id"] for r in present},
-                grants,
+                grants, periods,
             )  # fmt: skip
 
         return await in_transaction(self.pool, read, isolation="repeatable_read", readonly=True)
@@ -258,6 +261,8 @@ class BooksReading(NamedTuple):
     """The transaction ids asked about that the ledger holds."""
     grants: dict[str, dict[str, int]]
     """Account -> grant id -> what is left of it (grants with nothing left are not named)."""
+    member_periods: dict[str, MemberPeriod]
+    """Member -> what its pool paid for it in the pool's period, as the ledger holds it."""
 
 
 async def _snapshots(conn: asyncpg.Connection, account_ids: Sequence[str]) -> dict[str, Snapshot]:

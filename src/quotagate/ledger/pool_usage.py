@@ -10,7 +10,7 @@ renewal, before it, is counted in the new period (the ledger keeps milliseconds)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,24 +20,18 @@ from quotagate.ledger import members
 
 MEMBER_PERIODS_SQL = """
 SELECT m.member_id, p.account_id IS NOT NULL AS pool_known, p.renewed_period,
-       p.last_reset_at, s.since, coalesce(paid.credits, 0)::bigint AS paid
-FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(member_id, pool_id, since_ms)
+       p.last_reset_at, coalesce(paid.credits, 0)::bigint AS paid
+FROM unnest($1::text[], $2::text[]) AS m(member_id, pool_id)
 LEFT JOIN user_credits p ON p.account_id = m.pool_id
-CROSS JOIN LATERAL (
-    SELECT greatest(p.last_reset_at,
-                    timestamptz 'epoch' + m.since_ms * interval '1 millisecond') AS since
-) s
 CROSS JOIN LATERAL (
     SELECT -sum(t.amount) AS credits
     FROM credit_transactions t
     WHERE t.account_id = m.pool_id AND t.member_id = m.member_id AND t.type = 'spend'
-      AND t.created_at >= coalesce(s.since, '-infinity')
+      AND t.created_at >= coalesce(p.last_reset_at, '-infinity')
 ) paid
 """
-"""Per member: its pool's row (renewed period, last reset), the start of the period, and what
-the pool's spends naming the member since then sum to (ix_credit_transactions_member_history).
-``greatest`` skips a NULL: the period starts at the later of the pool's last reset in the
-ledger and the one an outbox entry not yet flushed carries."""
+"""Per member: its pool's row (renewed period, last reset) and what the pool's spends naming
+the member since that reset sum to (ix_credit_transactions_member_history)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,37 +43,30 @@ class MemberPeriod:
     """False: the ledger has no row of the pool."""
     pool_renewed_period: str | None
     pool_last_reset_at: datetime | None
-    since: datetime | None
     """Where the period starts; None: the pool was never reset (its whole life counts)."""
     paid: int
     """Credits the pool's spends paid for the member since then."""
 
     @property
     def since_ms(self) -> int | None:
-        return None if self.since is None else round(self.since.timestamp() * 1000)
+        reset = self.pool_last_reset_at
+        return None if reset is None else round(reset.timestamp() * 1000)
 
 
 async def member_periods(
-    conn: asyncpg.Connection,
-    member_ids: Sequence[str],
-    resets_ms: Mapping[str, int] | None = None,
+    conn: asyncpg.Connection, member_ids: Sequence[str]
 ) -> dict[str, MemberPeriod]:
-    """The period usage of each member id given (ids that are no member are left out).
-    ``resets_ms``: pool -> a last reset the ledger may not hold yet (from the outbox)."""
+    """The period usage of each member id given (ids that are no member are left out)."""
     chosen = [(m, pool) for m in member_ids if (pool := members.pool_of(m)) is not None]
     if not chosen:
         return {}
-    resets = resets_ms or {}
     rows = await conn.fetch(
-        MEMBER_PERIODS_SQL,
-        [m for m, _ in chosen],
-        [pool for _, pool in chosen],
-        [resets.get(pool) for _, pool in chosen],
+        MEMBER_PERIODS_SQL, [m for m, _ in chosen], [pool for _, pool in chosen]
     )
     found = {}
     for r in rows:
         found[r["member_id"]] = MemberPeriod(
             r["member_id"], r["pool_known"], r["renewed_period"], r["last_reset_at"],
-            r["since"], int(r["paid"]),
+            int(r["paid"]),
         )  # fmt: skip
     return found
