@@ -132,3 +132,18 @@ async def test_restore_refuses_member_state_it_cannot_write_and_writes_nothing(
     with pytest.raises(ValidationError, match=refused):
         unwrap(await engine.runner.run(engine.scripts["restore"], keys, args))
     assert await engine.redis.exists(engine.keys.account(account).account) == 0
+
+
+async def test_a_charge_the_pool_paid_gets_its_idempotency_record_back_on_the_member(
+    engine: CreditEngine, own_ledger: Ledger
+) -> None:
+    """A retry of the member's charge after the loss finds its record, as for any charge."""
+    out = PoolOutbox(engine)
+    await out.event("acme")
+    await out.event("acme~alice")
+    await out.transaction("acme", "spend", -3, res="unit", u="3", ik="retry-1", pm="acme~alice")
+    await flush_all(engine, own_ledger)
+    tally = await recover_async(engine, own_ledger)
+    assert tally.idempotency_records == 1
+    assert await engine.redis.exists(engine.keys.account("acme~alice", "retry-1").idempotency)
+    assert not await engine.redis.exists(engine.keys.account("acme", "retry-1").idempotency)

@@ -240,7 +240,8 @@ async def _restore_page(
 
 
 IDEMPOTENT_ROWS = """
-SELECT t.account_id, t.id, t.amount, t.type, t.resource, t.units, t.description, t.refund_of,
+SELECT t.account_id, t.member_id, t.id, t.amount, t.type, t.resource, t.units, t.description,
+       t.refund_of,
        t.metadata::text AS metadata, t.idempotency_key, t.balance_after,
        extract(epoch FROM (now() - t.created_at)) * 1000 AS age_ms, u.overdraft_limit
 FROM credit_transactions t JOIN user_credits u USING (account_id)
@@ -250,7 +251,8 @@ WHERE t.idempotency_key <> '' AND t.created_at > now() - make_interval(secs => $
 """Ledger rows whose idempotency record may still be within its window. A spend without a
 resource is the capture of a hold of an amount: its record names the hold, which the ledger
 does not keep. (A capture of a resource's hold cannot be told from a consume: its retry meets
-a consume's record and is refused as a conflict, never charged again.)"""
+a consume's record and is refused as a conflict, never charged again.) A pool's row naming a
+member is that member's charge: its record is the member's."""
 
 
 async def rebuild_idempotency(engine: CreditEngine, ledger: Ledger) -> int:
@@ -299,7 +301,8 @@ def _rebuilt_record(
         record = idempotency.credit_record(
             fp, row["id"], balance, available, idempotency.LEDGER_ENTRY_ID
         )
-    return engine.keys.account(row["account_id"], key).idempotency, record, left_ms
+    charged = row["member_id"] or row["account_id"]  # a member's charge the pool paid
+    return engine.keys.account(charged, key).idempotency, record, left_ms
 
 
 async def _write_records(engine: CreditEngine, page: list[tuple[str, str, int]]) -> int:

@@ -14,8 +14,9 @@ from quotagate.errors import InvalidAccountId
 
 SEPARATOR = "~"
 
-_PART_RE = ids.ACCOUNT_ID_RE
-"""A pool id and a member's name are each what a plain account id may be (no ``~``)."""
+_PART_RE = re.compile(r"^[A-Za-z0-9._:@-]{0,127}[A-Za-z0-9_:@-]$")
+"""A pool id and a member's name are each what a plain account id may be (no ``~``, as in
+``quotagate.ids``)."""
 _PART_BYTES_RE = re.compile(_PART_RE.pattern.encode())
 
 
