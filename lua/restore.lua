@@ -13,6 +13,10 @@ ARGV[4] overdraft limit     ARGV[9] created at (ms)
 ARGV[5] monthly credits     ARGV[10] "1" to overwrite an account that exists
 ARGV[11] the explicit grants, as the `g` field holds them (docs/grants.md), in spend order:
          <id>|<remaining>|<expires_ms or 0>|<priority>|<source>|<amount>;... ("" for none)
+ARGV[12..15] a pool's member only (docs/pools.md; all absent or "" for any other account):
+ARGV[12] member limit `pl` ("": none)   ARGV[14] credits its pool paid for it in the period `pu`
+ARGV[13] own credits first `pf` ("1")            ("": not written, the ledger has no pool)
+                                        ARGV[15] that period `pp`, the pool's `rp` (may be "")
 
 Reply  {"ok", restored 0|1}
 Errors {"err", "invalid_argument", name}
@@ -55,12 +59,33 @@ if period ~= '' and not period_arg(period) then return {'err', 'invalid_argument
 local grants = ARGV[11] or ''
 local grant_expiry = earliest_grant_expiry(grants)
 if not grant_expiry then return {'err', 'invalid_argument', 'grants'} end
+local member_limit, own_first = ARGV[12] or '', ARGV[13] or ''
+local pool_used, pool_period = ARGV[14] or '', ARGV[15] or ''
+local is_member = string.find(ARGV[1], '~', 1, true) ~= nil
+local member_fields = member_limit .. own_first .. pool_used .. pool_period
+if member_fields ~= '' and not is_member then return {'err', 'invalid_argument', 'member'} end
+if member_limit ~= '' and not amount_arg(member_limit, 0) then
+  return {'err', 'invalid_argument', 'member_limit'}
+end
+if own_first ~= '' and own_first ~= '0' and own_first ~= '1' then
+  return {'err', 'invalid_argument', 'own_credits_first'}
+end
+if pool_period ~= '' and not period_arg(pool_period) then
+  return {'err', 'invalid_argument', 'pool_period'}
+end
+if pool_used ~= '' and not amount_arg(pool_used, 0) then
+  return {'err', 'invalid_argument', 'pool_used'}
+end
+if pool_used == '' and pool_period ~= '' then return {'err', 'invalid_argument', 'pool_used'} end
 
 if force ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {'ok', '0'} end
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'm', s(m), 'b', s(b), 'r', '0', 'od', s(od), 'st', status,
   'tier', tier, 'ca', s(ca), 'rp', period, 'rst', rst)
 if grants ~= '' then redis.call('HSET', KEYS[1], 'g', grants) end
+if member_limit ~= '' then redis.call('HSET', KEYS[1], 'pl', member_limit) end
+if own_first == '1' then redis.call('HSET', KEYS[1], 'pf', '1') end
+if pool_used ~= '' then redis.call('HSET', KEYS[1], 'pu', pool_used, 'pp', pool_period) end
 if grant_expiry > 0 then
   redis.call('ZADD', KEYS[10], grant_expiry, ARGV[1])
 else

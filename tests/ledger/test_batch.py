@@ -63,6 +63,7 @@ def test_spends_become_copy_lines_and_effects_per_account() -> None:
         "type": "spend", "resource": "api_call", "units": "3", "description": "",
         "metadata": "", "created_at": "2023-11-14 22:13:20.124+00:00", "balance_after": "97",
         "idempotency_key": "", "refund_of": "", "grant_id": "", "grant_draws": "",
+        "member_id": "",
     }  # fmt: skip
     assert batch.last_stream_id == f"{TS + 3}-0"
     assert not batch.maybe_present and not batch.events

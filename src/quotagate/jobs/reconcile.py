@@ -14,6 +14,16 @@ And two per explicit grant:
   outbox entries not yet in the ledger (its creation, the spends' draws, its expiry or void):
   the sum of the grants is the balance, so this checks each part of it.
 
+And one per member of a pool (docs/pools.md), when Redis counts its usage in the pool's
+current period (its ``pp`` is the pool's ``rp``):
+
+- ``pool_usage``: what Redis holds the pool paid for the member in the period (``pu``)
+  against the pool's spends naming it since the pool's last reset, in the ledger and among the
+  outbox entries not yet in it (``quotagate.ledger.pool_usage``). A member's limit is checked
+  against ``pu``, so a difference lets it spend more (or less) of the pool than its limit.
+
+The member settings (limit, own credits first) are not compared, as no account setting is.
+
 In PostgreSQL alone:
 
 - ``grant``: a grant's ``remaining`` against its amount less what the ledger's rows took from
@@ -47,7 +57,7 @@ RECHECKS = 3
 
 RECHECK_PAUSE_SECONDS = 0.2
 
-RECHECKED = frozenset({"redis", "redis_grant"})
+RECHECKED = frozenset({"redis", "redis_grant", "pool_usage"})
 """The checks that compare Redis with the ledger: a flush committing between the two readings
 can make them differ for a moment, so an account is read again before it is reported."""
 
@@ -68,6 +78,10 @@ CAUSES = {
     "redis_grant": "what Redis holds left of an explicit grant disagrees with credit_grants"
     " plus the outbox entries not yet in the ledger (the account hash's grants were changed"
     " behind the engine's back, or Redis lost writes the ledger has)",
+    "pool_usage": "what Redis holds the pool paid for the member in the pool's period (pu)"
+    " disagrees with the pool's spends naming it since the pool's last reset, in the ledger"
+    " and the outbox (the member's hash was changed behind the engine's back, or Redis lost"
+    " writes the ledger has)",
     "grant": "credit_grants.remaining disagrees with the grant's amount less the draws, expiry"
     " and void its credit_transactions rows record (one of them was changed outside the flush)",
     "grant_unknown": "credit_transactions rows take credits from a grant that credit_grants"
@@ -106,8 +120,9 @@ class Drift:
     account_id: str
     partition: int
     check: str
-    """ "redis" (Redis vs snapshot + pending), "ledger" (snapshot vs sum of rows) or
-    "grant" (an explicit grant's remaining vs what its rows leave of it)."""
+    """ "redis" (Redis vs snapshot + pending), "ledger" (snapshot vs sum of rows),
+    "redis_grant" and "grant" (an explicit grant's remaining), or "pool_usage" (a member's
+    usage of its pool in the period)."""
     expected: int | None
     found: int | None
     cause: str
@@ -161,6 +176,12 @@ def judge(account_id: str, partition: int, books: AccountBooks) -> list[Drift]:
                 Drift(account_id, partition, "redis_grant", expected, found,
                       CAUSES["redis_grant"], grant_id)
             )  # fmt: skip
+    usage = books.pool_usage
+    if books.redis_credits is not None and usage is not None and usage.drift:
+        drifts.append(
+            Drift(account_id, partition, "pool_usage", usage.expected, usage.redis_used,
+                  CAUSES["pool_usage"])
+        )  # fmt: skip
     if books.ledger_drift:
         snapshot = books.snapshot.credits if books.snapshot else None
         drifts.append(

@@ -13,6 +13,12 @@ pending entries did to explicit grants is not replayed, so those credits count a
 ones). Accounts are restored with ``force=False``, so a second run, or one racing with
 traffic, changes nothing that is there. Holds are not durable: restored accounts have none.
 
+A pool's member (docs/pools.md) gets back its limit and own-credits-first from its row, and
+what its pool paid for it in the pool's period (``pu``, counted in ``pp``): ``pp`` is the
+period restored for the pool, and ``pu`` the pool's spends naming the member since the
+pool's last reset, the instant that period comes from (``quotagate.ledger.pool_usage``), plus
+the pending ones when forced.
+
 Then it rebuilds the idempotency records of the ledger's consumes and credits still within
 their window (:func:`rebuild_idempotency`), so a retry after the loss replays its first answer
 instead of charging again.
@@ -22,26 +28,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
 from quotagate.engine import CreditEngine, idempotency, validate
+from quotagate.engine.replies import unwrap
+from quotagate.engine.restored_grants import grants_field
 from quotagate.engine.results import Grant
 from quotagate.errors import RecoveryRefused
 from quotagate.jobs import runtime
 from quotagate.jobs.pg import postgres_errors
-from quotagate.ledger import Ledger, outbox_lag
+from quotagate.ledger import Ledger, members, outbox_lag
 from quotagate.ledger.books import PendingEffect, pending_effects
+from quotagate.ledger.pool_usage import MemberPeriod, member_periods
 
 RESTORE_PAGE = 1000
 """Snapshot rows read and restored per batch (the restores of a batch share pipelines)."""
 
 SNAPSHOT_COLUMNS = (
     "account_id, tier, status, credits, monthly_credits, overdraft_limit, last_reset_at,"
-    " created_at, renewed_period"
+    " created_at, renewed_period, member_limit, own_credits_first"
 )
 
 
@@ -95,26 +104,68 @@ async def restore_row(
     row: asyncpg.Record,
     pending: PendingEffect | None = None,
     grants: Sequence[Grant] = (),
+    member_state: Sequence[str] = (),
 ) -> bool:
     """Write one snapshot row (plus pending effects) and the account's live explicit grants
     into Redis unless the account is there. The snapshot's credits count the grants': what
-    neither the monthly credits nor the grants hold is the purchased credits."""
+    neither the monthly credits nor the grants hold is the purchased credits.
+    ``member_state``: a member's, from :func:`member_state`."""
     a = row["account_id"]
     pending = pending or PendingEffect()
     credits = int(row["credits"]) + pending.credits
     monthly = int(row["monthly_credits"]) + pending.monthly_credits
-    return await engine.restore(
-        a,
-        tier=row["tier"],
-        status=row["status"],
-        overdraft_limit=int(row["overdraft_limit"]),
-        monthly_credits=monthly,
-        purchased_credits=credits - monthly - sum(g.remaining for g in grants),
-        renewed_period=renewed_period(row["renewed_period"], row["last_reset_at"]),
-        last_reset_at=row["last_reset_at"],
-        created_at=row["created_at"],
-        grants=grants,
-    )
+    purchased = credits - monthly - sum(g.remaining for g in grants)
+    period = renewed_period(row["renewed_period"], row["last_reset_at"])
+    if not member_state:
+        return await engine.restore(
+            a, tier=row["tier"], status=row["status"],
+            overdraft_limit=int(row["overdraft_limit"]), monthly_credits=monthly,
+            purchased_credits=purchased, renewed_period=period,
+            last_reset_at=row["last_reset_at"], created_at=row["created_at"], grants=grants,
+        )  # fmt: skip
+    # The restore script's arguments as CreditEngine.restore sends them, and a member's four
+    # after them (lua/restore.lua), in the one script call that writes the account.
+    args = [
+        a, row["tier"], row["status"], str(int(row["overdraft_limit"])), str(monthly),
+        str(purchased), period, _ms_text(row["last_reset_at"]), _ms_text(row["created_at"]),
+        "0", grants_field(grants), *member_state,
+    ]  # fmt: skip
+    keys = engine.keys.script_keys(a)
+    grant_expiry = engine.keys.grant_expiry(engine.keys.partition_of(a))
+    reply = await engine.runner.run(engine.scripts["restore"], (*keys, grant_expiry), args)
+    return bool(unwrap(reply)[0] == "1")
+
+
+def _ms_text(moment: datetime | None) -> str:
+    return str(int(moment.timestamp() * 1000)) if moment else ""
+
+
+def member_state(
+    row: asyncpg.Record, period: MemberPeriod | None, pool_pending: PendingEffect | None
+) -> list[str]:
+    """A member's restore arguments: limit ("" none), own credits first, and what its pool
+    paid for it in the pool's period with that period ("" and "": the ledger has no row of the
+    pool, so nothing to count against)."""
+    account_id = row["account_id"]
+    limit = row["member_limit"]
+    state = ["" if limit is None else str(int(limit)), "1" if row["own_credits_first"] else ""]
+    if period is None or not period.pool_known:
+        return [*state, "", ""]
+    paid = period.paid
+    if pool_pending is not None:
+        paid += pool_pending.paid_for(account_id, period.since_ms)
+    pool_period = renewed_period(period.pool_renewed_period, period.pool_last_reset_at)
+    return [*state, str(paid), pool_period]
+
+
+def member_state_of(
+    row: asyncpg.Record, periods: dict[str, MemberPeriod], pending: dict[str, PendingEffect]
+) -> list[str]:
+    """A member's restore arguments; none for an account that is no member."""
+    pool_id = members.pool_of(row["account_id"])
+    if pool_id is None:
+        return []
+    return member_state(row, periods.get(row["account_id"]), pending.get(pool_id))
 
 
 async def all_pending(engine: CreditEngine, ledger: Ledger) -> dict[str, PendingEffect]:
@@ -173,12 +224,14 @@ async def _restore_page(
         return
     # Read in the snapshot rows' transaction, so grants and balances are of one moment.
     grants = await live_grants(conn, [r["account_id"] for r in page])
-    restored = await asyncio.gather(
-        *(
-            restore_row(engine, r, pending.get(r["account_id"]), grants.get(r["account_id"], ()))
-            for r in page
-        )
-    )
+    periods = await member_periods(conn, [r["account_id"] for r in page])
+
+    def restore(r: asyncpg.Record) -> Awaitable[bool]:
+        a = r["account_id"]
+        state = member_state_of(r, periods, pending)
+        return restore_row(engine, r, pending.get(a), grants.get(a, ()), state)
+
+    restored = await asyncio.gather(*(restore(r) for r in page))
     tally.ledger_accounts += len(page)
     tally.restored += sum(restored)
     tally.already_present += len(page) - sum(restored)
@@ -187,7 +240,8 @@ async def _restore_page(
 
 
 IDEMPOTENT_ROWS = """
-SELECT t.account_id, t.id, t.amount, t.type, t.resource, t.units, t.description, t.refund_of,
+SELECT t.account_id, t.member_id, t.id, t.amount, t.type, t.resource, t.units, t.description,
+       t.refund_of,
        t.metadata::text AS metadata, t.idempotency_key, t.balance_after,
        extract(epoch FROM (now() - t.created_at)) * 1000 AS age_ms, u.overdraft_limit
 FROM credit_transactions t JOIN user_credits u USING (account_id)
@@ -197,7 +251,8 @@ WHERE t.idempotency_key <> '' AND t.created_at > now() - make_interval(secs => $
 """Ledger rows whose idempotency record may still be within its window. A spend without a
 resource is the capture of a hold of an amount: its record names the hold, which the ledger
 does not keep. (A capture of a resource's hold cannot be told from a consume: its retry meets
-a consume's record and is refused as a conflict, never charged again.)"""
+a consume's record and is refused as a conflict, never charged again.) A pool's row naming a
+member is that member's charge: its record is the member's."""
 
 
 async def rebuild_idempotency(engine: CreditEngine, ledger: Ledger) -> int:
@@ -246,7 +301,8 @@ def _rebuilt_record(
         record = idempotency.credit_record(
             fp, row["id"], balance, available, idempotency.LEDGER_ENTRY_ID
         )
-    return engine.keys.account(row["account_id"], key).idempotency, record, left_ms
+    charged = row["member_id"] or row["account_id"]  # a member's charge the pool paid
+    return engine.keys.account(charged, key).idempotency, record, left_ms
 
 
 async def _write_records(engine: CreditEngine, page: list[tuple[str, str, int]]) -> int:

@@ -28,10 +28,11 @@ from quotagate.engine import CreditEngine
 from quotagate.engine.grants import stored_balance
 from quotagate.jobs.pg import postgres_errors
 from quotagate.jobs.reconcile import Drift
-from quotagate.jobs.recover import SNAPSHOT_COLUMNS, live_grants, restore_row
+from quotagate.jobs.recover import SNAPSHOT_COLUMNS, live_grants, member_state_of, restore_row
 from quotagate.ledger import Ledger
 from quotagate.ledger.history import PRESENT_SQL
 from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entries
+from quotagate.ledger.pool_usage import member_periods
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,16 @@ async def _repair(
 
 
 async def _restore(engine: CreditEngine, conn: asyncpg.Connection, account_id: str) -> bool:
-    """Give Redis back an account it lost, from its snapshot row (no money moves)."""
+    """Give Redis back an account it lost, from its snapshot row (no money moves); a member
+    with its settings and what its pool paid for it in the pool's period."""
     row = await conn.fetchrow(
         f"SELECT {SNAPSHOT_COLUMNS} FROM user_credits WHERE account_id = $1", account_id
     )
     if row is None:
         return False
     grants = await live_grants(conn, [account_id])
-    return await restore_row(engine, row, grants=grants.get(account_id, ()))
+    state = member_state_of(row, await member_periods(conn, [account_id]), {})
+    return await restore_row(engine, row, grants=grants.get(account_id, ()), member_state=state)
 
 
 async def _adjust(

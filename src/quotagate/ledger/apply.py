@@ -2,7 +2,8 @@
 
 Inside one transaction (the caller's):
 
-1. account events: upsert tier, status and overdraft on ``user_credits``; an event from an
+1. account events: upsert tier, status and overdraft (and a member's limit and
+   own-credits-first) on ``user_credits``; an event from an
    older outbox position never overwrites a newer one (``last_event_position``), so a
    write-through that ran ahead of the flush, or a flush that re-reads entries after a crash,
    cannot bring back old settings;
@@ -74,6 +75,7 @@ _STAGE_COLUMNS = (
     ("refund_of", "text"),
     ("grant_id", "text"),
     ("grant_draws", "text"),
+    ("member_id", "text"),
 )
 
 _UNNEST_SOURCE = "unnest({}) AS b({})".format(
@@ -86,10 +88,11 @@ STAGE_TABLE = "qg_flush_stage"
 _INSERT_TRANSACTIONS = f"""
     INSERT INTO credit_transactions AS t
         (id, account_id, amount, type, resource, units, description, metadata,
-         idempotency_key, balance_after, created_at, refund_of, grant_id, grant_draws)
+         idempotency_key, balance_after, created_at, refund_of, grant_id, grant_draws,
+         member_id)
     SELECT id, account_id, amount, type, resource, units, description, metadata::jsonb,
            idempotency_key, balance_after, {_ts("created_ms")}, refund_of, grant_id,
-           grant_draws::jsonb
+           grant_draws::jsonb, member_id
     FROM batch"""
 
 _EFFECT_COLUMNS = """account_id,
@@ -172,17 +175,22 @@ PRESENT_SQL = "SELECT id FROM credit_transactions WHERE id = ANY($1::text[])"
 EVENTS_SQL = f"""
 INSERT INTO user_credits AS u
     (account_id, tier, status, overdraft_limit, last_reset_at, created_at,
-     last_event_position, renewed_period, credits, monthly_credits, updated_at)
+     last_event_position, renewed_period, member_limit, own_credits_first, credits,
+     monthly_credits, updated_at)
 SELECT e.account_id, e.tier, e.status, e.overdraft_limit, {_ts("e.reset_ms")},
-       {_ts("e.created_ms")}, e.position, e.renewed_period, 0, 0, now()
+       {_ts("e.created_ms")}, e.position, e.renewed_period, e.member_limit,
+       e.own_credits_first, 0, 0, now()
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-            $7::text[], $8::text[]) AS e(account_id, tier, status, overdraft_limit, reset_ms,
-                                         created_ms, position, renewed_period)
+            $7::text[], $8::text[], $9::bigint[], $10::boolean[])
+     AS e(account_id, tier, status, overdraft_limit, reset_ms, created_ms, position,
+          renewed_period, member_limit, own_credits_first)
 ORDER BY e.account_id
 ON CONFLICT (account_id) DO UPDATE SET
     tier = excluded.tier,
     status = excluded.status,
     overdraft_limit = excluded.overdraft_limit,
+    member_limit = excluded.member_limit,
+    own_credits_first = excluded.own_credits_first,
     created_at = excluded.created_at,
     last_reset_at = greatest(u.last_reset_at, excluded.last_reset_at),
     last_event_position = excluded.last_event_position,
@@ -251,6 +259,7 @@ def transaction_columns(rows: Sequence[TransactionEntry]) -> list[list[Any]]:
         [r.refund_of for r in rows],
         [r.grant_id for r in rows],
         [grant_draws_json(r) for r in rows],
+        [r.member_id for r in rows],
     ]
 
 
@@ -302,6 +311,8 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[AccountEvent])
         [e.created_ms for e in events],
         [e.position for e in events],
         [e.renewed_period for e in events],
+        [e.member_limit for e in events],
+        [e.own_credits_first for e in events],
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from quotagate.errors import OutboxEntryInvalid
+from quotagate.ledger.members import is_member_of_bytes
 from quotagate.ledger.models import TRANSACTION_TYPES
 from quotagate.ledger.outbox import (
     AccountEvent,
@@ -38,6 +39,7 @@ from quotagate.ledger.outbox import (
 COPY_COLUMNS = (
     "id", "account_id", "amount", "type", "resource", "units", "description", "metadata",
     "created_at", "balance_after", "idempotency_key", "refund_of", "grant_id", "grant_draws",
+    "member_id",
 )  # fmt: skip
 """The ``credit_transactions`` columns of each COPY line, in order. The COPY reads an empty
 value as NULL, as ``parse_entry`` reads an empty field as None."""
@@ -46,7 +48,7 @@ COPY_OPTIONS = {"format": "csv", "delimiter": "\x1f", "quote": "\x01", "null": "
 """How the COPY reads the lines (``asyncpg.Connection.copy_to_table`` keywords)."""
 _SEP, _QUOTE = b"\x1f", b"\x01"
 
-_FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik", "rf")
+_FIELDS = ("id", "a", "amt", "t", "res", "u", "d", "md", "ts", "bal", "dm", "ik", "rf", "pm")
 """A transaction's stream fields the COPY line is made of, in the order the scripts write them
 (an entry leaves out those that are empty; ``ts`` only in entries of earlier versions)."""
 _WANTED = tuple(name.encode() for name in _FIELDS)
@@ -188,13 +190,16 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
     for j, (stream_id, fields) in enumerate(raw):
         positions = _layout_positions(fields)
         if positions is not None:
-            txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey, refund_of = [
+            txn_id, account, amt, kind, res, units, desc, meta, ts, bal, dm, ikey, refund_of, pm = [
                 fields[i] if i != _ABSENT else b"" for i in positions
             ]
             ts = ts or stream_id.partition(b"-")[0]  # the entry's time is its id's
             if txn_id in seen:
                 continue
-            if txn_id and account and kind in _TYPES:
+            # A pool's spend names its member; anything else in ``pm`` is for parse_entry to
+            # refuse (the checked path then books the spend without it and quarantines it).
+            member_ok = not pm or (kind == _SPEND and is_member_of_bytes(pm, account))
+            if txn_id and account and kind in _TYPES and member_ok:
                 try:
                     amount, monthly, ms = int(amt), int(dm or 0), int(ts)
                     created = stamps.get(ts) or stamps.setdefault(ts, _stamp(ms))
@@ -217,7 +222,7 @@ def build_batch(raw: Sequence[RawEntry]) -> FlushBatch:
                             acc.first_ms = ms
                     units = units if res else b""
                     row = (txn_id, account, amt, kind, res, units, desc, meta, created, bal, ikey,
-                           refund_of, b"", b"")  # fmt: skip
+                           refund_of, b"", b"", pm)  # fmt: skip
                     lines.append(_SEP.join(row))
                     sources.append(j)
                     continue
@@ -254,7 +259,8 @@ def _row(e: TransactionEntry) -> Row:
     )  # fmt: skip
     return (*[v.encode() for v in text], created, str(e.balance_after).encode(),
             (e.idempotency_key or "").encode(), (e.refund_of or "").encode(),
-            (e.grant_id or "").encode(), (grant_draws_json(e) or "").encode())  # fmt: skip
+            (e.grant_id or "").encode(), (grant_draws_json(e) or "").encode(),
+            (e.member_id or "").encode())  # fmt: skip
 
 
 def grant_draws_json(e: TransactionEntry) -> str | None:

@@ -5,6 +5,12 @@ The books balance when, for every account::
     Redis balance  = snapshot + effect of the outbox entries not yet in the ledger
     snapshot       = sum of the account's ledger rows
 
+and, for a pool's member whose usage Redis counts in its pool's current period (``pp`` = the
+pool's ``rp``)::
+
+    pool usage (pu) = the pool's spends naming it since the pool's last reset, in the ledger
+                      and among the outbox entries not yet in it
+
 One reading of some accounts of one partition (:func:`read_books`):
 
 - Redis, atomically: the accounts' balances and the outbox's newest stream id, in one MULTI
@@ -30,8 +36,10 @@ from typing import cast
 
 from quotagate.engine import CreditEngine
 from quotagate.engine.grants import grant_remainders, stored_balance
+from quotagate.ledger import members
 from quotagate.ledger.ledger import Ledger, Snapshot
 from quotagate.ledger.outbox import RawEntries
+from quotagate.ledger.pool_usage import MemberPeriod
 
 OUTBOX_PAGE = 5000
 """Outbox entries read per XRANGE call."""
@@ -46,6 +54,8 @@ class PendingEffect:
     transactions: int = 0
     grants: tuple[tuple[str, int], ...] = ()
     """What they did to explicit grants: (grant id, credits added or taken), in order."""
+    paid_for_members: tuple[tuple[str, int, int], ...] = ()
+    """A pool's spends for its members: (member id, credits the pool paid, time in ms)."""
 
     def __add__(self, other: PendingEffect) -> PendingEffect:
         return PendingEffect(
@@ -53,11 +63,24 @@ class PendingEffect:
             self.monthly_credits + other.monthly_credits,
             self.transactions + other.transactions,
             self.grants + other.grants,
+            self.paid_for_members + other.paid_for_members,
         )
 
     @staticmethod
     def of(txn: OutboxTransaction) -> PendingEffect:
-        return PendingEffect(txn.amount, txn.monthly_delta, 1, txn.grants)
+        paid: tuple[tuple[str, int, int], ...] = ()
+        if txn.member_id is not None:
+            paid = ((txn.member_id, -txn.amount, txn.created_ms),)
+        return PendingEffect(txn.amount, txn.monthly_delta, 1, txn.grants, paid)
+
+    def paid_for(self, member_id: str, since_ms: int | None) -> int:
+        """Credits these pool's spends paid for ``member_id`` from ``since_ms`` on (None:
+        all of them)."""
+        return sum(
+            credits
+            for member, credits, created_ms in self.paid_for_members
+            if member == member_id and (since_ms is None or created_ms >= since_ms)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +93,9 @@ class OutboxTransaction:
     grants: tuple[tuple[str, int], ...] = ()
     """Its effect on explicit grants: a grant's creation adds to it, a spend's draws, an
     expiry and a void take from it."""
+    member_id: str | None = None
+    """On a pool's spend: the member it paid for."""
+    created_ms: int = 0
 
 
 @dataclass
@@ -80,6 +106,9 @@ class OutboxIndex:
     partition: int
     read_to: str = ""
     entries: dict[str, list[OutboxTransaction]] = field(default_factory=dict)
+    resets_ms: dict[str, int] = field(default_factory=dict)
+    """Account -> the newest last reset (``rst``) its account events carry: a renewal the
+    ledger may not hold yet opens a pool's new period."""
 
     async def extend_to(self, last_entry: str) -> None:
         stream = self.engine.keys.outbox(self.partition)
@@ -92,17 +121,30 @@ class OutboxIndex:
             if not page:
                 self.read_to = last_entry
                 return
-            for _, f in page:
+            for stream_id, f in page:
                 # Leniently: an entry the flush will quarantine still carries its money.
                 if f.get("t") != "account" and "amt" in f and "a" in f:
                     txn = OutboxTransaction(
-                        f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)), _grant_effects(f)
-                    )
+                        f.get("id", ""), int(f["amt"]), int(f.get("dm", 0)), _grant_effects(f),
+                        _paid_for(f), int(stream_id.partition("-")[0]),
+                    )  # fmt: skip
                     self.entries.setdefault(f["a"], []).append(txn)
+                elif f.get("t") == "account" and f.get("rst", "").isdigit() and "a" in f:
+                    reset_ms = max(int(f["rst"]), self.resets_ms.get(f["a"], 0))
+                    self.resets_ms[f["a"]] = reset_ms
             self.read_to = page[-1][0]
 
     def of(self, account_id: str) -> list[OutboxTransaction]:
         return self.entries.get(account_id, [])
+
+
+def _paid_for(f: dict[str, str]) -> str | None:
+    """The member a pool's spend paid for, if it names one of the pool's (else the flush
+    books the spend without it)."""
+    member_id = f.get("pm")
+    if f.get("t") != "spend" or not member_id or not members.is_member_of(member_id, f["a"]):
+        return None
+    return member_id
 
 
 def _grant_effects(f: dict[str, str]) -> tuple[tuple[str, int], ...]:
@@ -126,6 +168,18 @@ def _stream_lt(a: str, b: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisPoolUsage:
+    """A member's usage of its pool as Redis holds it."""
+
+    used: int
+    """``pu`` (0 when absent)."""
+    period: str
+    """``pp``, the pool period ``used`` was counted in ("" when absent)."""
+    pool_period: str | None
+    """The pool's ``rp``; None when Redis holds no such pool."""
+
+
+@dataclass(frozen=True, slots=True)
 class RedisReading:
     grants: dict[str, dict[str, int]]
     """Account -> explicit grant id -> what is left of it, as the account hash holds them."""
@@ -134,17 +188,32 @@ class RedisReading:
     has no such account."""
     last_entry: str
     """Stream id of the newest outbox entry when the balances were read ("" if none)."""
+    pool_usage: dict[str, RedisPoolUsage] = field(default_factory=dict)
+    """Member -> its usage of its pool, for the members among the accounts read."""
 
 
 async def read_redis(
     engine: CreditEngine, partition: int, account_ids: Sequence[str]
 ) -> RedisReading:
-    """Balances of some accounts of one partition and the outbox's newest id, atomically."""
+    """Balances of some accounts of one partition (a member's usage of its pool with its
+    pool's period) and the outbox's newest id, atomically: a member is in its pool's
+    partition."""
+    pools = {a: pool for a in account_ids if (pool := members.pool_of(a)) is not None}
     async with engine.redis.pipeline(transaction=True) as pipe:
         for account_id in account_ids:
             pipe.hmget(engine.keys.account(account_id).account, "m", "b", "g")
+        for member_id, pool_id in pools.items():
+            pipe.hmget(engine.keys.account(member_id).account, "pu", "pp")
+            pipe.hget(engine.keys.account(pool_id).account, "rp")
         pipe.xrevrange(engine.keys.outbox(partition), "+", "-", count=1)
-        *rows, newest = await pipe.execute()
+        *replies, newest = await pipe.execute()
+    rows, usage_replies = replies[: len(account_ids)], replies[len(account_ids) :]
+    pool_usage = {
+        member_id: RedisPoolUsage(int(used or 0), period or "", pool_period)
+        for member_id, (used, period), pool_period in zip(
+            pools, usage_replies[0::2], usage_replies[1::2], strict=True
+        )
+    }
     balances: dict[str, tuple[int, int] | None] = {
         account_id: None if m is None else (int(m), stored_balance(0, b, g))
         for account_id, (m, b, g) in zip(account_ids, rows, strict=True)
@@ -153,7 +222,7 @@ async def read_redis(
         account_id: grant_remainders(g)
         for account_id, (_, _, g) in zip(account_ids, rows, strict=True)
     }
-    return RedisReading(grants, balances, newest[0][0] if newest else "")
+    return RedisReading(grants, balances, newest[0][0] if newest else "", pool_usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +242,8 @@ class AccountBooks:
     """Explicit grant id -> what Redis holds left of it."""
     ledger_grants: dict[str, int] = field(default_factory=dict)
     """Explicit grant id -> what ``credit_grants`` holds left of it."""
+    pool_usage: PoolUsageBooks | None = None
+    """For a pool's member whose usage Redis counts in its pool's current period."""
 
     def grant_drifts(self) -> list[tuple[str, int, int]]:
         """(grant id, what the ledger and the pending entries leave of it, what Redis holds)
@@ -218,6 +289,53 @@ class AccountBooks:
         return self.drift == 0 and self.monthly_drift == 0 and self.ledger_drift == 0
 
 
+@dataclass(frozen=True, slots=True)
+class PoolUsageBooks:
+    """Both sides of what a pool paid for one member in the pool's current period."""
+
+    redis_used: int
+    ledger_paid: int
+    """The pool's spends naming the member in the ledger, since the period began."""
+    pending_paid: int
+    """The same among the outbox entries not yet in the ledger."""
+
+    @property
+    def expected(self) -> int:
+        return self.ledger_paid + self.pending_paid
+
+    @property
+    def drift(self) -> int:
+        return self.redis_used - self.expected
+
+
+def pool_usage_books(
+    member_id: str,
+    redis: RedisPoolUsage | None,
+    period: MemberPeriod | None,
+    pool_pending: Sequence[OutboxTransaction],
+    reset_pending_ms: int | None,
+) -> PoolUsageBooks | None:
+    """The books of a member's usage of its pool; None unless Redis counts it in the pool's
+    current period (``pp`` = the pool's ``rp``: otherwise the next charge starts it from 0).
+
+    The period begins at the pool's last reset. A renewal whose event the ledger does not hold
+    yet (``reset_pending_ms`` later than the ledger's) began it after every row the ledger has
+    (the flush commits in stream order), so only pending spends count then."""
+    if redis is None or redis.pool_period is None or redis.period != redis.pool_period:
+        return None
+    since_ms, ledger_paid = None, 0
+    if period is not None:
+        since_ms, ledger_paid = period.since_ms, period.paid
+    if reset_pending_ms is not None and (since_ms is None or reset_pending_ms > since_ms):
+        since_ms, ledger_paid = reset_pending_ms, 0
+    pending_paid = sum(
+        -txn.amount
+        for txn in pool_pending
+        if txn.member_id == member_id and (since_ms is None or txn.created_ms >= since_ms)
+    )
+    return PoolUsageBooks(redis.used, ledger_paid, pending_paid)
+
+
 async def read_books(
     engine: CreditEngine,
     ledger: Ledger,
@@ -229,9 +347,18 @@ async def read_books(
     reading = await read_redis(engine, partition, account_ids)
     await index.extend_to(reading.last_entry)
     candidates = [txn.id for a in account_ids for txn in index.of(a)]
-    snaps, sums, flushed, grants = await ledger.read_books(account_ids, candidates)
+    pools = {a: pool for a in account_ids if (pool := members.pool_of(a)) is not None}
+    candidates += [txn.id for pool in set(pools.values()) for txn in index.of(pool)]
+    snaps, sums, flushed, grants, periods = await ledger.read_books(account_ids, candidates)
     out = {}
     for account_id in account_ids:
+        usage = None
+        if (pool_id := pools.get(account_id)) is not None:
+            usage = pool_usage_books(
+                account_id, reading.pool_usage.get(account_id), periods.get(account_id),
+                [txn for txn in index.of(pool_id) if txn.id not in flushed],
+                index.resets_ms.get(pool_id),
+            )  # fmt: skip
         pending = PendingEffect()
         for txn in index.of(account_id):
             if txn.id not in flushed:
@@ -246,6 +373,7 @@ async def read_books(
             ledger_credits=int(sums.get(account_id, 0)),
             redis_grants=reading.grants[account_id],
             ledger_grants=grants.get(account_id, {}),
+            pool_usage=usage,
         )
     return out
 

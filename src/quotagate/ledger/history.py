@@ -6,6 +6,10 @@ of rows and which of the outbox's transactions the ledger already holds; an entr
 between the two reads is then found in the ledger and shown once. Entries not in the ledger
 come back with ``pending=True``.
 
+A pool's member (docs/pools.md) has two kinds of rows: its own, and its pool's spends that
+name it (``member_id``: what the pool paid for its charges). Its history lists both, from the
+ledger and from the outbox (both in the one partition of the pool).
+
 Order is (created_at, id) descending; ``before=<transaction id>`` continues after that
 transaction. The outbox has no index by account, so the read walks it from its newest end,
 at most ``PENDING_SCAN_LIMIT`` entries: while the ledger keeps up that is the whole stream.
@@ -22,6 +26,7 @@ import asyncpg
 
 from quotagate.engine import CreditEngine
 from quotagate.errors import ValidationError
+from quotagate.ledger import members
 from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entry
 
 MAX_LIMIT = 1000
@@ -35,7 +40,7 @@ SCAN_CHUNK = 5000
 
 _ROW_COLUMNS = (
     "id, account_id, amount, type, resource, units, description, metadata::text AS metadata, "
-    "created_at, balance_after"
+    "created_at, balance_after, member_id"
 )
 PAGE_SQL = f"""
 SELECT {_ROW_COLUMNS} FROM credit_transactions
@@ -49,7 +54,28 @@ WHERE account_id = $1 AND (created_at, id) < ($3, $4)
 ORDER BY created_at DESC, id DESC
 LIMIT $2
 """
+_MEMBER_PAGE_SQL = """
+(SELECT {columns} FROM credit_transactions
+ WHERE account_id = $1{before}
+ ORDER BY created_at DESC, id DESC LIMIT $2)
+UNION ALL
+(SELECT {columns} FROM credit_transactions
+ WHERE account_id = $3 AND member_id = $1{before}
+ ORDER BY created_at DESC, id DESC LIMIT $2)
+ORDER BY created_at DESC, id DESC
+LIMIT $2
+"""
+# Two index scans, each stopping at the page's length: the member's own rows, and its pool's
+# rows that name it (ix_credit_transactions_member_history).
+MEMBER_PAGE_SQL = _MEMBER_PAGE_SQL.format(columns=_ROW_COLUMNS, before="")
+MEMBER_PAGE_BEFORE_SQL = _MEMBER_PAGE_SQL.format(
+    columns=_ROW_COLUMNS, before=" AND (created_at, id) < ($4, $5)"
+)
 CURSOR_SQL = "SELECT created_at FROM credit_transactions WHERE id = $1 AND account_id = $2"
+MEMBER_CURSOR_SQL = """
+SELECT created_at FROM credit_transactions
+WHERE id = $1 AND (account_id = $2 OR (account_id = $3 AND member_id = $2))
+"""
 PRESENT_SQL = "SELECT id FROM credit_transactions WHERE id = ANY($1::text[])"
 
 
@@ -67,6 +93,8 @@ class Transaction:
     balance_after: int
     pending: bool
     """True while the transaction is only in the outbox (not yet in PostgreSQL)."""
+    member_id: str | None = None
+    """On a pool's spend: the member whose charge the pool paid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +121,7 @@ def _from_entry(e: TransactionEntry) -> Transaction:
         created_at=_ms_to_dt(e.created_ms),
         balance_after=e.balance_after,
         pending=True,
+        member_id=e.member_id,
     )
 
 
@@ -109,6 +138,7 @@ def _from_row(r: asyncpg.Record) -> Transaction:
         created_at=r["created_at"],
         balance_after=r["balance_after"],
         pending=False,
+        member_id=r["member_id"],
     )
 
 
@@ -119,23 +149,48 @@ def check_page(limit: int, before: str | None) -> None:
         raise ValidationError("before must be a transaction id", field="before")
 
 
+def is_own_or_paid_for(fields: dict[str, str], account_id: str, pool_id: str | None) -> bool:
+    """True for an outbox transaction of the account, or (``pool_id``: the account is its
+    member) for its pool's spend that names it."""
+    if fields.get("t") == "account":
+        return False
+    owner = fields.get("a")
+    return owner == account_id or (
+        pool_id is not None and owner == pool_id and fields.get("pm") == account_id
+    )
+
+
+def partitions_of(engine: CreditEngine, account_id: str) -> list[int]:
+    """The partitions whose outbox may hold entries of the account: its own and, for a
+    member, its pool's (one and the same, as the pool's id decides a member's partition)."""
+    pool_id = members.pool_of(account_id)
+    found = [engine.keys.partition_of(account_id)]
+    if pool_id is not None:
+        found.append(engine.keys.partition_of(pool_id))
+    return list(dict.fromkeys(found))
+
+
 async def outbox_transactions(engine: CreditEngine, account_id: str) -> list[TransactionEntry]:
-    """The account's transactions in its partition's outbox, newest first."""
-    key = engine.keys.outbox(engine.keys.partition_of(account_id))
+    """The account's transactions in the outbox (and, for a member, its pool's spends that
+    name it), newest first."""
+    pool_id = members.pool_of(account_id)
     found: list[TransactionEntry] = []
-    end, scanned = "+", 0
-    while scanned < PENDING_SCAN_LIMIT:
-        want = min(SCAN_CHUNK, PENDING_SCAN_LIMIT - scanned)
-        raw = cast(RawEntries, await engine.redis.xrevrange(key, end, "-", count=want))
-        scanned += len(raw)
-        for stream_id, fields in raw:
-            if fields.get("a") == account_id and fields.get("t") != "account":
-                entry = parse_entry(stream_id, fields)
-                assert isinstance(entry, TransactionEntry)
-                found.append(entry)
-        if len(raw) < want:
-            break
-        end = "(" + raw[-1][0]
+    for partition in partitions_of(engine, account_id):
+        key = engine.keys.outbox(partition)
+        end, scanned = "+", 0
+        while scanned < PENDING_SCAN_LIMIT:
+            want = min(SCAN_CHUNK, PENDING_SCAN_LIMIT - scanned)
+            raw = cast(RawEntries, await engine.redis.xrevrange(key, end, "-", count=want))
+            scanned += len(raw)
+            for stream_id, fields in raw:
+                if is_own_or_paid_for(fields, account_id, pool_id):
+                    entry = parse_entry(stream_id, fields)
+                    assert isinstance(entry, TransactionEntry)
+                    found.append(entry)
+            if len(raw) < want:
+                break
+            end = "(" + raw[-1][0]
+    found.sort(key=lambda e: (e.created_ms, e.id), reverse=True)
     return found
 
 
@@ -147,13 +202,17 @@ async def read_page(
     before: str | None,
 ) -> HistoryPage:
     """The page, inside the caller's (repeatable read) transaction."""
+    pool_id = members.pool_of(account_id)
     cursor: tuple[datetime, str] | None = None
     if before is not None:
         waiting = next((e for e in outbox if e.id == before), None)
         if waiting is not None:
             cursor = (_ms_to_dt(waiting.created_ms), waiting.id)
         else:
-            at = await conn.fetchval(CURSOR_SQL, before, account_id)
+            if pool_id is None:
+                at = await conn.fetchval(CURSOR_SQL, before, account_id)
+            else:
+                at = await conn.fetchval(MEMBER_CURSOR_SQL, before, account_id, pool_id)
             if at is None:
                 raise ValidationError(
                     "before does not name a transaction of this account", field="before"
@@ -162,10 +221,7 @@ async def read_page(
     present = set()
     if outbox:
         present = {r["id"] for r in await conn.fetch(PRESENT_SQL, [e.id for e in outbox])}
-    if cursor is None:
-        rows = await conn.fetch(PAGE_SQL, account_id, limit + 1)
-    else:
-        rows = await conn.fetch(PAGE_BEFORE_SQL, account_id, limit + 1, *cursor)
+    rows = await _page_rows(conn, account_id, pool_id, limit + 1, cursor)
     merged = [_from_row(r) for r in rows]
     merged += [_from_entry(e) for e in outbox if e.id not in present]
     if cursor is not None:
@@ -174,3 +230,19 @@ async def read_page(
     page = merged[:limit]
     more = len(merged) > limit
     return HistoryPage(page, page[-1].id if more else None)
+
+
+async def _page_rows(
+    conn: asyncpg.Connection,
+    account_id: str,
+    pool_id: str | None,
+    count: int,
+    cursor: tuple[datetime, str] | None,
+) -> list[asyncpg.Record]:
+    if pool_id is None:
+        if cursor is None:
+            return list(await conn.fetch(PAGE_SQL, account_id, count))
+        return list(await conn.fetch(PAGE_BEFORE_SQL, account_id, count, *cursor))
+    if cursor is None:
+        return list(await conn.fetch(MEMBER_PAGE_SQL, account_id, count, pool_id))
+    return list(await conn.fetch(MEMBER_PAGE_BEFORE_SQL, account_id, count, pool_id, *cursor))

@@ -23,14 +23,15 @@ from typing import NamedTuple
 import asyncpg
 from redis.exceptions import RedisError
 
-from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.errors import BackendUnavailable
 from quotagate.ledger import history as hist
+from quotagate.ledger import members
 from quotagate.ledger.apply import Applied, Staging, apply_entries, record_flush
 from quotagate.ledger.faults import pause_point
 from quotagate.ledger.migrate import check_current
 from quotagate.ledger.outbox import Entry, read_ids
+from quotagate.ledger.pool_usage import MemberPeriod, member_periods
 from quotagate.ledger.postgres import create_pool, describe, in_transaction
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class Ledger:
         after its commit). False, logged, when PostgreSQL failed: the outbox still has them
         and the flush will copy them later. The entries stay in the stream either way.
         """
-        ids.check_account_id(account_id)
+        members.check_account_or_member_id(account_id)
         if not entry_ids:
             return True
         partition = engine.keys.partition_of(account_id)
@@ -177,8 +178,9 @@ class Ledger:
         limit: int = 50,
         before: str | None = None,
     ) -> hist.HistoryPage:
-        """The account's transactions newest first, pending ones (outbox only) included."""
-        ids.check_account_id(account_id)
+        """The account's transactions newest first, pending ones (outbox only) included; a
+        member's include its pool's spends that name it."""
+        members.check_account_or_member_id(account_id)
         hist.check_page(limit, before)
         outbox = await hist.outbox_transactions(engine, account_id)
         return await in_transaction(
@@ -211,7 +213,8 @@ class Ledger:
         self, account_ids: Sequence[str], transaction_ids: Sequence[str]
     ) -> BooksReading:
         """In one snapshot: the accounts' rows, their ledger sums, which of the transaction
-        ids the ledger holds, and what is left of each of their explicit grants."""
+        ids the ledger holds, what is left of each of their explicit grants, and, for those
+        that are a pool's members, what the pool paid for them in its period."""
 
         async def read(conn: asyncpg.Connection) -> BooksReading:
             snaps = await _snapshots(conn, account_ids)
@@ -228,9 +231,10 @@ class Ledger:
                 list(account_ids),
             ):
                 grants.setdefault(g["account_id"], {})[g["id"]] = g["remaining"]
+            periods = await member_periods(conn, account_ids)
             return BooksReading(
                 snaps, {r["account_id"]: r["total"] for r in rows}, {r["id"] for r in present},
-                grants,
+                grants, periods,
             )  # fmt: skip
 
         return await in_transaction(self.pool, read, isolation="repeatable_read", readonly=True)
@@ -257,6 +261,8 @@ class BooksReading(NamedTuple):
     """The transaction ids asked about that the ledger holds."""
     grants: dict[str, dict[str, int]]
     """Account -> grant id -> what is left of it (grants with nothing left are not named)."""
+    member_periods: dict[str, MemberPeriod]
+    """Member -> what its pool paid for it in the pool's period, as the ledger holds it."""
 
 
 async def _snapshots(conn: asyncpg.Connection, account_ids: Sequence[str]) -> dict[str, Snapshot]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Identity,
@@ -88,12 +89,19 @@ class UserCredits(Base):
     """Outbox position (zero-padded stream id) of the account event that set tier, status and
     overdraft; an event from an older position never overwrites them. NULL until the first
     event arrives (a row created by a transaction carries placeholder settings)."""
+    member_limit: Mapped[int | None] = mapped_column(BigInteger)
+    """For a pool's member (docs/pools.md): the most credits the pool pays for its charges in
+    one period of the pool; NULL: no limit of its own (and for every account that is no
+    member)."""
+    own_credits_first: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    """For a member: its own credits go before the pool's."""
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'banned')", name="status"),
         CheckConstraint("overdraft_limit >= 0", name="overdraft_limit"),
+        CheckConstraint("member_limit IS NULL OR member_limit >= 0", name="member_limit"),
     )
 
 
@@ -123,6 +131,9 @@ class CreditTransaction(Base):
     grant_draws: Mapped[dict[str, int] | None] = mapped_column(JSONB)
     """For a spend: credits it drew from each explicit grant, by grant id (NULL: it drew on
     the standing grants only)."""
+    member_id: Mapped[str | None] = mapped_column(Text)
+    """On a pool's spend: the member whose charge the pool paid (docs/pools.md); NULL on
+    every other row."""
 
     __table_args__ = (
         CheckConstraint(
@@ -142,6 +153,17 @@ class CreditTransaction(Base):
             text("created_at DESC"),
             text("id DESC"),
             postgresql_include=["amount"],
+        ),
+        # A member's history and usage (its pool's rows that name it), a pool's usage by
+        # member, and a member's usage in the pool's period (recovery, reconciliation).
+        Index(
+            "ix_credit_transactions_member_history",
+            "account_id",
+            "member_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_include=["amount"],
+            postgresql_where=text("member_id IS NOT NULL"),
         ),
         # Reports and reconciliation windows by time. Rows arrive nearly in time order, so a
         # BRIN index is a few pages and costs the flush next to nothing.

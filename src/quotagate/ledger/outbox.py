@@ -7,9 +7,12 @@ two kinds of entries (fields as the Lua scripts write them, ``lua/prelude.lua``)
                    [gr [gx] gp gs]   on a grant that creates an explicit grant
                    [gr]              on an expire or adjust that expires or voids one
                    [gd]              on a spend that drew on explicit grants
-    account event  id a t=account tier st od [rst] ca [rp]             tier, status, overdraft
+                   [pm]              on a pool's spend: the member it paid for
+    account event  id a t=account tier st od [rst] ca [rp] [pl] [pf]   tier, status, overdraft
 
-(docs/grants.md describes the grant fields). A field in brackets is left out when it is
+(docs/grants.md describes the grant fields, docs/pools.md the member ones: ``pm`` must name a
+member of the entry's account; ``pl``, the member limit, and ``pf``, own credits first, come
+only on a member's events). A field in brackets is left out when it is
 empty (``dm`` when 0; ``u`` goes with ``res``), and the time of an entry is its stream id's
 milliseconds: Redis gives every entry its id from its own clock when the script appends it.
 Entries written by earlier versions carry every field, empty or not, and their time in
@@ -36,6 +39,7 @@ from quotagate.engine import CreditEngine
 from quotagate.engine.connection import is_cluster
 from quotagate.engine.results import GRANT_SOURCES
 from quotagate.errors import ConfigError, OutboxEntryInvalid
+from quotagate.ledger import members
 from quotagate.ledger.models import TRANSACTION_TYPES
 
 _TYPES = frozenset(TRANSACTION_TYPES)
@@ -78,6 +82,8 @@ class TransactionEntry:
     grant_draws: tuple[tuple[str, int], ...] = ()
     """A spend's draws on explicit grants (``gd``): grant id and credits, in the entry's
     order."""
+    member_id: str | None = None
+    """On a pool's spend: the member whose charge the pool paid (``pm``)."""
 
     @property
     def resets_monthly(self) -> bool:
@@ -109,6 +115,10 @@ class AccountEvent:
     created_ms: int
     renewed_period: str | None = None
     """The period a renewal completed (its event carries it), else None."""
+    member_limit: int | None = None
+    """A member's limit (``pl``); None: no limit of its own, or no member."""
+    own_credits_first: bool = False
+    """A member whose own credits go before the pool's (``pf`` = 1)."""
 
     @property
     def position(self) -> str:
@@ -176,8 +186,20 @@ def _transaction(stream_id: str, f: dict[str, str]) -> TransactionEntry:
         f.get("rf") or None,
     )
     if f.keys() & _GRANT_FIELDS:
-        return _with_grant_fields(entry, f)
+        entry = _with_grant_fields(entry, f)
+    if f.get("pm"):
+        entry = _with_member(entry, f["pm"])
     return entry
+
+
+def _with_member(entry: TransactionEntry, member_id: str) -> TransactionEntry:
+    """The pool's spend with the member it paid for. Raises ValueError: ``pm`` on another
+    type, or naming an account that is no member of the entry's."""
+    if entry.type != "spend":
+        raise ValueError(f"pm on a {entry.type} transaction")
+    if not members.is_member_of(member_id, entry.account_id):
+        raise ValueError(f"pm {member_id!r} is no member of {entry.account_id!r}")
+    return replace(entry, member_id=member_id)
 
 
 def _with_grant_fields(entry: TransactionEntry, f: dict[str, str]) -> TransactionEntry:
@@ -249,17 +271,38 @@ def parse_grant_draws(text: str, amount: int) -> tuple[tuple[str, int], ...]:
 
 
 def _account_event(stream_id: str, f: dict[str, str]) -> AccountEvent:
+    account_id = _nonempty(f["a"])
+    member_limit, own_credits_first = _member_settings(account_id, f)
     return AccountEvent(
         stream_id=stream_id,
         id=_nonempty(f["id"]),
-        account_id=_nonempty(f["a"]),
+        account_id=account_id,
         tier=_nonempty(f["tier"]),
         status=_nonempty(f["st"]),
         overdraft_limit=int(f["od"]),
         last_reset_ms=int(f["rst"]) if f.get("rst") else None,
         created_ms=int(f["ca"]),
         renewed_period=f.get("rp") or None,
+        member_limit=member_limit,
+        own_credits_first=own_credits_first,
     )
+
+
+def _member_settings(account_id: str, f: dict[str, str]) -> tuple[int | None, bool]:
+    """A member event's limit (None: none) and own-credits-first. Raises ValueError: a limit
+    that is not a count of credits, ``pf`` other than 0 or 1, or either on an account that
+    is no member."""
+    limit_text, first_text = f.get("pl") or "", f.get("pf") or ""
+    if not limit_text and not first_text:
+        return None, False
+    if members.pool_of(account_id) is None:
+        raise ValueError(f"pl or pf on {account_id!r}, which is no pool's member")
+    limit = int(limit_text) if limit_text else None
+    if limit is not None and not 0 <= limit <= MAX_CREDITS:
+        raise ValueError(f"member limit {limit} out of range")
+    if first_text not in ("", "0", "1"):
+        raise ValueError(f"pf {first_text!r} is neither 0 nor 1")
+    return limit, first_text == "1"
 
 
 def _nonempty(value: str) -> str:

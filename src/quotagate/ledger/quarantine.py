@@ -52,9 +52,10 @@ REFUSED_ERRORS: tuple[type[BaseException], ...] = (
 """What PostgreSQL (or asyncpg for it) answers to a value it will not store: a fault of the
 data, not of the server, so retrying the same data can never succeed."""
 
-MONEYLESS_FIELDS = ("d", "md", "ik", "res", "u")
+MONEYLESS_FIELDS = ("d", "md", "ik", "res", "u", "pm")
 """Stream fields a transaction can lose and still be booked: description, metadata,
-idempotency key, resource and units. Nothing in them counts money."""
+idempotency key, resource, units, and the member a pool's spend paid for (the pool paid it
+all the same: its balance counts the spend). Nothing in them counts money."""
 
 QUARANTINE_SQL = """
 INSERT INTO ledger_quarantine
@@ -64,6 +65,10 @@ ON CONFLICT (partition, stream_id) DO NOTHING
 RETURNING id
 """
 """A batch read again after a crash between commit and trim finds its entries there already."""
+
+MEMBER_FIELDS = ("pm",)
+"""Dropped alone first when an entry does not parse: a pool's spend naming a member that is not
+the pool's keeps its resource and units."""
 
 COUNT_SQL = "SELECT count(*) FROM ledger_quarantine"
 
@@ -114,14 +119,19 @@ def screen(raw: RawEntry) -> tuple[Entry | None, str | None]:
     try:
         entry = parse_entry(_stream_id(raw), fields)
     except OutboxEntryInvalid as exc:
-        # Perhaps only a field without money in it is wrong (units that are not a number).
-        money = {k: v for k, v in fields.items() if k not in MONEYLESS_FIELDS}
-        try:
-            entry = parse_entry(_stream_id(raw), money)
-        except OutboxEntryInvalid:
+        # Perhaps only a field without money in it is wrong (units that are not a number, a
+        # member that is not the pool's): the member alone first, else all of them.
+        for dropped in (MEMBER_FIELDS, MONEYLESS_FIELDS):
+            kept = {k: v for k, v in fields.items() if k not in dropped}
+            try:
+                entry = parse_entry(_stream_id(raw), kept)
+            except OutboxEntryInvalid:
+                continue
+            lost = sorted(name for name in fields.keys() - kept.keys() if fields[name])
+            problems.append(f"{', '.join(lost)} dropped: {exc}")
+            break
+        else:
             return None, str(exc)
-        lost = sorted(name for name in fields.keys() - money.keys() if fields[name])
-        problems.append(f"{', '.join(lost)} dropped: {exc}")
     return entry, "; ".join(problems) or None
 
 

@@ -18,6 +18,12 @@ Where the numbers come from:
   outbox is read up to ``history.PENDING_SCAN_LIMIT`` entries; past it (the flush far behind)
   the report says ``pending_complete: false``.
 
+Pools (docs/pools.md): a pool's usage counts every row of the pool, its members' charges
+included; ``group_by="member"`` splits it into one group per member and the pool's own
+charges (member None). A member's usage counts its own rows and its pool's spends that name
+it. What the pool paid per member comes from ``credit_transactions`` itself (its member
+index), as the hourly rollup is per account.
+
 Windows are UTC: an hour, a day from midnight, a month from its first day. ``from`` is moved
 back to the start of its window and ``to`` forward to the end of its own, so each window in
 the answer is whole.
@@ -32,18 +38,29 @@ from typing import Literal, cast, get_args
 
 import asyncpg
 
-from quotagate import ids
 from quotagate.engine import CreditEngine
 from quotagate.errors import OutboxEntryInvalid, ValidationError
-from quotagate.ledger.history import PENDING_SCAN_LIMIT, PRESENT_SQL, SCAN_CHUNK
+from quotagate.ledger import members
+from quotagate.ledger.history import (
+    PENDING_SCAN_LIMIT,
+    PRESENT_SQL,
+    SCAN_CHUNK,
+    is_own_or_paid_for,
+    partitions_of,
+)
 from quotagate.ledger.ledger import Ledger
 from quotagate.ledger.outbox import RawEntries, TransactionEntry, parse_entry
 from quotagate.ledger.postgres import in_transaction
 
 Window = Literal["hour", "day", "month"]
 GroupBy = Literal["resource", "account"]
+"""How every account's usage is grouped."""
+AccountGroupBy = Literal["resource", "member"]
+"""How one account's usage is grouped: by resource, or (a pool's) by member."""
+Grouping = Literal["resource", "account", "member"]
 WINDOWS: tuple[Window, ...] = get_args(Window)
 GROUPS: tuple[GroupBy, ...] = get_args(GroupBy)
+ACCOUNT_GROUPS: tuple[AccountGroupBy, ...] = get_args(AccountGroupBy)
 
 MAX_WINDOWS = 2000
 """Most windows one query may span (2000 hours is about 83 days): an answer stays small."""
@@ -144,6 +161,8 @@ class UsageRow:
     window_start: datetime
     account_id: str | None
     resource: str | None
+    member_id: str | None = None
+    """Grouped by member: the member the pool paid for; None for the pool's own charges."""
     spent: int = 0
     granted: int = 0
     earned: int = 0
@@ -168,7 +187,7 @@ class UsageRow:
 @dataclass(slots=True)
 class UsageReport:
     range: UsageRange
-    group_by: GroupBy
+    group_by: Grouping
     rows: list[UsageRow] = field(default_factory=list)
     pending: int = 0
     """Outbox transactions counted in the rows (not yet in the ledger)."""
@@ -182,24 +201,27 @@ class _Scan:
     complete: bool
 
 
-_GroupKey = tuple[datetime, str | None, str | None]
-"""(window start, account or None, resource or None)."""
+_GroupKey = tuple[datetime, str | None, str | None, str | None]
+"""(window start, account or None, resource or None, member or None)."""
 
 
 class _Rows:
-    """The report's rows as they are summed, by window and group."""
+    """The report's rows as they are summed, by window and group. ``account_id``: the one
+    account the report is of (its pool's rows that name it count as its own)."""
 
-    def __init__(self, window: Window, group_by: GroupBy, per_account: bool) -> None:
-        self.window, self.group_by, self.per_account = window, group_by, per_account
+    def __init__(self, window: Window, group_by: Grouping, account_id: str | None) -> None:
+        self.window, self.group_by, self.account_id = window, group_by, account_id
         self.rows: dict[_GroupKey, UsageRow] = {}
 
-    def key(self, moment: datetime, account_id: str, resource: str | None) -> _GroupKey:
-        by_account = self.group_by == "account"
-        return (
-            window_start(moment, self.window),
-            account_id if by_account or self.per_account else None,
-            None if by_account else (resource or None),
-        )
+    def key(
+        self, moment: datetime, account_id: str, resource: str | None, member_id: str | None = None
+    ) -> _GroupKey:
+        start = window_start(moment, self.window)
+        if self.group_by == "account":
+            return (start, account_id, None, None)
+        if self.group_by == "member":
+            return (start, self.account_id, None, member_id or None)
+        return (start, self.account_id, resource or None, None)
 
     def add(
         self, key: _GroupKey, kind: str, amount: int, units: int, count: int, pending: int = 0
@@ -211,8 +233,8 @@ class _Rows:
 
     def sorted(self) -> list[UsageRow]:
         return sorted(
-            self.rows.values(),
-            key=lambda r: (r.window_start, r.account_id or "", r.resource or ""),
+            (row for row in self.rows.values() if row.transactions),
+            key=lambda r: (r.window_start, r.account_id or "", r.resource or "", r.member_id or ""),
         )
 
 
@@ -224,6 +246,26 @@ FROM usage_hourly
 WHERE account_id = $1 AND hour >= $2 AND hour < $3
 GROUP BY 1, 2, 3
 """
+
+_PAID_FOR_MEMBER_SQL = """
+SELECT date_trunc($5, created_at, 'UTC') AS window_start, coalesce(resource, '') AS resource,
+       type, sum(amount)::bigint AS amount, coalesce(sum(units), 0)::bigint AS units,
+       count(*)::bigint AS transactions
+FROM credit_transactions
+WHERE account_id = $1 AND member_id = $2 AND created_at >= $3 AND created_at < $4
+GROUP BY 1, 2, 3
+"""
+# A member's part of its pool's rows, summed as usage_hourly sums (ix_..._member_history).
+
+_POOL_MEMBERS_SQL = """
+SELECT date_trunc($4, created_at, 'UTC') AS window_start, member_id, type,
+       sum(amount)::bigint AS amount, coalesce(sum(units), 0)::bigint AS units,
+       count(*)::bigint AS transactions
+FROM credit_transactions
+WHERE account_id = $1 AND member_id IS NOT NULL AND created_at >= $2 AND created_at < $3
+GROUP BY 1, 2, 3
+"""
+# What a pool paid for each of its members; the pool's own charges are the rest of its hours.
 
 _RESOURCE_HOURS_SQL = """
 SELECT date_trunc($3, hour, 'UTC') AS window_start, resource, type,
@@ -280,23 +322,63 @@ are never deleted otherwise). 16: the totals' shards (migration 0003)."""
 
 
 async def account_usage(
-    engine: CreditEngine, ledger: Ledger, account_id: str, usage_range: UsageRange
+    engine: CreditEngine,
+    ledger: Ledger,
+    account_id: str,
+    usage_range: UsageRange,
+    *,
+    group_by: AccountGroupBy = "resource",
 ) -> UsageReport:
-    """One account's usage per window and resource, pending outbox entries included."""
-    ids.check_account_id(account_id)
-    partition = engine.keys.partition_of(account_id)
-    scan = await _scan_outbox(engine, [partition], usage_range, account_id)
-    rows = _Rows(usage_range.window, "resource", per_account=True)
+    """One account's usage per window and resource (or, for a pool, per member), pending
+    outbox entries included. A member's counts its pool's spends that name it."""
+    members.check_account_or_member_id(account_id)
+    pool_id = members.pool_of(account_id)
+    if group_by not in ACCOUNT_GROUPS:
+        raise ValidationError("group_by must be member", field="group_by")
+    if group_by == "member" and pool_id is not None:
+        raise ValidationError("group_by=member is for a pool's usage", field="group_by")
+    partitions = partitions_of(engine, account_id)
+    scan = await _scan_outbox(engine, partitions, usage_range, account_id)
+    rows = _Rows(usage_range.window, group_by, account_id)
 
     async def read(conn: asyncpg.Connection) -> set[str]:
         args = (account_id, usage_range.start, usage_range.end, usage_range.window)
         for r in await conn.fetch(_ACCOUNT_HOURS_SQL, *args):
-            key = (r["window_start"], account_id, r["resource"] or None)
+            key = (r["window_start"], account_id, r["resource"] or None, None)
+            if group_by == "member":
+                key = (r["window_start"], account_id, None, None)
             rows.add(key, r["type"], r["amount"], r["units"], r["transactions"])
+        if group_by == "member":
+            await _members_rows(conn, account_id, usage_range, rows)
+        elif pool_id is not None:
+            await _paid_for_member_rows(conn, pool_id, account_id, usage_range, rows)
         return await _present(conn, scan.entries)
 
     present = await _snapshot(ledger, read)
-    return _report(usage_range, "resource", rows, scan, present)
+    return _report(usage_range, group_by, rows, scan, present)
+
+
+async def _paid_for_member_rows(
+    conn: asyncpg.Connection, pool_id: str, member_id: str, usage_range: UsageRange, rows: _Rows
+) -> None:
+    """Add to a member's rows what its pool paid for it."""
+    args = (pool_id, member_id, usage_range.start, usage_range.end, usage_range.window)
+    for r in await conn.fetch(_PAID_FOR_MEMBER_SQL, *args):
+        key = (r["window_start"], member_id, r["resource"] or None, None)
+        rows.add(key, r["type"], r["amount"], r["units"], r["transactions"])
+
+
+async def _members_rows(
+    conn: asyncpg.Connection, pool_id: str, usage_range: UsageRange, rows: _Rows
+) -> None:
+    """Move what the pool paid for each member from the pool's own rows (which ``rows`` holds
+    whole) to that member's."""
+    args = (pool_id, usage_range.start, usage_range.end, usage_range.window)
+    for r in await conn.fetch(_POOL_MEMBERS_SQL, *args):
+        start, kind = r["window_start"], r["type"]
+        amount, units, count = r["amount"], r["units"], r["transactions"]
+        rows.add((start, pool_id, None, None), kind, -amount, -units, -count)
+        rows.add((start, pool_id, None, r["member_id"]), kind, amount, units, count)
 
 
 async def all_usage(
@@ -311,7 +393,7 @@ async def all_usage(
     that spent most over the whole range (then by name), pending outbox entries included."""
     _check_limit(limit)
     scan = await _scan_outbox(engine, range(engine.config.partitions), usage_range, None)
-    rows = _Rows(usage_range.window, group_by, per_account=False)
+    rows = _Rows(usage_range.window, group_by, None)
     if group_by == "resource":
         present = await _snapshot(
             ledger, lambda conn: _resource_rows(conn, usage_range, rows, scan)
@@ -330,7 +412,7 @@ async def _resource_rows(
 ) -> set[str]:
     args = (usage_range.start, usage_range.end, usage_range.window)
     for r in await conn.fetch(_RESOURCE_HOURS_SQL, *args):
-        key = (r["window_start"], None, r["resource"] or None)
+        key = (r["window_start"], None, r["resource"] or None, None)
         rows.add(key, r["type"], r["amount"], r["units"], r["transactions"])
     return await _present(conn, scan.entries)
 
@@ -347,7 +429,7 @@ async def _account_rows(
     candidates = sorted({*top, *(e.account_id for e in scan.entries)})
     hours = await conn.fetch(_ACCOUNTS_HOURS_SQL, start, end, usage_range.window, candidates)
     for r in hours:
-        key = (r["window_start"], r["account_id"], None)
+        key = (r["window_start"], r["account_id"], None, None)
         rows.add(key, r["type"], r["amount"], r["units"], r["transactions"])
     return await _present(conn, scan.entries)
 
@@ -379,14 +461,15 @@ async def _snapshot(
 
 
 def _report(
-    usage_range: UsageRange, group_by: GroupBy, rows: _Rows, scan: _Scan, present: set[str]
+    usage_range: UsageRange, group_by: Grouping, rows: _Rows, scan: _Scan, present: set[str]
 ) -> UsageReport:
     report = UsageReport(usage_range, group_by, pending_complete=scan.complete)
     for e in scan.entries:
         if e.id in present:
             continue
         moment = datetime.fromtimestamp(e.created_ms / 1000, UTC)
-        rows.add(rows.key(moment, e.account_id, e.resource), e.type, e.amount, e.units or 0, 1, 1)
+        key = rows.key(moment, e.account_id, e.resource, e.member_id)
+        rows.add(key, e.type, e.amount, e.units or 0, 1, 1)
         report.pending += 1
     report.rows = rows.sorted()
     return report
@@ -405,7 +488,8 @@ async def _scan_outbox(
     account_id: str | None,
 ) -> _Scan:
     """The transactions in these partitions' outboxes made within the range (of one account,
-    or of all), each partition read up to ``PENDING_SCAN_LIMIT`` entries from its oldest."""
+    with its pool's spends that name it, or of all), each partition read up to
+    ``PENDING_SCAN_LIMIT`` entries from its oldest."""
     found: list[TransactionEntry] = []
     complete = True
     for partition in partitions:
@@ -433,8 +517,11 @@ def _matching(
     """The entries that count, and False if one could not be read (the flush quarantines
     it; until then the report is incomplete)."""
     out, readable = [], True
+    pool_id = members.pool_of(account_id) if account_id else None
     for stream_id, fields in raw:
-        if fields.get("t") == "account" or (account_id and fields.get("a") != account_id):
+        if fields.get("t") == "account":
+            continue
+        if account_id and not is_own_or_paid_for(fields, account_id, pool_id):
             continue
         try:
             entry = parse_entry(stream_id, fields)

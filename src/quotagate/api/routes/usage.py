@@ -1,5 +1,6 @@
 """Usage over time: one account's (read) and every account's (admin), from the ledger's hourly
-rollup with the outbox's pending entries added (see :mod:`quotagate.ledger.usage`)."""
+rollup with the outbox's pending entries added (see :mod:`quotagate.ledger.usage`). A pool's
+usage may be grouped by member (``group_by=member``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from quotagate import ids
 from quotagate.api.endpoint import bearer, endpoint, json_response
 from quotagate.api.gateway import Gateway
 from quotagate.errors import BackendUnavailable, ValidationError
-from quotagate.ledger import Ledger
+from quotagate.ledger import Ledger, members
 from quotagate.ledger import usage as u
 
-ACCOUNT_PARAMS = frozenset({"from", "to", "window"})
-ALL_PARAMS = ACCOUNT_PARAMS | {"group_by", "limit"}
+WINDOW_PARAMS = frozenset({"from", "to", "window"})
+ACCOUNT_PARAMS = WINDOW_PARAMS | {"group_by"}
+ALL_PARAMS = WINDOW_PARAMS | {"group_by", "limit"}
 
 
 class UsageRowOut(Struct):
@@ -27,7 +28,11 @@ class UsageRowOut(Struct):
     account_id: str | None
     """The account (one account's usage, or group_by=account), else null."""
     resource: str | None
-    """The resource charged; null for transactions without one, and for group_by=account."""
+    """The resource charged; null for transactions without one, and for group_by=account or
+    member."""
+    member_id: str | None
+    """group_by=member: the member the pool paid for; null for the pool's own charges (and in
+    every other grouping)."""
     spent: int
     granted: int
     earned: int
@@ -48,7 +53,7 @@ class UsageOut(Struct, rename={"from_": "from"}):
     to: datetime
     """The end of the last window, excluded."""
     window: u.Window
-    group_by: u.GroupBy
+    group_by: u.Grouping
     rows: list[UsageRowOut]
     pending: int
     """Outbox transactions counted in the rows."""
@@ -83,10 +88,13 @@ def routes(gw: Gateway) -> list[Route]:
         keys.authorize(bearer(request), "read", "service")
         query = query_params(request, ACCOUNT_PARAMS)
         account_id = request.path_params["account_id"]
-        ids.check_account_id(account_id)
+        members.check_account_or_member_id(account_id)
         span = u.UsageRange.parse(query.get("from"), query.get("to"), query.get("window"))
+        group_by = _account_group_by(query.get("group_by"), account_id)
         await engine.get_account(account_id)  # 404 for an unknown account, not empty usage
-        report = await u.account_usage(engine, require_ledger(gw), account_id, span)
+        report = await u.account_usage(
+            engine, require_ledger(gw), account_id, span, group_by=group_by
+        )
         return json_response(usage_out(report))
 
     @endpoint("all_usage")
@@ -119,6 +127,20 @@ def query_params(request: Request, known: frozenset[str]) -> dict[str, str]:
     if unknown:
         raise ValidationError(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
     return dict(q.items())
+
+
+def _account_group_by(raw: str | None, account_id: str) -> u.AccountGroupBy:
+    """One account's usage is by resource; a pool's may be grouped by member instead."""
+    if raw is None:
+        return "resource"
+    if raw != "member":
+        raise ValidationError(
+            "group_by must be member (an account's usage is by resource otherwise)",
+            field="group_by",
+        )
+    if members.pool_of(account_id) is not None:
+        raise ValidationError("group_by=member is for a pool's usage", field="group_by")
+    return "member"
 
 
 def _limit(raw: str | None) -> int:
@@ -160,8 +182,13 @@ def openapi_paths(op: Any, account_id: dict[str, Any]) -> dict[str, Any]:
         " Spent, granted, earned, refunded, expired (positive) and adjusted (signed) credits "
         "per window: the ledger's, plus the outbox's transactions not yet in it (`pending`)."
     )
+    by_member = {
+        "name": "group_by", "in": "query", "required": False, "schema": {"enum": ["member"]},
+        "description": "A pool's usage by member: a row per member it paid for, and its own "
+        "charges under member_id null.",
+    }  # fmt: skip
     one = op("An account's usage per window and resource", "read", (200, UsageOut),
-             params=[account_id, *window], errors=(404, 422, 503))  # fmt: skip
+             params=[account_id, *window, by_member], errors=(404, 422, 503))  # fmt: skip
     every = op("Every account's usage per window, by resource or account", "admin",
                (200, UsageOut), params=[*window, *group], errors=(422, 503))  # fmt: skip
     one["description"] += pending
