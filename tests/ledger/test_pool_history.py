@@ -92,7 +92,7 @@ async def test_a_page_of_a_member_cannot_start_at_another_members_row(
 ) -> None:
     with pytest.raises(ValidationError, match="before"):
         await ledger.history(lengine, pool.alice, before=pool.flushed[pool.bob][0])
-    with pytest.raises(ValidationError, match="member id"):
+    with pytest.raises(ValidationError, match="pool's member"):
         await ledger.history(lengine, f"{pool.id}~al~ice")
 
 

@@ -802,18 +802,21 @@ class CreditEngine:
         created_at: datetime,
         force: bool = False,
         grants: Sequence[Grant] = (),
+        member_state: Sequence[str] = (),
     ) -> bool:
         """Write an account's state rebuilt from the ledger. False if it exists (unless forced).
 
         ``grants``: its live explicit grants, written in spend order; ``purchased_credits``
-        is then what the account holds besides its monthly credits and these."""
+        is then what the account holds besides its monthly credits and these.
+        ``member_state``: a pool member's limit, own-credits-first, what its pool paid for it
+        and in which period of the pool, as ``lua/restore.lua`` takes them (none for others)."""
         ids.check_account_id(account_id)
         args = [
             account_id, tier, status, str(overdraft_limit), str(monthly_credits),
             str(purchased_credits), renewed_period,
             str(int(last_reset_at.timestamp() * 1000)) if last_reset_at else "",
             str(int(created_at.timestamp() * 1000)), "1" if force else "0",
-            grants_field(grants),
+            grants_field(grants), *member_state,
         ]  # fmt: skip
         keys = self.keys.script_keys(account_id)
         grant_expiry = self.keys.grant_expiry(self.keys.partition_of(account_id))

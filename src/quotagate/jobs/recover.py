@@ -35,8 +35,6 @@ from datetime import UTC, datetime
 import asyncpg
 
 from quotagate.engine import CreditEngine, idempotency, validate
-from quotagate.engine.replies import unwrap
-from quotagate.engine.restored_grants import grants_field
 from quotagate.engine.results import Grant
 from quotagate.errors import RecoveryRefused
 from quotagate.jobs import runtime
@@ -116,28 +114,13 @@ async def restore_row(
     monthly = int(row["monthly_credits"]) + pending.monthly_credits
     purchased = credits - monthly - sum(g.remaining for g in grants)
     period = renewed_period(row["renewed_period"], row["last_reset_at"])
-    if not member_state:
-        return await engine.restore(
-            a, tier=row["tier"], status=row["status"],
-            overdraft_limit=int(row["overdraft_limit"]), monthly_credits=monthly,
-            purchased_credits=purchased, renewed_period=period,
-            last_reset_at=row["last_reset_at"], created_at=row["created_at"], grants=grants,
-        )  # fmt: skip
-    # The restore script's arguments as CreditEngine.restore sends them, and a member's four
-    # after them (lua/restore.lua), in the one script call that writes the account.
-    args = [
-        a, row["tier"], row["status"], str(int(row["overdraft_limit"])), str(monthly),
-        str(purchased), period, _ms_text(row["last_reset_at"]), _ms_text(row["created_at"]),
-        "0", grants_field(grants), *member_state,
-    ]  # fmt: skip
-    keys = engine.keys.script_keys(a)
-    grant_expiry = engine.keys.grant_expiry(engine.keys.partition_of(a))
-    reply = await engine.runner.run(engine.scripts["restore"], (*keys, grant_expiry), args)
-    return bool(unwrap(reply)[0] == "1")
-
-
-def _ms_text(moment: datetime | None) -> str:
-    return str(int(moment.timestamp() * 1000)) if moment else ""
+    return await engine.restore(
+        a, tier=row["tier"], status=row["status"],
+        overdraft_limit=int(row["overdraft_limit"]), monthly_credits=monthly,
+        purchased_credits=purchased, renewed_period=period,
+        last_reset_at=row["last_reset_at"], created_at=row["created_at"], grants=grants,
+        member_state=member_state,
+    )  # fmt: skip
 
 
 def member_state(
