@@ -4,6 +4,7 @@ missing pool refused, each in one sentence with nothing written."""
 
 from __future__ import annotations
 
+from tests.cli.runner import invoke
 from tests.cli.test_ops_cli import _consume, env, fails, ok, ok_json  # noqa: F401 - env is a fixture
 
 
@@ -48,3 +49,17 @@ def test_the_members_of_a_pool_are_listed(env: dict[str, str]) -> None:  # noqa:
     listed = ok_json(["accounts", "list", "--pool", "a_b"], env)["accounts"]
     assert [a["account_id"] for a in listed] == ["a_b~one", "a_b~two"]
     assert "nest" in fails(["accounts", "list", "--pool", "a_b~one"], env, 2)
+
+
+def test_a_pools_usage_by_member(env: dict[str, str], redis_url: str, key_prefix: str) -> None:  # noqa: F811
+    ok(["accounts", "create", "team", "--tier", "pro"], env)
+    ok(["accounts", "create", "team~ann", "--tier", "free"], env)
+    _consume(redis_url, key_prefix, "team~ann", 7)
+    _consume(redis_url, key_prefix, "team", 2)
+    report = ok_json(["usage", "team", "--group-by", "member", "--window", "hour"], env)
+    spent = {r["member_id"]: r["spent"] for r in report["rows"]}
+    assert spent == {"team~ann": 7, None: 2}
+    assert "MEMBER_ID" in ok(["usage", "team", "--group-by", "member"], env)
+    mine = ok_json(["usage", "team~ann", "--window", "hour"], env)
+    assert sum(r["spent"] for r in mine["rows"]) == 7
+    assert invoke(["usage", "--group-by", "member"], env).code == 2

@@ -1,8 +1,9 @@
 """`quotagate usage [ACCOUNT_ID]`: credits spent, granted, refunded... per window.
 
-With an account: its usage per window and resource. Without: every account's, by resource or
-by account (those that spent most). The same query as the HTTP API's usage endpoints, from
-the ledger's hourly rollup with the outbox's pending transactions added.
+With an account: its usage per window and resource (a pool's, with ``--group-by member``,
+per member). Without: every account's, by resource or by account (those that spent most).
+The same query as the HTTP API's usage endpoints, from the ledger's hourly rollup with the
+outbox's pending transactions added.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from quotagate.cli.output import emit_json, table
 from quotagate.ledger import usage as u
 
 COLUMNS = (
-    "window_start", "account_id", "resource", "spent", "granted", "earned", "refunded",
+    "window_start", "account_id", "resource", "member_id", "spent", "granted", "earned", "refunded",
     "expired", "adjusted", "units", "transactions", "pending",
 )  # fmt: skip
 
@@ -38,8 +39,8 @@ def _rows(report: u.UsageReport) -> list[dict[str, Any]]:
     help="UTC hours, days or months.",
 )  # fmt: skip
 @click.option(
-    "--group-by", type=click.Choice(u.GROUPS), default=None,
-    help="Without ACCOUNT_ID: per resource (default) or per account.",
+    "--group-by", type=click.Choice(sorted({*u.GROUPS, *u.ACCOUNT_GROUPS})), default=None,
+    help="Per resource (default); without ACCOUNT_ID per account; a pool's per member.",
 )  # fmt: skip
 @click.option(
     "--limit", type=click.IntRange(1, u.MAX_LIMIT), default=u.DEFAULT_LIMIT, show_default=True,
@@ -57,15 +58,20 @@ def usage(
 ) -> None:
     """Usage per window: an account's per resource, or every account's (by resource or
     account). `pending` counts transactions still in the outbox, not yet in the ledger."""
-    if account_id is not None and group_by is not None:
-        raise click.UsageError("--group-by is for every account's usage: leave out ACCOUNT_ID")
+    if account_id is not None and group_by == "account":
+        raise click.UsageError(
+            "--group-by account is for every account's usage: leave out ACCOUNT_ID"
+        )
+    if account_id is None and group_by == "member":
+        raise click.UsageError("--group-by member is a pool's: give the pool's ACCOUNT_ID")
     span = u.UsageRange.parse(start, end, window)
 
     async def work(b: Backends) -> u.UsageReport:
         assert b.ledger is not None
         if account_id is not None:
             await b.engine.get_account(account_id)  # an unknown account fails, in one line
-            return await u.account_usage(b.engine, b.ledger, account_id, span)
+            by: u.AccountGroupBy = "member" if group_by == "member" else "resource"
+            return await u.account_usage(b.engine, b.ledger, account_id, span, group_by=by)
         grouping: u.GroupBy = "account" if group_by == "account" else "resource"
         return await u.all_usage(b.engine, b.ledger, span, group_by=grouping, limit=limit)
 
