@@ -118,7 +118,9 @@ def test_get_account_view(http: httpx.Client, api_keys: dict[str, str]) -> None:
     assert set(view) == {
         "account_id", "tier", "status", "balance", "reserved", "available", "overdraft_limit",
         "last_reset_at", "recent_transactions", "buckets", "holds", "grants", "next_expiry",
+        "membership",
     }  # fmt: skip
+    assert view["membership"] is None  # not a member of a pool
     assert (view["balance"], view["reserved"], view["available"]) == (988, 7, 981)
     assert view["buckets"] == {"monthly": 988, "purchased": 0}
     assert [(g["id"], g["remaining"]) for g in view["grants"]] == [("monthly", 988)]

@@ -124,3 +124,18 @@ def test_the_hook_charges_a_member_to_its_pool_and_refuses_past_its_limit(
     statuses = [http.get("/v1/authz", headers=hook(api_keys, member)).status_code for _ in range(3)]
     assert statuses == [200, 200, 402]
     assert account(http, admin, pool)["balance"] == 998
+
+
+def test_the_pools_row_names_the_member_in_both_histories(
+    http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    admin, read = api_keys["admin"], api_keys["read"]
+    pool = create_account(http, admin)
+    member = f"{pool}~erin"
+    assert put(http, admin, member, tier="free").status_code == 201
+    charged = consume(http, api_keys["service"], member, 3).json()["transaction_id"]
+    for acct in (pool, member):
+        r = http.get(f"/v1/accounts/{acct}/transactions", headers=bearer(read))
+        assert r.status_code == 200, r.text
+        row = next(t for t in r.json()["transactions"] if t["id"] == charged)
+        assert (row["account_id"], row["member_id"], row["amount"]) == (pool, member, -3)

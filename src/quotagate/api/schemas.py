@@ -181,6 +181,8 @@ class TransactionOut(_Out):
     created_at: datetime
     balance_after: int | None
     pending: bool
+    member_id: str | None = None
+    """On a pool's spend for a member's charge: the member (null otherwise)."""
 
 
 class BucketsOut(_Out):

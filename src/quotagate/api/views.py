@@ -40,6 +40,7 @@ def transaction_out(t: Transaction) -> TransactionOut:
         created_at=t.created_at,
         balance_after=t.balance_after,
         pending=t.pending,
+        member_id=t.member_id,
     )
 
 

@@ -393,6 +393,8 @@ def history(account_id: str, limit: int, before: str | None, as_json: bool) -> N
             "units": t.units,
             "description": t.description,
             "pending": t.pending,
+            # a pool's row for a member's charge, in the pool's or the member's history
+            **({"account_id": t.account_id, "member_id": t.member_id} if t.member_id else {}),
             **({"metadata": t.metadata} if as_json else {}),
         }
         for t in page.transactions
