@@ -183,3 +183,25 @@ def test_the_page_shows_what_the_api_says_and_refuses_bad_keys(
     SCREENSHOT.unlink(missing_ok=True)
     _browser(f"{gateway.url}/ui#key={admin}&account={acct}", f"--screenshot={SCREENSHOT}")
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_the_page_shows_a_members_pool_and_limit(
+    gateway: GatewayServer, http: httpx.Client, api_keys: dict[str, str]
+) -> None:
+    admin = api_keys["admin"]
+    pool = create_account(http, admin, tier="pro")
+    member = f"{pool}~ann"
+    made = http.put(f"/v1/accounts/{member}", json={"tier": "free", "member_limit": 40},
+                    headers=bearer(admin))  # fmt: skip
+    assert made.status_code == 201, made.text
+    charged = http.post(f"/v1/accounts/{member}/consume", json={"resource": "api_call", "units": 3},
+                        headers=bearer(api_keys["service"]))  # fmt: skip
+    assert charged.status_code == 200, charged.text
+    page = _Page(_browser(f"{gateway.url}/ui#key={admin}&account={member}", "--dump-dom"))
+    assert page.loaded == "ok", page.texts.get("status")
+    shown = {k: page.fields[k] for k in ("pool", "member_limit", "pool_paid_this_period",
+                                          "own_credits_first")}  # fmt: skip
+    assert shown == {"pool": pool, "member_limit": "40", "pool_paid_this_period": "3",
+                     "own_credits_first": "false"}  # fmt: skip
+    plain = _Page(_browser(f"{gateway.url}/ui#key={admin}&account={pool}", "--dump-dom"))
+    assert plain.loaded == "ok" and "pool" not in plain.fields

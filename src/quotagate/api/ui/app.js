@@ -47,6 +47,17 @@ function showAccount(account) {
     cell(row, name);
     cell(row, account[name], typeof account[name] === "number").dataset.field = name;
   }
+  // A member of a pool: the pool pays its charges, within its limit per period of the pool.
+  const m = account.membership;
+  if (m) {
+    const limit = m.member_limit === null ? "none" : m.member_limit;
+    for (const [name, value] of [["pool", m.pool_id], ["member_limit", limit],
+      ["pool_paid_this_period", m.used], ["own_credits_first", String(m.own_credits_first)]]) {
+      const row = body.insertRow();
+      cell(row, name);
+      cell(row, value, typeof value === "number").dataset.field = name;
+    }
+  }
   // Spends take the monthly credits first, then the purchased ones.
   fill("buckets", [
     { bucket: "monthly", credits: account.buckets.monthly },
