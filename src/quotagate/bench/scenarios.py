@@ -14,6 +14,9 @@ Rows (``name``: what it measures, compared with):
   engine/unbatched  the same with the engine's pipeline batching off (redis-benchmark)
   engine/grants-2|20 engine/in-process on an account holding 2 or 20 explicit grants, which
                     every charge reads, draws on and writes back (engine/in-process)
+  engine/member     engine/in-process on a member of a pool with a limit: each charge reads
+                    both accounts and writes the pool's spend and the member's use
+                    (engine/in-process)
   redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
   batch/spread      POST /v1/charges, charges/s over 100k accounts (redis-benchmark/pipelined)
   redis-benchmark/pipelined the same EVALSHA pipelined 16 deep over 100k accounts
@@ -181,6 +184,7 @@ async def engine_group(run: Run, progress: Progress) -> None:
         await unbatched.aclose()
     for count in GRANT_COUNTS:
         await _grants_row(run, progress, count)
+    await _member_row(run, progress)
     if not shutil.which("redis-benchmark"):
         progress("redis-benchmark is not installed (apt-get install redis-tools): no baseline")
         return
@@ -235,6 +239,30 @@ async def _grants_row(run: Run, progress: Progress, count: int) -> None:
     row = run.add(name, result, "engine/in-process")
     await _redis_time(engine, row, stats)
     if before - await _balance(engine, account) < row.count:
+        row.note = "fewer credits charged than calls answered"
+    await run.stage.clear_outboxes()
+
+
+async def _member_row(run: Run, progress: Progress) -> None:
+    """engine/in-process on a member of a pool, with a limit no run reaches (engine/in-process):
+    the pool pays every charge."""
+    engine = run.stage.engine
+    assert engine is not None
+    pool, name = "bench-pool", "engine/member"
+    member = f"{pool}~bench-member"
+    await engine.upsert_account(pool)
+    await engine.credit(pool, GRANT_CREDITS, "earn")
+    await engine.upsert_account(member, member_limit=GRANT_CREDITS)
+    progress(f"measuring {name}")
+    before = await _balance(engine, pool)
+    stats = await redis_cpu.snapshot(engine)
+    o = run.options
+    result = await engine_load.engine_load(
+        engine, member, duration_s=o.duration_s, concurrency=o.concurrency, warmup_s=o.warmup_s
+    )
+    row = run.add(name, result, "engine/in-process")
+    await _redis_time(engine, row, stats)
+    if before - await _balance(engine, pool) < row.count:
         row.note = "fewer credits charged than calls answered"
     await run.stage.clear_outboxes()
 
