@@ -122,7 +122,7 @@ local function member_charge(i, o, cost, rl_burst, rl_remaining, rl_reset)
   local available, balance = own_share - own + share - part, wallet_balance(w)
   remember(idem, fp, ttls[i], id, s(cost), s(available), s(balance))
   local left = -1
-  if pool.limit then left = pool.limit - pool.used end
+  if pool.limit then left = math.max(0, pool.limit - pool.used) end  -- a lowered limit
   return {'ok', id, s(cost), s(available), s(balance), '0', s(rl_burst), s(rl_remaining),
     s(rl_reset), s(part), s(wallet_balance(pool.w)), s(left)}
 end

@@ -772,15 +772,10 @@ async def test_pool_scripts_follow_the_model(make_engine: EngineFactory, seed: i
         await sequence.step()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consume.lua answers the limit less the usage as it is: below 0 once a member's "
-    "limit is lowered under what the pool paid for it this period, and -1 then reads as no limit",
-)
 async def test_limit_remaining_is_zero_once_the_usage_passed_a_lowered_limit(
     make_engine: EngineFactory,
 ) -> None:
-    """What the long runs of the model find (seed 77 of 150 steps, for one): a member past its
+    """What long runs of the model found (seed 77 of 150 steps, for one): a member past its
     lowered limit still charges what its own credits cover, and the pool may pay it nothing
     more this period, which limit_remaining says as 0 (docs/api.md: what the pool may still
     pay for the member; null only for a member without a limit)."""
