@@ -11,9 +11,9 @@ Redis Cluster (one replica each) started once per test run on free loopback port
 ``queue_url`` the standalone Redis, as a deployment on a cluster has it. Set
 QUOTAGATE_TEST_CLUSTER=0 to run them against the standalone Redis only.
 
-A test marked ``backend_neutral`` checks nothing a cluster changes (an argument refused before
-any Redis call, say) while a test of the same scripts runs on the cluster: it runs on the
-standalone Redis only, unless QUOTAGATE_TEST_CLUSTER=all runs it on both too.
+A test marked ``backend_neutral`` runs on the standalone Redis only: it checks nothing a cluster
+changes (an argument refused before any Redis call, while the scripts' own refusals run on
+both), or it works on a redis-server of its own. QUOTAGATE_TEST_CLUSTER=all runs it on both.
 """
 
 from __future__ import annotations
