@@ -10,6 +10,10 @@ Redis Cluster (one replica each) started once per test run on free loopback port
 (tests/support/cluster.py). ``redis_url`` is then the cluster's ``redis+cluster://`` URL and
 ``queue_url`` the standalone Redis, as a deployment on a cluster has it. Set
 QUOTAGATE_TEST_CLUSTER=0 to run them against the standalone Redis only.
+
+A test marked ``backend_neutral`` runs on the standalone Redis only: it checks nothing a cluster
+changes (an argument refused before any Redis call, while the scripts' own refusals run on
+both), or it works on a redis-server of its own. QUOTAGATE_TEST_CLUSTER=all runs it on both.
 """
 
 from __future__ import annotations
@@ -68,12 +72,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "redis_backend" not in metafunc.fixturenames or not _cluster_wanted():
         return
     suite = Path(str(metafunc.definition.path)).relative_to(Path(__file__).parent).parts[0]
-    if suite in ON_BOTH_BACKENDS:
-        metafunc.parametrize("redis_backend", BACKENDS, indirect=True, scope="session")
+    if suite not in ON_BOTH_BACKENDS:
+        return
+    if metafunc.definition.get_closest_marker("backend_neutral") and not _every_test_on_both():
+        return
+    metafunc.parametrize("redis_backend", BACKENDS, indirect=True, scope="session")
 
 
 def _cluster_wanted() -> bool:
     return os.environ.get("QUOTAGATE_TEST_CLUSTER", "1") != "0" and redis_cli_binary() is not None
+
+
+def _every_test_on_both() -> bool:
+    """QUOTAGATE_TEST_CLUSTER=all: the backend-neutral tests run on the cluster too."""
+    return os.environ.get("QUOTAGATE_TEST_CLUSTER") == "all"
 
 
 @pytest.fixture(scope="session")

@@ -131,10 +131,13 @@ def work() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Path) -> None:
+def test_up_serves_is_found_by_commands_beside_it_keeps_data_and_leaves_nothing_behind(
+    work: Path,
+) -> None:
     data = work / "data"
     port = free_port()
     with running_up(work, "--port", str(port), "--data-dir", str(data)) as up:
+        _commands_beside_find_the_stack(up, data)
         info = up.info
         assert set(info) == {
             "url", "admin_key", "service_key", "hook_key", "redis_url", "database_url",
@@ -173,6 +176,7 @@ def test_up_serves_keeps_data_across_restarts_and_leaves_nothing_behind(work: Pa
         assert up.signal(signal.SIGINT) == 0, up.stderr()
     assert _alive(started) == [], "processes left behind after Ctrl-C"
     assert _using(data) == []
+    _commands_beside_find_no_stack(data)
     first_admin_key = info["admin_key"]
 
     with running_up(work, "--port", str(port), "--data-dir", str(data)) as again:
@@ -291,33 +295,35 @@ def test_killing_up_stops_its_children_the_data_dir_is_reusable_and_a_dead_part_
     assert _using(data) == []
 
 
-def test_commands_beside_up_find_its_stack_and_say_so(work: Path) -> None:
-    data = work / "data"
+def _commands_beside_find_the_stack(up: Up, data: Path) -> None:
+    """Commands run beside a running `up` (QUOTAGATE_DATA_DIR) use its stack, and say so."""
     beside = _clean_env(QUOTAGATE_DATA_DIR=str(data))
-    with running_up(work, "--port", str(free_port()), "--data-dir", str(data)) as up:
-        code, said = _on_a_terminal(["status"], beside)
-        assert code == 0, said
-        stack_file = data / "stack.json"
-        assert oct(stack_file.stat().st_mode & 0o777) == "0o600"
-        assert said.splitlines()[0] == (
-            f"using Redis at {redact(up.info['redis_url'])} (from the stack file {stack_file} "
-            f"of `quotagate up` (pid {up.proc.pid}))"
-        )
-        exports = _quotagate(["env"], beside)
-        assert exports.returncode == 0, exports.stderr
-        lines = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in exports.stdout.splitlines()
-            if line.startswith("export ")
-        )
-        assert shlex.split(lines["QUOTAGATE_REDIS_URL"]) == [up.info["redis_url"]]
-        assert shlex.split(lines["QUOTAGATE_DATABASE_URL"]) == [up.info["database_url"]]
-        assert shlex.split(lines["QUOTAGATE_SERVICE_KEY"]) == [up.info["service_key"]]
-        assert shlex.split(lines["QUOTAGATE_URL"]) == [up.info["url"]]
-        assert up.signal(signal.SIGINT) == 0, up.stderr()
+    code, said = _on_a_terminal(["status"], beside)
+    assert code == 0, said
+    stack_file = data / "stack.json"
+    assert oct(stack_file.stat().st_mode & 0o777) == "0o600"
+    assert said.splitlines()[0] == (
+        f"using Redis at {redact(up.info['redis_url'])} (from the stack file {stack_file} "
+        f"of `quotagate up` (pid {up.proc.pid}))"
+    )
+    exports = _quotagate(["env"], beside)
+    assert exports.returncode == 0, exports.stderr
+    lines = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in exports.stdout.splitlines()
+        if line.startswith("export ")
+    )
+    assert shlex.split(lines["QUOTAGATE_REDIS_URL"]) == [up.info["redis_url"]]
+    assert shlex.split(lines["QUOTAGATE_DATABASE_URL"]) == [up.info["database_url"]]
+    assert shlex.split(lines["QUOTAGATE_SERVICE_KEY"]) == [up.info["service_key"]]
+    assert shlex.split(lines["QUOTAGATE_URL"]) == [up.info["url"]]
+
+
+def _commands_beside_find_no_stack(data: Path) -> None:
+    """After a clean stop the stack file is gone: a command says it falls back to the default
+    address, and why. (It reads only: whatever answers on the default port is not this stack.)"""
+    beside = _clean_env(QUOTAGATE_DATA_DIR=str(data))
     assert not (data / "stack.json").exists()
-    # No stack now: a command says it falls back to the default address, and why.
-    # (It reads only: whatever answers on the default port, it is not this stack's.)
     code, said = _on_a_terminal(["accounts", "show", "x"], beside)
     assert code in (2, 3), said  # no such account, or nothing there
     assert (

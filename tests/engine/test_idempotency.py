@@ -58,6 +58,8 @@ async def test_replay_returns_first_answer_and_charges_once(make_engine: EngineF
     await _check_replays(await make_engine(PLAIN), flush_scripts=False)
 
 
+# On a redis-server of its own, never the suite's Redis: a cluster variant would be the same.
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("batching", [True, False])
 async def test_replay_and_conflict_survive_script_flush(
     make_engine: EngineFactory, private_redis: RedisProcess, batching: bool

@@ -28,6 +28,8 @@ def _set_policy(server: RedisProcess, policy: str) -> None:
     client.close()
 
 
+# On a redis-server of its own, never the suite's Redis: a cluster variant would be the same.
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
 async def test_an_evicting_redis_is_refused_at_start(
     make_engine: EngineFactory,

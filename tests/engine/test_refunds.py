@@ -271,6 +271,8 @@ async def restarted(private_redis: RedisProcess, key_prefix: str) -> AsyncIterat
     await engine.aclose()
 
 
+# On a redis-server of its own, never the suite's Redis: a cluster variant would be the same.
+@pytest.mark.backend_neutral
 async def test_after_redis_lost_its_data_and_recovery_ran_the_ledger_counts(
     private_engine: CreditEngine,
     restarted: CreditEngine,

@@ -297,6 +297,9 @@ def _api_failures(closed: GatewayServer, open_: GatewayServer, keys: dict[str, s
     assert ready.status_code == 503 and ready.json()["redis"] == "down", ready.text
 
 
+# Every state is made on a redis-server of the test's own, never on the suite's Redis: a cluster
+# variant would be this very test again.
+@pytest.mark.backend_neutral
 async def test_a_transient_redis_state_is_unavailable_and_charges_nothing(
     state: tuple[str, State, Server],
     migrated_database_url: str,  # noqa: F811 - a fixture

@@ -34,6 +34,10 @@ from quotagate.jobs.recover import (
 )
 from quotagate.ledger import Ledger, flush_all
 
+# Every test wipes a redis-server of its own, never the suite's Redis: a cluster variant would be
+# the same test again.
+pytestmark = pytest.mark.backend_neutral
+
 CONFIG = FREE_AND_PRO
 
 ACCOUNTS = [f"u-{i:03d}" for i in range(60)]
