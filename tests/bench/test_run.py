@@ -26,7 +26,9 @@ EXPECTED_ROWS = {
         "hook/reserve", "hook/shadow",
     ],
     "postgres": ["postgres/hot", "postgres/spread"],
-    "engine": ["engine/in-process", "engine/unbatched", "engine/grants-2", "engine/grants-20"]
+    "engine": [
+        "engine/in-process", "engine/unbatched", "engine/grants-2", "engine/grants-20", "engine/member"
+    ]
     + (["redis-benchmark"] if shutil.which("redis-benchmark") else []),
     "batch": (["redis-benchmark/pipelined"] if shutil.which("redis-benchmark") else [])
     + ["batch/spread"],
