@@ -32,6 +32,8 @@ export interface Transaction {
   balance_after: number | null;
   /** Charged, not yet copied to the ledger database (it will be, within seconds). */
   pending: boolean;
+  /** On a pool's spend for a member's charge: the member it paid for; null otherwise. */
+  member_id: string | null;
 }
 
 /** The answer of GET /v1/me (the same as GET /v1/accounts/{id}). */
@@ -55,6 +57,19 @@ export interface Credits {
   grants: Grant[];
   /** When the next grant expires (RFC 3339), or null when none does. */
   next_expiry: string | null;
+  /** For a member of a pool (an account "<pool>~<name>", docs/pools.md); null otherwise. */
+  membership: Membership | null;
+}
+
+/** A member's place in its pool: the pool pays its charges, within its limit per period. */
+export interface Membership {
+  pool_id: string;
+  /** The most credits the pool pays for it per period of the pool; null: no limit. */
+  member_limit: number | null;
+  /** Its own credits go first, the pool pays the rest. */
+  own_credits_first: boolean;
+  /** What the pool paid for it in the pool's current period. */
+  used: number;
 }
 
 export type GrantSource = "renewal" | "purchase" | "promotion" | "refund" | "adjustment";
