@@ -23,7 +23,7 @@ from quotagate.bench.nginx import nginx_binary
 EXPECTED_ROWS = {
     "http": [
         "http/floor", "http/bare", "hook/hot", "hook/spread", "consume/hot", "consume/spread",
-        "hook/reserve", "hook/shadow",
+        "hook/reserve", "hook/shadow", "hook/grants-1", "hook/grants-2", "hook/member",
     ],
     "postgres": ["postgres/hot", "postgres/spread"],
     "engine": [

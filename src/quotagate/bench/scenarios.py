@@ -7,6 +7,8 @@ Rows (``name``: what it measures, compared with):
   hook/reserve      the same over 100k accounts on a reserve route: a hold of 1 credit
   hook/shadow       the same on a shadow route: decided and recorded, nothing charged
                     (hook/spread)
+  hook/grants-1|2   hook/hot on an account holding 1 or 2 explicit grants (hook/hot)
+  hook/member       hook/hot on a member of a pool: the pool pays each charge (hook/hot)
   consume/hot|spread ``POST /v1/accounts/{id}/consume`` with a JSON body (floor)
   postgres/hot|spread the design without quotagate: a Postgres transaction per charge, over the
                     same HTTP server settings, answering the hook's request
@@ -112,6 +114,9 @@ async def http_group(run: Run, progress: Progress) -> None:
     spread = spread_accounts(run.options.spread_accounts)
     engine = run.stage.engine
     assert engine is not None
+    for count in HOOK_GRANT_COUNTS:
+        await _open_with_grants(engine, f"bench-hgrants{count}", count)
+    _, member = await _open_member(engine, "bench-hpool")
     with (
         gateway.serving_gateway(run.stage, serve) as app,
         serving("quotagate.bench.floor:create_app", serve, {}) as bare,
@@ -125,7 +130,13 @@ async def http_group(run: Run, progress: Progress) -> None:
             ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
             ("hook/reserve", route_load(spread, keys.hook, "/reserve/x"), app, "hook/spread"),
             ("hook/shadow", route_load(spread, keys.hook, "/shadow/x"), app, "hook/spread"),
-        ):
+            *(
+                (f"hook/grants-{n}", hook_load(Accounts(f"bench-hgrants{n}"), keys.hook), app,
+                 "hook/hot")
+                for n in HOOK_GRANT_COUNTS
+            ),
+            ("hook/member", hook_load(Accounts(member), keys.hook), app, "hook/hot"),
+        ):  # fmt: skip
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
             stats = await redis_cpu.snapshot(engine)
@@ -206,6 +217,9 @@ async def engine_group(run: Run, progress: Progress) -> None:
 GRANT_COUNTS = (2, 20)
 """The explicit grants of the accounts of the engine/grants-N rows."""
 
+HOOK_GRANT_COUNTS = (1, 2)
+"""The explicit grants of the accounts of the hook/grants-N rows."""
+
 GRANT_CREDITS = 10**9
 """What each of those grants holds: no run spends the first one out."""
 
@@ -243,16 +257,23 @@ async def _grants_row(run: Run, progress: Progress, count: int) -> None:
     await run.stage.clear_outboxes()
 
 
+async def _open_member(engine: CreditEngine, pool: str) -> tuple[str, str]:
+    """A pool with GRANT_CREDITS and a member with a limit no run reaches: the pool and the
+    member's ids."""
+    member = f"{pool}~bench-member"
+    await engine.upsert_account(pool)
+    await engine.credit(pool, GRANT_CREDITS, "earn")
+    await engine.upsert_account(member, member_limit=GRANT_CREDITS)
+    return pool, member
+
+
 async def _member_row(run: Run, progress: Progress) -> None:
     """engine/in-process on a member of a pool, with a limit no run reaches (engine/in-process):
     the pool pays every charge."""
     engine = run.stage.engine
     assert engine is not None
-    pool, name = "bench-pool", "engine/member"
-    member = f"{pool}~bench-member"
-    await engine.upsert_account(pool)
-    await engine.credit(pool, GRANT_CREDITS, "earn")
-    await engine.upsert_account(member, member_limit=GRANT_CREDITS)
+    name = "engine/member"
+    pool, member = await _open_member(engine, "bench-pool")
     progress(f"measuring {name}")
     before = await _balance(engine, pool)
     stats = await redis_cpu.snapshot(engine)
