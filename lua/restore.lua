@@ -61,9 +61,9 @@ local grant_expiry = earliest_grant_expiry(grants)
 if not grant_expiry then return {'err', 'invalid_argument', 'grants'} end
 local member_limit, own_first = ARGV[12] or '', ARGV[13] or ''
 local pool_used, pool_period = ARGV[14] or '', ARGV[15] or ''
-local is_member = string.find(ARGV[1], '~', 1, true) ~= nil
+local member = is_member(ARGV[1])
 local member_fields = member_limit .. own_first .. pool_used .. pool_period
-if member_fields ~= '' and not is_member then return {'err', 'invalid_argument', 'member'} end
+if member_fields ~= '' and not member then return {'err', 'invalid_argument', 'member'} end
 if member_limit ~= '' and not amount_arg(member_limit, 0) then
   return {'err', 'invalid_argument', 'member_limit'}
 end
