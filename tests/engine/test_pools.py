@@ -240,3 +240,19 @@ async def test_a_pool_grant_past_its_expiry_is_not_spent_by_a_member(
     assert [(e["t"], e["amt"]) for e in rows if e["t"] in ("spend", "expire")] == [
         ("spend", "-10"), ("expire", "-40"),
     ]  # fmt: skip
+
+
+async def test_a_usage_repair_writes_only_what_it_read(make_engine: EngineFactory) -> None:
+    engine = await _pool(make_engine, 100)
+    await engine.upsert_account("acme~alice", member_limit=50)
+    await engine.consume("acme~alice", "unit", 10)
+    with pytest.raises(ValidationError):
+        await engine.set_pool_usage("acme", 10, 5)
+    assert not await engine.set_pool_usage("acme~alice", 9, 5)  # not what it holds now
+    assert await engine.set_pool_usage("acme~alice", 10, 5)
+    membership = (await engine.get_account("acme~alice")).membership
+    assert membership is not None and membership.used == 5
+    await engine.renew("acme", "2099-01")
+    assert not await engine.set_pool_usage("acme~alice", 5, 7)  # the pool renewed since
+    with pytest.raises(InvalidAmount):
+        await engine.set_pool_usage("acme~alice", -1, 7)

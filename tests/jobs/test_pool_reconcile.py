@@ -16,6 +16,7 @@ from tests.ledger.pool_entries import PoolOutbox
 from quotagate.engine import CreditEngine
 from quotagate.jobs.reconcile import CAUSES, Drift, reconcile_async
 from quotagate.jobs.recover import recover_async
+from quotagate.jobs.repair import repair_account
 from quotagate.ledger import Ledger, flush_all
 
 POOL = "acme"
@@ -99,3 +100,25 @@ async def test_a_renewal_not_yet_in_the_ledger_starts_the_period(
     await engine.redis.hincrby(engine.keys.account(ALICE).account, "pu", 10)
     report = await reconcile_async(engine, own_ledger)
     assert pool_usage_drifts(report.drifts) == {ALICE: (2, 12)}
+
+
+async def test_repair_sets_a_drifted_usage_unless_a_charge_moved_it_since(
+    engine: CreditEngine, own_ledger: Ledger, out: PoolOutbox
+) -> None:
+    await engine.redis.hincrby(engine.keys.account(ALICE).account, "pu", 3)
+    await engine.redis.hincrby(engine.keys.account(BOB).account, "pu", 4)
+    report = await reconcile_async(engine, own_ledger)
+    drifts = {d.account_id: d for d in report.drifts}
+    assert pool_usage_drifts(report.drifts) == {ALICE: (10, 13), BOB: (7, 11)}
+    await charge(engine, out, BOB, 1)  # Bob's usage moved after the report read it
+    alice = await repair_account(engine, own_ledger, ALICE, [drifts[ALICE]])
+    bob = await repair_account(engine, own_ledger, BOB, [drifts[BOB]])
+    assert (alice.action, alice.pool_usage, alice.amount) == ("usage", 10, 0)
+    assert (bob.action, bob.pool_usage) == ("none", None)  # left for the next reconcile
+    after = await reconcile_async(engine, own_ledger)
+    assert pool_usage_drifts(after.drifts) == {BOB: (8, 12)}
+    again = await repair_account(engine, own_ledger, BOB, after.drifts)
+    assert again.pool_usage == 8
+    assert (await reconcile_async(engine, own_ledger)).drifts == []
+    membership = (await engine.get_account(ALICE)).membership
+    assert membership is not None and membership.used == 10

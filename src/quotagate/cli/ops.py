@@ -92,6 +92,7 @@ def _repair_rows(repairs: list[Repair]) -> list[dict[str, Any]]:
             "snapshot before": r.snapshot_before,
             "snapshot after": r.snapshot_after,
             "transaction": r.transaction_id,
+            **({"pool usage set": r.pool_usage} if r.pool_usage is not None else {}),
         }
         for r in repairs
     ]

@@ -823,6 +823,20 @@ class CreditEngine:
         r = unwrap(await self.runner.run(self.scripts["restore"], (*keys, grant_expiry), args))
         return r[0] == "1"
 
+    async def set_pool_usage(self, member_id: str, found: int, expected: int) -> bool:
+        """A repair: what the member's pool paid for it this period becomes ``expected``,
+        unless it is no longer ``found`` or the pool renewed since (False: nothing written)."""
+        ids.check_account_id(member_id)
+        if ids.pool_of(member_id) is None:
+            raise ValidationError(f"{member_id} is not a member of a pool", field="account_id")
+        validate.limit(found, "found")
+        validate.limit(expected, "expected")
+        keys = (*self.keys.script_keys(member_id), *self.keys.member_keys(member_id))
+        r = unwrap(
+            await self.runner.run(self.scripts["set_pool_usage"], keys, [str(found), str(expected)])
+        )
+        return r[0] == "1"
+
     # -- reads ------------------------------------------------------------------------------
 
     async def get_account(self, account_id: str) -> Account:

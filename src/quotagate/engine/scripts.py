@@ -25,6 +25,7 @@ SCRIPT_NAMES = (
     "upsert_account",
     "renew",
     "restore",
+    "set_pool_usage",
     "lease",
     "shadow",
 )

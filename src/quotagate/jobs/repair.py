@@ -11,13 +11,17 @@ Exact under traffic: the transaction locks the account's snapshot row first. A f
 updates that row in the same transaction as it inserts the rows, so no flush of this
 account can commit while the repair reads Redis (balances and outbox in one MULTI) and the
 ledger; entries a flush inserted but has not committed count as pending, as they should.
+
+A member whose ``pool_usage`` drifted gets ``pu`` set to what the ledger and the outbox count
+(no money moves: it is what its limit is measured against), in a script that writes only if
+no charge of the member counted since the drift was read and the pool did not renew.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import cast
 
@@ -41,11 +45,15 @@ class Repair:
     action: str
     """ "adjust": an adjust row was written (and the snapshot set to what the rows sum to);
     "snapshot": the rows already explained Redis, only the snapshot was set to their sum;
-    "restored": Redis got the account back from the ledger; "none": nothing was off."""
+    "restored": Redis got the account back from the ledger; "usage": only a member's use of
+    its pool in the period was set; "none": nothing was off (or was left: see pool_usage)."""
     transaction_id: str | None
     amount: int
     snapshot_before: int | None
     snapshot_after: int | None
+    pool_usage: int | None = None
+    """What ``pu`` was set to for a ``pool_usage`` drift; None: not set (no such drift, or a
+    charge or the pool's renewal moved it since the drift was read: reconcile again)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,25 @@ async def _repair(
         async with conn.transaction():
             repair = await _adjust(engine, conn, account_id, drifts)
     if restored and repair.action == "none":
-        return Repair(
-            account_id, "restored", None, 0, repair.snapshot_before, repair.snapshot_after
-        )
+        repair = replace(repair, action="restored")
+    usage = await _set_pool_usage(engine, account_id, drifts)
+    if usage is not None:
+        repair = replace(repair, pool_usage=usage)
+        if repair.action == "none":
+            repair = replace(repair, action="usage")
     return repair
+
+
+async def _set_pool_usage(
+    engine: CreditEngine, account_id: str, drifts: Sequence[Drift]
+) -> int | None:
+    """Set a member's ``pu`` to what its ``pool_usage`` drift expected, if nothing moved it."""
+    for d in drifts:
+        if d.check != "pool_usage" or d.expected is None or d.found is None:
+            continue
+        if await engine.set_pool_usage(account_id, d.found, d.expected):
+            return d.expected
+    return None
 
 
 async def _restore(engine: CreditEngine, conn: asyncpg.Connection, account_id: str) -> bool:
