@@ -256,3 +256,20 @@ async def test_a_usage_repair_writes_only_what_it_read(make_engine: EngineFactor
     assert not await engine.set_pool_usage("acme~alice", 5, 7)  # the pool renewed since
     with pytest.raises(InvalidAmount):
         await engine.set_pool_usage("acme~alice", -1, 7)
+
+
+async def test_a_members_shadow_charge_is_decided_as_its_charge_would_be(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await _pool(make_engine, 100)
+    await engine.upsert_account("acme~alice", member_limit=10)
+    first = await engine.shadow("acme~alice", "unit", 6)
+    assert (first.shadow, first.remaining) == ("charged", 4)  # the pool pays, within the limit
+    second = await engine.shadow("acme~alice", "unit", 6)
+    assert second.shadow == "insufficient_credits"  # its shadow spend counts against the limit
+    assert (await engine.get_account("acme")).balance == 100  # nothing was charged
+    await engine.upsert_account("acme~bob", member_limit=10, own_credits_first=True)
+    await engine.credit("acme~bob", 5, "earn")
+    assert (await engine.shadow("acme~bob", "unit", 15)).shadow == "charged"
+    await engine.upsert_account("acme", status="banned")
+    assert (await engine.shadow("acme~bob", "unit", 1)).shadow == "account_banned"

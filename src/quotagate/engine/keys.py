@@ -210,10 +210,13 @@ class KeySpace:
         not use carry the account's own names, so that every key is in its slot)."""
         k = self.script_keys(account_id)
         tag = self.tag(self.partition_of(account_id))
-        return (
+        keys = (
             k[0], k[1], self.shadow(self.partition_of(account_id)), f"{tag}:ss:{account_id}",
             k[4], k[5], k[6], f"{tag}:srl:{account_id}",
         )  # fmt: skip
+        member = self.member_keys(account_id)
+        # A member's: KEYS[9] its partition's account index, then KEYS[10..11] as for consume.
+        return (*keys, k[8], *member) if member else keys
 
     @property
     def shadow_spend_pattern(self) -> str:
