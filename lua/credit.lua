@@ -77,14 +77,17 @@ if typ == 'refund' then
   local count = redis.call('HMGET', KEYS[10], 'cost', 'refunded')
   spend_cost, refunded = tonumber(count[1]), tonumber(count[2])
   if not spend_cost then spend_cost, refunded = seed_cost, seed_refunded end
+  -- Not an answer but a request for the ledger's count: the call comes again with it, so
+  -- nothing is written yet.
   if not spend_cost then return {'err', 'refund_not_counted'} end
-  if refunded + amount > spend_cost then
-    return {'err', 'refund_exceeds_spend', s(spend_cost), s(refunded)}
-  end
 end
--- Grants past their expiry go first, so the floor below counts only credits still there
+-- Grants past their expiry go first, so the checks below count only credits still there
 -- (every refusal after this point keeps what it expired: wallet_keep).
 if wallet_expires(w) then wallet_expire(w, account, now_ms()) end
+if typ == 'refund' and refunded + amount > spend_cost then
+  wallet_keep(w)
+  return {'err', 'refund_exceeds_spend', s(spend_cost), s(refunded)}
+end
 local before = wallet_balance(w)
 local balance = before + amount
 if balance > max_balance or balance < -max_balance then

@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import EngineFactory
 
 from quotagate.engine import CreditEngine
-from quotagate.errors import InsufficientCredits, RefundNotCounted
+from quotagate.engine.results import RefundCount
+from quotagate.errors import InsufficientCredits, RefundExceedsSpend, RefundNotCounted
 from quotagate.ledger import Ledger, flush_all
 from quotagate.ledger.outbox import RawEntries
 from quotagate.ledger.refunds import refund
@@ -59,6 +60,25 @@ async def test_a_refund_refused_as_not_counted_writes_nothing_and_the_expiry_com
     assert await engine.expire_grants("acct") == (1, 10)
     assert await engine.expire_grants("acct") == (0, 0)  # nothing left to expire
     assert [row["gr"] for row in await _expire_rows(engine, "acct")] == [grant_id]
+
+
+async def test_a_refund_refused_as_exceeding_its_spend_keeps_the_expiry_it_wrote(
+    make_engine: EngineFactory,
+) -> None:
+    """A refusal with the count in hand is an answer: grants past their expiry go first, as in
+    every other script, and the expiry is written once."""
+    engine = await make_engine(CONFIG)
+    await engine.upsert_account("acct")
+    await engine.credit("acct", 5)
+    spend = await engine.consume("acct", "unit", 3)
+    grant_id = await _account_with_grant_past_expiry(engine)
+    with pytest.raises(RefundExceedsSpend):
+        await engine.credit(
+            "acct", 4, "refund", refund_of=spend.transaction_id, counted=RefundCount(3, 0)
+        )
+    assert [row["gr"] for row in await _expire_rows(engine, "acct")] == [grant_id]
+    assert await engine.expire_grants("acct") == (0, 0)
+    assert (await engine.get_account("acct")).balance == 2
 
 
 async def test_a_consume_refused_keeps_the_expiry_it_wrote(make_engine: EngineFactory) -> None:
