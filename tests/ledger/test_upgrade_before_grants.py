@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,37 @@ async def _load_redis(redis_url: str, prefix: str) -> None:
         await r.aclose()
 
 
+def _written_at_ms() -> int:
+    """When the layout was written: its newest outbox entry's time."""
+    return max(
+        int(entry_id.split("-")[0])
+        for k in LAYOUT["keys"]
+        if k["type"] == "stream"
+        for entry_id, _ in k["value"]
+    )
+
+
+def _hold_deadlines_from_now(item: dict[str, Any], shift_ms: int) -> Any:
+    """The value of a holds hash or hold-expiry zset with every deadline moved by
+    ``shift_ms``: the layout's holds were open for a day when it was written, and must still
+    be open when the test loads them, whenever that is."""
+    key, value = item["key"], item["value"]
+    if ":h:" in key:
+        moved = {}
+        for hold_id, fields in value.items():
+            amount, expires, rest = fields.split("|", 2)
+            moved[hold_id] = f"{amount}|{int(expires) + shift_ms}|{rest}"
+        return moved
+    if ":hz:" in key or key.endswith(":holdexp"):
+        return [[member, score + shift_ms] for member, score in value]
+    return value
+
+
 async def _write_keys(r: Any, prefix: str) -> None:
+    shift_ms = int(time.time() * 1000) - _written_at_ms()
     for item in LAYOUT["keys"]:
-        key, kind, value = prefix + item["key"], item["type"], item["value"]
+        key, kind = prefix + item["key"], item["type"]
+        value = _hold_deadlines_from_now(item, shift_ms)
         if kind == "hash":
             await r.hset(key, mapping=value)
         elif kind == "zset":
