@@ -22,8 +22,8 @@ from quotagate.bench.nginx import nginx_binary
 
 EXPECTED_ROWS = {
     "http": [
-        "http/floor", "http/bare", "hook/hot", "hook/spread", "consume/hot", "consume/spread",
-        "hook/reserve", "hook/shadow", "hook/grants-1", "hook/grants-2", "hook/member",
+        "http/floor", "http/bare", "hook/hot", "hook/grants-1", "hook/grants-2", "hook/member",
+        "hook/spread", "hook/reserve", "hook/shadow", "consume/hot", "consume/spread",
     ],
     "postgres": ["postgres/hot", "postgres/spread"],
     "engine": [

@@ -124,18 +124,20 @@ async def http_group(run: Run, progress: Progress) -> None:
         for name, load, server, base in (
             (FLOOR, HttpLoad("GET", "/healthz"), app, None),
             ("http/bare", HttpLoad("GET", "/healthz"), bare, FLOOR),
+            # Each row right after its baseline: what drifts during a run (the machine's other
+            # work, Redis's memory) then moves both alike.
             ("hook/hot", hook_load(HOT, keys.hook), app, FLOOR),
-            ("hook/spread", hook_load(spread, keys.hook), app, FLOOR),
-            ("consume/hot", consume_load(HOT, keys.service), app, FLOOR),
-            ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
-            ("hook/reserve", route_load(spread, keys.hook, "/reserve/x"), app, "hook/spread"),
-            ("hook/shadow", route_load(spread, keys.hook, "/shadow/x"), app, "hook/spread"),
             *(
                 (f"hook/grants-{n}", hook_load(Accounts(f"bench-hgrants{n}"), keys.hook), app,
                  "hook/hot")
                 for n in HOOK_GRANT_COUNTS
             ),
             ("hook/member", hook_load(Accounts(member), keys.hook), app, "hook/hot"),
+            ("hook/spread", hook_load(spread, keys.hook), app, FLOOR),
+            ("hook/reserve", route_load(spread, keys.hook, "/reserve/x"), app, "hook/spread"),
+            ("hook/shadow", route_load(spread, keys.hook, "/shadow/x"), app, "hook/spread"),
+            ("consume/hot", consume_load(HOT, keys.service), app, FLOOR),
+            ("consume/spread", consume_load(spread, keys.service), app, FLOOR),
         ):  # fmt: skip
             progress(f"measuring {name}")
             before = await _balance(engine, HOT.stem)
