@@ -20,14 +20,14 @@ def test_a_member_is_created_shown_and_changed(
     _consume(redis_url, key_prefix, "acme~ann", 130)  # 100 of its own, 30 from the pool
     shown = ok_json(["accounts", "show", "acme~ann"], env)
     assert shown["membership"] == {
-        "pool_id": "acme", "limit": 40, "own_credits_first": True, "used": 30,
+        "pool_id": "acme", "member_limit": 40, "own_credits_first": True, "used": 30,
     }  # fmt: skip
     text = ok(["accounts", "show", "acme~ann"], env)
     assert "pool" in text and "acme" in text and "pool_paid_this_period" in text
 
     ok(["accounts", "update", "acme~ann", "--member-limit", "none", "--pool-pays-all"], env)
     membership = ok_json(["accounts", "show", "acme~ann"], env)["membership"]
-    assert (membership["limit"], membership["own_credits_first"]) == (None, False)
+    assert (membership["member_limit"], membership["own_credits_first"]) == (None, False)
     assert ok_json(["accounts", "show", "acme"], env)["membership"] is None
 
 
@@ -63,3 +63,27 @@ def test_a_pools_usage_by_member(env: dict[str, str], redis_url: str, key_prefix
     mine = ok_json(["usage", "team~ann", "--window", "hour"], env)
     assert sum(r["spent"] for r in mine["rows"]) == 7
     assert invoke(["usage", "--group-by", "member"], env).code == 2
+
+
+def test_a_members_history_says_who_paid_on_every_row(
+    env: dict[str, str],  # noqa: F811
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    """The pool's row for a member's charge carries the pool's balance: the table names the
+    payer even when the newest row is the member's own (a table's columns are its first
+    row's)."""
+    ok(["accounts", "create", "crew", "--tier", "pro"], env)
+    ok(["accounts", "create", "crew~kim", "--tier", "free"], env)
+    _consume(redis_url, key_prefix, "crew~kim", 4)  # the pool pays
+    ok(["accounts", "grant", "crew~kim", "5", "--source", "purchase"], env)  # its own row, newest
+    lines = ok(["history", "crew~kim"], env).splitlines()
+    header = lines[0].split()
+    assert header[-2:] == ["ACCOUNT_ID", "MEMBER_ID"]
+    spend = next(line.split() for line in lines[1:] if " spend " in line)
+    assert spend[-2:] == ["crew", "crew~kim"]
+    rows = ok_json(["history", "crew~kim"], env)["transactions"]
+    assert [(r["type"], r["account_id"], r["member_id"]) for r in rows][:2] == [
+        ("grant", "crew~kim", None),
+        ("spend", "crew", "crew~kim"),
+    ]

@@ -94,7 +94,7 @@ async def test_the_pool_pays_a_members_charge_and_its_row_names_the_member(
     member = await engine.get_account("acme~alice")
     assert member.balance == 0
     assert member.membership is not None
-    assert (member.membership.pool_id, member.membership.limit, member.membership.used) == (
+    assert (member.membership.pool_id, member.membership.member_limit, member.membership.used) == (
         "acme", 50, 30,
     )  # fmt: skip
     assert (await engine.get_account("acme")).balance == 70

@@ -532,7 +532,7 @@ class Sequence:
             got, member = await self.engine.get_account(account), model.members[account]
             assert got.membership is not None, self._fail(f"{account} has no membership")
             seen = (
-                got.monthly_credits, got.purchased_credits, got.balance, got.membership.limit,
+                got.monthly_credits, got.purchased_credits, got.balance, got.membership.member_limit,
                 got.membership.own_credits_first, got.membership.used,
             )  # fmt: skip
             want = (

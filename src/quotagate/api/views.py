@@ -71,7 +71,7 @@ async def account_view(gw: Gateway, account_id: str) -> tuple[AccountOut, bool]:
 def _membership_out(m: Membership | None) -> MembershipOut | None:
     if m is None:
         return None
-    return MembershipOut(m.pool_id, m.limit, m.own_credits_first, m.used)
+    return MembershipOut(m.pool_id, m.member_limit, m.own_credits_first, m.used)
 
 
 def pool_payment_out(p: PoolPayment | None) -> PoolPaymentOut | None:

@@ -236,7 +236,7 @@ def show(account_id: str, as_json: bool) -> None:
     a.pop("grants")
     member = a.pop("membership")
     if member is not None:  # a member of a pool: its pool, limit and use this period
-        limit = "none" if member["limit"] is None else member["limit"]
+        limit = "none" if member["member_limit"] is None else member["member_limit"]
         a.update(pool=member["pool_id"], member_limit=limit, pool_paid_this_period=member["used"],
                  own_credits_first=member["own_credits_first"])  # fmt: skip
     click.echo(fields(a))
@@ -382,6 +382,9 @@ def history(account_id: str, limit: int, before: str | None, as_json: bool) -> N
         return await b.ledger.history(b.engine, account_id, limit=limit, before=before)
 
     page = run(work)
+    # A pool's rows for a member's charges name who paid and for whom; when the page holds
+    # any, every row has the two columns (a table's columns are its first row's).
+    paid_by = any(t.member_id for t in page.transactions)
     rows = [
         {
             "id": t.id,
@@ -394,7 +397,7 @@ def history(account_id: str, limit: int, before: str | None, as_json: bool) -> N
             "description": t.description,
             "pending": t.pending,
             # a pool's row for a member's charge, in the pool's or the member's history
-            **({"account_id": t.account_id, "member_id": t.member_id} if t.member_id else {}),
+            **({"account_id": t.account_id, "member_id": t.member_id} if paid_by else {}),
             **({"metadata": t.metadata} if as_json else {}),
         }
         for t in page.transactions

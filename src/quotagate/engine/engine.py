@@ -950,7 +950,7 @@ def _membership(account_id: str, a: dict[str, str], pool_period: list[Any]) -> M
     current = bool(pool_period) and pool_period[0] is not None and a.get("pp") == pool_period[0]
     return Membership(
         pool_id=pool_id,
-        limit=int(a["pl"]) if "pl" in a else None,
+        member_limit=int(a["pl"]) if "pl" in a else None,
         own_credits_first=a.get("pf") == "1",
         used=int(a.get("pu", 0)) if current else 0,
     )

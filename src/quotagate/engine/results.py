@@ -204,7 +204,7 @@ class Membership:
     """An account's place in its pool (it is ``<pool_id>~<name>``)."""
 
     pool_id: str
-    limit: int | None
+    member_limit: int | None
     """The most credits the pool pays for it per period of the pool; None: no limit."""
     own_credits_first: bool
     used: int
