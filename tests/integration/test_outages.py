@@ -6,6 +6,8 @@ per retry), and flushes enqueued afterwards run."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +112,42 @@ async def test_worker_and_scheduler_ride_out_redis_outages(
         worker.stop()
     for a in accounts:
         assert (await engine.get_account(a)).balance == 98
+
+
+async def test_worker_and_scheduler_stop_on_sigterm_when_redis_stops_with_them(
+    redis_server: RedisProcess,
+    make_engine: EngineFactory,
+    own_ledger_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """What `docker compose down`, or the kernel when `quotagate up` is killed, does: Redis and
+    the processes get their SIGTERM together. A stop asked for while Redis goes away is a
+    stop, not an outage to wait out (RQ's scheduler says goodbye to Redis on its way out, and
+    that failing read as an outage: the scheduler then waited for a Redis that never came)."""
+    await make_engine(CONFIG, url=redis_server.url)
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    env = quotagate_env(redis_server.url, own_ledger_url, key_prefix, config)
+    procs = [
+        QuotagateProcess([name], env, tmp_path / f"{name}.log") for name in ("worker", "scheduler")
+    ]
+    try:
+        await asyncio.sleep(4)  # both at work: the scheduler between its one-second rounds
+        for p in procs:
+            assert p.alive(), p.output()
+        redis_server.stop()
+        for p in procs:
+            p.proc.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                await asyncio.to_thread(p.proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 15 s after SIGTERM:\n{p.output()}")
+    finally:
+        for p in procs:
+            p.kill()
+        redis_server.start()  # for the fixture's engine to clean up after itself
 
 
 async def test_the_worker_lives_through_postgres_down_during_flushes(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import Any
 
 import click
 
@@ -54,11 +55,31 @@ def scheduler(logging_level: str | None) -> None:
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         url = redact(str(settings.queue_url))
         raise BackendUnavailable(f"the queue Redis at {url} did not answer: {exc}") from None
-    cron = CronScheduler(connection=conn, logging_level=level.upper())
+
+    class Scheduler(CronScheduler):
+        """rq's cron scheduler, which remembers that a signal asked it to stop."""
+
+        stop_requested = False
+
+        def _request_stop(self, signum: int, frame: Any) -> None:
+            self.stop_requested = True
+            super()._request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    cron = Scheduler(connection=conn, logging_level=level.upper())
     cron.load_config_from_file(SCHEDULE_MODULE)
+
+    def run() -> None:
+        try:
+            cron.start()  # type: ignore[no-untyped-call]
+        except redis_errors.RedisError:
+            # Stopping, rq tells Redis the scheduler is gone. When Redis stops at the same
+            # time (compose down, or `up` killed) that fails: still a stop, not an outage.
+            if not cron.stop_requested:
+                raise
+
     with contextlib.suppress(StopRequested):  # SIGTERM while waiting for Redis
         # rq cron ends its loop on any Redis error: start it again once Redis is back.
-        through_outages(conn, "scheduler", cron.start)
+        through_outages(conn, "scheduler", run)
 
 
 def register(cli: click.Group) -> None:
