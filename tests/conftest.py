@@ -123,6 +123,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     yield prefix
     client = sync_redis_from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys += client.scan_iter(match=f"rq:*:{prefix}:*", count=1000)  # its queues and cron jobs
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
     client.close()

@@ -236,7 +236,7 @@ resource = "api_call"
 def strict_gateway(
     redis_url: str, migrated_database_url: str, gateway_prefix: str
 ) -> Iterator[GatewayServer]:
-    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + "s")
+    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + ":s")
     with running_gateway(settings, parse_config(STRICT)) as server:
         yield server
 

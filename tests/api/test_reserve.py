@@ -50,7 +50,7 @@ resource = "api_call"
 def reserve_gateway(
     redis_url: str, migrated_database_url: str, gateway_prefix: str
 ) -> Iterator[GatewayServer]:
-    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + "r")
+    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + ":r")
     with running_gateway(settings, parse_config(RESERVE)) as server:
         yield server
 

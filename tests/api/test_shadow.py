@@ -68,7 +68,7 @@ def config() -> Config:
 def shadow_gateway(
     redis_url: str, migrated_database_url: str, gateway_prefix: str, config: Config
 ) -> Iterator[GatewayServer]:
-    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + "sh")
+    settings = gateway_settings(redis_url, migrated_database_url, gateway_prefix + ":sh")
     with running_gateway(settings, config) as server:
         yield server
 
@@ -169,7 +169,7 @@ def test_the_shadow_report_equals_what_the_same_requests_charge_and_deny(
     real = asyncio.run(_drive(shadow_gateway.url, api_keys, real_plan))
 
     async def report() -> dict[str, tuple[int, int, int, int]]:
-        engine = CreditEngine.from_url(redis_url, config, prefix=gateway_prefix + "sh")
+        engine = CreditEngine.from_url(redis_url, config, prefix=gateway_prefix + ":sh")
         ledger = await Ledger.connect(migrated_database_url)
         try:
             await flush_all(engine, ledger)

@@ -102,7 +102,7 @@ def test_lost_redis_waits_for_recovery(
     settings = gateway_settings(redis_url, migrated_database_url, key_prefix)
     with running_gateway(settings) as gw, httpx.Client(base_url=gw.url) as http:
         create_account(http, api_keys["admin"])
-    fresh = gateway_settings(redis_url, migrated_database_url, key_prefix + "x")
+    fresh = gateway_settings(redis_url, migrated_database_url, key_prefix + ":x")
     with running_gateway(fresh, fresh=False) as gw, httpx.Client(base_url=gw.url) as http:
         r = http.put(f"/v1/accounts/{new_account_id()}", json={}, headers=bearer(api_keys["admin"]))
         assert_problem(r, 503, "account_not_loaded")

@@ -174,7 +174,7 @@ async def _pipelined(run: Run, progress: Callable[[str], None]) -> None:
     count = run.options.spread_accounts
     config = parse_config(BENCH_CONFIG.replace("partitions = 64", "partitions = 1"))
     engine = CreditEngine.from_url(
-        run.stage.redis_url, config, prefix=run.stage.prefix + "rb"
+        run.stage.redis_url, config, prefix=run.stage.prefix + ":rb"
     )  # its own keys
     try:
         await engine.initialize()
