@@ -15,8 +15,9 @@ ARGV[5] units               ARGV[10] idempotency TTL in ms
 ARGV[11..] more charges of the same account, 10 arguments each as above, none with an
            idempotency key: run in order, as that many calls in a row at one instant would be
 
-Reply  {"ok", transaction id, cost, available after, balance after, replayed 0|1,
-        rate limit (burst, -1 when none), rate remaining, rate reset ms}
+Reply  {"ok", transaction id, cost, available after, balance after, replayed "0"|"1",
+        rate limit (burst, -1 when none), rate remaining, rate reset ms}: the numbers as
+       integers, or as text (a replay answers the record's text)
        for a member of a pool, then: credits its pool paid, the pool's balance after, and the
        member's limit left in the pool's period (-1: no limit)
        for several charges, an array of their replies (ok or error), in order
@@ -160,11 +161,16 @@ for i = 1, n do
       local from_monthly, draws = wallet_spend(w, cost)
       local balance = wallet_balance(w)
       if new_tat then limit.tat, tat_moved = new_tat, true end
-      append_transaction(ARGV[o + 1], account, -cost, 'spend', ARGV[o + 4], s(units[i]),
-        ARGV[o + 6], ARGV[o + 7], nil, balance, -from_monthly, ARGV[o + 8], draws)
-      reply = {'ok', ARGV[o + 1], s(cost), s(available - cost), s(balance), '0', s(rl_burst),
-        s(rl_remaining), s(rl_reset)}
-      remember(idem, fp, ttls[i], reply[2], reply[3], reply[4], reply[5])
+      -- The checked arguments are canonical text: stored as given, with no string.format.
+      append_transaction(ARGV[o + 1], account, '-' .. ARGV[o + 3], 'spend', ARGV[o + 4],
+        ARGV[o + 5], ARGV[o + 6], ARGV[o + 7], nil, balance, -from_monthly, ARGV[o + 8], draws)
+      -- Integers, not text, in the reply: Redis sends a Lua number as an integer reply, which
+      -- costs less than the string.format that would make it text here.
+      reply = {'ok', ARGV[o + 1], cost, available - cost, balance, '0', rl_burst, rl_remaining,
+        rl_reset}
+      if idem ~= '' then
+        remember(idem, fp, ttls[i], ARGV[o + 1], ARGV[o + 3], s(available - cost), s(balance))
+      end
       charged = true
     end
   end

@@ -20,9 +20,10 @@ local HOLDS_PER_CALL = 1000  -- hold ids per HMGET, HDEL or ZREM: Lua's unpack h
 
 local function s(n) return string.format('%d', n) end
 
--- A decimal integer in [lo, hi], or nil.
+-- A decimal integer in [lo, hi] in its canonical text (no sign on 0, no leading zero, as s()
+-- writes it: the text is then stored as given, with no string.format), or nil.
 local function int_arg(v, lo, hi)
-  if not v or not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
+  if not v or #v > 17 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then return nil end
   local n = tonumber(v)
   if n < lo or n > hi then return nil end
   return n
@@ -138,18 +139,26 @@ local function is_member(account) return string.find(account, '~', 1, true) ~= n
 -- draws, a grant's terms). Fields keep one order. Every text argument is a string ('' for none).
 local function append_transaction(id, account, amount, kind, resource, units, description,
                                   metadata, time, balance, monthly_delta, idem, extra)
-  local f = {'id', id, 'a', account, 'amt', s(amount), 't', kind}
-  if resource ~= '' then f[#f + 1] = 'res'; f[#f + 1] = resource; f[#f + 1] = 'u'; f[#f + 1] = units end
-  if description ~= '' then f[#f + 1] = 'd'; f[#f + 1] = description end
-  if metadata ~= '' then f[#f + 1] = 'md'; f[#f + 1] = metadata end
-  if time then f[#f + 1] = 'ts'; f[#f + 1] = s(time) end
-  f[#f + 1] = 'bal'; f[#f + 1] = s(balance)
-  if monthly_delta ~= 0 then f[#f + 1] = 'dm'; f[#f + 1] = s(monthly_delta) end
-  if idem ~= '' then f[#f + 1] = 'ik'; f[#f + 1] = idem end
-  if extra then
-    for i = 1, #extra do f[#f + 1] = extra[i] end
+  if type(amount) == 'number' then amount = s(amount) end  -- or its canonical text
+  -- The constructor's placeholders size the array once (filled field by field, it would be
+  -- reallocated three times); unpack stops at the last field set.
+  local f = {'id', id, 'a', account, 'amt', amount, 't', kind, false, false, false, false,
+    false, false, false, false, false, false, false, false}
+  local k = 8
+  if resource ~= '' then
+    f[9], f[10], f[11], f[12], k = 'res', resource, 'u', units, 12
   end
-  return redis.call('XADD', KEYS[3], '*', unpack(f))
+  if description ~= '' then f[k + 1], f[k + 2], k = 'd', description, k + 2 end
+  if metadata ~= '' then f[k + 1], f[k + 2], k = 'md', metadata, k + 2 end
+  if time then f[k + 1], f[k + 2], k = 'ts', s(time), k + 2 end
+  f[k + 1], f[k + 2], k = 'bal', s(balance), k + 2
+  if monthly_delta ~= 0 then f[k + 1], f[k + 2], k = 'dm', s(monthly_delta), k + 2 end
+  if idem ~= '' then f[k + 1], f[k + 2], k = 'ik', idem, k + 2 end
+  if extra then
+    for i = 1, #extra do f[k + i] = extra[i] end
+    k = k + #extra
+  end
+  return redis.call('XADD', KEYS[3], '*', unpack(f, 1, k))
 end
 
 -- Appends an account event (tier, status, overdraft, last reset, created; a renewal adds its
@@ -242,6 +251,7 @@ local MAX_GRANTS = 100
 -- to: KEYS[1] unless given (a member's charge also spends its pool's wallet).
 local function wallet(m, b, g, tier, period, key)
   local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period, key = key or KEYS[1]}
+  w.m0, w.b0 = w.m, w.b  -- as stored: wallet_save writes only what moved
   if g and g ~= '' then
     local list = {}
     for id, rem, exp, prio, src, amt in string.gmatch(g, '([^|;]+)|(%d+)|(%d+)|(%d+)|(%a+)|(%d+)') do
@@ -406,10 +416,18 @@ local function wallet_spend(w, amount)
   return from_monthly, {'gd', table.concat(draws, ',')}
 end
 
--- Writes the wallet (m, b, and g when its grants changed) and the extra field/value pairs
--- given to the account hash (w.key), in one HSET; a wallet left without grants drops `g`.
+-- Writes the wallet (m and b where they moved, g when its grants changed) and the extra
+-- field/value pairs given to the account hash (w.key), in one HSET; a wallet left without
+-- grants drops `g`.
 local function wallet_save(w, ...)
-  local f = {'m', s(w.m), 'b', s(w.b), ...}
+  local f, k = {false, false, false, false, false, false, false, false}, 0  -- sized once
+  if w.m ~= w.m0 then f[1], f[2], k, w.m0 = 'm', s(w.m), 2, w.m end
+  if w.b ~= w.b0 then f[k + 1], f[k + 2], k, w.b0 = 'b', s(w.b), k + 2, w.b end
+  if (...) ~= nil then
+    local extra = {...}
+    for i = 1, #extra do f[k + i] = extra[i] end
+    k = k + #extra
+  end
   if w.changed then
     local parts = {}
     for i = 1, #w.grants do
@@ -420,10 +438,10 @@ local function wallet_save(w, ...)
       end
     end
     if #parts == 0 then redis.call('HDEL', w.key, 'g')
-    else f[#f + 1] = 'g'; f[#f + 1] = table.concat(parts, ';') end
+    else f[k + 1], f[k + 2], k = 'g', table.concat(parts, ';'), k + 2 end
     w.changed = false
   end
-  redis.call('HSET', w.key, unpack(f))
+  if k > 0 then redis.call('HSET', w.key, unpack(f, 1, k)) end
 end
 
 -- Writes the wallet if its grants changed (an expiry) though nothing was charged: a script

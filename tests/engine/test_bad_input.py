@@ -272,6 +272,12 @@ RAW_BAD: list[tuple[str, list[str]]] = [
     ("consume", ["t1", "acct", "1", "unit", "-1", "", "", "", "", "1000"]),
     ("consume", ["", "acct", "1", "unit", "1", "", "", "", "", "1000"]),
     ("consume", ["t1", "acct", "1", "unit", "1", "", "", "", "", "x"]),
+    # Only a number's canonical text: consume stores the cost and units as given.
+    ("consume", ["t1", "acct", "01", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "1", "unit", "007", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "-0", "unit", "1", "", "", "", "", "1000"]),
+    ("consume", ["t1", "acct", "+1", "unit", "1", "", "", "", "", "1000"]),
+    ("credit", ["t1", "acct", "05", "grant", "", "", "", "", "1000", "1000000000000000"]),
     ("check", ["0"]),
     ("check", [" 1"]),
     ("credit", ["t1", "acct", "0", "grant", "", "", "", "", "1000", "1000000000000000"]),

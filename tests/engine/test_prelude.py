@@ -26,7 +26,7 @@ RULES = {
     "a hold's fields": r"\(%d\+\)\|",
     "the rate-limit state": r"KEYS\[8\]",
     "the outbox append": r"'XADD'",
-    "an integer check": r"%-\?%d\+",
+    "an integer check": r"%-\?\[1-9\]%d\*",
     "an id's length": r"#\w+ [<>]=? ?(1|64)\b",
     "a period check": r"%d%d%d%d",
     "a fingerprint's length": r"\b16\b",

@@ -82,14 +82,16 @@ ChargeOutcome = ChargeResult | QuotagateError
 
 def _charge_result(reply: list[str]) -> ChargeResult:
     r = unwrap(reply)
-    rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
+    burst = int(r[5])  # consume.lua answers its numbers as integers, a replay as text
+    rate = RateLimitState(burst, int(r[6]), int(r[7])) if burst >= 0 else None
     return ChargeResult(r[0], int(r[1]), int(r[2]), int(r[3]), r[4] == "1", rate)
 
 
 def _member_charge_result(pool_id: str, reply: list[str]) -> ChargeResult:
     """A member's charge: consume.lua adds what the pool paid, unless it replays."""
     r = unwrap(reply)
-    rate = RateLimitState(int(r[5]), int(r[6]), int(r[7])) if r[5] != "-1" else None
+    burst = int(r[5])
+    rate = RateLimitState(burst, int(r[6]), int(r[7])) if burst >= 0 else None
     pool = None
     if len(r) > 8:
         pool = PoolPayment(pool_id, int(r[8]), int(r[9]), None if r[10] == "-1" else int(r[10]))
