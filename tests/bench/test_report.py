@@ -50,6 +50,29 @@ def test_ratios_and_targets() -> None:
     assert data["targets"][0]["met"] is True
 
 
+def test_cpu_and_memory_targets_read_one_row_and_the_memory_group() -> None:
+    hook = _row("hook", 700)
+    hook.server_cpu_us, hook.redis_us = 45.0, 15.0
+    report = Report(
+        rows=[hook],
+        targets=[
+            Target("cpu", "hook", "hook", "cpu", 2.5),
+            Target("mem", "hook_record_bytes", "", "memory", 1.0, rate=10_000, window_s=300),
+            Target("mem of another run", "nothing_bytes", "", "memory", 1.0, rate=1, window_s=1),
+        ],
+        memory={"hook_record_bytes": 232.0},
+    )
+    report.finish()
+    cpu, mem, absent = report.targets
+    assert (cpu.value, cpu.met) == (3.0, False)
+    assert mem.value == pytest.approx(232 * 10_000 * 300 / 2**30) and mem.met is True
+    assert (absent.value, absent.met) == (None, None)
+    text = report.render()
+    assert "cpu: CPU_US hook / REDIS_US hook = 3.00 (target <= 2.5) NOT MET" in text
+    assert "mem: GiB of hook_record_bytes x 10000 req/s x 300 s = 0.65 (target <= 1) met" in text
+    assert "mem of another run" not in text  # the memory group did not run it: not printed
+
+
 def test_rounds_report_their_median() -> None:
     rounds = []
     for floor_rate, hook_rate in ((1000, 500), (1200, 900), (900, 600)):

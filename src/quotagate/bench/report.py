@@ -75,40 +75,72 @@ class NodeLoad:
 
 @dataclass(slots=True)
 class Target:
-    """A ratio between two rows of one run that the hot path is held to."""
+    """A figure of one run that the hot path is held to: a ratio between two rows, or what a
+    row or the memory group measured against a bound."""
 
     name: str
     subject: str
     baseline: str
     metric: str
     """``rate``: subject rate / baseline rate, at least ``bound``;
-    ``p99``: subject p99 / baseline p99, at most ``bound``."""
+    ``p99``: subject p99 / baseline p99, at most ``bound``;
+    ``cpu``: the subject's gateway CPU per request / the baseline's Redis time per charge
+    (``CPU_US`` / ``REDIS_US``), at most ``bound``;
+    ``memory``: the memory group's ``subject`` bytes per request x ``rate`` requests/s x
+    ``window_s``, in GiB (the steady state of records kept that long), at most ``bound``."""
     bound: float
     value: float | None = None
     met: bool | None = None
+    rate: float = 0.0
+    """``memory`` only: the request rate of the steady state."""
+    window_s: float = 0.0
+    """``memory`` only: how long each record is kept."""
 
-    def evaluate(self, rows: dict[str, Row]) -> None:
+    @property
+    def at_least(self) -> bool:
+        return self.metric == "rate"
+
+    def evaluate(self, rows: dict[str, Row], memory: Mapping[str, float] | None = None) -> None:
+        self.value = self._value(rows, memory or {})
+        if self.value is not None:
+            self.met = self.value >= self.bound if self.at_least else self.value <= self.bound
+
+    def _value(self, rows: dict[str, Row], memory: Mapping[str, float]) -> float | None:
+        if self.metric == "memory":
+            per_request = memory.get(self.subject)
+            if per_request is None:
+                return None
+            return per_request * self.rate * self.window_s / 2**30
         subject, base = rows.get(self.subject), rows.get(self.baseline)
         if subject is None or base is None:
-            return
+            return None
         if self.metric == "rate":
-            self.value = subject.rate / base.rate if base.rate else None
-            self.met = None if self.value is None else self.value >= self.bound
-        else:
-            if subject.p99_ms is None or not base.p99_ms:
-                return
-            self.value = subject.p99_ms / base.p99_ms
-            self.met = self.value <= self.bound
+            return subject.rate / base.rate if base.rate else None
+        if self.metric == "cpu":
+            if subject.server_cpu_us is None or not base.redis_us:
+                return None
+            return subject.server_cpu_us / base.redis_us
+        if subject.p99_ms is None or not base.p99_ms:
+            return None
+        return subject.p99_ms / base.p99_ms
+
+    def measured_by(self, rows: Mapping[str, Row], memory: Mapping[str, float]) -> bool:
+        """Whether this run measured what the target reads (another group's says nothing)."""
+        if self.metric == "memory":
+            return self.subject in memory
+        return self.subject in rows or self.baseline in rows
 
     def describe(self) -> str:
-        op = ">=" if self.metric == "rate" else "<="
-        what = "rate" if self.metric == "rate" else "p99"
+        op = ">=" if self.at_least else "<="
         value = "n/a" if self.value is None else f"{self.value:.2f}"
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[self.met]
-        return (
-            f"{self.name}: {what} {self.subject} / {self.baseline} = {value} "
-            f"(target {op} {self.bound:g}) {verdict}"
-        )
+        if self.metric == "memory":
+            what = f"GiB of {self.subject} x {self.rate:g} req/s x {self.window_s:g} s"
+        elif self.metric == "cpu":
+            what = f"CPU_US {self.subject} / REDIS_US {self.baseline}"
+        else:
+            what = f"{self.metric} {self.subject} / {self.baseline}"
+        return f"{self.name}: {what} = {value} (target {op} {self.bound:g}) {verdict}"
 
 
 @dataclass(slots=True)
@@ -138,7 +170,7 @@ class Report:
             base = rows.get(row.baseline) if row.baseline else None
             row.ratio = row.rate / base.rate if base and base.rate else None
         for target in self.targets:
-            target.evaluate(rows)
+            target.evaluate(rows, self.memory)
 
     @classmethod
     def median(cls, rounds: Sequence[Report]) -> Report:
@@ -165,7 +197,7 @@ class Report:
             values = [r.targets[i].value for r in rounds]
             target.value = _median([v for v in values if v is not None])
             if target.value is not None:
-                high = target.metric == "rate"
+                high = target.at_least
                 target.met = target.value >= target.bound if high else target.value <= target.bound
         return merged
 
@@ -183,7 +215,7 @@ class Report:
         lines = [table(_table_rows(self.rows), _COLUMNS)]
         names = self.by_name()
         # A target of two rows this run did not measure (another group's) says nothing.
-        targets = [t for t in self.targets if t.subject in names or t.baseline in names]
+        targets = [t for t in self.targets if t.measured_by(names, self.memory)]
         if targets:
             lines.append("")
             lines.extend(t.describe() for t in targets)

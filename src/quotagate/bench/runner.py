@@ -25,6 +25,7 @@ from quotagate.bench.pyload import run_pyload
 from quotagate.bench.report import Report, Row, Target
 from quotagate.bench.stage import Stage, server_database_url
 from quotagate.bench.wrk import run_wrk
+from quotagate.config import Idempotency
 
 GROUPS = ("http", "postgres", "engine", "batch", "nginx", "flush", "memory")
 """Scenario groups a run measures by default, in the order they run."""
@@ -152,12 +153,20 @@ TARGETS = (
     Target("hook p99 vs HTTP floor (hot)", "hook/hot", "http/floor", "p99", 2.0),
     Target("hook vs Postgres design (spread)", "hook/spread", "postgres/spread", "rate", 5.0),
     Target("hook vs Postgres design (hot)", "hook/hot", "postgres/hot", "rate", 20.0),
+    Target("consume vs HTTP floor (spread)", "consume/spread", "http/floor", "rate", 0.9),
+    Target("consume vs HTTP floor (hot)", "consume/hot", "http/floor", "rate", 0.9),
+    Target("gateway CPU per hook request vs Redis per charge (spread)", "hook/spread",
+           "hook/spread", "cpu", 2.5),
+    Target("gateway CPU per hook request vs Redis per charge (hot)", "hook/hot", "hook/hot",
+           "cpu", 2.5),
     Target("engine vs redis-benchmark", "engine/in-process", "redis-benchmark", "rate", 0.6),
     Target("batch vs pipelined script", "batch/spread", "redis-benchmark/pipelined", "rate", 0.6),
     Target("nginx with the hook vs nginx alone", "nginx/hook", "nginx/alone", "rate", 0.4),
     Target("nginx p99 with the hook vs alone", "nginx/hook", "nginx/alone", "p99", 3.0),
     Target("flush vs bare COPY", "flush/worker", "flush/copy", "rate", 0.5),
-)
+    Target("hook idempotency memory at 10k req/s, steady state", "hook_record_bytes", "",
+           "memory", 1.0, rate=10_000, window_s=Idempotency().hook_ttl_seconds),
+)  # fmt: skip
 
 
 async def run(
