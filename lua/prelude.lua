@@ -18,13 +18,37 @@ local MAX_ID_LENGTH = 64
 local FINGERPRINT_LENGTH = 16
 local HOLDS_PER_CALL = 1000  -- hold ids per HMGET, HDEL or ZREM: Lua's unpack has a limit
 
-local function s(n) return string.format('%d', n) end
+-- Texts already parsed, and what they parse to. The scripts run as functions of one library,
+-- whose top level runs once: these tables outlive a call. Each holds only what a pure parse
+-- of the text gave (the same text always gives the same value), so a hit is the parse's own
+-- answer; they hold at most PARSED_TEXTS entries each and are emptied when full. Arguments
+-- repeat from call to call (a cost of 1, the same TTL), and parsing one costs Redis more than
+-- the rest of its check.
+local PARSED_TEXTS = 1000
+local int_texts, int_count = {}, 0
+local rate_texts, rate_count = {}, 0
+local number_texts, number_count = {}, 0
+
+-- An integer's canonical text (see int_texts: the same number always gives the same text).
+local function s(n)
+  local text = number_texts[n]
+  if text then return text end
+  text = string.format('%d', n)
+  if number_count >= PARSED_TEXTS then number_texts, number_count = {}, 0 end
+  number_texts[n], number_count = text, number_count + 1
+  return text
+end
 
 -- A decimal integer in [lo, hi] in its canonical text (no sign on 0, no leading zero, as s()
 -- writes it: the text is then stored as given, with no string.format), or nil.
 local function int_arg(v, lo, hi)
-  if not v or #v > 17 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then return nil end
-  local n = tonumber(v)
+  local n = v and int_texts[v]
+  if not n then
+    if not v or #v > 17 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then return nil end
+    n = tonumber(v)
+    if int_count >= PARSED_TEXTS then int_texts, int_count = {}, 0 end
+    int_texts[v], int_count = n, int_count + 1
+  end
   if n < lo or n > hi then return nil end
   return n
 end
@@ -99,11 +123,15 @@ local function tier_entry(tier) return redis.call('HGET', KEYS[2], 't:' .. tier)
 local function tier_rate(tier)
   local rl = tier_entry(tier)
   if not rl then return nil, false end
-  local interval, burst, flag = string.match(rl, '^(%d+) (%d+)( ?%a*)$')
-  interval, burst = tonumber(interval), tonumber(burst)
-  local shadow = flag == ' shadow'
-  if interval == 0 then return nil, shadow end
-  return {interval = interval, burst = burst}, shadow
+  local parsed = rate_texts[rl]  -- {interval, burst, shadow}: see int_texts
+  if not parsed then
+    local interval, burst, flag = string.match(rl, '^(%d+) (%d+)( ?%a*)$')
+    parsed = {tonumber(interval), tonumber(burst), flag == ' shadow'}
+    if rate_count >= PARSED_TEXTS then rate_texts, rate_count = {}, 0 end
+    rate_texts[rl], rate_count = parsed, rate_count + 1
+  end
+  if parsed[1] == 0 then return nil, parsed[3] end
+  return {interval = parsed[1], burst = parsed[2]}, parsed[3]
 end
 
 -- Reads the limit's state (KEYS[8]): its theoretical arrival time, not before `now`.

@@ -111,10 +111,10 @@ def test_nodes_and_the_spread_over_masters_are_printed_and_kept() -> None:
     assert (
         "spread accounts per master: 127.0.0.1:7001 70 (70.0%), 127.0.0.1:7002 30 (30.0%)" in lines
     )
-    at = lines.index("Redis per node (charges it made, CPU from INFO cpu, EVALSHA time):")
+    at = lines.index("Redis per node (charges it made, CPU from INFO cpu, FCALL time):")
     header, first, _, idle = lines[at + 1 : at + 5]
     assert header.split() == [
-        "SCENARIO", "NODE", "CHARGES", "SHARE", "CPU_MS", "CPU_US", "EVALSHA_US",
+        "SCENARIO", "NODE", "CHARGES", "SHARE", "CPU_MS", "CPU_US", "FCALL_US",
     ]  # fmt: skip
     assert first.split() == [
         "cluster/hook/spread",
@@ -128,7 +128,7 @@ def test_nodes_and_the_spread_over_masters_are_printed_and_kept() -> None:
     assert idle.split()[-2:] == ["-", "-"]
     data = report.as_json()
     assert data["spread_per_master"] == {"127.0.0.1:7002": 30, "127.0.0.1:7001": 70}
-    assert data["nodes"][1]["evalsha_us"] == 12.25
+    assert data["nodes"][1]["fcall_us"] == 12.25
     assert data["results"][1]["ratio"] == 0.8
 
 

@@ -96,7 +96,7 @@ async def test_every_scenario_produces_numbers_and_cleans_up(
         if row["name"] in CHARGE_ROWS or row["name"] == "nginx/hook":
             continue  # their notes say how they ran (checked below)
         # A note on an HTTP or engine row says that fewer credits were charged than answered.
-        assert row["note"] in ("", "same EVALSHA of consume.lua"), row
+        assert row["note"] in ("", "same FCALL of consume.lua"), row
     by_name = {r["name"]: r for r in report["results"]}
     assert by_name["flush/worker"]["count"] == FLUSH_ROWS
     for name in EXPECTED_ROWS["http"] + EXPECTED_ROWS["postgres"]:
@@ -138,7 +138,7 @@ def _check_batch_and_nginx_rows(by_name: dict[str, Any], targets: dict[str, Any]
     assert batch["baseline"] == "redis-benchmark/pipelined"
     if "redis-benchmark/pipelined" in by_name:
         pipelined = by_name["redis-benchmark/pipelined"]
-        assert pipelined["note"] == f"-P 16 -r {ACCOUNTS}, same EVALSHA of consume.lua", pipelined
+        assert pipelined["note"] == f"-P 16 -r {ACCOUNTS}, same FCALL of consume.lua", pipelined
         assert batch["ratio"] == batch["rate"] / pipelined["rate"]
         assert targets["batch vs pipelined script"]["value"] == batch["ratio"]
     if "nginx/hook" in by_name:

@@ -1,5 +1,5 @@
-"""Script calls on a real Redis Cluster: one batch per master, MOVED, ASK, TRYAGAIN, NOSCRIPT
-and a master that is gone, each made to happen for real (slots moved as redis-cli moves them,
+"""Script calls on a real Redis Cluster: one batch per master, MOVED, ASK, TRYAGAIN, a master
+without the scripts' library and a master that is gone, each made to happen for real (slots moved as redis-cli moves them,
 a master stopped)."""
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ async def test_a_master_that_lost_its_scripts_gets_them_again(
     engine = await cluster_engine()
     await _funded(engine, "flushed")
     client = node_client(slot_owner(test_cluster, _slot(engine, "flushed")))
-    client.script_flush()
+    client.function_flush()
     client.close()
     assert (await engine.consume("flushed", "unit")).remaining == 99
 

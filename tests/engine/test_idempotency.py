@@ -22,7 +22,7 @@ async def _check_replays(engine: CreditEngine, flush_scripts: bool) -> None:
     grant = await engine.credit("acct", 7, "earn", idempotency_key="grant-1")
     hold = await engine.hold("acct", amount=10, idempotency_key="hold-1")
     if flush_scripts:
-        await engine.redis.script_flush()
+        await engine.redis.function_flush()
 
     again = await engine.consume("acct", "unit", 3, idempotency_key="req-1", metadata={"k": 1})
     assert again.transaction_id == first.transaction_id
@@ -42,7 +42,7 @@ async def _check_replays(engine: CreditEngine, flush_scripts: bool) -> None:
     assert ids.count(grant.transaction_id) == 1
 
     if flush_scripts:
-        await engine.redis.script_flush()
+        await engine.redis.function_flush()
     for conflicting in (
         engine.consume("acct", "unit", 4, idempotency_key="req-1", metadata={"k": 1}),
         engine.consume("acct", "unit", 3, idempotency_key="req-1", metadata={"k": 2}),
@@ -61,7 +61,7 @@ async def test_replay_returns_first_answer_and_charges_once(make_engine: EngineF
 # On a redis-server of its own, never the suite's Redis: a cluster variant would be the same.
 @pytest.mark.backend_neutral
 @pytest.mark.parametrize("batching", [True, False])
-async def test_replay_and_conflict_survive_script_flush(
+async def test_replay_and_conflict_survive_function_flush(
     make_engine: EngineFactory, private_redis: RedisProcess, batching: bool
 ) -> None:
     engine = await make_engine(PLAIN, url=private_redis.url, batching=batching)

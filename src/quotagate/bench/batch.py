@@ -6,7 +6,7 @@ Rows:
   batch/spread               batches of BATCH_CHARGES charges of 1 credit, each for an account
                              drawn from the spread accounts, over BATCH_CONNECTIONS connections
                              (charges/s; CPU_US is the gateway's CPU per charge)
-  redis-benchmark/pipelined  ``redis-benchmark -P 16 -r N`` sending the EVALSHA of consume.lua
+  redis-benchmark/pipelined  ``redis-benchmark -P 16 -r N`` sending the FCALL of consume.lua
                              for random accounts of N opened for it (charges/s)
 
 redis-benchmark draws each ``__rand_int__`` of a command on its own, so its accounts live in a
@@ -193,7 +193,7 @@ async def _pipelined(run: Run, progress: Callable[[str], None]) -> None:
             keyspace=count,
         )  # fmt: skip
         charged = int(await engine.redis.xlen(outbox))
-        note = f"-P {PIPELINE} -r {count}, same EVALSHA of consume.lua"
+        note = f"-P {PIPELINE} -r {count}, same FCALL of consume.lua"
         row = _charges_row(run, PIPELINED_ROW, result, o.concurrency, None, note)
         if charged < result.requests:
             row.note += f"; only {charged} charges for {result.requests} calls"

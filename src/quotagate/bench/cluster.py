@@ -13,7 +13,7 @@ accounts), the same rows are measured:
 
 Each cluster row's baseline is the same row on the standalone server: its ratio is
 cluster / standalone. Around every row each node's INFO is read (``used_cpu_sys`` +
-``used_cpu_user``, EVALSHA's commandstats) and the outbox entries of the partitions it
+``used_cpu_user``, FCALL's commandstats) and the outbox entries of the partitions it
 serves are counted: per master, what a charge costs it, and in all, what a charge costs
 Redis. The gateway's CPU per request (and the engine's per call) shows the routing's cost
 in the client: a slot computed per call, one batch per master instead of one.
@@ -210,7 +210,7 @@ def node_loads(row: str, deltas: dict[str, redis_cpu.NodeSnapshot]) -> list[Node
             share=d.entries / total if total > 0 else 0.0,
             cpu_ms=d.cpu_s * 1e3,
             cpu_us=d.cpu_s / d.entries * 1e6 if d.entries > 0 else None,
-            evalsha_us=d.usec / d.entries if d.entries > 0 else None,
+            fcall_us=d.usec / d.entries if d.entries > 0 else None,
         )
         for node, d in sorted(deltas.items())
     ]

@@ -1,6 +1,6 @@
 """The engine without HTTP: in-process charges against redis-benchmark running the same script.
 
-Both send EVALSHA of ``consume.lua`` with the same KEYS and ARGV shape (8 keys of one account,
+Both send the FCALL of ``consume.lua`` with the same KEYS and ARGV shape (8 keys of one account,
 10 arguments, no idempotency key), over ``concurrency`` connections or tasks, for about the same
 time. What differs is the client: redis-benchmark is C and sends one call per connection per
 round trip; the engine is Python and batches the calls of one loop tick into one pipeline.
@@ -78,13 +78,13 @@ async def engine_load(
 
 
 def consume_command(engine: CreditEngine, account: str) -> list[str]:
-    """The EVALSHA that ``engine.consume(account, RESOURCE)`` sends, as command arguments."""
+    """The FCALL that ``engine.consume(account, RESOURCE)`` sends, as command arguments."""
     script = engine.scripts["consume"]
     keys = engine.keys.account(account, None).as_list()
     cost = str(engine.config.cost_of(RESOURCE))
     idem_ttl = str(engine.config.idempotency.ttl_seconds * 1000)
     args = [ids.new_id(), account, cost, RESOURCE, "1", "", "", "", "", idem_ttl]
-    return ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
+    return [str(a) for a in script.command(keys, args)]
 
 
 def redis_benchmark(

@@ -1,7 +1,7 @@
 """Redis CPU per charge: what ``INFO commandstats`` says the scripts cost Redis's one core.
 
 Redis counts, per command, the calls it served and the microseconds it spent in them
-(``cmdstat_evalsha:calls=...,usec=...``). Two reads around a measured window give the calls
+(``cmdstat_fcall:calls=...,usec=...``). Two reads around a measured window give the calls
 and the microseconds of that window; divided by the charges made in it, the Redis time of one
 charge. The engine sends several charges of one account as one call, so the time per call and
 the time per charge differ: both are kept. Charges are counted as the outbox entries the
@@ -23,13 +23,13 @@ from redis.asyncio import Redis
 
 from quotagate.engine import CreditEngine
 
-COMMAND = "evalsha"
-"""The command every script call is: the engine never sends EVAL or FCALL."""
+COMMAND = "fcall"
+"""The command every script call is: the engine never sends EVAL or EVALSHA."""
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """EVALSHA's counters and the outbox entries at one moment, or the change between two."""
+    """FCALL's counters and the outbox entries at one moment, or the change between two."""
 
     calls: int
     usec: int
@@ -54,7 +54,7 @@ class Snapshot:
 async def snapshot(engine: CreditEngine) -> Snapshot:
     """The counters now. Counting the entries, not the answers, includes a warm-up's charges
     in both the time and the count, so a window may start before the warm-up."""
-    calls, usec = await evalsha_stats(engine.redis)
+    calls, usec = await script_stats(engine.redis)
     async with engine.redis.pipeline(transaction=False) as pipe:
         for partition in range(engine.config.partitions):
             pipe.xlen(engine.keys.outbox(partition))
@@ -62,8 +62,8 @@ async def snapshot(engine: CreditEngine) -> Snapshot:
     return Snapshot(calls, usec, sum(int(n) for n in lengths))
 
 
-async def evalsha_stats(redis: Redis) -> tuple[int, int]:
-    """EVALSHA's calls and microseconds so far (zeros before the first call)."""
+async def script_stats(redis: Redis) -> tuple[int, int]:
+    """FCALL's calls and microseconds so far (zeros before the first call)."""
     info: dict[str, Any] = await redis.info("commandstats")
     return parse_stats(info, COMMAND)
 
@@ -78,7 +78,7 @@ def parse_stats(info: dict[str, Any], command: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
-    """One Redis node's CPU time, EVALSHA counters and outbox entries at one moment, or the
+    """One Redis node's CPU time, FCALL counters and outbox entries at one moment, or the
     change between two. The CPU time is the whole server's (``used_cpu_sys`` +
     ``used_cpu_user`` of ``INFO cpu``): the scripts, and the reading, parsing and replying
     around them that commandstats does not count."""
@@ -115,7 +115,7 @@ async def node_snapshots(
     out = {}
     for address, client in nodes.items():
         cpu: dict[str, Any] = await client.info("cpu")
-        calls, usec = await evalsha_stats(client)
+        calls, usec = await script_stats(client)
         seconds = float(cpu.get("used_cpu_sys", 0)) + float(cpu.get("used_cpu_user", 0))
         out[address] = NodeSnapshot(seconds, calls, usec, entries[address])
     return out

@@ -44,10 +44,10 @@ class Row:
     the engine rows, this process's CPU time per call. Moved far less by a busy machine than
     the rate is."""
     redis_us: float | None = None
-    """Redis's own time per charge (EVALSHA microseconds in ``INFO commandstats`` over the
+    """Redis's own time per charge (FCALL microseconds in ``INFO commandstats`` over the
     window, per charge answered): what one Redis core pays for a charge."""
     redis_us_per_call: float | None = None
-    """The same per EVALSHA call (the engine may send several charges in one call)."""
+    """The same per FCALL call (the engine may send several charges in one call)."""
     redis_cpu_us: float | None = None
     """The Redis servers' whole CPU time per charge (INFO ``used_cpu_sys`` + ``used_cpu_user``,
     summed over every node), measured on servers of the benchmark's own (the cluster rows)."""
@@ -69,8 +69,8 @@ class NodeLoad:
     """The server's CPU time over the row (INFO cpu), charges or not."""
     cpu_us: float | None
     """``cpu_ms`` per charge this node made; None when it made none."""
-    evalsha_us: float | None
-    """EVALSHA microseconds (INFO commandstats) per charge this node made."""
+    fcall_us: float | None
+    """FCALL microseconds (INFO commandstats) per charge this node made."""
 
 
 @dataclass(slots=True)
@@ -227,7 +227,7 @@ class Report:
             lines.append(_spread_line(self.spread_per_master))
         if self.nodes:
             lines.append("")
-            lines.append("Redis per node (charges it made, CPU from INFO cpu, EVALSHA time):")
+            lines.append("Redis per node (charges it made, CPU from INFO cpu, FCALL time):")
             lines.append(table(_node_rows(self.nodes), _NODE_COLUMNS))
         if self.conditions:
             lines.append("")
@@ -259,7 +259,7 @@ def _spread_line(per_master: dict[str, int]) -> str:
     return f"spread accounts per master: {shares}"
 
 
-_NODE_COLUMNS = ("scenario", "node", "charges", "share", "cpu_ms", "cpu_us", "evalsha_us")
+_NODE_COLUMNS = ("scenario", "node", "charges", "share", "cpu_ms", "cpu_us", "fcall_us")
 
 
 def _node_rows(nodes: Sequence[NodeLoad]) -> list[dict[str, Any]]:
@@ -271,7 +271,7 @@ def _node_rows(nodes: Sequence[NodeLoad]) -> list[dict[str, Any]]:
             "share": f"{n.share:.0%}",
             "cpu_ms": round(n.cpu_ms),
             "cpu_us": None if n.cpu_us is None else f"{n.cpu_us:.1f}",
-            "evalsha_us": None if n.evalsha_us is None else f"{n.evalsha_us:.1f}",
+            "fcall_us": None if n.fcall_us is None else f"{n.fcall_us:.1f}",
         }
         for n in nodes
     ]

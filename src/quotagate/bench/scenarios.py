@@ -19,9 +19,9 @@ Rows (``name``: what it measures, compared with):
   engine/member     engine/in-process on a member of a pool with a limit: each charge reads
                     both accounts and writes the pool's spend and the member's use
                     (engine/in-process)
-  redis-benchmark   redis-benchmark sending the same EVALSHA of consume.lua
+  redis-benchmark   redis-benchmark sending the same FCALL of consume.lua
   batch/spread      POST /v1/charges, charges/s over 100k accounts (redis-benchmark/pipelined)
-  redis-benchmark/pipelined the same EVALSHA pipelined 16 deep over 100k accounts
+  redis-benchmark/pipelined the same FCALL pipelined 16 deep over 100k accounts
   nginx/alone       wrk through nginx (the example site) to a trivial upstream
   nginx/hook        the same with auth_request calling the hook first (nginx/alone)
   flush/worker      the ledger flush, rows/s (flush/copy)
@@ -209,7 +209,7 @@ async def engine_group(run: Run, progress: Progress) -> None:
         engine_load.redis_benchmark,
         run.stage.redis_url, command, duration_s=o.duration_s, concurrency=o.concurrency,
     )  # fmt: skip
-    row = run.add("redis-benchmark", result, None, note="same EVALSHA of consume.lua")
+    row = run.add("redis-benchmark", result, None, note="same FCALL of consume.lua")
     await _redis_time(engine, row, stats)
     if before - await _balance(engine, HOT.stem) < row.count:
         row.note = "fewer credits charged than calls sent: the script refused some"

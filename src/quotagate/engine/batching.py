@@ -1,4 +1,4 @@
-"""Running scripts by EVALSHA over one Redis server, the calls of one loop tick in one write.
+"""Running scripts by FCALL over one Redis server, the calls of one loop tick in one write.
 
 Calls made in the same event-loop tick are sent together in one write (the batcher below),
 and calls made while a batch awaits its replies go together when it is back: under load many
@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from quotagate.engine.loops import RunningLoop
 from quotagate.engine.pipe import Pipe, open_pipe
 from quotagate.engine.replies import unavailable
-from quotagate.engine.scripts import Script
+from quotagate.engine.scripts import Script, is_missing, load_library
 from quotagate.errors import BackendUnavailable, QuotagateError, Redirected, ScriptError
 
 MAX_BATCH = 256
@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 
 class ScriptRunner:
-    """Runs scripts by EVALSHA, batching the calls of one loop tick into one write."""
+    """Runs scripts by FCALL, batching the calls of one loop tick into one write."""
 
     def __init__(self, redis: Redis, *, batching: bool = True) -> None:
         self.redis = redis
@@ -77,7 +77,7 @@ class ScriptRunner:
             return await self._run_one(script, keys, args)
         reply = await self._queued(script, keys, args)
         if isinstance(reply, hiredis.ReplyError):
-            if str(reply).startswith("NOSCRIPT"):  # Redis restarted or SCRIPT FLUSH: load, again
+            if is_missing(reply):  # Redis restarted or FUNCTION FLUSH: load, again
                 await self._reload(script)
                 reply = await self._queued(script, keys, args)
             if isinstance(reply, hiredis.ReplyError):
@@ -130,7 +130,7 @@ class ScriptRunner:
             return
         reply = raw.result()
         if isinstance(reply, hiredis.ReplyError):
-            if str(reply).startswith("NOSCRIPT"):  # rare: load and run again, in a task
+            if is_missing(reply):  # rare: load and run again, in a task
                 task = asyncio.ensure_future(self.run(script, keys, args))
                 task.add_done_callback(partial(_settle_from_task, out, parse))
             else:
@@ -157,19 +157,21 @@ class ScriptRunner:
         return fut
 
     async def load(self, scripts: Sequence[Script]) -> None:
-        """SCRIPT LOAD each script (after a restart or SCRIPT FLUSH)."""
+        """FUNCTION LOAD the library of the scripts (at start, after a restart or FUNCTION
+        FLUSH)."""
         try:
-            for s in scripts:
-                await self.redis.script_load(s.source)
+            for library in {s.library.name: s.library for s in scripts}.values():
+                await load_library(self.redis, library)
         except redis_errors.RedisError as exc:
             raise _wrap(exc) from exc
 
     async def _reload(self, script: Script) -> None:
-        """One SCRIPT LOAD for every caller that met NOSCRIPT at once, not one each."""
-        task = self._reloading.get(script.sha)
+        """One FUNCTION LOAD for every caller that found the function missing at once."""
+        name = script.library.name
+        task = self._reloading.get(name)
         if task is None:
-            task = self._reloading[script.sha] = asyncio.ensure_future(self.load([script]))
-            task.add_done_callback(lambda _: self._reloading.pop(script.sha, None))
+            task = self._reloading[name] = asyncio.ensure_future(self.load([script]))
+            task.add_done_callback(lambda _: self._reloading.pop(name, None))
         await asyncio.shield(task)
 
     async def aclose(self) -> None:
@@ -192,10 +194,12 @@ class ScriptRunner:
     async def _run_one(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
             try:
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-            except redis_errors.NoScriptError:
-                await self.redis.script_load(script.source)
-                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+                return await self.redis.fcall(script.function, len(keys), *keys, *args)
+            except redis_errors.ResponseError as exc:
+                if not is_missing(exc):
+                    raise
+                await load_library(self.redis, script.library)
+                return await self.redis.fcall(script.function, len(keys), *keys, *args)
         except redis_errors.RedisError as exc:
             raise _wrap(exc, script) from exc
 
@@ -272,9 +276,9 @@ def _combined(batch: list[Call]) -> list[list[Call]]:
         if key is None:
             commands.append([call])
             continue
-        group = groups.get((call[0].sha, key))
+        group = groups.get((call[0].function, key))
         if group is None or len(group) >= MAX_COMBINED:
-            group = groups[(call[0].sha, key)] = []
+            group = groups[(call[0].function, key)] = []
             commands.append(group)
         group.append(call)
     return commands
@@ -282,7 +286,7 @@ def _combined(batch: list[Call]) -> list[list[Call]]:
 
 def _share(futures: list[asyncio.Future[Any]], together: asyncio.Future[Any]) -> None:
     """Hand each call its reply from a combined call's array (an error reply, or a failure,
-    goes to all: NOSCRIPT makes each run again on its own)."""
+    goes to all: a missing function makes each run again on its own)."""
     if together.cancelled():
         for fut in futures:
             fut.cancel()
@@ -322,7 +326,7 @@ def _resolve(out: asyncio.Future[T], parse: Callable[[Any], T], reply: Any) -> N
 
 def _pack(script: Script, keys: Sequence[str], args: Sequence[str]) -> bytes:
     # hiredis's stub types the command as a 1-tuple; it takes a tuple of any length.
-    command: Any = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    command: Any = script.command(keys, args)
     packed: bytes = pack_command(command)
     return packed
 

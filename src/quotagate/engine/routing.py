@@ -23,8 +23,9 @@ start and again whenever the cluster says it changed:
   timeout, as a single Redis that is down; the map is read again, so that calls follow a
   replica that a failover promotes.
 
-Scripts are loaded on every master at start; a master that answers NOSCRIPT (new to the
-cluster, or restarted) gets them loaded by its runner, which then runs the call.
+The scripts' library is loaded on every master at start (replicas get it by replication); a
+master that does not hold it (new to the cluster, or restarted without persistence) gets it
+loaded by its runner, which then runs the call.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from quotagate.engine.batching import DEFAULT_TIMEOUT_SECONDS, ScriptRunner, _wrap
 from quotagate.engine.connection import node_client
 from quotagate.engine.loops import RunningLoop
-from quotagate.engine.scripts import Script
+from quotagate.engine.scripts import Script, is_missing, load_library
 from quotagate.errors import BackendUnavailable, Redirected
 
 T = TypeVar("T")
@@ -144,7 +145,7 @@ class ClusterScriptRunner:
         return out
 
     async def load(self, scripts: Sequence[Script]) -> None:
-        """Read the slot map, and SCRIPT LOAD every script on every master."""
+        """Read the slot map, and FUNCTION LOAD the scripts' library on every master."""
         await self.refresh()
         await asyncio.gather(*(self._runner(a).load(scripts) for a in self.masters))
 
@@ -221,8 +222,8 @@ class ClusterScriptRunner:
         client = self._runner(address).redis
         try:
             reply = await _asking(client, call)
-            if isinstance(reply, redis_errors.NoScriptError):
-                await client.script_load(call.script.source)
+            if isinstance(reply, redis_errors.ResponseError) and is_missing(reply):
+                await load_library(client, call.script.library)
                 reply = await _asking(client, call)
         except redis_errors.RedisError as exc:
             raise _wrap(exc, call.script) from exc
@@ -308,7 +309,7 @@ def _slot_owners(slots: list[Any], asked: str) -> list[str | None]:
 async def _asking(client: Redis, call: _Call) -> Any:
     async with client.pipeline(transaction=False) as pipe:
         pipe.execute_command("ASKING")
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        pipe.fcall(call.script.function, len(call.keys), *call.keys, *call.args)
         replies = await pipe.execute(raise_on_error=False)
     return replies[1]
 

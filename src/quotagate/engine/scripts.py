@@ -1,14 +1,19 @@
-"""The Lua scripts: read from the package once (``quotagate/lua/*.lua``), named by their SHA1
-for EVALSHA. Running them, batched, is :mod:`quotagate.engine.batching`'s work; on a cluster,
+"""The Lua scripts: read from the package once (``quotagate/lua/*.lua``) into one Redis
+function library (:mod:`quotagate.engine.script_files`), each script a function called by
+FCALL. Running them, batched, is :mod:`quotagate.engine.batching`'s work; on a cluster,
 routing each call to its master is :mod:`quotagate.engine.routing`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from quotagate.engine.script_files import script_source
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from quotagate.engine.script_files import function_name, library_source
 
 SCRIPT_NAMES = (
     "consume",
@@ -37,20 +42,57 @@ one read and one write of the account for all of them, about half the Redis time
 
 
 @dataclass(frozen=True, slots=True)
-class Script:
+class Library:
+    """The function library that holds every script: what ``FUNCTION LOAD`` is given."""
+
     name: str
     source: str
-    sha: str
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    function: str
+    """The library's function that runs it: what FCALL names."""
+    library: Library
     combines: bool = False
     """Takes several calls' arguments at once, one after the other (see COMBINING)."""
 
+    def command(self, keys: Sequence[str], args: Sequence[str]) -> tuple[Any, ...]:
+        """The FCALL of this script with ``keys`` and ``args``, as command arguments."""
+        return ("FCALL", self.function, len(keys), *keys, *args)
+
+
+MISSING = "Function not found"
+"""What Redis answers FCALL of a function it does not hold (a restart without persistence,
+FUNCTION FLUSH, a master new to a cluster): the library is loaded, and the call sent again."""
+
+ALREADY_LOADED = "already exists"
+"""What FUNCTION LOAD answers for a library Redis holds: another process loaded it first."""
+
+
+def is_missing(error: BaseException | str) -> bool:
+    """Whether an error reply (its text, or redis-py's exception) says the function is not
+    loaded. redis-py drops the reply's first word (ERR); hiredis keeps it."""
+    return MISSING in str(error)
+
+
+async def load_library(redis: Redis, library: Library) -> None:
+    """FUNCTION LOAD the library on one server; one it already holds is left as it is (the
+    name is its text's digest: the same name is the same text)."""
+    try:
+        await redis.function_load(library.source)
+    except redis_errors.ResponseError as exc:
+        if ALREADY_LOADED not in str(exc):
+            raise
+
 
 def load_scripts() -> dict[str, Script]:
-    """Read every script shipped in the package (``quotagate/lua/*.lua``), each with the
-    prelude joined to its front (see :mod:`quotagate.engine.script_files`)."""
-    scripts = {}
-    for name in SCRIPT_NAMES:
-        source = script_source(name)
-        sha = hashlib.sha1(source.encode()).hexdigest()
-        scripts[name] = Script(name, source, sha, combines=name in COMBINING)
-    return scripts
+    """Every script shipped in the package (``quotagate/lua/*.lua``), each a function of one
+    library with the prelude at its top (see :mod:`quotagate.engine.script_files`)."""
+    name, source = library_source(SCRIPT_NAMES)
+    library = Library(name, source)
+    return {
+        script: Script(script, function_name(name, script), library, script in COMBINING)
+        for script in SCRIPT_NAMES
+    }

@@ -1,8 +1,9 @@
 """The engine as the operators' commands open it (jobs use quotagate.jobs.runtime's).
 
 No ``engine.initialize()`` here: run on a Redis that had just lost its data, it would mark it
-ready and let charges treat accounts as empty. Scripts load on first use (the runner reloads
-them on NOSCRIPT); commands that need the tier tables call ``ready_engine`` in the CLI.
+ready and let charges treat accounts as empty. Scripts load on first use (the runner loads
+their library when Redis does not hold it); commands that need the tier tables call
+``ready_engine`` in the CLI.
 """
 
 from __future__ import annotations

@@ -56,6 +56,6 @@ class FlushLease:
         await self._call("release")
 
     async def _call(self, action: str) -> int:
-        """lease.lua, by EVALSHA like every script (``lua/lease.lua``)."""
+        """lease.lua, by FCALL like every script (``lua/lease.lua``)."""
         args = [self.token, action, str(self.ttl_ms)]
         return int(await self.engine.runner.run(self.engine.scripts["lease"], [self.key], args))
