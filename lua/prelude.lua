@@ -25,11 +25,12 @@ local HOLDS_PER_CALL = 1000  -- hold ids per HMGET, HDEL or ZREM: Lua's unpack h
 -- repeat from call to call (a cost of 1, the same TTL), and parsing one costs Redis more than
 -- the rest of its check.
 local PARSED_TEXTS = 1000
-local int_texts, int_count = {}, 0
-local rate_texts, rate_count = {}, 0
-local number_texts, number_count = {}, 0
+local int_texts, int_count = {}, 0  -- arguments that passed int_arg's check
+local stored_texts, stored_count = {}, 0  -- integers read from hashes (num)
+local rate_texts, rate_count = {}, 0  -- tier rate entries (tier_rate)
+local number_texts, number_count = {}, 0  -- numbers written as text (s)
 
--- An integer's canonical text (see int_texts: the same number always gives the same text).
+-- An integer's canonical text, remembered (number_texts).
 local function s(n)
   local text = number_texts[n]
   if text then return text end
@@ -39,10 +40,20 @@ local function s(n)
   return text
 end
 
+-- The number of an integer's text as s() stored it: tonumber, remembered (stored_texts).
+local function num(v)
+  local n = stored_texts[v]
+  if n then return n end
+  n = tonumber(v)
+  if stored_count >= PARSED_TEXTS then stored_texts, stored_count = {}, 0 end
+  stored_texts[v], stored_count = n, stored_count + 1
+  return n
+end
+
 -- A decimal integer in [lo, hi] in its canonical text (no sign on 0, no leading zero, as s()
 -- writes it: the text is then stored as given, with no string.format), or nil.
 local function int_arg(v, lo, hi)
-  local n = v and int_texts[v]
+  local n = v and int_texts[v]  -- a text found here passed this check before
   if not n then
     if not v or #v > 17 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then return nil end
     n = tonumber(v)
@@ -98,6 +109,22 @@ end
 local function remember(idem, fp, ttl_ms, ...)
   if idem == '' then return end
   redis.call('SET', KEYS[4], fp .. table.concat({...}, ' '), 'PX', ttl_ms)
+end
+
+-- remember() for a charge: its id and cost (text), available and balance after (numbers), in
+-- one string.format (which costs Redis less than a format per number and a concat).
+local function remember_charge(idem, fp, ttl_ms, id, cost, available, balance)
+  if idem == '' then return end
+  redis.call('SET', KEYS[4], string.format('%s%s %s %d %d', fp, id, cost, available, balance),
+    'PX', ttl_ms)
+end
+
+-- The reply of a call of n charges that all get `reply`: it alone for one, else a list.
+local function same_reply(n, reply)
+  if n == 1 then return reply end
+  local out = {}
+  for i = 1, n do out[i] = reply end
+  return out
 end
 
 -- Whether the partition was made ready: a Redis that lost its data has no cfg hash until
@@ -278,7 +305,7 @@ local MAX_GRANTS = 100
 -- not given is read when it is needed. `key` is the account hash it is read from and saved
 -- to: KEYS[1] unless given (a member's charge also spends its pool's wallet).
 local function wallet(m, b, g, tier, period, key)
-  local w = {m = tonumber(m), b = tonumber(b), tier = tier, period = period, key = key or KEYS[1]}
+  local w = {m = num(m), b = num(b), tier = tier, period = period, key = key or KEYS[1]}
   w.m0, w.b0 = w.m, w.b  -- as stored: wallet_save writes only what moved
   if g and g ~= '' then
     local list = {}
