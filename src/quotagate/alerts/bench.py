@@ -61,7 +61,8 @@ warn_hours_before = 648
 timeout_ms = 2000
 """
 """Rules that fire: every account goes below 99.999% of its grant after its 11th charge, and
-spends more than 10 credits in an hour it has no usual rate for."""
+spends more than 10 credits in an hour it has no usual rate for; in the last 27 days of a month
+(warn_hours_before, its largest), each also gets its expiring monthly credits warning."""
 
 
 @dataclass
