@@ -251,6 +251,13 @@ def test_up_refuses_a_busy_port_or_data_dir_and_starts_nothing(work: Path) -> No
     assert _using(data) == []
 
 
+def _described(process: psutil.Process) -> str:
+    """A process's command line and where it is stuck, for a failure's message."""
+    with contextlib.suppress(psutil.Error):
+        return f"{process.pid} {' '.join(process.cmdline())} ({process.status()})"
+    return str(process.pid)
+
+
 def _wait_gone(processes: list[psutil.Process], timeout_seconds: float) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout_seconds
     while _alive(processes) and time.monotonic() < deadline:
@@ -272,7 +279,8 @@ def test_killing_up_stops_its_children_the_data_dir_is_reusable_and_a_dead_part_
         up.proc.send_signal(signal.SIGKILL)  # `up` alone: no chance to stop anything itself
         up.proc.wait()
     # Each child was told by the kernel (parent-death signal) and stops as on SIGTERM.
-    assert _wait_gone(started, 45) == []
+    left = _wait_gone(started, 45)
+    assert left == [], [_described(p) for p in left]
     assert _using(data) == []
 
     with running_up(work, "--port", str(port), "--data-dir", str(data)) as again:

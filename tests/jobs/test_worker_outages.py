@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from rq import Queue
+from rq.exceptions import StopRequested
 from tests.support.servers import RedisProcess, redis_process
 
 from quotagate.jobs import worker as worker_module
@@ -69,3 +70,20 @@ def test_marking_its_state_rides_out_an_outage(server: RedisProcess, worker: Led
     finally:
         timer.join()
     assert worker.connection.hget(worker.key, "state") == b"busy"
+
+
+def test_a_stop_asked_during_an_outage_ends_the_wait(
+    server: RedisProcess, worker: LedgerWorker
+) -> None:
+    """SIGTERM while Redis is away (the stack stopping, Redis with it): RQ only marks the stop
+    while a job runs and waits for the job; the job's wait for Redis, and the loop's, end on
+    it instead of waiting for a Redis that is not coming back."""
+    server.stop()
+    worker._stop_requested = True  # what RQ's SIGTERM handler sets while a job runs
+    with pytest.raises(StopRequested):
+        worker.set_state("busy")  # a loop step: back to RQ's loop, which ends on StopRequested
+    # A job's bookkeeping met the outage: execute_job returns, and RQ's loop sees the stop.
+    stopped = worker_module.wait_for_redis(
+        worker.connection, "worker", ConnectionError("gone"), worker._stopping
+    )
+    assert stopped is False

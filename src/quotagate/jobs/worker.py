@@ -10,7 +10,9 @@ RQ quits its work loop on a Redis error outside a job ("unhandled exception, qui
 its cron scheduler does the same: a one-second outage would stop flushing until someone
 restarted them. Here every step of the loop that talks to Redis waits the outage out instead
 (:func:`wait_for_redis`): one log line when Redis is lost, one when it is back, however long
-it takes, with backoff between the attempts.
+it takes, with backoff between the attempts. A stop asked meanwhile (SIGTERM) ends the wait:
+a worker stopped while Redis is away, in a job or between jobs, exits instead of waiting for
+a Redis that may be stopping with it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 
 from quotagate.engine.memory import refuse_evicting_servers
 from quotagate.engine.replies import unavailable
@@ -44,30 +47,41 @@ def redis_outage(exc: BaseException) -> bool:
     return isinstance(exc, RedisError) and unavailable(exc) is not None
 
 
-def wait_for_redis(connection: Redis, who: str, exc: BaseException) -> None:
+def wait_for_redis(
+    connection: Redis, who: str, exc: BaseException, stopping: Callable[[], bool] | None = None
+) -> bool:
     """Block until ``connection`` answers PING again, saying once that Redis was lost and
-    once that it is back."""
+    once that it is back: True. False as soon as ``stopping()`` is true (a stop was asked),
+    checked before each attempt."""
     started = time.monotonic()
     log.warning("%s lost Redis (%s); retrying with backoff until it answers", who, exc)
     delay = RETRY_FIRST_SECONDS
     while True:
         time.sleep(delay)
+        if stopping is not None and stopping():
+            log.warning("%s: asked to stop while Redis is away; stopping", who)
+            return False
         with contextlib.suppress(RedisError):
             connection.ping()
             break
         delay = min(RETRY_MAX_SECONDS, delay * 2)
     log.warning("%s: Redis is back after %.0f s; resuming", who, time.monotonic() - started)
+    return True
 
 
-def through_outages(connection: Redis, who: str, step: Callable[[], T]) -> T:
-    """``step()``, run again after each Redis outage it meets, until it completes."""
+def through_outages(
+    connection: Redis, who: str, step: Callable[[], T], stopping: Callable[[], bool] | None = None
+) -> T:
+    """``step()``, run again after each Redis outage it meets, until it completes; raises
+    StopRequested when a stop is asked during an outage (see wait_for_redis)."""
     while True:
         try:
             return step()
         except RedisError as exc:
             if not redis_outage(exc):
                 raise
-            wait_for_redis(connection, who, exc)
+            if not wait_for_redis(connection, who, exc, stopping):
+                raise StopRequested() from exc
 
 
 class LedgerWorker(SimpleWorker):
@@ -78,7 +92,11 @@ class LedgerWorker(SimpleWorker):
         return bool(super().work(*args, **kwargs))
 
     def _ride(self, step: Callable[[], T]) -> T:
-        return through_outages(self.connection, f"worker {self.name}", step)
+        return through_outages(self.connection, f"worker {self.name}", step, self._stopping)
+
+    def _stopping(self) -> bool:
+        """A signal asked for a (warm) stop: RQ sets this and, while a job runs, waits for it."""
+        return bool(self._stop_requested)
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> None:
         self._ride(lambda: super(LedgerWorker, self).heartbeat(*args, **kwargs))
@@ -102,4 +120,5 @@ class LedgerWorker(SimpleWorker):
         except RedisError as exc:
             if not redis_outage(exc):
                 raise
-            wait_for_redis(self.connection, f"worker {self.name}", exc)
+            # Stopped meanwhile: back to RQ's loop, which sees the stop and exits.
+            wait_for_redis(self.connection, f"worker {self.name}", exc, self._stopping)
