@@ -25,40 +25,36 @@ local HOLDS_PER_CALL = 1000  -- hold ids per HMGET, HDEL or ZREM: Lua's unpack h
 -- repeat from call to call (a cost of 1, the same TTL), and parsing one costs Redis more than
 -- the rest of its check.
 local PARSED_TEXTS = 1000
-local int_texts, int_count = {}, 0  -- arguments that passed int_arg's check
-local stored_texts, stored_count = {}, 0  -- integers read from hashes (num)
-local rate_texts, rate_count = {}, 0  -- tier rate entries (tier_rate)
-local number_texts, number_count = {}, 0  -- numbers written as text (s)
+-- A new table of parsed texts: `seen[text]` is what the text parsed to (see parsed()).
+local function parse_cache() return {seen = {}, count = 0} end
+-- Keeps `value` as what `text` parses to in `cache`, which is emptied when full; returns it.
+local function parsed(cache, text, value)
+  if cache.count >= PARSED_TEXTS then cache.seen, cache.count = {}, 0 end
+  cache.seen[text], cache.count = value, cache.count + 1
+  return value
+end
+local int_texts = parse_cache()  -- arguments that passed int_arg's check
+local stored_texts = parse_cache()  -- integers read from hashes (num)
+local rate_texts = parse_cache()  -- tier rate entries (tier_rate)
+local number_texts = parse_cache()  -- numbers written as text (s)
 
 -- An integer's canonical text, remembered (number_texts).
 local function s(n)
-  local text = number_texts[n]
-  if text then return text end
-  text = string.format('%d', n)
-  if number_count >= PARSED_TEXTS then number_texts, number_count = {}, 0 end
-  number_texts[n], number_count = text, number_count + 1
-  return text
+  return number_texts.seen[n] or parsed(number_texts, n, string.format('%d', n))
 end
 
 -- The number of an integer's text as s() stored it: tonumber, remembered (stored_texts).
 local function num(v)
-  local n = stored_texts[v]
-  if n then return n end
-  n = tonumber(v)
-  if stored_count >= PARSED_TEXTS then stored_texts, stored_count = {}, 0 end
-  stored_texts[v], stored_count = n, stored_count + 1
-  return n
+  return stored_texts.seen[v] or parsed(stored_texts, v, tonumber(v))
 end
 
 -- A decimal integer in [lo, hi] in its canonical text (no sign on 0, no leading zero, as s()
 -- writes it: the text is then stored as given, with no string.format), or nil.
 local function int_arg(v, lo, hi)
-  local n = v and int_texts[v]  -- a text found here passed this check before
+  local n = v and int_texts.seen[v]  -- a text found here passed this check before
   if not n then
     if not v or #v > 17 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then return nil end
-    n = tonumber(v)
-    if int_count >= PARSED_TEXTS then int_texts, int_count = {}, 0 end
-    int_texts[v], int_count = n, int_count + 1
+    n = parsed(int_texts, v, tonumber(v))
   end
   if n < lo or n > hi then return nil end
   return n
@@ -150,15 +146,13 @@ local function tier_entry(tier) return redis.call('HGET', KEYS[2], 't:' .. tier)
 local function tier_rate(tier)
   local rl = tier_entry(tier)
   if not rl then return nil, false end
-  local parsed = rate_texts[rl]  -- {interval, burst, shadow}: see int_texts
-  if not parsed then
+  local rate = rate_texts.seen[rl]  -- {interval, burst, shadow}
+  if not rate then
     local interval, burst, flag = string.match(rl, '^(%d+) (%d+)( ?%a*)$')
-    parsed = {tonumber(interval), tonumber(burst), flag == ' shadow'}
-    if rate_count >= PARSED_TEXTS then rate_texts, rate_count = {}, 0 end
-    rate_texts[rl], rate_count = parsed, rate_count + 1
+    rate = parsed(rate_texts, rl, {tonumber(interval), tonumber(burst), flag == ' shadow'})
   end
-  if parsed[1] == 0 then return nil, parsed[3] end
-  return {interval = parsed[1], burst = parsed[2]}, parsed[3]
+  if rate[1] == 0 then return nil, rate[3] end
+  return {interval = rate[1], burst = rate[2]}, rate[3]
 end
 
 -- Reads the limit's state (KEYS[8]): its theoretical arrival time, not before `now`.

@@ -3,7 +3,8 @@
     Exception
     ├── QuotagateError                 an error raised on purpose, with a code and a status
     │   ├── ConfigError                the config file or an environment setting is wrong
-    │   │   └── EvictingRedis          Redis may evict quotagate's keys (maxmemory-policy)
+    │   │   ├── EvictingRedis          Redis may evict quotagate's keys (maxmemory-policy)
+    │   │   └── RedisWithoutFunctions  Redis older than 7.0: no FUNCTION LOAD for the scripts
     │   ├── ValidationError            bad input: nothing was written            (422)
     │   │   ├── InvalidAmount          amount/units not an integer in 1..10^12  (422)
     │   │   ├── InvalidAccountId       id outside 1-128 chars of A-Za-z0-9._:@- (422)
@@ -99,6 +100,11 @@ class ConfigError(QuotagateError):
 
 class EvictingRedis(ConfigError):
     """Redis may evict quotagate's keys (its maxmemory-policy is not noeviction)."""
+
+
+class RedisWithoutFunctions(ConfigError):
+    """Redis does not know FUNCTION LOAD (older than 7.0, or the command renamed away): the
+    scripts run as Redis functions."""
 
 
 class ValidationError(QuotagateError):

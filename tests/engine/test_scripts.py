@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 from tests.conftest import EngineFactory
 from tests.engine.configs import PLAIN
-from tests.support.servers import redis_process
+from tests.support.servers import RedisProcess, redis_process
 
 from quotagate.engine.script_files import (
     PRELUDE,
@@ -19,7 +19,7 @@ from quotagate.engine.script_files import (
     used_definitions,
 )
 from quotagate.engine.scripts import SCRIPT_NAMES, load_scripts
-from quotagate.errors import BackendUnavailable
+from quotagate.errors import BackendUnavailable, RedisWithoutFunctions
 
 
 def test_every_script_ships_in_the_package_with_a_header() -> None:
@@ -58,7 +58,9 @@ def test_a_script_gets_the_prelude_definitions_it_names_and_no_others() -> None:
     assert [line for d in prelude_definitions() for line in d.text.splitlines()] == code
     lease = {d.name for d in used_definitions(script_text("lease"))}
     # ttl_arg, and what it names: int_arg and the texts it already parsed
-    assert lease == {"MAX_TTL_MS", "PARSED_TEXTS", "int_texts", "int_arg", "ttl_arg"}
+    assert lease == {
+        "MAX_TTL_MS", "PARSED_TEXTS", "parse_cache", "parsed", "int_texts", "int_arg", "ttl_arg",
+    }  # fmt: skip
     consume = {d.name for d in used_definitions(script_text("consume"))}
     assert {"replay", "expire_due", "end_due_holds", "drop_holds", "append_transaction"} <= consume
     assert not consume & {"open_hold", "end_holds", "append_account_event", "period_arg"}
@@ -149,3 +151,18 @@ async def test_texts_parsed_once_give_what_a_first_parse_gives(make_engine: Engi
         assert await engine.runner.run(engine.scripts["consume"], keys, args) == [
             "err", "invalid_argument", "cost",
         ]  # fmt: skip
+
+
+async def test_a_redis_without_functions_is_refused_in_one_sentence(
+    make_engine: EngineFactory,
+) -> None:
+    """A Redis that does not know FUNCTION (older than 7.0; here a real one with the command
+    renamed away) is a RedisWithoutFunctions that says what is needed, at start and on a
+    call, not a failed script."""
+    server = RedisProcess(extra_args=["--rename-command", "FUNCTION", ""])
+    server.start()
+    try:
+        with pytest.raises(RedisWithoutFunctions, match=r"needs Redis 7\.0 or newer"):
+            await make_engine(PLAIN, url=server.url)  # initialize() loads the library
+    finally:
+        server.cleanup()

@@ -14,6 +14,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from quotagate.engine.script_files import function_name, library_source
+from quotagate.errors import RedisWithoutFunctions
 
 SCRIPT_NAMES = (
     "consume",
@@ -79,10 +80,16 @@ def is_missing(error: BaseException | str) -> bool:
 
 async def load_library(redis: Redis, library: Library) -> None:
     """FUNCTION LOAD the library on one server; one it already holds is left as it is (the
-    name is its text's digest: the same name is the same text)."""
+    name is its text's digest: the same name is the same text). A server without functions
+    is RedisWithoutFunctions, in one sentence, not a failed script."""
     try:
         await redis.function_load(library.source)
     except redis_errors.ResponseError as exc:
+        if "unknown command" in str(exc).lower():
+            raise RedisWithoutFunctions(
+                f"Redis does not know FUNCTION LOAD ({exc}): quotagate runs its scripts as "
+                "Redis functions and needs Redis 7.0 or newer, or Valkey 7.2 or newer"
+            ) from exc
         if ALREADY_LOADED not in str(exc):
             raise
 
